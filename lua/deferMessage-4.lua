@@ -1,0 +1,36 @@
+--[[
+  Defers a message after a failed attempt: attempt count, next attempt time, last reply, and
+  optionally the recipients still to do (the others were settled by the attempt).
+
+  KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
+  ARGV: 1 expected txn, 2 now ms, 3 history id, 4 history max length,
+        5 message id, 6 next attempt ms, 7 details (JSON: reply, mx, attempt, ...),
+        8 remaining recipients (JSON array) or "" to keep them all,
+        9 event kind ("deferred", or "requeued" for an in-flight message put back untried)
+  Returns: { 0, txn, attempts }
+           { -2, txn }  no such live message
+           { -3, txn }  message is held (its hold wins; nothing but txn changed)
+           { -1, nodeTxn }
+]]
+--@include "queueWrite"
+
+local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
+if _ == nil then return { -1, nodeTxn } end
+
+local msgId = ARGV[5]
+local raw = redis.call('HGET', KEYS[4], msgId)
+if not raw then return { -2, bumpTxn(KEYS[3]) } end
+local st = cjson.decode(raw)
+if st.s == 'h' then return { -3, bumpTxn(KEYS[3]) } end
+local requeue = ARGV[9] == 'requeued'
+local to = requeue and 'r' or 'd'
+redis.call('HINCRBY', KEYS[3], COUNTER[st.s], -1)
+redis.call('HINCRBY', KEYS[3], COUNTER[to], 1)
+st.s = to
+if not requeue then st.a = st.a + 1 end
+st.n = tonumber(ARGV[6])
+if ARGV[8] ~= '' then st.r = cjson.decode(ARGV[8]) end
+redis.call('HSET', KEYS[4], msgId, cjson.encode(st))
+local txn = bumpTxn(KEYS[3])
+addEvent(KEYS[2], ARGV[3], ARGV[4], ARGV[9], msgId, txn, ARGV[2], ARGV[7])
+return { 0, txn, st.a }

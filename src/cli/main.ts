@@ -1,0 +1,68 @@
+// The `streamgate` command. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+import { Command, CommanderError, Option } from 'commander';
+import { ConfigError, loadConfig } from '../config/load.ts';
+import type { Config } from '../config/schema.ts';
+import { createLogger } from '../log.ts';
+import { MissingToolError } from '../services/tools.ts';
+import { registerCommands } from './commands.ts';
+
+export const EXIT_OK = 0;
+export const EXIT_FAILURE = 1;
+export const EXIT_USAGE = 2;
+
+export interface Context {
+  config: Config;
+  configPath: string | undefined;
+}
+
+export function contextFrom(opts: { config?: string }): Context {
+  const { config, path } = loadConfig({ path: opts.config });
+  return { config, configPath: path };
+}
+
+export const configOption = () => new Option('-c, --config <path>', 'configuration file (default: $STREAMGATE_CONFIG)');
+
+export function buildProgram(): Command {
+  const program = new Command('streamgate')
+    .description('store-and-forward mail gateway: SMTP in, replicated Redis Stream queues, relay out, Cassandra mailboxes')
+    .version(process.env.npm_package_version ?? '0.1.0')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  registerCommands(program);
+  for (const cmd of program.commands) cmd.exitOverride();
+  return program;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return typeof process.exitCode === 'number' ? process.exitCode : EXIT_OK;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return EXIT_OK;
+      return EXIT_USAGE;
+    }
+    if (err instanceof ConfigError) {
+      console.error(`streamgate: ${err.message}`);
+      return EXIT_USAGE;
+    }
+    if (err instanceof MissingToolError) {
+      console.error(`streamgate: ${err.message}`);
+      return EXIT_FAILURE;
+    }
+    const e = err as Error & { exitCode?: number };
+    console.error(`streamgate: ${e.message ?? String(err)}`);
+    if (process.env.STREAMGATE_DEBUG) console.error(e.stack);
+    return e.exitCode === EXIT_USAGE ? EXIT_USAGE : EXIT_FAILURE;
+  }
+}
+
+export function loggerFor(config: Config) {
+  return createLogger({ level: config.log.level, pretty: config.log.pretty });
+}
+
+if (import.meta.main) {
+  // `start` resolves only after the gateway has shut down, so every command ends here.
+  process.exit(await run(process.argv.slice(2)));
+}

@@ -1,0 +1,214 @@
+// The configuration schema: every option, its type and its default. config/streamgate.example.yaml
+// documents the same options for operators; test/config/example.test.ts keeps the two in step.
+import { z } from 'zod';
+import { parseDuration, parseListen, parseSize } from './units.ts';
+
+const fail = (ctx: z.RefinementCtx, message: string) => {
+  ctx.addIssue({ code: 'custom', message });
+  return z.NEVER;
+};
+
+/** A duration string ("20m", "5d") parsed to milliseconds. */
+export const duration = (def: string) =>
+  z
+    .string()
+    .transform((s, ctx) => parseDuration(s) ?? fail(ctx, `expected a duration like "2s", "20m" or "5d", got ${JSON.stringify(s)}`))
+    .prefault(def);
+
+/** A size string ("25MB") or a whole number of bytes, parsed to bytes. */
+export const size = (def: string) =>
+  z
+    .union([z.string(), z.number().int().nonnegative()])
+    .transform((s, ctx) =>
+      typeof s === 'number' ? s : (parseSize(s) ?? fail(ctx, `expected a size like "512KB" or "25MB", got ${JSON.stringify(s)}`)),
+    )
+    .prefault(def);
+
+/** "host:port" to listen on. */
+export const listen = (def: string) =>
+  z
+    .string()
+    .transform((s, ctx) => parseListen(s) ?? fail(ctx, `expected "host:port" (IPv6 as "[::1]:port"), got ${JSON.stringify(s)}`))
+    .prefault(def);
+
+const redisUrl = z.string().regex(/^rediss?:\/\/[^\s]+$/, 'expected a redis:// URL');
+const domain = z
+  .string()
+  .regex(/^(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/i, 'expected a domain name')
+  .transform((s) => s.toLowerCase());
+const cidr = z.string().regex(/^[0-9a-fA-F:.]+(\/\d{1,3})?$/, 'expected an address or CIDR range like "127.0.0.0/8"');
+const consistency = z.enum(['any', 'one', 'two', 'three', 'quorum', 'all', 'local_quorum', 'each_quorum', 'local_one']);
+const count = (def: number) => z.number().int().nonnegative().default(def);
+
+const redisNode = z.union([
+  redisUrl.transform((url) => ({ url, standby: undefined as string | undefined })),
+  z.strictObject({ url: redisUrl, standby: redisUrl.optional() }),
+]);
+
+const authLimits = z
+  .strictObject({
+    perConnection: count(3), // failed AUTH attempts before 421 and disconnect
+    perClient: count(10), // failed attempts per client address within `window`
+    window: duration('15m'),
+    delay: duration('3s'), // delay before each reply once a client has failed
+  })
+  .prefault({});
+
+const tls = z
+  .strictObject({
+    key: z.string().optional(), // PEM file; the embedded default generates a self-signed pair
+    cert: z.string().optional(),
+  })
+  .prefault({});
+
+const destinationLimits = z.strictObject({
+  connections: z.number().int().positive().optional(),
+  ratePerSecond: z.number().nonnegative().optional(),
+  messagesPerConnection: z.number().int().positive().optional(),
+});
+
+const timeWindow = z.string().regex(/^([01]\d|2[0-3]):[0-5]\d-(([01]\d|2[0-3]):[0-5]\d|24:00)$/, 'expected "HH:MM-HH:MM"');
+
+export const configSchema = z
+  .strictObject({
+    gateway: z
+      .strictObject({
+        id: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected letters, digits, "_", "." or "-"').default('gw1'),
+        hostname: z.string().default('localhost'), // name used in banners, Received headers, DSNs
+        dataDir: z.string().default('.streamgate'), // local state: generated TLS pair, service data, pid files
+      })
+      .prefault({}),
+    log: z
+      .strictObject({
+        level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+        pretty: z.enum(['auto', 'always', 'never']).default('auto'), // auto: pretty when stdout is a terminal
+      })
+      .prefault({}),
+    smtp: z
+      .strictObject({
+        listen: listen('127.0.0.1:2525'),
+        maxMessageSize: size('25MB'),
+        maxRecipients: z.number().int().positive().default(100),
+        maxConnections: z.number().int().positive().default(1000),
+        maxConnectionsPerClient: z.number().int().positive().default(50),
+        maxMessagesPerConnection: z.number().int().positive().default(1000),
+        commandTimeout: duration('5m'), // RFC 5321 4.5.3.2 asks at least 5 minutes
+        dataTimeout: duration('10m'),
+        minDataRate: size('1KB'), // bytes per second while DATA arrives; slower clients are cut off
+        auth: authLimits,
+      })
+      .prefault({}),
+    submission: z
+      .strictObject({
+        listen: listen('127.0.0.1:2587'),
+        implicitTls: z.boolean().default(false), // true: TLS from the first byte (port 465 style)
+      })
+      .prefault({}),
+    tls,
+    users: z
+      .array(z.strictObject({ address: z.string().email('expected an e-mail address'), passwordHash: z.string() }))
+      .default([]), // submission users besides the mailbox store: scrypt hashes from `streamgate user hash`
+    pop3: z
+      .strictObject({
+        listen: listen('127.0.0.1:1110'),
+        plaintextAuth: z.enum(['tls-or-trusted', 'always', 'never']).default('tls-or-trusted'),
+        idleTimeout: duration('10m'), // RFC 1939 asks at least 10 minutes
+        lockLease: duration('5m'), // a crashed session's mailbox lock expires after this
+        pageSize: z.number().int().positive().default(100),
+        auth: authLimits,
+      })
+      .prefault({}),
+    ops: z
+      .strictObject({
+        listen: listen('127.0.0.1:8025'),
+        tokens: z.array(z.string().min(16, 'expected a token of at least 16 characters')).default([]),
+      })
+      .prefault({}),
+    redis: z
+      .strictObject({
+        nodes: z
+          .array(redisNode)
+          .min(2, 'expected at least two nodes (a replica pair)')
+          .prefault(['redis://127.0.0.1:6381', 'redis://127.0.0.1:6382', 'redis://127.0.0.1:6383']),
+        maxmemory: size('1GB'), // set on the nodes `services up` starts
+        persistence: z.enum(['none', 'aof']).default('none'), // for the nodes `services up` starts
+      })
+      .prefault({}),
+    cassandra: z
+      .strictObject({
+        contactPoints: z.array(z.string()).min(1).default(['127.0.0.1:9042']),
+        localDataCenter: z.string().default('datacenter1'),
+        keyspace: z.string().regex(/^[a-z][a-z0-9_]{0,47}$/, 'expected a lower-case CQL identifier').default('streamgate'),
+        replicationStrategy: z.enum(['SimpleStrategy', 'NetworkTopologyStrategy']).default('SimpleStrategy'),
+        replicationFactor: z.number().int().positive().default(1),
+        consistency: consistency.default('one'),
+        readConsistency: consistency.optional(), // defaults to `consistency`
+        writeConsistency: consistency.optional(),
+        chunkSize: size('64KB'), // bodies above this are split into chunks of this size
+        bucketSize: z.number().int().positive().default(10000), // messages per mailbox partition
+        heap: z.string().regex(/^\d+[mg]$/i, 'expected a JVM heap size like "512m"').default('512m'), // local node
+      })
+      .prefault({}),
+    domains: z
+      .strictObject({
+        local: z.array(domain).default(['example.test']), // delivered into Cassandra mailboxes
+        relay: z.array(domain).default([]), // accepted from anyone and relayed
+      })
+      .prefault({}),
+    networks: z.strictObject({ trusted: z.array(cidr).default(['127.0.0.0/8', '::1/128']) }).prefault({}),
+    routes: z
+      .record(domain, z.union([z.literal('local'), z.string().regex(/^smtps?:\/\/[^\s/]+(:\d+)?\/?$/, 'expected "local" or smtp://host:port')]))
+      .default({}),
+    queue: z
+      .strictObject({
+        writeConcern: z.enum(['all', 'one']).default('all'),
+        timeout: duration('2s'), // per replica call
+        heartbeat: z.strictObject({ every: duration('1s'), missed: z.number().int().positive().default(3) }).prefault({}),
+        rebuildAfter: duration('10s'), // grace before a queue is rebuilt on the spare
+        blockSize: z.number().int().min(1).max(100000).default(1000), // entries per block when copying or recovering
+        maxLength: z.number().int().positive().default(1000000), // live messages per queue
+        memoryHighWater: z.number().gt(0).max(1).default(0.9), // share of maxmemory above which appends are refused
+        historyMaxLength: z.number().int().positive().default(100000), // events kept per queue history stream
+      })
+      .prefault({}),
+    relay: z
+      .strictObject({
+        retry: z
+          .strictObject({
+            schedule: z.array(z.string().transform((s, ctx) => parseDuration(s) ?? fail(ctx, `expected a duration like "5m", got ${JSON.stringify(s)}`))).min(1).prefault(['5m', '10m', '20m', '40m', '1h']),
+            jitter: z.number().min(0).max(1).default(0.1),
+            maxLifetime: duration('5d'),
+            warnAfter: duration('4h'), // "0s" turns delay warnings off
+          })
+          .prefault({}),
+        limits: z
+          .strictObject({
+            default: z
+              .strictObject({
+                connections: z.number().int().positive().default(10),
+                ratePerSecond: z.number().nonnegative().default(0), // 0 = unlimited
+                messagesPerConnection: z.number().int().positive().default(100),
+              })
+              .prefault({}),
+            destinations: z.record(z.string(), destinationLimits).default({}), // per domain or MX host
+          })
+          .prefault({}),
+        deadDestination: z.strictObject({ failures: z.number().int().positive().default(5), suspend: duration('5m') }).prefault({}),
+        windows: z.record(domain, z.array(timeWindow).min(1)).default({}),
+        connectTimeout: duration('30s'),
+        greetingTimeout: duration('30s'),
+        socketTimeout: duration('5m'),
+        bounceRules: z.string().default('config/bounces.txt'), // reply pattern → class, first match wins
+      })
+      .prefault({}),
+    events: z
+      .strictObject({
+        queue: z.string().default('streamgate-events'), // BullMQ queue lifecycle events go to
+        producerQueue: z.string().default('streamgate-submit'), // BullMQ queue producers add messages to
+        redis: redisUrl.optional(), // defaults to the first node of redis.nodes
+      })
+      .prefault({}),
+  });
+
+export type Config = z.output<typeof configSchema>;
+export type RedisNodeConfig = Config['redis']['nodes'][number];

@@ -1,0 +1,81 @@
+// Shared domain types: envelopes, queued messages, lifecycle events.
+import { randomBytes } from 'node:crypto';
+
+export interface Envelope {
+  /** Envelope sender; "" is the null sender (bounces, DSNs). */
+  from: string;
+  to: string[];
+}
+
+export interface NewMessage {
+  /** Message id, the idempotency key (a producer's job id, or one made at accept time). */
+  id: string;
+  /** Destination domain: the queue it goes to. */
+  domain: string;
+  envelope: Envelope;
+  raw: Buffer;
+  /** Facts about the message kept with it and in its `accepted` event: client, size, tls, auth... */
+  meta?: Record<string, unknown>;
+  /** Not before this time (ms); default now. */
+  notBefore?: number;
+}
+
+export interface QueuedMessage {
+  queue: string;
+  domain: string;
+  id: string;
+  entryId: string;
+  /** This attempt's number, from 1. */
+  attempt: number;
+  envelope: Envelope;
+  raw: Buffer;
+  meta: Record<string, unknown>;
+  acceptedAt: number;
+}
+
+export type LifecycleKind =
+  | 'accepted'
+  | 'attempted'
+  | 'deferred'
+  | 'requeued'
+  | 'delivered'
+  | 'bounced'
+  | 'expired'
+  | 'held'
+  | 'released'
+  | 'purged'
+  | 'withdrawn';
+
+export interface LifecycleEvent {
+  /** Unique and stable: `${queue}/${history entry id}`; consumers deduplicate on it. */
+  id: string;
+  queue: string;
+  domain: string;
+  kind: LifecycleKind;
+  messageId: string;
+  txn: number;
+  at: number;
+  details: Record<string, unknown>;
+}
+
+const B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
+
+/** A sortable message id: 10 characters of time, 10 of randomness (Crockford base 32). */
+export function newMessageId(now = Date.now()): string {
+  let t = '';
+  let n = now;
+  for (let i = 0; i < 10; i++) {
+    t = B32[n % 32] + t;
+    n = Math.floor(n / 32);
+  }
+  const r = randomBytes(10);
+  let s = '';
+  for (const b of r) s += B32[b % 32];
+  return t + s;
+}
+
+/** The domain of an address: what follows the last "@", lower-cased. */
+export function domainOf(address: string): string {
+  const at = address.lastIndexOf('@');
+  return at < 0 ? '' : address.slice(at + 1).toLowerCase();
+}

@@ -1,0 +1,26 @@
+// One error type for the queue, with stable codes; script return codes map through one table.
+export type QueueErrorCode =
+  | 'QUEUE_UNAVAILABLE' // not writable at the configured write concern (ingress: 451 4.3.0)
+  | 'STORAGE_FULL' // a node above its memory high-water mark (ingress: 452 4.3.1)
+  | 'QUEUE_FULL' // the queue at queue.maxLength (ingress: 452 4.3.1)
+  | 'NOT_FOUND' // no such live message
+  | 'WRONG_STATE' // e.g. holding a message in flight, releasing one not held
+  | 'DIVERGED' // a replica's transaction number differs: it is being resynced
+  | 'BAD_INPUT'
+  | 'NODE_POLICY'; // a node whose maxmemory-policy is not noeviction
+
+export class QueueError extends Error {
+  override name = 'QueueError';
+  readonly code: QueueErrorCode;
+  constructor(code: QueueErrorCode, message: string) {
+    super(message);
+    this.code = code;
+  }
+}
+
+export const SCRIPT_CODES: Record<number, QueueErrorCode> = {
+  [-1]: 'DIVERGED',
+  [-2]: 'NOT_FOUND',
+  [-3]: 'WRONG_STATE',
+  [-4]: 'QUEUE_FULL',
+};

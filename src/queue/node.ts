@@ -1,0 +1,187 @@
+// One Redis node of the pool, reached over an active path and optionally a standby path (another
+// address of the same server). Heartbeats watch both paths; the node switches to the standby when
+// the active one fails, and is isolated (down) when the path it uses misses `missed` heartbeats or
+// a write times out. Memory figures from INFO feed the storage high-water check.
+import { EventEmitter } from 'node:events';
+import { Redis } from 'ioredis';
+import type { Logger } from '../log.ts';
+import { QueueError } from './errors.ts';
+import { defineScripts } from './scripts.ts';
+
+export type PathState = 'Run' | 'Ready' | 'NG';
+
+interface Path {
+  url: string;
+  client: Redis;
+  state: PathState;
+  misses: number;
+}
+
+export interface NodeOptions {
+  url: string;
+  standby?: string | undefined;
+  timeoutMs: number;
+  heartbeatMs: number;
+  missed: number;
+  log: Logger;
+}
+
+export interface NodeStatus {
+  id: string;
+  up: boolean;
+  path: 'active' | 'standby';
+  active: PathState;
+  standby: PathState | undefined;
+  lastHeartbeat: number;
+  usedMemory: number;
+  maxmemory: number;
+}
+
+/** Scripted commands registered by defineScripts, as ioredis exposes them. */
+export type ScriptClient = Redis & Record<string, (...args: (string | number | Buffer)[]) => Promise<unknown>>;
+
+function makeClient(url: string, timeoutMs: number): Redis {
+  const client = new Redis(url, {
+    lazyConnect: true,
+    enableAutoPipelining: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    commandTimeout: timeoutMs,
+    connectTimeout: Math.max(timeoutMs, 1000),
+    retryStrategy: (times) => Math.min(times * 100, 1000),
+  });
+  defineScripts(client);
+  return client;
+}
+
+export class RedisNode extends EventEmitter {
+  readonly id: string;
+  private readonly paths: { active: Path; standby?: Path };
+  private current: 'active' | 'standby' = 'active';
+  up = false;
+  lastHeartbeat = 0;
+  usedMemory = 0;
+  maxmemory = 0;
+  /** Bytes appended since the last INFO reading: added to usedMemory for the high-water check. */
+  pendingBytes = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly log: Logger;
+
+  private readonly opts: NodeOptions;
+
+  constructor(opts: NodeOptions) {
+    super();
+    this.opts = opts;
+    this.id = opts.url.replace(/^rediss?:\/\//, '').replace(/\/$/, '');
+    this.log = opts.log.child({ node: this.id });
+    this.paths = {
+      active: { url: opts.url, client: makeClient(opts.url, opts.timeoutMs), state: 'NG', misses: 0 },
+      ...(opts.standby ? { standby: { url: opts.standby, client: makeClient(opts.standby, opts.timeoutMs), state: 'NG' as PathState, misses: 0 } } : {}),
+    };
+    for (const p of this.allPaths()) p.client.on('error', () => {}); // reported through heartbeats
+  }
+
+  private allPaths(): Path[] {
+    return this.paths.standby ? [this.paths.active, this.paths.standby] : [this.paths.active];
+  }
+
+  /** The client on the path in use. */
+  get client(): ScriptClient {
+    return (this.current === 'standby' && this.paths.standby ? this.paths.standby.client : this.paths.active.client) as ScriptClient;
+  }
+
+  /** Connects, refuses a node whose maxmemory-policy is not noeviction, starts heartbeats. */
+  async start(): Promise<void> {
+    await Promise.allSettled(this.allPaths().map((p) => p.client.connect()));
+    await this.beat();
+    if (this.up) {
+      const [, policy] = (await this.client.config('GET', 'maxmemory-policy')) as [string, string];
+      if (policy !== 'noeviction') {
+        await this.stop();
+        throw new QueueError('NODE_POLICY', `redis node ${this.id} has maxmemory-policy ${policy}; streamgate needs noeviction (Redis is a store, not a cache)`);
+      }
+    }
+    this.timer = setInterval(() => void this.beat(), this.opts.heartbeatMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    for (const p of this.allPaths()) p.client.disconnect();
+  }
+
+  /** One heartbeat on every path; switches path or isolates the node as the answers say. */
+  async beat(): Promise<void> {
+    await Promise.all(
+      this.allPaths().map(async (p) => {
+        try {
+          const info = await p.client.info('memory');
+          p.misses = 0;
+          if (p.state === 'NG') p.state = 'Ready';
+          if (p === this.pathInUse()) {
+            this.usedMemory = Number(/used_memory:(\d+)/.exec(info)?.[1] ?? 0);
+            this.maxmemory = Number(/maxmemory:(\d+)/.exec(info)?.[1] ?? 0);
+            this.pendingBytes = 0;
+          }
+        } catch {
+          p.misses++;
+          if (p.misses >= this.opts.missed) p.state = 'NG';
+        }
+      }),
+    );
+    const inUse = this.pathInUse();
+    const other = this.current === 'active' ? this.paths.standby : this.paths.active;
+    if (inUse.state === 'NG' && other && other.state !== 'NG') {
+      this.current = this.current === 'active' ? 'standby' : 'active';
+      this.log.warn({ path: this.current, url: other.url }, 'switched path');
+      this.emit('path', this.current);
+    }
+    const nowInUse = this.pathInUse();
+    if (nowInUse.state !== 'NG' && nowInUse.misses === 0) {
+      nowInUse.state = 'Run';
+      for (const p of this.allPaths()) if (p !== nowInUse && p.state === 'Run') p.state = 'Ready';
+      this.lastHeartbeat = Date.now();
+      if (!this.up) {
+        this.up = true;
+        this.log.info('node up');
+        this.emit('up');
+      }
+    } else if (nowInUse.state === 'NG' && this.up) {
+      this.isolate('missed heartbeats');
+    }
+  }
+
+  private pathInUse(): Path {
+    return this.current === 'standby' && this.paths.standby ? this.paths.standby : this.paths.active;
+  }
+
+  /** Takes the node out of every write set until heartbeats answer again. */
+  isolate(reason: string): void {
+    if (!this.up) return;
+    this.up = false;
+    const p = this.pathInUse();
+    p.state = 'NG';
+    p.misses = this.opts.missed;
+    this.log.warn({ reason }, 'node isolated');
+    this.emit('down', reason);
+  }
+
+  /** True when appending `bytes` would take the node above highWater × maxmemory. */
+  aboveHighWater(highWater: number, bytes: number): boolean {
+    if (!this.maxmemory) return false;
+    return this.usedMemory + this.pendingBytes * 2 + bytes > this.maxmemory * highWater;
+  }
+
+  status(): NodeStatus {
+    return {
+      id: this.id,
+      up: this.up,
+      path: this.current,
+      active: this.paths.active.state,
+      standby: this.paths.standby?.state,
+      lastHeartbeat: this.lastHeartbeat,
+      usedMemory: this.usedMemory,
+      maxmemory: this.maxmemory,
+    };
+  }
+}

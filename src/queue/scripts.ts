@@ -1,0 +1,39 @@
+// Loads lua/: one script per file named `<name>-<numberOfKeys>.lua`, `--@include "x"` lines
+// expanded once from lua/includes/x.lua, and registers each on an ioredis client with
+// defineCommand (EVALSHA, falling back to EVAL when the node does not know the script yet).
+import { readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Redis } from 'ioredis';
+
+export const LUA_DIR = join(import.meta.dirname, '..', '..', 'lua');
+
+export interface ScriptSource {
+  name: string;
+  numberOfKeys: number;
+  lua: string;
+}
+
+let cache: ScriptSource[] | undefined;
+
+export function loadScripts(dir = LUA_DIR): ScriptSource[] {
+  if (cache && dir === LUA_DIR) return cache;
+  const out: ScriptSource[] = [];
+  for (const file of readdirSync(dir)) {
+    const m = /^([A-Za-z]+)-(\d+)\.lua$/.exec(file);
+    if (!m) continue;
+    const body = readFileSync(join(dir, file), 'utf8');
+    const lua = body.replace(/^--@include "([A-Za-z]+)"$/gm, (_, inc: string) => readFileSync(join(dir, 'includes', `${inc}.lua`), 'utf8'));
+    out.push({ name: m[1]!, numberOfKeys: Number(m[2]), lua });
+  }
+  if (dir === LUA_DIR) cache = out;
+  return out;
+}
+
+/** Registers every script on the client as a command named like the file (without the key count). */
+export function defineScripts(client: Redis, dir = LUA_DIR): void {
+  for (const s of loadScripts(dir)) {
+    if (!(s.name in client)) client.defineCommand(s.name, { numberOfKeys: s.numberOfKeys, lua: s.lua });
+  }
+}
+
+export type ScriptName = 'appendMessage' | 'takeMessages' | 'settleMessage' | 'deferMessage' | 'holdMessage' | 'rateLimit';

@@ -1,0 +1,93 @@
+// Real redis-server processes on free loopback ports in temp folders, killed afterwards even when
+// a test fails (the returned stop() plus a process 'exit' hook).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { freePort, waitFor } from './waitFor.ts';
+
+export interface TestRedis {
+  host: string;
+  port: number;
+  url: string;
+  dir: string;
+  proc: ChildProcess;
+  client(): Redis;
+  kill(signal?: NodeJS.Signals): void;
+  /** Starts it again on the same port and folder after a kill. */
+  restart(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+const live = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const p of live) p.kill('SIGKILL');
+});
+
+export interface RedisOptions {
+  maxmemory?: string;
+  policy?: string;
+  bind?: string[];
+}
+
+export async function startRedis(opts: RedisOptions = {}): Promise<TestRedis> {
+  const port = await freePort();
+  const dir = mkdtempSync(join(tmpdir(), 'sg-redis-'));
+  const bind = opts.bind ?? ['127.0.0.1'];
+  const clients: Redis[] = [];
+  const spawnIt = async (): Promise<ChildProcess> => {
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', bind.join(' '), '--dir', dir, '--save', '', '--appendonly', 'no',
+      '--maxmemory', opts.maxmemory ?? '512mb', '--maxmemory-policy', opts.policy ?? 'noeviction', '--protected-mode', 'no'], { stdio: 'ignore' });
+    live.add(proc);
+    proc.once('exit', () => live.delete(proc));
+    await waitFor(async () => {
+      const c = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      c.on('error', () => {});
+      try {
+        await c.connect();
+        return (await c.ping()) === 'PONG';
+      } finally {
+        c.disconnect();
+      }
+    }, { what: `redis-server on ${port}` });
+    return proc;
+  };
+  const r: TestRedis = {
+    host: '127.0.0.1',
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    dir,
+    proc: await spawnIt(),
+    client() {
+      const c = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1 });
+      c.on('error', () => {});
+      clients.push(c);
+      return c;
+    },
+    kill(signal = 'SIGKILL') {
+      r.proc.kill(signal);
+    },
+    async restart() {
+      if (r.proc.exitCode === null && r.proc.signalCode === null) {
+        r.proc.kill('SIGKILL');
+        await new Promise((res) => r.proc.once('exit', res));
+      }
+      r.proc = await spawnIt();
+    },
+    async stop() {
+      for (const c of clients) c.disconnect();
+      if (r.proc.exitCode === null && r.proc.signalCode === null) {
+        r.proc.kill('SIGCONT');
+        r.proc.kill('SIGKILL');
+        await new Promise((res) => r.proc.once('exit', res));
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return r;
+}
+
+export async function startRedisPool(n: number, opts: RedisOptions = {}): Promise<TestRedis[]> {
+  return Promise.all(Array.from({ length: n }, () => startRedis(opts)));
+}
