@@ -1,4 +1,5 @@
-// The composition root: creates the clients, wires the parts and owns their lifecycle.
+// The composition root: creates the clients, wires the parts and owns their lifecycle. Parts are
+// started in order and stopped in reverse; a failure while starting stops what was started.
 import type { Config } from './config/schema.ts';
 import type { Logger } from './log.ts';
 import { QueueManager } from './queue/manager.ts';
@@ -8,7 +9,7 @@ export interface Gateway {
   stop(): Promise<void>;
 }
 
-interface Part {
+export interface Part {
   name: string;
   stop(): Promise<void>;
 }
@@ -25,6 +26,13 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     await queues.start();
     parts.push({ name: 'queue', stop: () => queues.stop() });
     log.info({ gateway: config.gateway.id, nodes: queues.nodes.map((n) => n.id), queues: queues.queues.size }, 'queues ready');
+
+    // -- mailbox (src/mailbox, src/pop3) is wired here --
+
+    // -- relay (src/relay) is wired here --
+
+    // -- SMTP ingress (src/ingress) is wired here --
+
     return { queues, stop: stopAll };
   } catch (err) {
     await stopAll();

@@ -79,3 +79,33 @@ export function domainOf(address: string): string {
   const at = address.lastIndexOf('@');
   return at < 0 ? '' : address.slice(at + 1).toLowerCase();
 }
+
+/** Per-recipient outcome of one delivery attempt. */
+export interface RecipientResult {
+  rcpt: string;
+  /** delivered: done; deferred: try again later; bounced: permanent failure (DSN). */
+  status: 'delivered' | 'deferred' | 'bounced';
+  code?: number;
+  enhanced?: string;
+  text?: string;
+}
+
+/**
+ * Delivery into local mailboxes (the `local` route). Implemented by src/mailbox; the relay calls
+ * it for messages whose destination domain routes to `local`. A thrown error means "try again
+ * later" for every recipient (for example Cassandra unavailable).
+ */
+export interface LocalDelivery {
+  deliver(msg: QueuedMessage): Promise<RecipientResult[]>;
+}
+
+/**
+ * The users the gateway knows: recipient checks for local domains at RCPT time and AUTH on
+ * submission. Implemented by src/mailbox (Cassandra users table, cached for seconds) together
+ * with the `users` of the configuration.
+ */
+export interface UserDirectory {
+  exists(address: string): Promise<boolean>;
+  /** True when the password matches the stored hash. */
+  verify(address: string, password: string): Promise<boolean>;
+}
