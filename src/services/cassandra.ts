@@ -49,7 +49,6 @@ export interface CassandraNodeOptions {
 const CONF_SRC = resolve(import.meta.dirname, '..', '..', 'config', 'cassandra');
 const POM = join(CONF_SRC, 'pom.xml');
 const DAEMON = 'org.apache.cassandra.service.CassandraDaemon';
-const LOCAL_DC = 'datacenter1'; // SimpleSnitch
 const STOP_GRACE_MS = 30_000;
 
 // ---------------------------------------------------------------------------------------------
