@@ -100,9 +100,18 @@ function parseEnvValue(name: string, value: string): unknown {
   }
 }
 
+/** A key left empty in YAML (`tls:`) means "not given": the default applies. */
+function dropNulls(tree: unknown): unknown {
+  if (Array.isArray(tree)) return tree.map(dropNulls);
+  if (!isTree(tree)) return tree;
+  const out: Tree = {};
+  for (const [k, v] of Object.entries(tree)) if (v !== null) out[k] = dropNulls(v);
+  return out;
+}
+
 /** Validates a raw tree; throws ConfigError with one line for the first problem. */
 export function validateConfig(raw: unknown, source = 'configuration'): Config {
-  const result = configSchema.safeParse(raw ?? {}, { reportInput: true });
+  const result = configSchema.safeParse(dropNulls(raw ?? {}), { reportInput: true });
   if (result.success) return result.data;
   const issue = result.error.issues[0]!;
   throw new ConfigError(`${source}: ${formatIssue(issue, raw)}`);

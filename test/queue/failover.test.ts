@@ -1,0 +1,187 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { silentLogger } from '../../src/log.ts';
+import { newMessageId } from '../../src/message/types.ts';
+import { QueueManager } from '../../src/queue/manager.ts';
+import type { Queue } from '../../src/queue/queue.ts';
+import { testConfig } from '../helpers/config.ts';
+import { startRedis, startRedisPool, type TestRedis } from '../helpers/redis.ts';
+import { waitFor } from '../helpers/waitFor.ts';
+
+const fast = { timeout: '500ms', heartbeat: { every: '100ms', missed: 2 }, rebuildAfter: '1s', blockSize: 100 };
+
+const msg = (domain: string, i: number) => ({
+  id: newMessageId(),
+  domain,
+  envelope: { from: `s@src.test`, to: [`r${i}@${domain}`] },
+  raw: Buffer.from(`Subject: ${i}\r\n\r\n${'x'.repeat(1000)}\r\n`),
+});
+
+/** Appends `total` messages, 16 at a time, calling `at` once `trigger` have been acknowledged. */
+async function appendRun(qm: QueueManager, domain: string, total: number, trigger: number, at: () => void) {
+  const acked: string[] = [];
+  let refused = 0;
+  let fired = false;
+  let next = 0;
+  const worker = async () => {
+    while (next < total) {
+      const m = msg(domain, next++);
+      try {
+        await qm.append(m);
+        acked.push(m.id);
+      } catch (err) {
+        assert.equal((err as { code: string }).code, 'QUEUE_UNAVAILABLE', (err as Error).message);
+        refused++;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+      if (!fired && acked.length >= trigger) {
+        fired = true;
+        at();
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: 16 }, worker));
+  return { acked, refused };
+}
+
+async function onReplica(r: TestRedis, q: Queue, ids: string[]): Promise<number> {
+  const c = r.client();
+  let present = 0;
+  for (let i = 0; i < ids.length; i += 500) {
+    const got = await c.hmget(q.keys[3], ...ids.slice(i, i + 500));
+    present += got.filter(Boolean).length;
+  }
+  return present;
+}
+
+for (const signal of ['SIGKILL', 'SIGSTOP'] as const) {
+  describe(`a replica lost to ${signal} during appends`, () => {
+    it('loses no acknowledged message, rebuilds on the spare and accepts again by itself', async () => {
+      const pool = await startRedisPool(3);
+      const qm = new QueueManager(testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: fast }), silentLogger, { gatewayId: `gw-${signal}` });
+      try {
+        await qm.start();
+        const domain = `${signal.toLowerCase()}.test`;
+        const q = await qm.queueFor(domain);
+        const victimId = q.replicas[1]!.node.id;
+        const victim = pool.find((r) => victimId.endsWith(`:${r.port}`))!;
+        const survivor = pool.find((r) => q.replicas[0]!.node.id.endsWith(`:${r.port}`))!;
+        const spare = pool.find((r) => r !== victim && r !== survivor)!;
+        const t0 = Date.now();
+        const { acked, refused } = await appendRun(qm, domain, 3000, 500, () => victim.kill(signal));
+        assert.ok(acked.length >= 500, `acked ${acked.length}`);
+        assert.ok(refused > 0, 'appends were refused while the pair was broken');
+        // every acknowledged message is on the survivor
+        assert.equal(await onReplica(survivor, q, acked), acked.length);
+        // the queue was rebuilt on the spare and took appends again by itself
+        await waitFor(() => q.whole && q.replicas.some((r) => r.node.id.endsWith(`:${spare.port}`)), { timeout: 20_000, what: 'rebuilt on the spare' });
+        assert.equal(await onReplica(spare, q, acked), acked.length);
+        await qm.append(msg(domain, 99999));
+        const [a, b] = [survivor.client(), spare.client()];
+        assert.equal(await a.hget(q.keys[2], 'txn'), await b.hget(q.keys[2], 'txn'));
+        assert.equal(await a.xlen(q.keys[0]), await b.xlen(q.keys[0]));
+        assert.equal(await a.xlen(q.keys[1]), await b.xlen(q.keys[1]));
+        const health = qm.health().queues.find((t) => t.domain === domain)!;
+        assert.deepEqual(health.replicas.map((r) => r.sync), ['Sync', 'Sync']);
+        if (signal === 'SIGSTOP') assert.ok(Date.now() - t0 < 30_000);
+      } finally {
+        pool.forEach((r) => r.kill('SIGCONT'));
+        await qm.stop();
+        await Promise.all(pool.map((r) => r.stop()));
+      }
+    });
+  });
+}
+
+describe('standby path', () => {
+  it('switches to the standby address when the active path fails, and the table says so', async () => {
+    const r0 = await startRedis({ bind: ['127.0.0.1', '127.0.0.2'] });
+    const others = await startRedisPool(2);
+    // the active path goes through a TCP proxy we can cut; the standby is the server's second address
+    const { createServer, connect } = await import('node:net');
+    const sockets = new Set<import('node:net').Socket>();
+    const proxy = createServer((c) => {
+      const up = connect(r0.port, '127.0.0.1');
+      sockets.add(c).add(up);
+      c.pipe(up).pipe(c);
+      c.on('error', () => up.destroy());
+      up.on('error', () => c.destroy());
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const pport = (proxy.address() as { port: number }).port;
+    const nodes = [{ url: `redis://127.0.0.1:${pport}`, standby: `redis://127.0.0.2:${r0.port}` }, ...others.map((r) => r.url)];
+    const qm = new QueueManager(testConfig({ redis: { nodes }, queue: fast }), silentLogger, { gatewayId: 'gw-standby' });
+    try {
+      await qm.start();
+      const node = qm.nodes[0]!;
+      await waitFor(() => node.status().standby === 'Ready', { what: 'standby ready' });
+      assert.equal(node.status().active, 'Run');
+      proxy.close();
+      for (const s of sockets) s.destroy();
+      await waitFor(() => node.status().path === 'standby' && node.status().standby === 'Run', { timeout: 5000, what: 'switched to standby' });
+      assert.equal(node.status().active, 'NG');
+      assert.equal(node.up, true);
+      // the node still takes writes through the standby path
+      const domain = 'standby.test';
+      for (let i = 0; i < 50; i++) await qm.append(msg(domain, i));
+      assert.equal(qm.depth(domain).ready, 50);
+    } finally {
+      await qm.stop();
+      await Promise.all([r0.stop(), ...others.map((r) => r.stop())]);
+    }
+  });
+});
+
+describe('capacity', () => {
+  it('refuses a node whose maxmemory-policy is not noeviction', async () => {
+    const good = await startRedis();
+    const bad = await startRedis({ policy: 'allkeys-lru' });
+    const qm = new QueueManager(testConfig({ redis: { nodes: [good.url, bad.url] } }), silentLogger, { gatewayId: 'gw-policy' });
+    try {
+      await assert.rejects(qm.start(), (e: Error & { code?: string }) => {
+        assert.equal(e.code, 'NODE_POLICY');
+        assert.match(e.message, new RegExp(`127\\.0\\.0\\.1:${bad.port} has maxmemory-policy allkeys-lru; streamgate needs noeviction`));
+        return true;
+      });
+    } finally {
+      await good.stop();
+      await bad.stop();
+    }
+  });
+
+  it('gives a typed error and writes nothing when a node is above its high-water mark or the queue is full', async () => {
+    const pool = await startRedisPool(2, { maxmemory: '20mb' });
+    const qm = new QueueManager(testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { maxLength: 5 } }), silentLogger, { gatewayId: 'gw-full' });
+    try {
+      await qm.start();
+      // queue length limit
+      for (let i = 0; i < 5; i++) await qm.append(msg('len.test', i));
+      await assert.rejects(qm.append(msg('len.test', 5)), { code: 'QUEUE_FULL' });
+      const lq = qm.queues.get('len.test')!;
+      for (const r of pool) assert.equal(await r.client().xlen(lq.keys[0]), 5);
+      // memory high-water mark
+      const q = await qm.queueFor('mem.test');
+      const c0 = pool[0]!.client();
+      for (let i = 0; ; i++) {
+        const used = Number(/used_memory:(\d+)/.exec(await c0.info('memory'))![1]);
+        if (used > 20 * 1024 * 1024 * 0.92) break;
+        await c0.set(`ballast:${i}`, 'x'.repeat(256 * 1024));
+      }
+      await qm.nodes[0]!.beat();
+      await assert.rejects(qm.append(msg('mem.test', 0)), { code: 'STORAGE_FULL' });
+      for (const r of pool) {
+        const c = r.client();
+        assert.equal(await c.exists(q.keys[0]), 0);
+        assert.equal(await c.hget(q.keys[2], 'txn'), null);
+      }
+      assert.equal(qm.depth('mem.test').ready, 0);
+      await c0.flushdb();
+      await qm.nodes[0]!.beat();
+      await qm.append(msg('mem.test', 1));
+      assert.equal(qm.depth('mem.test').ready, 1);
+    } finally {
+      await qm.stop();
+      await Promise.all(pool.map((r) => r.stop()));
+    }
+  });
+});
