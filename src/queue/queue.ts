@@ -6,6 +6,7 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.ts';
 import type { LifecycleEvent, LifecycleKind, NewMessage, QueuedMessage } from '../message/types.ts';
 import { QueueError, SCRIPT_CODES } from './errors.ts';
+import { Batcher } from './batcher.ts';
 import { MinHeap } from './heap.ts';
 import type { RedisNode } from './node.ts';
 
@@ -55,6 +56,7 @@ export interface QueueSettings {
 }
 
 type Arg = string | number | Buffer;
+export type SettleOutcome = 'delivered' | 'bounced' | 'expired' | 'purged' | 'withdrawn';
 
 /** Strictly increasing stream ids "ms-seq" chosen by the gateway, identical on both replicas. */
 export class IdGen {
@@ -252,8 +254,15 @@ export class Queue extends EventEmitter {
 
   // ---- operations ---------------------------------------------------------------------------
 
+  private readonly appends = new Batcher<NewMessage, { entryId: string; duplicate: boolean }>(
+    { maxItems: 500, maxBytes: 512 * 1024, maxInFlight: 4, size: (m) => m.raw.length },
+    (batch) => this.appendBatch(batch),
+  );
+
+  /** Stores a message on the replicas (gathered with other appends into one transaction). */
   async append(msg: NewMessage): Promise<{ entryId: string; duplicate: boolean }> {
     if (!msg.envelope.to.length) throw new QueueError('BAD_INPUT', 'a message needs at least one recipient');
+    if (!msg.id || msg.id.length > 200) throw new QueueError('BAD_INPUT', 'a message id of 1 to 200 characters is needed');
     for (const r of this.inSync()) {
       if (r.node.aboveHighWater(this.settings.memoryHighWater, msg.raw.length)) {
         throw new QueueError('STORAGE_FULL', `redis node ${r.node.id} is above ${Math.round(this.settings.memoryHighWater * 100)}% of its maxmemory`);
@@ -261,23 +270,42 @@ export class Queue extends EventEmitter {
     }
     const existing = this.msgs.get(msg.id);
     if (existing) return { entryId: existing.entryId, duplicate: true };
-    const [now, histId] = this.common();
-    const entryId = this.entryIds.next(now);
-    const meta = JSON.stringify(msg.meta ?? {});
-    const notBefore = msg.notBefore && msg.notBefore > now ? msg.notBefore : 0;
-    const args: Arg[] = [now, histId, this.settings.historyMaxLength, entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), meta, msg.raw, this.settings.maxLength, notBefore];
-    const res = await this.write('append', 'appendMessage', () => args, [msg.id]);
-    const code = Number(res[0]);
-    if (code === -4) throw new QueueError('QUEUE_FULL', `queue ${this.name} holds its maximum of ${this.settings.maxLength} messages`);
-    for (const r of this.inSync()) r.node.pendingBytes += msg.raw.length;
-    const gotEntry = String(res[2]);
-    if (code === 1) return { entryId: gotEntry, duplicate: true };
-    const [ms, seq] = parseEntryId(entryId);
-    const m: MemMsg = { id: msg.id, entryId, ms, seq, state: notBefore ? 'd' : 'r', attempts: 0, nextAt: notBefore, bytes: msg.raw.length, gen: 0 };
-    this.track(m);
-    this.event('accepted', msg.id, histId, Number(res[1]), { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}) });
-    this.emit('ready');
-    return { entryId, duplicate: false };
+    return this.appends.add(msg);
+  }
+
+  private async appendBatch(batch: NewMessage[]): Promise<({ entryId: string; duplicate: boolean } | Error)[]> {
+    const now = this.settings.now();
+    const histId = this.histIds.next(now, batch.length);
+    const args: Arg[] = [now, histId, this.settings.historyMaxLength, this.settings.maxLength, batch.length];
+    const entryIds: string[] = [];
+    const notBefore: number[] = [];
+    for (const msg of batch) {
+      const entryId = this.entryIds.next(now);
+      const nb = msg.notBefore && msg.notBefore > now ? msg.notBefore : 0;
+      entryIds.push(entryId);
+      notBefore.push(nb);
+      args.push(entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), JSON.stringify(msg.meta ?? {}), msg.raw, nb);
+    }
+    const res = await this.write('append', 'appendMessages', () => args, batch.map((m) => m.id));
+    const txn = Number(res[1]);
+    const [hms, hseq] = parseEntryId(histId);
+    let k = 0;
+    let appended = 0;
+    const out = batch.map((msg, i) => {
+      const code = Number(res[2 + i * 2]);
+      if (code === -4) return new QueueError('QUEUE_FULL', `queue ${this.name} holds its maximum of ${this.settings.maxLength} messages`);
+      if (code === 1) return { entryId: String(res[3 + i * 2]), duplicate: true };
+      const entryId = entryIds[i]!;
+      const [ms, seq] = parseEntryId(entryId);
+      const nb = notBefore[i]!;
+      this.track({ id: msg.id, entryId, ms, seq, state: nb ? 'd' : 'r', attempts: 0, nextAt: nb, bytes: msg.raw.length, gen: 0 });
+      this.event('accepted', msg.id, `${hms}-${hseq + k++}`, txn, { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}) });
+      appended += msg.raw.length;
+      return { entryId, duplicate: false };
+    });
+    for (const r of this.inSync()) r.node.pendingBytes += appended;
+    if (appended) this.emit('ready');
+    return out;
   }
 
   /** Adds a message to the projection (append and recovery). */
@@ -424,14 +452,33 @@ export class Queue extends EventEmitter {
     return Number(res[1]);
   }
 
+  private readonly settles = new Batcher<{ msgId: string; outcome: SettleOutcome; details: string }, number>(
+    { maxItems: 500, maxBytes: 1024 * 1024, maxInFlight: 2, size: (s) => s.details.length + 64 },
+    (batch) => this.settleBatch(batch),
+  );
+
   /** delivered | bounced | expired | purged | withdrawn: the live entry goes, the event stays. */
-  async settle(msgId: string, outcome: 'delivered' | 'bounced' | 'expired' | 'purged' | 'withdrawn', details: Record<string, unknown> = {}): Promise<void> {
-    const m = this.need(msgId);
-    const [now, histId] = this.common();
-    const res = await this.write('other', 'settleMessage', () => [now, histId, this.settings.historyMaxLength, msgId, outcome, JSON.stringify(details)], [msgId]);
-    const txn = this.check(res, msgId);
-    if (this.msgs.get(msgId) === m) this.forget(m);
-    this.event(outcome, msgId, histId, txn, details);
+  async settle(msgId: string, outcome: SettleOutcome, details: Record<string, unknown> = {}): Promise<void> {
+    this.need(msgId);
+    await this.settles.add({ msgId, outcome, details: JSON.stringify(details) });
+  }
+
+  private async settleBatch(batch: { msgId: string; outcome: SettleOutcome; details: string }[]): Promise<(number | Error)[]> {
+    const now = this.settings.now();
+    const histId = this.histIds.next(now, batch.length);
+    const args: Arg[] = [now, histId, this.settings.historyMaxLength, batch.length];
+    for (const b of batch) args.push(b.msgId, b.outcome, b.details);
+    const res = await this.write('other', 'settleMessages', () => args, batch.map((b) => b.msgId));
+    const txn = Number(res[1]);
+    const [hms, hseq] = parseEntryId(histId);
+    let k = 0;
+    return batch.map((b, i) => {
+      if (Number(res[2 + i]) !== 0) return new QueueError('NOT_FOUND', `no message ${b.msgId} in queue ${this.name}`);
+      const m = this.msgs.get(b.msgId);
+      if (m) this.forget(m);
+      this.event(b.outcome, b.msgId, `${hms}-${hseq + k++}`, txn, JSON.parse(b.details) as Record<string, unknown>);
+      return txn;
+    });
   }
 
   /** After a failed attempt: next attempt time, last reply, and the recipients still to do. */

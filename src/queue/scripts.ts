@@ -36,4 +36,4 @@ export function defineScripts(client: Redis, dir = LUA_DIR): void {
   }
 }
 
-export type ScriptName = 'appendMessage' | 'takeMessages' | 'settleMessage' | 'deferMessage' | 'holdMessage' | 'rateLimit';
+export type ScriptName = 'appendMessages' | 'takeMessages' | 'settleMessages' | 'deferMessage' | 'holdMessage' | 'rateLimit' | 'connectionLease';
