@@ -1,0 +1,102 @@
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { alive } from '../../src/services/pidfile.ts';
+import { redisAnswers } from '../../src/services/redis.ts';
+import { cassandraAnswers } from '../../src/services/cassandra.ts';
+import { freePort, waitFor } from '../helpers/waitFor.ts';
+
+const MAIN = join(import.meta.dirname, '..', '..', 'src', 'cli', 'main.ts');
+
+function cli(args: string[]) {
+  return spawnSync(process.execPath, [MAIN, ...args], { encoding: 'utf8', timeout: 240_000 });
+}
+
+describe('streamgate services', () => {
+  let dir: string;
+  let config: string;
+  let ports: number[];
+  let cql: number;
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'sg-services-'));
+    ports = [await freePort(), await freePort(), await freePort()];
+    cql = await freePort();
+    config = join(dir, 'streamgate.yaml');
+    writeFileSync(
+      config,
+      [
+        'gateway: { dataDir: "' + join(dir, 'data') + '" }',
+        'log: { level: info, pretty: never }',
+        `smtp: { listen: "127.0.0.1:${await freePort()}" }`,
+        `submission: { listen: "127.0.0.1:${await freePort()}" }`,
+        `pop3: { listen: "127.0.0.1:${await freePort()}" }`,
+        `ops: { listen: "127.0.0.1:${await freePort()}" }`,
+        `redis: { nodes: [${ports.map((p) => `"redis://127.0.0.1:${p}"`).join(', ')}], maxmemory: 64MB }`,
+        `cassandra: { contactPoints: ["127.0.0.1:${cql}"], heap: 256m }`,
+      ].join('\n'),
+    );
+  });
+  after(() => {
+    cli(['services', 'down', '--config', config]);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('up starts each Redis node and Cassandra once, waits until they answer, and is idempotent', async () => {
+    const first = cli(['services', 'up', '--config', config]);
+    assert.equal(first.status, 0, first.stderr);
+    for (const p of ports) assert.match(first.stdout, new RegExp(`redis\\s+127\\.0\\.0\\.1:${p}\\s+started \\(pid \\d+, [\\d.]+ s\\)`));
+    assert.match(first.stdout, new RegExp(`cassandra\\s+127\\.0\\.0\\.1:${cql}\\s+started`));
+    for (const p of ports) assert.equal(await redisAnswers('127.0.0.1', p), true);
+    assert.equal(await cassandraAnswers('127.0.0.1', cql), true);
+    const pids = [...first.stdout.matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
+    assert.equal(pids.length, 4);
+
+    const second = cli(['services', 'up', '--config', config]);
+    assert.equal(second.status, 0, second.stderr);
+    assert.doesNotMatch(second.stdout, /started/);
+    assert.deepEqual([...second.stdout.matchAll(/pid (\d+)/g)].map((m) => Number(m[1])), pids);
+
+    const status = cli(['services', 'status', '--config', config]);
+    assert.equal(status.status, 0, status.stdout);
+    assert.equal(status.stdout.match(/running/g)?.length, 4);
+
+    // the Redis nodes refuse to evict: the gateway's invariant 8
+    const { Redis } = await import('ioredis');
+    const c = new Redis({ port: ports[0], lazyConnect: true });
+    await c.connect();
+    assert.deepEqual(await c.config('GET', 'maxmemory-policy'), ['maxmemory-policy', 'noeviction']);
+    assert.deepEqual(await c.config('GET', 'maxmemory'), ['maxmemory', String(64 * 1024 * 1024)]);
+    c.disconnect();
+
+    const down = cli(['services', 'down', '--config', config]);
+    assert.equal(down.status, 0, down.stderr);
+    assert.equal(down.stdout.match(/stopped/g)?.length, 4);
+    for (const pid of pids) assert.equal(alive(pid), false, `pid ${pid} gone`);
+    const after = cli(['services', 'status', '--config', config]);
+    assert.equal(after.status, 1);
+  });
+
+  it('start --with-services brings up everything, serves, and leaves nothing behind on SIGINT', async () => {
+    const child = spawn(process.execPath, [MAIN, 'start', '--with-services', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    try {
+      await waitFor(() => /queues ready/.test(out), { timeout: 240_000, what: 'gateway ready' });
+      for (const p of ports) assert.equal(await redisAnswers('127.0.0.1', p), true);
+      assert.equal(await cassandraAnswers('127.0.0.1', cql), true);
+      const pids = [...out.matchAll(/"pid":(\d+)[^\n]*"service ready"|"service ready"[^\n]*"pid":(\d+)/g)].map((m) => Number(m[1] ?? m[2]));
+      child.kill('SIGINT');
+      const code = await new Promise((r) => child.once('exit', r));
+      assert.equal(code, 0, out);
+      for (const p of ports) assert.equal(await redisAnswers('127.0.0.1', p), false, `redis ${p} stopped`);
+      assert.equal(await cassandraAnswers('127.0.0.1', cql), false);
+      for (const pid of pids) assert.equal(alive(pid), false);
+    } finally {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    }
+  });
+});
