@@ -1,0 +1,123 @@
+// The ops HTTP API: health for load balancers, Prometheus metrics, queue depth and the replica
+// management table, a message's history, and hold / release / purge with actor and reason.
+// Reads are open on the ops listener (bind it to a management network); writes need a bearer
+// token from ops.tokens. Errors carry stable codes: { error: { code, message } }.
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
+import { timingSafeEqual } from 'node:crypto';
+import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../log.ts';
+import { QueueError } from '../queue/errors.ts';
+import type { QueueManager } from '../queue/manager.ts';
+
+const STATUS: Record<string, number> = { NOT_FOUND: 404, WRONG_STATE: 409, QUEUE_UNAVAILABLE: 503, BAD_INPUT: 400 };
+
+function fail(reply: FastifyReply, status: number, code: string, message: string) {
+  return reply.code(status).send({ error: { code, message } });
+}
+
+export function metricsRegistry(queues: QueueManager): Registry {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'streamgate_process_' });
+  const depth = new Gauge({ name: 'streamgate_queue_depth', help: 'Live messages per destination queue and state', labelNames: ['queue', 'state'], registers: [registry] });
+  const bytes = new Gauge({ name: 'streamgate_queue_bytes', help: 'Bytes of live messages per destination queue', labelNames: ['queue'], registers: [registry] });
+  const oldest = new Gauge({ name: 'streamgate_queue_oldest_age_seconds', help: 'Age of the oldest live message per queue', labelNames: ['queue'], registers: [registry] });
+  const replica = new Gauge({ name: 'streamgate_queue_replica_in_sync', help: '1 when the replica is in sync', labelNames: ['queue', 'node'], registers: [registry] });
+  const node = new Gauge({ name: 'streamgate_redis_node_up', help: '1 when the Redis node answers heartbeats', labelNames: ['node'], registers: [registry] });
+  const mem = new Gauge({ name: 'streamgate_redis_node_memory_ratio', help: 'used_memory / maxmemory of the node', labelNames: ['node'], registers: [registry] });
+  const collect = () => {
+    depth.reset();
+    replica.reset();
+    const now = queues.now();
+    for (const q of queues.queues.values()) {
+      for (const s of ['ready', 'deferred', 'held', 'inflight'] as const) depth.set({ queue: q.domain, state: s }, q.depth[s]);
+      bytes.set({ queue: q.domain }, q.depth.bytes);
+      oldest.set({ queue: q.domain }, q.depth.oldest === null ? 0 : Math.max(0, (now - q.depth.oldest) / 1000));
+      for (const r of q.replicas) replica.set({ queue: q.domain, node: r.node.id }, r.sync === 'Sync' && r.node.up ? 1 : 0);
+    }
+    for (const n of queues.nodes) {
+      const s = n.status();
+      node.set({ node: s.id }, s.up ? 1 : 0);
+      mem.set({ node: s.id }, s.maxmemory ? s.usedMemory / s.maxmemory : 0);
+    }
+  };
+  return Object.assign(registry, { collectQueues: collect });
+}
+
+export interface OpsOptions {
+  config: Config;
+  queues: QueueManager;
+  log: Logger;
+}
+
+export async function startOps(opts: OpsOptions): Promise<{ port: number; stop(): Promise<void> }> {
+  const { config, queues } = opts;
+  const log = opts.log.child({ component: 'ops' });
+  const app = Fastify({ loggerInstance: log, disableRequestLogging: true });
+  const registry = metricsRegistry(queues) as Registry & { collectQueues(): void };
+  const tokens = config.ops.tokens.map((t) => Buffer.from(t));
+
+  const authorize = async (req: FastifyRequest, reply: FastifyReply) => {
+    const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
+    const given = m ? Buffer.from(m[1]!) : undefined;
+    if (!given || !tokens.some((t) => t.length === given.length && timingSafeEqual(t, given))) {
+      return fail(reply, 401, 'SG_ERR_UNAUTHORIZED', tokens.length ? 'expected "Authorization: Bearer <token>" with a token from ops.tokens' : 'no ops.tokens are configured: write calls are disabled');
+    }
+  };
+
+  app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, _req, reply) => {
+    if (err instanceof QueueError) return fail(reply, STATUS[err.code] ?? 500, `SG_ERR_${err.code}`, err.message);
+    if (err.validation) return fail(reply, 400, 'SG_ERR_BAD_REQUEST', err.message);
+    log.error({ err }, 'request failed');
+    return fail(reply, err.statusCode ?? 500, 'SG_ERR_INTERNAL', err.message);
+  });
+  app.setNotFoundHandler((req, reply) => fail(reply, 404, 'SG_ERR_NO_ROUTE', `no route ${req.method} ${req.url}`));
+
+  app.get('/health', async (_req, reply) => {
+    const writable = queues.writable;
+    return reply.code(writable ? 200 : 503).send({ status: writable ? 'ok' : 'unavailable', nodes: queues.health().nodes });
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    registry.collectQueues();
+    return reply.type(registry.contentType).send(await registry.metrics());
+  });
+
+  app.get('/api/queues', async () => ({ totals: queues.totals(), queues: [...queues.queues.values()].map((q) => ({ ...q.table(), depth: q.depth })) }));
+
+  const domainParam = { type: 'object', properties: { domain: { type: 'string', pattern: '^[A-Za-z0-9.-]{1,253}$' } }, required: ['domain'] } as const;
+  const msgParams = { type: 'object', properties: { domain: domainParam.properties.domain, id: { type: 'string', minLength: 1, maxLength: 200 } }, required: ['domain', 'id'] } as const;
+
+  app.get<{ Params: { domain: string } }>('/api/queues/:domain', { schema: { params: domainParam } }, async (req) => {
+    const q = queues.queues.get(req.params.domain.toLowerCase());
+    if (!q) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
+    return { ...q.table(), depth: q.depth };
+  });
+
+  app.get<{ Params: { domain: string; id: string } }>('/api/queues/:domain/messages/:id', { schema: { params: msgParams } }, async (req) => {
+    const events = await queues.history(req.params.domain, req.params.id);
+    const q = queues.queues.get(req.params.domain.toLowerCase());
+    const m = q?.get(req.params.id);
+    if (!events.length && !m) throw new QueueError('NOT_FOUND', `no message ${req.params.id} in queue ${req.params.domain}`);
+    return { id: req.params.id, live: m ? { state: { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' }[m.state], attempts: m.attempts, nextAttemptAt: m.nextAt || null } : null, events };
+  });
+
+  const action = { type: 'object', properties: { reason: { type: 'string', minLength: 1, maxLength: 500 }, actor: { type: 'string', minLength: 1, maxLength: 100 } }, required: ['reason'], additionalProperties: false } as const;
+  for (const verb of ['hold', 'release', 'purge'] as const) {
+    app.post<{ Params: { domain: string; id: string }; Body: { reason: string; actor?: string } }>(
+      `/api/queues/:domain/messages/:id/${verb}`,
+      { schema: { params: msgParams, body: action }, preHandler: authorize },
+      async (req) => {
+        const actor = req.body.actor ?? 'ops-api';
+        await queues[verb](req.params.domain, req.params.id, actor, req.body.reason);
+        log.info({ verb, queue: req.params.domain, messageId: req.params.id, actor, reason: req.body.reason }, 'admin action');
+        return { ok: true, verb, id: req.params.id };
+      },
+    );
+  }
+
+  await app.listen({ host: config.ops.listen.host, port: config.ops.listen.port });
+  const port = (app.server.address() as { port: number }).port;
+  log.info({ host: config.ops.listen.host, port }, 'ops listening');
+  return { port, stop: () => app.close() };
+}
