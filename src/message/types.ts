@@ -47,7 +47,7 @@ export type LifecycleKind =
   | 'withdrawn';
 
 export interface LifecycleEvent {
-  /** Unique and stable: `${queue}/${history entry id}`; consumers deduplicate on it. */
+  /** Unique and stable: `${gateway}/${domain}/${history entry id}`; consumers deduplicate on it. */
   id: string;
   queue: string;
   domain: string;

@@ -353,6 +353,18 @@ export class QueueManager extends EventEmitter {
     return true;
   }
 
+  /** Events of a queue's history after `afterId` (exclusive), oldest first, at most `count`. */
+  async historySince(domain: string, afterId: string | undefined, count: number): Promise<HistoryEntry[]> {
+    const q = this.must(domain);
+    const r = q.replicas.find((x) => x.sync === 'Sync' && x.node.up);
+    if (!r) throw new QueueError('QUEUE_UNAVAILABLE', `queue ${q.name} has no replica in sync`);
+    const rows = (await r.node.client.xrange(q.keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
+    return rows.map(([histId, f]) => {
+      const get = (k: string) => f[f.indexOf(k) + 1]!;
+      return { histId, kind: get('t'), messageId: get('m'), txn: Number(get('x')), at: Number(get('at')), details: JSON.parse(get('d')) as Record<string, unknown> };
+    });
+  }
+
   /** A message's history, newest last, from an in-sync replica. */
   async history(domain: string, msgId?: string, count = 1000): Promise<{ id: string; kind: string; messageId: string; txn: number; at: number; details: unknown }[]> {
     const q = this.must(domain);
@@ -363,10 +375,19 @@ export class QueueManager extends EventEmitter {
     for (const [id, f] of rows.reverse()) {
       const get = (k: string) => f[f.indexOf(k) + 1]!;
       if (msgId && get('m') !== msgId) continue;
-      out.push({ id: `${q.name}/${id}`, kind: get('t'), messageId: get('m'), txn: Number(get('x')), at: Number(get('at')), details: JSON.parse(get('d')) as unknown });
+      out.push({ id: `${this.gatewayId}/${q.domain}/${id}`, kind: get('t'), messageId: get('m'), txn: Number(get('x')), at: Number(get('at')), details: JSON.parse(get('d')) as unknown });
     }
     return out;
   }
+}
+
+export interface HistoryEntry {
+  histId: string;
+  kind: string;
+  messageId: string;
+  txn: number;
+  at: number;
+  details: Record<string, unknown>;
 }
 
 function lastGenerated(info: unknown): string | undefined {

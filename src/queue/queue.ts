@@ -243,7 +243,7 @@ export class Queue extends EventEmitter {
   }
 
   private event(kind: LifecycleKind, msgId: string, histId: string, txn: number, details: Record<string, unknown>): void {
-    const ev: LifecycleEvent = { id: `${this.name}/${histId}`, queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };
+    const ev: LifecycleEvent = { id: `${this.settings.gatewayId}/${this.domain}/${histId}`, queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };
     this.emit('event', ev);
   }
 

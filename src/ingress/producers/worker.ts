@@ -1,0 +1,133 @@
+// Producers (billing, notifications) add BullMQ jobs to events.producerQueue; each job becomes a
+// message through the same append path as SMTP. The job id is the idempotency key: the message id
+// of every destination queue is derived from it, so a job run twice queues the message once.
+// A job that is not a valid message fails at once (UnrecoverableError) with a precise reason and
+// appends nothing; while the queues cannot take appends the worker pauses, and it resumes by itself.
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import MailComposer from 'nodemailer/lib/mail-composer/index.js';
+import { z } from 'zod';
+import type { Config } from '../../config/schema.ts';
+import type { Logger } from '../../log.ts';
+import { domainOf } from '../../message/types.ts';
+import { QueueError } from '../../queue/errors.ts';
+import type { QueueManager } from '../../queue/manager.ts';
+
+const address = z.string().max(254).regex(/^[^\s@<>()",;:\\[\]]+@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$/, 'expected an e-mail address local@domain');
+
+export const jobSchema = z
+  .strictObject({
+    from: z.union([address, z.literal('')]),
+    to: z.array(address).min(1, 'expected at least one recipient'),
+    /** The whole RFC 5322 message as text (LF line ends are turned into CRLF). */
+    raw: z.string().optional(),
+    /** The whole message, base64, for 8-bit content. */
+    rawBase64: z.string().regex(/^[A-Za-z0-9+/=\s]+$/, 'expected base64').optional(),
+    /** Or the parts of a message, composed here. */
+    message: z
+      .strictObject({
+        subject: z.string().max(998),
+        text: z.string().optional(),
+        html: z.string().optional(),
+        headers: z.record(z.string(), z.string()).optional(),
+      })
+      .optional(),
+  })
+  .refine((j) => [j.raw, j.rawBase64, j.message].filter((x) => x !== undefined).length === 1, { message: 'expected exactly one of raw, rawBase64, message' });
+
+export type ProducerJob = z.input<typeof jobSchema>;
+
+/** Builds the message with nodemailer's composer (it adds Message-ID, Date and MIME structure). */
+function compose(from: string, to: string[], m: NonNullable<z.output<typeof jobSchema>['message']>): Promise<Buffer> {
+  return new MailComposer({ from: from || undefined, to, subject: m.subject, text: m.text, html: m.html, headers: m.headers }).compile().build();
+}
+
+export function toRaw(job: z.output<typeof jobSchema>): Buffer | Promise<Buffer> {
+  if (job.raw !== undefined) return Buffer.from(job.raw.replace(/\r?\n/g, '\r\n'));
+  if (job.rawBase64 !== undefined) return Buffer.from(job.rawBase64, 'base64');
+  return compose(job.from, job.to, job.message!);
+}
+
+export interface ProducerOptions {
+  config: Config;
+  queues: QueueManager;
+  connection: Redis;
+  log: Logger;
+  concurrency?: number;
+}
+
+export class ProducerWorker {
+  readonly worker: Worker;
+  private readonly queues: QueueManager;
+  private readonly log: Logger;
+  private readonly config: Config;
+  private readonly onHealth = () => this.door();
+
+  constructor(opts: ProducerOptions) {
+    this.queues = opts.queues;
+    this.config = opts.config;
+    this.log = opts.log.child({ component: 'producers' });
+    this.worker = new Worker(opts.config.events.producerQueue, (job) => this.handle(job), {
+      connection: opts.connection,
+      concurrency: opts.concurrency ?? 32,
+      autorun: false,
+    });
+    this.worker.on('failed', (job, err) => this.log.warn({ job: job?.id, err: err.message }, 'job failed'));
+  }
+
+  start(): void {
+    this.queues.on('health', this.onHealth);
+    void this.worker.run();
+  }
+
+  /** Pauses while appends would fail, resumes when they would not. */
+  private door(): void {
+    const writable = this.queues.writable;
+    if (!writable && !this.worker.isPaused()) {
+      this.log.warn('queues not writable: producers paused');
+      void this.worker.pause(true);
+    } else if (writable && this.worker.isPaused()) {
+      this.log.info('producers resumed');
+      this.worker.resume();
+    }
+  }
+
+  async handle(job: Job): Promise<{ queued: { domain: string; queue: string; id: string }[] }> {
+    if (!job.id) throw new UnrecoverableError('a producer job needs an id');
+    const parsed = jobSchema.safeParse(job.data);
+    if (!parsed.success) {
+      const i = parsed.error.issues[0]!;
+      throw new UnrecoverableError(`job ${job.id}: ${i.path.join('.') || 'data'}: ${i.message}`);
+    }
+    const data = parsed.data;
+    if (data.to.length > this.config.smtp.maxRecipients) throw new UnrecoverableError(`job ${job.id}: to: at most ${this.config.smtp.maxRecipients} recipients, got ${data.to.length}`);
+    const raw = await toRaw(data);
+    if (raw.length > this.config.smtp.maxMessageSize) throw new UnrecoverableError(`job ${job.id}: message of ${raw.length} bytes is over smtp.maxMessageSize (${this.config.smtp.maxMessageSize})`);
+    if (raw.includes(0)) throw new UnrecoverableError(`job ${job.id}: the message contains a NUL byte`);
+    const byDomain = new Map<string, string[]>();
+    for (const rcpt of data.to) {
+      const d = domainOf(rcpt);
+      byDomain.set(d, [...(byDomain.get(d) ?? []), rcpt]);
+    }
+    const id = `job-${job.id}`;
+    const done: { domain: string; queue: string; id: string }[] = [];
+    try {
+      for (const [domain, to] of byDomain) {
+        const r = await this.queues.append({ id, domain, envelope: { from: data.from, to }, raw, meta: { source: 'producer', producerQueue: job.queueName, job: job.id, size: raw.length } });
+        done.push({ domain, queue: r.queue, id });
+      }
+    } catch (err) {
+      // withdraw what this run appended so that the retry cannot deliver twice
+      for (const d of done) await this.queues.settle(d.domain, d.id, 'withdrawn', { reason: 'producer job retried', job: job.id }).catch(() => {});
+      if (err instanceof QueueError && err.code === 'BAD_INPUT') throw new UnrecoverableError(`job ${job.id}: ${err.message}`);
+      throw err; // retried by BullMQ with the job's backoff
+    }
+    this.log.debug({ job: job.id, queues: done.map((d) => d.queue) }, 'queued');
+    return { queued: done };
+  }
+
+  async stop(): Promise<void> {
+    this.queues.off('health', this.onHealth);
+    await this.worker.close();
+  }
+}
