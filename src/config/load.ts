@@ -6,7 +6,8 @@
 // without regard to case; the value is read as YAML, so numbers, booleans and lists work:
 //   STREAMGATE_SMTP__LISTEN=0.0.0.0:25   STREAMGATE_QUEUE__BLOCKSIZE=500
 //   STREAMGATE_DOMAINS__LOCAL='[a.test, b.test]'   STREAMGATE_ROUTES__DEST.TEST=smtp://10.0.0.5:25
-// STREAMGATE_CONFIG names the file itself when --config is not given.
+// STREAMGATE_CONFIG names the file itself when --config is not given; STREAMGATE_OPS_TOKEN (for the
+// queue CLI) and STREAMGATE_DEBUG are not options.
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml, YAMLParseError } from 'yaml';
 import { z } from 'zod';
@@ -18,7 +19,7 @@ export class ConfigError extends Error {
 }
 
 const ENV_PREFIX = 'STREAMGATE_';
-const ENV_RESERVED = new Set(['STREAMGATE_CONFIG', 'STREAMGATE_TEST_CASSANDRA']);
+const ENV_RESERVED = new Set(['STREAMGATE_CONFIG', 'STREAMGATE_TEST_CASSANDRA', 'STREAMGATE_OPS_TOKEN', 'STREAMGATE_DEBUG']);
 
 type Tree = Record<string, unknown>;
 const isTree = (v: unknown): v is Tree => typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -116,6 +116,14 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     );
   }
 
+  app.post<{ Params: { domain: string } }>('/api/queues/:domain/flush', { schema: { params: domainParam }, preHandler: authorize }, async (req) => {
+    const q = queues.queues.get(req.params.domain.toLowerCase());
+    if (!q) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
+    const flushed = q.flush();
+    log.info({ verb: 'flush', queue: q.domain, flushed }, 'admin action');
+    return { ok: true, verb: 'flush', flushed };
+  });
+
   await app.listen({ host: config.ops.listen.host, port: config.ops.listen.port });
   const port = (app.server.address() as { port: number }).port;
   log.info({ host: config.ops.listen.host, port }, 'ops listening');

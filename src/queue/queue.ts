@@ -362,6 +362,20 @@ export class Queue extends EventEmitter {
     return n;
   }
 
+  /** Makes every deferred message due now (an operator's flush); returns how many. */
+  flush(): number {
+    let n = 0;
+    for (const m of this.msgs.values()) {
+      if (m.state !== 'd') continue;
+      m.nextAt = 0;
+      m.gen++;
+      this.ready.push([m.ms, m.seq, m, m.gen]);
+      n++;
+    }
+    if (n) this.emit('ready');
+    return n;
+  }
+
   /** When the next deferred message falls due, or undefined. */
   nextDueAt(): number | undefined {
     for (let top = this.timers.peek(); top; top = this.timers.peek()) {

@@ -1,4 +1,8 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
 import { startOps } from '../../src/ops/http.ts';
@@ -7,6 +11,18 @@ import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 
 const TOKEN = 'test-token-0123456789abcdef';
+
+/** The CLI as a child process; asynchronous, since the API it calls is served by this process. */
+function cli(args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [join(import.meta.dirname, '..', '..', 'src', 'cli', 'main.ts'), ...args], { env: { ...process.env, ...env } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    child.on('close', (status) => resolve({ status, stdout, stderr }));
+  });
+}
 
 describe('ops HTTP API', () => {
   let pool: TestRedis[];
@@ -75,5 +91,34 @@ describe('ops HTTP API', () => {
     const purged = (await (await fetch(`${base}/api/queues/ops.test/messages/ops1`)).json()) as { live: unknown; events: { kind: string }[] };
     assert.equal(purged.live, null);
     assert.deepEqual(purged.events.map((e) => e.kind), ['accepted', 'purged']);
+  });
+
+  it('the queue CLI lists queues, shows a message, holds and flushes through the API', async () => {
+    const file = join(mkdtempSync(join(tmpdir(), 'sg-ops-')), 'c.yaml');
+    writeFileSync(file, `ops: { listen: "127.0.0.1:${ops.port}", tokens: ["${TOKEN}"] }\nredis: { nodes: [${pool.map((r) => `"${r.url}"`).join(', ')}] }\n`);
+    const list = await cli(['queue', 'list', '--config', file]);
+    assert.equal(list.status, 0, list.stderr);
+    assert.match(list.stdout, /^ops\.test\s+\d+\s+0\s+0\s+0\s+\d+s\s+whole/m);
+    const show = await cli(['queue', 'show', 'ops.test', 'ops2', '--config', file]);
+    assert.equal(show.status, 0, show.stderr);
+    assert.equal(JSON.parse(show.stdout).live.state, 'ready');
+    const noToken = await cli(['queue', 'hold', 'ops.test', 'ops2', '--reason', 'x', '--config', file]);
+    assert.equal(noToken.status, 1);
+    assert.match(noToken.stderr, /SG_ERR_UNAUTHORIZED/);
+    const hold = await cli(['queue', 'hold', 'ops.test', 'ops2', '--reason', 'look', '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
+    assert.equal(hold.status, 0, hold.stderr);
+    assert.equal(qm.depth('ops.test').held, 1);
+    const noReason = await cli(['queue', 'release', 'ops.test', 'ops2', '--config', file]);
+    assert.equal(noReason.status, 2);
+    assert.equal(qm.depth('ops.test').held, 1);
+    const q = qm.queues.get('ops.test')!;
+    const [t] = await q.take(1);
+    await q.defer(t!.id, Date.now() + 3_600_000, { reply: '451 later' });
+    const flush = await cli(['queue', 'flush', 'ops.test', '--config', file, '--token', TOKEN]);
+    assert.equal(flush.status, 0, flush.stderr);
+    assert.match(flush.stdout, /1 deferred messages due now/);
+    assert.equal(q.readyCount >= 1, true);
+    const down = await cli(['queue', 'list', '--config', file.replace('c.yaml', 'd.yaml')]);
+    assert.equal(down.status, 2);
   });
 });

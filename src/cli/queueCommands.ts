@@ -1,0 +1,87 @@
+// `streamgate queue ...`: a mailq / postsuper for the running gateway, through its ops API.
+// Write calls need a token: --token or STREAMGATE_OPS_TOKEN (one of ops.tokens).
+import type { Command } from 'commander';
+import { configOption, contextFrom } from './main.ts';
+
+interface QueueRow {
+  domain: string;
+  status: string;
+  depth: { ready: number; deferred: number; held: number; inflight: number; bytes: number; oldest: number | null };
+  replicas: { node: string; sync: string; active: string; standby: string | null; txn: number }[];
+}
+
+async function call(opts: { config?: string; token?: string }, method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> {
+  const { config } = contextFrom(opts);
+  const host = config.ops.listen.host.includes(':') ? `[${config.ops.listen.host}]` : config.ops.listen.host;
+  const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${config.ops.listen.port}${path}`;
+  const token = opts.token ?? process.env.STREAMGATE_OPS_TOKEN;
+  let res: Response;
+  try {
+    res = await fetch(url, {
+      method,
+      headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: body ? JSON.stringify(body) : undefined,
+    });
+  } catch (err) {
+    throw new Error(`the gateway's ops API at ${url} does not answer (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message})`);
+  }
+  const json = (await res.json()) as { error?: { code: string; message: string } };
+  if (!res.ok) throw Object.assign(new Error(`${json.error?.code ?? res.status}: ${json.error?.message ?? res.statusText}`), { exitCode: res.status === 400 ? 2 : 1 });
+  return json;
+}
+
+const age = (ms: number | null) => (ms === null ? '-' : `${Math.round((Date.now() - ms) / 1000)}s`);
+
+export function registerQueueCommands(program: Command): void {
+  const queue = program.command('queue').description("the running gateway's queues, through its ops API");
+  queue
+    .command('list')
+    .description('depth and replica state of every destination queue (like mailq)')
+    .addOption(configOption())
+    .option('--json', 'print JSON')
+    .action(async (opts: { config?: string; json?: boolean }) => {
+      const r = (await call(opts, 'GET', '/api/queues')) as { totals: QueueRow['depth'] & { queues: number }; queues: QueueRow[] };
+      if (opts.json) return console.log(JSON.stringify(r, null, 2));
+      console.log(['QUEUE'.padEnd(30), 'READY'.padStart(8), 'DEFER'.padStart(8), 'HELD'.padStart(6), 'FLIGHT'.padStart(7), 'OLDEST'.padStart(8), '  STATUS   REPLICAS'].join(' '));
+      for (const q of r.queues) {
+        const reps = q.replicas.map((x) => `${x.node}:${x.sync}/${x.active}`).join(' ');
+        console.log([q.domain.padEnd(30), String(q.depth.ready).padStart(8), String(q.depth.deferred).padStart(8), String(q.depth.held).padStart(6), String(q.depth.inflight).padStart(7), age(q.depth.oldest).padStart(8), ` ${q.status.padEnd(9)} ${reps}`].join(' '));
+      }
+      const t = r.totals;
+      console.log(`-- ${t.queues} queues, ${t.ready + t.deferred + t.held + t.inflight} messages, ${Math.round(t.bytes / 1024)} KB`);
+    });
+  queue
+    .command('show')
+    .description("a message's state and history")
+    .argument('<domain>', 'destination domain (the queue)')
+    .argument('<id>', 'message id')
+    .addOption(configOption())
+    .action(async (domain: string, id: string, opts: { config?: string }) => {
+      console.log(JSON.stringify(await call(opts, 'GET', `/api/queues/${encodeURIComponent(domain)}/messages/${encodeURIComponent(id)}`), null, 2));
+    });
+  for (const verb of ['hold', 'release', 'purge'] as const) {
+    queue
+      .command(verb)
+      .description(`${verb} a message (recorded with actor and reason)`)
+      .argument('<domain>', 'destination domain (the queue)')
+      .argument('<id>', 'message id')
+      .requiredOption('-r, --reason <text>', 'why (kept in the message history)')
+      .option('--actor <name>', 'who (default: $USER)')
+      .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+      .addOption(configOption())
+      .action(async (domain: string, id: string, opts: { config?: string; reason: string; actor?: string; token?: string }) => {
+        await call(opts, 'POST', `/api/queues/${encodeURIComponent(domain)}/messages/${encodeURIComponent(id)}/${verb}`, { reason: opts.reason, actor: opts.actor ?? process.env.USER ?? 'cli' });
+        console.log(`${verb}: ${domain} ${id}`);
+      });
+  }
+  queue
+    .command('flush')
+    .description('try every deferred message of a queue now')
+    .argument('<domain>', 'destination domain (the queue)')
+    .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+    .addOption(configOption())
+    .action(async (domain: string, opts: { config?: string; token?: string }) => {
+      const r = (await call(opts, 'POST', `/api/queues/${encodeURIComponent(domain)}/flush`)) as { flushed: number };
+      console.log(`flush: ${domain}: ${r.flushed} deferred messages due now`);
+    });
+}
