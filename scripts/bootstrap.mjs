@@ -32,4 +32,5 @@ if (!/^v24\./.test(version)) {
 }
 if (!process.argv.includes('--no-build')) {
   run(node24, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json']);
+  run(node24, [join(root, 'scripts', 'copy-assets.mjs')]);
 }

@@ -4,6 +4,8 @@
 // token from ops.tokens. Errors carry stable codes: { error: { code, message } }.
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
@@ -72,6 +74,9 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     return fail(reply, err.statusCode ?? 500, 'SG_ERR_INTERNAL', err.message);
   });
   app.setNotFoundHandler((req, reply) => fail(reply, 404, 'SG_ERR_NO_ROUTE', `no route ${req.method} ${req.url}`));
+
+  const dashboard = readFileSync(join(import.meta.dirname, 'dashboard.html'), 'utf8');
+  app.get('/', async (_req, reply) => reply.type('text/html; charset=utf-8').send(dashboard));
 
   app.get('/health', async (_req, reply) => {
     const writable = queues.writable;

@@ -55,6 +55,15 @@ describe('ops HTTP API', () => {
     assert.equal(all.totals.ready, 3);
   });
 
+  it('serves the live dashboard page', async () => {
+    const res = await fetch(`${base}/`);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /text\/html/);
+    const html = await res.text();
+    assert.match(html, /fetch\('\/api\/queues'\)/);
+    assert.match(html, /setInterval\(refresh, 1000\)/);
+  });
+
   it('exposes queue depth as a Prometheus gauge', async () => {
     const text = await (await fetch(`${base}/metrics`)).text();
     assert.match(text, /streamgate_queue_depth\{queue="ops.test",state="ready"\} 3/);
