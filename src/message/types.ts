@@ -60,6 +60,10 @@ export interface LifecycleEvent {
 
 const B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
 
+// Random bytes are drawn from the system in blocks: one call per 409 ids, not one per id.
+let pool = Buffer.alloc(0);
+let poolAt = 0;
+
 /** A sortable message id: 10 characters of time, 10 of randomness (Crockford base 32). */
 export function newMessageId(now = Date.now()): string {
   let t = '';
@@ -68,9 +72,12 @@ export function newMessageId(now = Date.now()): string {
     t = B32[n % 32] + t;
     n = Math.floor(n / 32);
   }
-  const r = randomBytes(10);
+  if (poolAt + 10 > pool.length) {
+    pool = randomBytes(4096);
+    poolAt = 0;
+  }
   let s = '';
-  for (const b of r) s += B32[b % 32];
+  for (let i = 0; i < 10; i++) s += B32[pool[poolAt++]! & 31];
   return t + s;
 }
 

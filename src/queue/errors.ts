@@ -12,6 +12,8 @@ export type QueueErrorCode =
 export class QueueError extends Error {
   override name = 'QueueError';
   readonly code: QueueErrorCode;
+  /** An append that reached some replicas but not the write concern: the reply of those that took it. */
+  partial?: unknown[];
   constructor(code: QueueErrorCode, message: string) {
     super(message);
     this.code = code;

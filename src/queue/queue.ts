@@ -227,7 +227,9 @@ export class Queue extends EventEmitter {
         throw new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name}: no replica took the write`);
       }
       if (kind === 'append' && this.settings.writeConcern === 'all' && ok < targets.length) {
-        throw new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name}: the write reached ${ok} of ${targets.length} replicas`);
+        // Stored on fewer replicas than the write concern asks: the caller is told to try again,
+        // and the copies that were stored stay tracked so that it can withdraw them.
+        throw Object.assign(new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name}: the write reached ${ok} of ${targets.length} replicas`), { partial: first });
       }
       return first;
     } finally {
@@ -286,7 +288,15 @@ export class Queue extends EventEmitter {
       notBefore.push(nb);
       args.push(entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), JSON.stringify(msg.meta ?? {}), msg.raw, nb);
     }
-    const res = await this.write('append', 'appendMessages', () => args, batch.map((m) => m.id));
+    let res: unknown[];
+    let failure: QueueError | undefined;
+    try {
+      res = await this.write('append', 'appendMessages', () => args, batch.map((m) => m.id));
+    } catch (err) {
+      if (!(err instanceof QueueError) || !err.partial) throw err;
+      res = err.partial;
+      failure = err;
+    }
     const txn = Number(res[1]);
     const [hms, hseq] = parseEntryId(histId);
     let k = 0;
@@ -301,8 +311,14 @@ export class Queue extends EventEmitter {
       this.track({ id: msg.id, entryId, ms, seq, state: nb ? 'd' : 'r', attempts: 0, nextAt: nb, bytes: msg.raw.length, gen: 0 });
       this.event('accepted', msg.id, `${hms}-${hseq + k++}`, txn, { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}) });
       appended += msg.raw.length;
-      return { entryId, duplicate: false };
+      return failure ?? { entryId, duplicate: false };
     });
+    if (failure) {
+      // The caller is told to try again: withdraw the copies that were stored, so that its retry
+      // cannot lead to a second delivery.
+      const stored = batch.filter((_, i) => Number(res[2 + i * 2]) === 0).map((m) => m.id);
+      await Promise.allSettled(stored.map((id) => this.settle(id, 'withdrawn', { reason: 'stored on fewer replicas than the write concern' })));
+    }
     for (const r of this.inSync()) r.node.pendingBytes += appended;
     if (appended) this.emit('ready');
     return out;
