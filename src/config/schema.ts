@@ -93,8 +93,15 @@ export const configSchema = z
         maxConnectionsPerClient: z.number().int().positive().default(50),
         maxMessagesPerConnection: z.number().int().positive().default(1000),
         commandTimeout: duration('5m'), // RFC 5321 4.5.3.2 asks at least 5 minutes
+        // time budget of one DATA transfer, plus one second for every `minDataRate` bytes received
+        // (Postfix's per-request deadline): a client that trickles slower is cut off (421 4.4.2)
         dataTimeout: duration('10m'),
-        minDataRate: size('1KB'), // bytes per second while DATA arrives; slower clients are cut off
+        minDataRate: size('1KB'), // bytes per second while DATA arrives; 0: dataTimeout is the whole budget
+        maxCommandLength: z.number().int().min(512).default(2048), // octets per command line (RFC 5321: 512 + extensions; AUTH needs more)
+        maxLineLength: z.number().int().nonnegative().default(1000), // octets per message line incl. CRLF (RFC 5321 4.5.3.1.6); 0 = no limit (552 5.6.0 beyond)
+        // while the queues cannot be written: refuse = answer new connections 421 4.3.2;
+        // close = stop listening (a load balancer moves traffic elsewhere) until they can
+        whenUnwritable: z.enum(['refuse', 'close']).default('refuse'),
         auth: authLimits,
       })
       .prefault({}),
@@ -111,6 +118,8 @@ export const configSchema = z
     pop3: z
       .strictObject({
         listen: listen('127.0.0.1:1110'),
+        // USER/PASS and AUTH PLAIN send the password in clear: tls-or-trusted = only under STLS or
+        // from networks.trusted; always; never = never on an unencrypted connection (STLS first)
         plaintextAuth: z.enum(['tls-or-trusted', 'always', 'never']).default('tls-or-trusted'),
         idleTimeout: duration('10m'), // RFC 1939 asks at least 10 minutes
         lockLease: duration('5m'), // a crashed session's mailbox lock expires after this
@@ -156,8 +165,14 @@ export const configSchema = z
       })
       .prefault({}),
     networks: z.strictObject({ trusted: z.array(cidr).default(['127.0.0.0/8', '::1/128']) }).prefault({}),
+    // Static routes: a domain, "*.domain" (its subdomains) or "*" (everything else, a smarthost)
+    // → "local" (mailbox delivery) or smtp://host:port (smtps:// for TLS from the first byte).
+    // The most specific match wins; unrouted domains go to their MX hosts.
     routes: z
-      .record(domain, z.union([z.literal('local'), z.string().regex(/^smtps?:\/\/[^\s/]+(:\d+)?\/?$/, 'expected "local" or smtp://host:port')]))
+      .record(
+        z.union([z.literal('*'), domain]),
+        z.union([z.literal('local'), z.string().regex(/^smtps?:\/\/[^\s/]+(:\d+)?\/?$/, 'expected "local" or smtp://host:port')]),
+      )
       .default({}),
     queue: z
       .strictObject({
@@ -199,6 +214,14 @@ export const configSchema = z
         greetingTimeout: duration('30s'),
         socketTimeout: duration('5m'),
         bounceRules: z.string().default('config/bounces.txt'), // reply pattern → class, first match wins
+        mxPort: z.number().int().min(1).max(65535).default(25), // port of MX-routed deliveries (25 but in tests)
+        // STARTTLS per destination domain or MX host ("*.domain" too): none | opportunistic (try it,
+        // any certificate, plaintext if it fails) | required (TLS, any certificate) | verify (TLS,
+        // certificate valid for the host). Unlisted destinations: opportunistic.
+        tlsPolicy: z.record(z.string(), z.enum(['none', 'opportunistic', 'required', 'verify'])).default({}),
+        timezone: z.string().default('UTC'), // IANA zone the delivery windows are read in
+        idleTimeout: duration('2s'), // an idle cached connection is closed after this (Postfix: 2s)
+        connectionLease: duration('30s'), // a shared connection lease lapses this long after its gateway stops renewing it
       })
       .prefault({}),
     events: z

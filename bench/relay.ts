@@ -1,0 +1,271 @@
+// Relay benchmark: end to end, from SMTP accept to an SMTP sink on loopback, with a 70% 1 KB /
+// 30% 10 KB mix, in messages per second; side by side with Postfix relaying the same load to the
+// same kind of sink in the same run (a private Postfix instance: its own config and queue
+// directories in a temp dir, its own loopback port, stopped afterwards; the system's Postfix
+// setup and port 25 are never touched).
+//
+// The gateway side: the SMTP ingress when it can be started (src/ingress/smtp/server.ts), else
+// messages appended through the QueueManager directly (said so in the output).
+//
+//   npm run bench:relay            BENCH_N=3000 (messages per side)  BENCH_CLIENTS=10 (SMTP clients)
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import { silentLogger } from '../src/log.ts';
+import { newMessageId } from '../src/message/types.ts';
+import { QueueManager } from '../src/queue/manager.ts';
+import { Relay } from '../src/relay/relay.ts';
+import { testConfig } from '../test/helpers/config.ts';
+import { startRedisPool } from '../test/helpers/redis.ts';
+import { startSmtpSink, type SmtpSink } from '../test/helpers/smtpSink.ts';
+import { freePort, waitFor } from '../test/helpers/waitFor.ts';
+
+const N = Number(process.env.BENCH_N ?? 3000);
+const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 10);
+const DOMAIN = 'bench.test';
+
+function message(i: number): Buffer {
+  const size = i % 10 < 7 ? 1024 : 10 * 1024;
+  const head = `From: <load@src.test>\r\nTo: <r${i}@${DOMAIN}>\r\nSubject: bench ${i}\r\nMessage-ID: <b${i}.${Date.now()}@src.test>\r\nX-Bench-Id: ${i}\r\n\r\n`;
+  const line = 'The quick brown fox jumps over the lazy dog 0123456789 abcdefghijklmnopqrstuv\r\n'; // 80 bytes
+  let body = '';
+  while (head.length + body.length + line.length <= size) body += line;
+  return Buffer.from(head + body + 'x'.repeat(Math.max(0, size - head.length - body.length - 2)) + '\r\n');
+}
+
+/** Sends N messages over SMTP with CLIENTS connections (nodemailer), resolves when all are accepted. */
+async function inject(port: number): Promise<number> {
+  let next = 0;
+  let failed = 0;
+  const client = async () => {
+    let conn: SMTPConnection | undefined;
+    let sent = 0;
+    const open = async () => {
+      conn = new SMTPConnection({ host: '127.0.0.1', port, ignoreTLS: true, name: 'load.src.test', socketTimeout: 60_000 });
+      conn.on('error', () => {});
+      await new Promise<void>((res, rej) => {
+        conn!.once('error', rej);
+        conn!.connect(() => res());
+      });
+      sent = 0;
+    };
+    await open();
+    while (next < N) {
+      const i = next++;
+      if (sent >= 100) {
+        conn!.quit();
+        await open();
+      }
+      const ok = await new Promise<boolean>((res) => conn!.send({ from: 'load@src.test', to: [`r${i}@${DOMAIN}`] }, message(i), (err) => res(!err)));
+      sent++;
+      if (!ok) failed++;
+    }
+    conn!.quit();
+  };
+  await Promise.all(Array.from({ length: CLIENTS }, client));
+  return failed;
+}
+
+interface Figure {
+  name: string;
+  msgs: number;
+  seconds: number;
+  injectSeconds: number;
+  note: string;
+}
+
+async function runGateway(sink: SmtpSink): Promise<Figure> {
+  const pool = await startRedisPool(2);
+  const port = await freePort();
+  const config = testConfig({
+    gateway: { id: 'bench-gw', hostname: 'gw.bench.test' },
+    redis: { nodes: pool.map((r) => r.url) },
+    routes: { [DOMAIN]: `smtp://127.0.0.1:${sink.port}` },
+    domains: { local: [], relay: [DOMAIN] },
+    smtp: { listen: `127.0.0.1:${port}` },
+  });
+  const qm = new QueueManager(config, silentLogger);
+  await qm.start();
+  const relay = new Relay(qm, config, silentLogger);
+  relay.start();
+  let ingress: { stop(): Promise<void> } | undefined;
+  let note = 'SMTP ingress → replicated queue (2 Redis nodes) → relay → sink';
+  const ingressFile = join(import.meta.dirname, '..', 'src', 'ingress', 'smtp', 'server.ts');
+  if (existsSync(ingressFile)) {
+    try {
+      const mod = (await import(pathToFileURL(ingressFile).href)) as { SmtpIngress: new (o: unknown) => { start(): Promise<void>; stop(): Promise<void> } };
+      const ing = new mod.SmtpIngress({ config, queues: qm, log: silentLogger });
+      await ing.start();
+      ingress = ing;
+    } catch (err) {
+      note = `ingress not usable (${(err as Error).message}); appended through QueueManager → relay → sink`;
+    }
+  } else note = 'ingress not written yet: appended through QueueManager directly → relay → sink';
+  const t0 = Date.now();
+  if (ingress) {
+    const failed = await inject(port);
+    if (failed) note += ` (${failed} refused at SMTP)`;
+  } else {
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: CLIENTS * 5 }, async () => {
+        while (next < N) {
+          const i = next++;
+          await qm.append({ id: newMessageId(), domain: DOMAIN, envelope: { from: 'load@src.test', to: [`r${i}@${DOMAIN}`] }, raw: message(i) });
+        }
+      }),
+    );
+  }
+  const injected = Date.now();
+  await waitFor(() => sink.messages.length >= N, { timeout: 600_000, every: 20, what: 'gateway: all at the sink' });
+  const t1 = Date.now();
+  await ingress?.stop();
+  await relay.stop();
+  await qm.stop();
+  await Promise.all(pool.map((r) => r.stop()));
+  return { name: 'streamgate', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note };
+}
+
+async function runPostfix(sink: SmtpSink): Promise<Figure | string> {
+  if (!existsSync('/usr/sbin/postfix')) {
+    const r = spawnSync('apt-get', ['install', '-y', 'postfix'], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, stdio: 'ignore' });
+    if (r.status !== 0 || !existsSync('/usr/sbin/postfix')) return 'postfix not installed (apt-get install postfix failed)';
+  }
+  if (process.getuid?.() !== 0) return 'postfix needs root to run a private instance';
+  const dir = mkdtempSync(join(tmpdir(), 'sg-bench-postfix-'));
+  const etc = join(dir, 'etc');
+  mkdirSync(etc);
+  mkdirSync(join(dir, 'spool'));
+  mkdirSync(join(dir, 'data'));
+  chmodSync(dir, 0o755); // the daemons run as the postfix user
+  const owner = execFileSync('id', ['-u', 'postfix']).toString().trim();
+  chownSync(join(dir, 'data'), Number(owner), -1);
+  const port = await freePort();
+  const master = readFileSync('/etc/postfix/master.cf', 'utf8')
+    .split('\n')
+    .map((l) => {
+      if (/^smtp\s+inet\s/.test(l)) return `127.0.0.1:${port} inet n - n - - smtpd`;
+      if (/^\S+\s+(inet|unix|unix-dgram|fifo|pass)\s/.test(l)) return l.replace(/^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)/, '$1n$2');
+      return l;
+    })
+    .join('\n');
+  writeFileSync(join(etc, 'master.cf'), master);
+  writeFileSync(
+    join(etc, 'main.cf'),
+    [
+      'compatibility_level = 3.6',
+      `queue_directory = ${join(dir, 'spool')}`,
+      `data_directory = ${join(dir, 'data')}`,
+      'mail_owner = postfix',
+      'setgid_group = postdrop',
+      'inet_interfaces = 127.0.0.1',
+      'inet_protocols = ipv4',
+      'myhostname = postfix.bench.test',
+      'mydestination =',
+      `relay_domains = ${DOMAIN}`,
+      'mynetworks = 127.0.0.0/8',
+      `transport_maps = inline:{ ${DOMAIN}=smtp:[127.0.0.1]:${sink.port} }`,
+      'smtpd_relay_restrictions = permit_mynetworks, reject',
+      'smtpd_recipient_restrictions = permit_mynetworks, reject',
+      'local_recipient_maps =',
+      'alias_maps =',
+      'alias_database =',
+      'smtp_tls_security_level = none',
+      'smtpd_tls_security_level = none',
+      'smtp_dns_support_level = disabled',
+      'disable_dns_lookups = yes',
+      `maillog_file_prefixes = ${dir}`,
+      `maillog_file = ${join(dir, 'maillog')}`,
+      'biff = no',
+      'smtpd_client_connection_count_limit = 0',
+      'smtpd_client_connection_rate_limit = 0',
+      'smtpd_client_message_rate_limit = 0',
+      'anvil_rate_time_unit = 60s',
+      '',
+    ].join('\n'),
+  );
+  const pf = (...args: string[]) => execFileSync('/usr/sbin/postfix', ['-c', etc, ...args], { stdio: 'pipe' });
+  try {
+    pf('start');
+    await waitFor(async () => {
+      const net = await import('node:net');
+      return new Promise<boolean>((res) => {
+        const s = net.connect(port, '127.0.0.1', () => {
+          s.destroy();
+          res(true);
+        });
+        s.on('error', () => res(false));
+      });
+    }, { timeout: 20_000, what: 'postfix smtpd' });
+    const before = sink.messages.length;
+    const t0 = Date.now();
+    const failed = await inject(port);
+    const injected = Date.now();
+    await waitFor(() => sink.messages.length - before >= N - failed, { timeout: 600_000, every: 20, what: 'postfix: all at the sink' });
+    const t1 = Date.now();
+    return { name: 'postfix', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note: `Postfix ${execFileSync('/usr/sbin/postconf', ['-c', etc, '-h', 'mail_version']).toString().trim()}, private instance, default limits (20 connections per destination), disk queue${failed ? `, ${failed} refused` : ''}` };
+  } catch (err) {
+    const e = err as Error & { stderr?: Buffer };
+    const log = existsSync(join(dir, 'maillog')) ? readFileSync(join(dir, 'maillog'), 'utf8').split('\n').filter((l) => /fatal|error/.test(l)).slice(-2).join(' | ') : '';
+    return `postfix run failed: ${e.message.split('\n')[0]} ${e.stderr?.toString().trim() ?? ''} ${log}`;
+  } finally {
+    try {
+      pf('stop');
+    } catch {
+      /* not running */
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The relay alone: N messages already queued, then the relay started; time until all are at the sink. */
+async function runRelayOnly(sink: SmtpSink): Promise<Figure> {
+  const pool = await startRedisPool(2);
+  const config = testConfig({ gateway: { id: 'bench-drain' }, redis: { nodes: pool.map((r) => r.url) }, routes: { [DOMAIN]: `smtp://127.0.0.1:${sink.port}` } });
+  const qm = new QueueManager(config, silentLogger);
+  await qm.start();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: 50 }, async () => {
+      while (next < N) {
+        const i = next++;
+        await qm.append({ id: newMessageId(), domain: DOMAIN, envelope: { from: 'load@src.test', to: [`r${i}@${DOMAIN}`] }, raw: message(i) });
+      }
+    }),
+  );
+  const t0 = Date.now();
+  const relay = new Relay(qm, config, silentLogger);
+  relay.start();
+  await waitFor(() => sink.messages.length >= N && qm.depth(DOMAIN).inflight === 0, { timeout: 600_000, every: 10, what: 'drain' });
+  const t1 = Date.now();
+  await relay.stop();
+  await qm.stop();
+  await Promise.all(pool.map((r) => r.stop()));
+  return { name: 'relay only', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: 0, note: 'queue already full → relay (take, deliver, settle on 2 replicas) → sink, 10 connections' };
+}
+
+const drainSink = await startSmtpSink({ hideStartTls: true });
+const drain = await runRelayOnly(drainSink);
+await drainSink.close();
+const gwSink = await startSmtpSink({ hideStartTls: true });
+const pfSink = await startSmtpSink({ hideStartTls: true });
+console.log(`relay benchmark: ${N} messages per side (70% 1 KB / 30% 10 KB), ${CLIENTS} SMTP clients, sinks on loopback`);
+const gw = await runGateway(gwSink);
+const pf = await runPostfix(pfSink);
+await Promise.all([gwSink.close(), pfSink.close()]);
+
+const row = (f: Figure) =>
+  `${f.name.padEnd(11)} ${String(f.msgs).padStart(6)}  ${f.seconds.toFixed(2).padStart(7)} s  ${(f.msgs / f.seconds).toFixed(0).padStart(7)} msg/s  (accepted in ${f.injectSeconds.toFixed(2)} s)  ${f.note}`;
+console.log(`${'system'.padEnd(11)} ${'msgs'.padStart(6)}  ${'time'.padStart(9)}  ${'rate'.padStart(13)}`);
+console.log(row(gw));
+console.log(row(drain));
+if (typeof pf === 'string') console.log(`postfix     ${pf}`);
+else {
+  console.log(row(pf));
+  console.log(`streamgate / postfix: ${(pf.seconds / gw.seconds).toFixed(2)}×`);
+}
+process.exit(0);

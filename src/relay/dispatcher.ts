@@ -1,0 +1,167 @@
+// How fast mail goes to each destination MTA: per destination a p-queue holding this gateway's
+// concurrency (its connection limit), the shared message rate and connection leases (limits.ts),
+// the SMTP connection pools (deliver.ts), MX fallback in preference order, and dead-destination
+// suspension (dead.ts).
+import PQueue from 'p-queue';
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../log.ts';
+import type { Classifier } from './classify.ts';
+import { DeadDestinations } from './dead.ts';
+import { SmtpPool, type AttemptResult, type TlsMode } from './deliver.ts';
+import { limitsFor, type DestLimits, type SharedLimits } from './limits.ts';
+import { matchDomain } from './routes.ts';
+
+export interface Target {
+  host: string;
+  addresses: string[];
+  port: number;
+  secure: boolean;
+}
+
+export type DispatchOutcome =
+  | { kind: 'attempted'; result: AttemptResult }
+  /** Every host is suspended (or its one probe is out): nothing was tried. */
+  | { kind: 'suspended'; until: number };
+
+const POOL_IDLE_DROP = 10 * 60_000;
+
+export class Dispatcher {
+  readonly dead: DeadDestinations;
+  private readonly queues = new Map<string, PQueue>();
+  private readonly pools = new Map<string, { pool: SmtpPool; used: number }>();
+  private readonly config: Config;
+  private readonly limits: SharedLimits;
+  private readonly classifier: Classifier;
+  private readonly log: Logger;
+
+  constructor(opts: { config: Config; limits: SharedLimits; classifier: Classifier; now: () => number; log: Logger }) {
+    this.config = opts.config;
+    this.limits = opts.limits;
+    this.classifier = opts.classifier;
+    this.log = opts.log;
+    this.dead = new DeadDestinations(opts.config.relay.deadDestination, opts.now);
+  }
+
+  /** The dead-destination key of a host. */
+  static destKey(t: { host: string; port: number }): string {
+    return `${t.host}:${t.port}`;
+  }
+
+  limitsFor(host: string, domain: string): DestLimits {
+    return limitsFor(this.config.relay.limits, host, domain);
+  }
+
+  private tlsFor(host: string, domain: string): TlsMode {
+    const p = this.config.relay.tlsPolicy;
+    return matchDomain(p, host)?.value ?? matchDomain(p, domain)?.value ?? 'opportunistic';
+  }
+
+  private queueFor(l: DestLimits): PQueue {
+    let q = this.queues.get(l.key);
+    if (!q) {
+      q = new PQueue({ concurrency: l.connections });
+      this.queues.set(l.key, q);
+    }
+    return q;
+  }
+
+  private poolFor(t: Target, domain: string, l: DestLimits): SmtpPool {
+    const tls = this.tlsFor(t.host, domain);
+    const key = `${l.key}|${tls}|${t.secure ? 's' : 'p'}|${t.host}:${t.port}`;
+    let p = this.pools.get(key);
+    if (!p) {
+      const r = this.config.relay;
+      const pool = new SmtpPool(
+        { host: t.host, addresses: t.addresses, port: t.port, secure: t.secure, tls },
+        {
+          name: this.config.gateway.hostname,
+          limits: l,
+          leases: this.limits,
+          classifier: this.classifier,
+          connectTimeout: r.connectTimeout,
+          greetingTimeout: r.greetingTimeout,
+          socketTimeout: r.socketTimeout,
+          idleTimeout: r.idleTimeout,
+          log: this.log,
+        },
+      );
+      p = { pool, used: Date.now() };
+      this.pools.set(key, p);
+    } else p.pool.setAddresses(t.addresses);
+    p.used = Date.now();
+    return p.pool;
+  }
+
+  /**
+   * One delivery attempt of a message: its hosts in preference order, skipping suspended ones;
+   * a host that cannot be reached counts a failure and the next one is tried.
+   */
+  async deliver(domain: string, targets: Target[], envelope: { from: string; to: string[] }, raw: Buffer, signal?: AbortSignal): Promise<DispatchOutcome> {
+    let last: AttemptResult | undefined;
+    let until = Infinity;
+    for (const t of targets) {
+      const key = Dispatcher.destKey(t);
+      if (!this.dead.claim(key)) {
+        const s = this.dead.state(key);
+        until = Math.min(until, s.state === 'suspended' ? s.until : 0);
+        continue;
+      }
+      const probe = this.dead.state(key).state === 'probing';
+      const l = this.limitsFor(t.host, domain);
+      const pool = this.poolFor(t, domain, l);
+      const res = await this.queueFor(l).add(
+        async () => {
+          // It may have been suspended while this message waited for its turn.
+          if (!probe && this.dead.state(key).state !== 'up') return undefined;
+          await this.limits.waitRate(l.key, l.ratePerSecond, signal);
+          const r = await pool.send(envelope, raw, signal);
+          // Recorded before the next task of this destination starts.
+          if (!r.reached) {
+            if (this.dead.failure(key)) {
+              const s = this.dead.state(key);
+              this.log.warn({ dest: key, until: s.state === 'suspended' ? s.until : undefined, reply: r.reply }, 'destination suspended');
+            }
+          } else if (this.dead.success(key)) this.log.info({ dest: key }, 'destination resumed');
+          return r;
+        },
+        { signal },
+      ).catch((err: unknown) => {
+        if (probe) this.dead.unclaim(key);
+        throw err;
+      });
+      if (!res) {
+        const s = this.dead.state(key);
+        until = Math.min(until, s.state === 'suspended' ? s.until : 0);
+        continue;
+      }
+      if (!res.reached) {
+        last = res;
+        continue;
+      }
+      return { kind: 'attempted', result: res };
+    }
+    if (last) return { kind: 'attempted', result: last };
+    return { kind: 'suspended', until: Number.isFinite(until) ? until : 0 };
+  }
+
+  /** Open connections per destination host (for status and tests). */
+  connections(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const { pool } of this.pools.values()) {
+      const k = Dispatcher.destKey(pool.target);
+      out[k] = (out[k] ?? 0) + pool.connections;
+    }
+    return out;
+  }
+
+  /** Forgets pools unused for a while (their connections have long been closed). */
+  sweep(): void {
+    const cutoff = Date.now() - POOL_IDLE_DROP;
+    for (const [k, p] of this.pools) if (p.used < cutoff && p.pool.connections === 0) this.pools.delete(k);
+    for (const [k, q] of this.queues) if (q.size === 0 && q.pending === 0 && ![...this.pools.keys()].some((pk) => pk.startsWith(`${k}|`))) this.queues.delete(k);
+  }
+
+  async close(waitMs: number): Promise<void> {
+    await Promise.all([...this.pools.values()].map((p) => p.pool.close(waitMs)));
+  }
+}

@@ -1,0 +1,174 @@
+// Limits per destination MTA that every gateway shares, kept in Redis: a message rate (the
+// rateLimit script: each message reserves its send slot) and connection leases (the
+// connectionLease script: a connection is opened only under a lease). Both run on ONE node, the
+// first node of redis.nodes that is up, which every gateway picks alike; they are not replicated
+// queue writes. With no node up, each gateway falls back to limiting on its own (logged).
+import { randomBytes } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../log.ts';
+import type { RedisNode } from '../queue/node.ts';
+import { matchDomain } from './routes.ts';
+
+export interface DestLimits {
+  /** The key limits are kept under: the MX host or domain the configuration names, else the host. */
+  key: string;
+  connections: number;
+  ratePerSecond: number;
+  messagesPerConnection: number;
+}
+
+/** Limits for a destination MTA: the MX host's entry, else the domain's, else the default (field by field). */
+export function limitsFor(cfg: Config['relay']['limits'], host: string, domain: string): DestLimits {
+  const byHost = matchDomain(cfg.destinations, host);
+  const byDomain = matchDomain(cfg.destinations, domain);
+  const hit = byHost?.key === host.toLowerCase() ? byHost : (byDomain ?? byHost);
+  const d = cfg.default;
+  const v = hit?.value ?? {};
+  return {
+    key: hit?.key ?? host.toLowerCase(),
+    connections: v.connections ?? d.connections,
+    ratePerSecond: v.ratePerSecond ?? d.ratePerSecond,
+    messagesPerConnection: v.messagesPerConnection ?? d.messagesPerConnection,
+  };
+}
+
+type Reply = [number, number];
+
+/** A script registered by src/queue/scripts.ts on the node's client. */
+function script(node: RedisNode, name: 'rateLimit' | 'connectionLease') {
+  const fn = node.client[name] as (...args: (string | number)[]) => Promise<unknown>;
+  return (...args: (string | number)[]) => fn.call(node.client, ...args);
+}
+const RESERVE_AHEAD = 1000; // a message may reserve a send slot up to this far ahead
+const LEASE_POLL = 50;
+
+export interface Lease {
+  key: string;
+  holder: string;
+  /** False when it was granted without Redis (no node up). */
+  shared: boolean;
+}
+
+export class SharedLimits {
+  private readonly pick: () => RedisNode | undefined;
+  private readonly log: Logger;
+  private readonly leaseMs: number;
+  private readonly instance = `${process.pid}.${randomBytes(3).toString('hex')}`;
+  private seq = 0;
+  private readonly localTat = new Map<string, number>();
+  private warned = false;
+  private readonly gatewayId: string;
+
+  constructor(opts: { pick: () => RedisNode | undefined; gatewayId: string; leaseMs: number; log: Logger }) {
+    this.pick = opts.pick;
+    this.gatewayId = opts.gatewayId;
+    this.leaseMs = opts.leaseMs;
+    this.log = opts.log;
+  }
+
+  private node(): RedisNode | undefined {
+    const n = this.pick();
+    if (!n && !this.warned) {
+      this.warned = true;
+      this.log.warn('no redis node up: rate and connection limits are kept per gateway until one is back');
+    } else if (n) this.warned = false;
+    return n;
+  }
+
+  /** Resolves when one message may be sent to the destination (rate 0: at once). */
+  async waitRate(key: string, ratePerSecond: number, signal?: AbortSignal): Promise<void> {
+    if (ratePerSecond <= 0) return;
+    const interval = 1000 / ratePerSecond;
+    for (;;) {
+      signal?.throwIfAborted();
+      const now = Date.now();
+      let reply: Reply | undefined;
+      const node = this.node();
+      if (node) {
+        try {
+          reply = (await script(node, 'rateLimit')(`sg:rate:{${key}}`, now, interval, RESERVE_AHEAD, 60_000)) as Reply;
+        } catch (err) {
+          this.log.warn({ err, key }, 'rate limiter unavailable');
+        }
+      }
+      reply ??= this.localRate(key, now, interval);
+      const [granted, ms] = [Number(reply[0]), Number(reply[1])];
+      if (granted === 1) {
+        if (ms > 0) await sleep(ms, undefined, { signal });
+        return;
+      }
+      await sleep(Math.min(Math.max(ms, 5), RESERVE_AHEAD), undefined, { signal });
+    }
+  }
+
+  private localRate(key: string, now: number, interval: number): Reply {
+    const tat = Math.max(this.localTat.get(key) ?? 0, now);
+    if (tat - now > RESERVE_AHEAD) return [0, Math.ceil(tat - now - RESERVE_AHEAD)];
+    this.localTat.set(key, tat + interval);
+    return [1, Math.floor(tat - now)];
+  }
+
+  /** Waits for one of the destination's `limit` connection leases. */
+  async acquireLease(key: string, limit: number, signal?: AbortSignal): Promise<Lease> {
+    const holder = `${this.gatewayId}:${this.instance}:${++this.seq}`;
+    for (;;) {
+      signal?.throwIfAborted();
+      const node = this.node();
+      if (!node) return { key, holder, shared: false };
+      try {
+        const now = Date.now();
+        const [ok] = (await script(node, 'connectionLease')(`sg:conn:{${key}}`, 'acquire', now, holder, now + this.leaseMs, limit)) as Reply;
+        if (Number(ok) === 1) return { key, holder, shared: true };
+      } catch (err) {
+        this.log.warn({ err, key }, 'connection lease unavailable');
+        return { key, holder, shared: false };
+      }
+      await sleep(LEASE_POLL + Math.floor(Math.random() * LEASE_POLL), undefined, { signal });
+    }
+  }
+
+  /** Extends a lease; false when it had lapsed and could not be taken again. */
+  async renewLease(lease: Lease, limit: number): Promise<boolean> {
+    const node = this.node();
+    if (!node || !lease.shared) return true;
+    try {
+      const now = Date.now();
+      const [ok] = (await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'renew', now, lease.holder, now + this.leaseMs, limit)) as Reply;
+      if (Number(ok) === 1) return true;
+      const [again] = (await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'acquire', now, lease.holder, now + this.leaseMs, limit)) as Reply;
+      return Number(again) === 1;
+    } catch {
+      return true; // Redis trouble: keep the connection rather than drop mail in flight
+    }
+  }
+
+  async releaseLease(lease: Lease): Promise<void> {
+    const node = this.node();
+    if (!node || !lease.shared) return;
+    await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'release', Date.now(), lease.holder, 0, 0).catch(() => undefined);
+  }
+
+  /**
+   * True the first time it is called for `key` within `ttlMs` across every gateway (SET NX on the
+   * same node); used so a delay warning goes out once per message.
+   */
+  async once(key: string, ttlMs: number): Promise<boolean> {
+    const node = this.node();
+    if (node) {
+      try {
+        return (await node.client.set(key, '1', 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX')) === 'OK';
+      } catch {
+        /* fall through to the local record */
+      }
+    }
+    if (this.onceLocal.has(key)) return false;
+    this.onceLocal.add(key);
+    return true;
+  }
+  private readonly onceLocal = new Set<string>();
+
+  get leaseMsValue(): number {
+    return this.leaseMs;
+  }
+}

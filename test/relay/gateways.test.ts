@@ -1,0 +1,128 @@
+// The relay across gateway processes: real redis-server nodes, a real SMTP sink, gateway processes
+// (test/relay/fixtures/gateway.ts) that share one destination's limits through Redis, and a
+// gateway killed with SIGKILL in the middle of delivering.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
+import { startSmtpSink, type SmtpSink } from '../helpers/smtpSink.ts';
+import { waitFor } from '../helpers/waitFor.ts';
+
+const FIXTURE = join(import.meta.dirname, 'fixtures', 'gateway.ts');
+const children = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const c of children) c.kill('SIGKILL');
+});
+
+async function gateway(config: Record<string, unknown>, env: Record<string, string>): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [FIXTURE], { env: { ...process.env, SG_TEST_CONFIG: JSON.stringify(config), ...env }, stdio: ['ignore', 'pipe', 'inherit'] });
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    child.stdout!.on('data', (c: Buffer) => {
+      out += c.toString();
+      if (out.includes('ready\n')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`gateway exited with ${code} before it was ready`)));
+  });
+  return child;
+}
+
+const stopChild = async (c: ChildProcess, signal: NodeJS.Signals = 'SIGTERM') => {
+  if (c.exitCode !== null || c.signalCode !== null) return;
+  const gone = new Promise((r) => c.once('exit', r));
+  c.kill(signal);
+  await gone;
+};
+
+const testId = (raw: Buffer) => /X-Test-Id: (\S+)/.exec(raw.toString())?.[1] ?? '?';
+
+describe('relay across gateway processes', () => {
+  let pool: TestRedis[];
+  const sinks: SmtpSink[] = [];
+  before(async () => {
+    pool = await startRedisPool(2);
+  });
+  after(async () => {
+    for (const c of children) await stopChild(c, 'SIGKILL');
+    await Promise.all(sinks.map((s) => s.close()));
+    await Promise.all(pool.map((r) => r.stop()));
+  });
+
+  it('two gateways sending to one destination share its rate limit and its connection limit', async () => {
+    const sink = await startSmtpSink({ hideStartTls: true });
+    sinks.push(sink);
+    const RATE = 50;
+    const config = (id: string) => ({
+      gateway: { id },
+      redis: { nodes: pool.map((r) => r.url) },
+      routes: { 'rate.test': `smtp://127.0.0.1:${sink.port}` },
+      relay: { limits: { destinations: { 'rate.test': { connections: 2, ratePerSecond: RATE, messagesPerConnection: 40 } } }, connectionLease: '5s' },
+    });
+    const [a, b] = await Promise.all([
+      gateway(config('gw-rate-a'), { SG_APPEND: '160', SG_DOMAIN: 'rate.test', SG_PREFIX: 'A' }),
+      gateway(config('gw-rate-b'), { SG_APPEND: '160', SG_DOMAIN: 'rate.test', SG_PREFIX: 'B' }),
+    ]);
+    try {
+      await waitFor(() => sink.messages.length >= 320, { timeout: 30_000, what: '320 messages at the sink' });
+      const ids = sink.messages.map((m) => testId(m.raw));
+      assert.equal(new Set(ids).size, 320, 'each message once');
+      assert.ok(sink.maxConcurrent <= 2, `at most 2 connections at once, saw ${sink.maxConcurrent}`);
+      const secs = [...sink.perSecond().entries()].sort((x, y) => x[0] - y[0]);
+      const full = secs.slice(1, -1); // the first and last seconds are partial
+      assert.ok(full.length >= 4, `at least 4 full seconds, got ${full.length}`);
+      const all = secs.map((x) => x[1]).join(' ');
+      // Never above the shared budget in any second (two separate budgets would give 2 × RATE)...
+      for (const [s, n] of full) assert.ok(n <= RATE * 1.1, `second ${s}: ${n} messages, limit ${RATE}/s (+10%); all: ${all}`);
+      // ...and the budget is used: the typical second is within 10% of it (a second or two may
+      // fall short when the shared machine starves the processes).
+      const median = full.map((x) => x[1]).sort((x, y) => x - y)[Math.floor(full.length / 2)]!;
+      assert.ok(median >= RATE * 0.9, `median second ${median} messages, limit ${RATE}/s (-10%); all: ${all}`);
+      const first = sink.messages[0]!.at;
+      const last = sink.messages.at(-1)!.at;
+      const overall = ((320 - 1) * 1000) / (last - first);
+      assert.ok(overall <= RATE * 1.1, `overall ${overall.toFixed(1)}/s`);
+    } finally {
+      await Promise.all([stopChild(a), stopChild(b)]);
+    }
+  });
+
+  it('after SIGKILL during delivery and a restart, every message is delivered; duplicates only among those in flight', async () => {
+    const sink = await startSmtpSink({ hideStartTls: true, dataDelayMs: 15 });
+    sinks.push(sink);
+    const N = 200;
+    const config = {
+      gateway: { id: 'gw-kill' },
+      redis: { nodes: pool.map((r) => r.url) },
+      routes: { 'kill.test': `smtp://127.0.0.1:${sink.port}` },
+      relay: { limits: { destinations: { 'kill.test': { connections: 4 } } }, connectionLease: '1s' },
+    };
+    const first = await gateway(config, { SG_APPEND: String(N), SG_DOMAIN: 'kill.test', SG_PREFIX: 'K' });
+    await waitFor(() => sink.messages.length >= 40, { timeout: 20_000, what: '40 delivered before the kill' });
+    first.kill('SIGKILL');
+    await new Promise((r) => first.once('exit', r));
+    const atKill = sink.messages.length;
+    assert.ok(atKill < N, 'killed in the middle');
+    // What the replicas say was in flight at the kill.
+    const c = pool[0]!.client();
+    const [rA, rB] = await Promise.all(pool.map((r) => r.client().hgetall('sg:{gw-kill:kill.test}:state')));
+    const state = Object.keys(rA!).length ? rA! : rB!;
+    const inflight = new Set(Object.entries(state).filter(([, v]) => (JSON.parse(v) as { s: string }).s === 'f').map(([k]) => k));
+    c.disconnect();
+    assert.ok(inflight.size > 0, 'some were in flight');
+
+    const second = await gateway(config, {});
+    try {
+      await waitFor(() => new Set(sink.messages.map((m) => testId(m.raw))).size === N, { timeout: 30_000, what: 'every message delivered after the restart' });
+      const seen = new Map<string, number>();
+      for (const m of sink.messages) seen.set(testId(m.raw), (seen.get(testId(m.raw)) ?? 0) + 1);
+      const dups = [...seen].filter(([, n]) => n > 1).map(([id]) => id);
+      for (const id of dups) assert.ok(inflight.has(id), `${id} was delivered twice but was not in flight at the kill`);
+      for (const [id, n] of seen) assert.ok(n <= 2, `${id} arrived ${n} times`);
+    } finally {
+      await stopChild(second);
+    }
+  });
+});
