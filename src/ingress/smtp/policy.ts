@@ -1,0 +1,162 @@
+// Relay policy: who may send mail to which recipient. A recipient is accepted for a local domain
+// (the user must exist), for a relay domain, and for any domain when the client authenticated or
+// connects from a trusted network; anything else is refused (550 5.7.1): no open relay.
+//
+// Only the final domain of an address decides, and it is the one the message is queued for.
+// smtp-server already strips RFC 5321 source routes ("<@a,@b:user@dom>" becomes "user@dom") and
+// refuses local parts that contain "@"; sender-specified routing in the local part ("%", "!",
+// quoted local parts) from an untrusted, unauthenticated client is refused even for local and
+// relay domains (Postfix's allow_untrusted_routing = no), so that a next hop that still honours
+// such forms cannot be used to reach a third party.
+import { BlockList, isIP } from 'node:net';
+import { domainToASCII } from 'node:url';
+import type { Config } from '../../config/schema.ts';
+import type { UserDirectory } from '../../message/types.ts';
+import { reply } from './replies.ts';
+
+export interface Address {
+  /** As queued: local part unchanged, domain in lower-case ASCII (IDNA). */
+  address: string;
+  local: string;
+  domain: string;
+}
+
+export interface ClientFacts {
+  trusted: boolean;
+  authenticated: boolean;
+  /** The client gave SMTPUTF8 with MAIL FROM. */
+  smtpUtf8: boolean;
+}
+
+// eslint-disable-next-line no-control-regex
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/**
+ * An address as smtp-server parsed it, with its domain in lower-case ASCII. IDN domains (which
+ * smtp-server turns into Unicode) go back to their A-label form, so that a queue and the MX
+ * lookup see one spelling. Address literals ("[192.0.2.1]") are kept, lower-cased.
+ */
+export function normalizeAddress(raw: string): Address | undefined {
+  const at = raw.lastIndexOf('@');
+  if (at <= 0 || at === raw.length - 1) return undefined;
+  const local = raw.slice(0, at);
+  const rawDomain = raw.slice(at + 1);
+  let domain: string;
+  if (rawDomain.startsWith('[')) {
+    domain = rawDomain.toLowerCase();
+  } else {
+    // domainToASCII is a WHATWG host parser: it would cut "a.test/b.test" at "/" and decode
+    // "%2e"; smtp-server refuses such domains already, and so does this line.
+    const lower = rawDomain.toLowerCase();
+    if (/[^a-z0-9.\-\u0080-\uffff]/.test(lower)) return undefined;
+    domain = domainToASCII(lower);
+    if (!domain || !/^[a-z0-9.-]+$/.test(domain)) return undefined;
+  }
+  return { address: `${local}@${domain}`, local, domain };
+}
+
+/** Sender-specified routing in a local part: %-hack, bang path, quoted local part. */
+export function hasRouting(local: string): boolean {
+  return local.includes('%') || local.includes('!') || local.includes('@') || local.startsWith('"');
+}
+
+/** A list of domains: exact names and "*.name" for every subdomain of name. */
+export class DomainSet {
+  private readonly exact = new Set<string>();
+  private readonly parents: string[] = [];
+  constructor(domains: readonly string[]) {
+    for (const d of domains) {
+      const ascii = domainToASCII(d.replace(/^\*\./, '').toLowerCase()) || d.toLowerCase();
+      if (d.startsWith('*.')) this.parents.push(`.${ascii}`);
+      else this.exact.add(ascii);
+    }
+  }
+  has(domain: string): boolean {
+    if (this.exact.has(domain)) return true;
+    for (const p of this.parents) if (domain.endsWith(p)) return true;
+    return false;
+  }
+  get first(): string | undefined {
+    return this.exact.values().next().value;
+  }
+}
+
+/** Client addresses trusted to relay (networks.trusted), IPv4 and IPv6 CIDR ranges. */
+export class Networks {
+  private readonly list = new BlockList();
+  constructor(ranges: readonly string[]) {
+    for (const r of ranges) {
+      const [ip, bits] = r.split('/') as [string, string | undefined];
+      const family = isIP(ip);
+      if (!family) throw new Error(`networks.trusted: expected an IPv4 or IPv6 address or range, got ${JSON.stringify(r)}`);
+      const type = family === 6 ? 'ipv6' : 'ipv4';
+      if (bits === undefined) this.list.addAddress(ip, type);
+      else this.list.addSubnet(ip, Number(bits), type);
+    }
+  }
+  has(address: string): boolean {
+    const a = address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
+    const family = isIP(a);
+    if (!family) return false;
+    return this.list.check(a, family === 6 ? 'ipv6' : 'ipv4');
+  }
+}
+
+export class RelayPolicy {
+  readonly local: DomainSet;
+  readonly relay: DomainSet;
+  readonly trusted: Networks;
+  private readonly users: UserDirectory;
+
+  constructor(config: Config, users: UserDirectory) {
+    this.local = new DomainSet(config.domains.local);
+    this.relay = new DomainSet(config.domains.relay);
+    this.trusted = new Networks(config.networks.trusted);
+    this.users = users;
+  }
+
+  /** The envelope sender ("" is the null sender). Throws an SmtpReply when refused. */
+  sender(raw: string, facts: Pick<ClientFacts, 'smtpUtf8'>): string {
+    if (raw === '') return '';
+    const a = normalizeAddress(raw);
+    if (!a) return raw; // smtp-server checked the syntax; keep what it accepted
+    if (!facts.smtpUtf8 && NON_ASCII.test(a.local)) throw reply('utf8Required', raw);
+    return a.address;
+  }
+
+  /**
+   * Decides one RCPT TO. Returns the address as it will be queued, or throws an SmtpReply:
+   * 553 5.6.7, 501 5.1.3, 550 5.7.1 (relay or routing), 550 5.1.1 (unknown local user),
+   * 451 4.3.0 (the user directory did not answer).
+   */
+  async recipient(raw: string, facts: ClientFacts): Promise<Address> {
+    let input = raw;
+    // RFC 5321 4.1.1.3: "postmaster" without a domain must be accepted; it is the postmaster
+    // of the first local domain.
+    if (!input.includes('@') && input.toLowerCase() === 'postmaster') {
+      const first = this.local.first;
+      if (!first) throw reply('unknownUser', raw);
+      input = `postmaster@${first}`;
+    }
+    const a = normalizeAddress(input);
+    if (!a) throw reply('badRecipient', raw);
+    if (!facts.smtpUtf8 && NON_ASCII.test(a.local)) throw reply('utf8Required', raw);
+    const privileged = facts.trusted || facts.authenticated;
+    const isLocal = this.local.has(a.domain);
+    if (!isLocal && !this.relay.has(a.domain)) {
+      if (!privileged) throw reply('relayDenied', a.address);
+      return a;
+    }
+    if (!privileged && hasRouting(a.local)) throw reply('routingDenied', a.address);
+    if (isLocal) {
+      let exists: boolean;
+      try {
+        exists = await this.users.exists(a.address);
+      } catch (err) {
+        throw Object.assign(reply('recipientCheckFailed', a.address), { cause: err });
+      }
+      if (!exists) throw reply('unknownUser', a.address);
+    }
+    return a;
+  }
+}
