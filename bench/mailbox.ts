@@ -1,0 +1,666 @@
+// Mailbox benchmark, each figure beside a Debian baseline in the same run:
+//   1. CassMail's workloads, messages of 200 KB–2 MB and of 50 KB–500 KB, accepted over SMTP and
+//      delivered into Cassandra mailboxes (SMTP ingress → replicated queue on 2 Redis nodes →
+//      relay → local delivery), in MB/s; beside Postfix accepting the same messages over SMTP and
+//      delivering them to Maildirs (virtual(8)) — a private instance with its own config and queue
+//      directories in a temp dir and its own loopback port, stopped afterwards. Also the local
+//      delivery alone (the Cassandra write path without SMTP and queue).
+//   2. POP3 download of a 1,000-message mailbox (50 KB–500 KB each), USER/PASS, LIST, then RETR
+//      one message after the other, QUIT; beside Debian's Dovecot POP3 serving the same bytes from
+//      a Maildir — a private instance (config, base dir and port of its own), stopped afterwards.
+//
+// When the SMTP ingress cannot be started, the gateway side is fed through LocalDelivery and the
+// output says so. Cassandra: the node STREAMGATE_TEST_CASSANDRA names, else one started for the run.
+//
+//   npm run bench:mailbox   BENCH_A=100 (200 KB–2 MB messages)  BENCH_B=300 (50–500 KB)
+//                           BENCH_POP3=1000  BENCH_CLIENTS=8 (SMTP clients)  BENCH_USERS=20  BENCH_RUNS=3
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect as netConnect, type Socket } from 'node:net';
+import { availableParallelism, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import SMTPConnection from 'nodemailer/lib/smtp-connection';
+import type { Config } from '../src/config/schema.ts';
+import { silentLogger } from '../src/log.ts';
+import { startMailbox, type MailboxService } from '../src/mailbox/service.ts';
+import { hashPassword } from '../src/message/password.ts';
+import { newMessageId, type LifecycleEvent, type QueuedMessage } from '../src/message/types.ts';
+import { QueueManager } from '../src/queue/manager.ts';
+import { cassandraForTests } from '../test/helpers/cassandra.ts';
+import { testConfig } from '../test/helpers/config.ts';
+import { startRedisPool } from '../test/helpers/redis.ts';
+import { freePort, waitFor } from '../test/helpers/waitFor.ts';
+
+const A = Number(process.env.BENCH_A ?? 100);
+const B = Number(process.env.BENCH_B ?? 300);
+const POP3_N = Number(process.env.BENCH_POP3 ?? 1000);
+const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
+const USERS = Number(process.env.BENCH_USERS ?? 20);
+const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const DOMAIN = 'bench.test';
+const PASSWORD = 'bench-password';
+const VMAIL_UID = 5000;
+
+const MB = 1024 * 1024;
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+
+// ---- messages ----------------------------------------------------------------------------------
+
+/** A small deterministic PRNG (mulberry32), so both sides get the same sizes every run. */
+function prng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Msg {
+  rcpt: string;
+  raw: Buffer;
+}
+
+/** `n` messages of `min`–`max` bytes: headers, a text part and a base64 "attachment" in 76-column lines. */
+function workload(n: number, min: number, max: number, seed: number, rcpt: (i: number) => string): Msg[] {
+  const rnd = prng(seed);
+  const out: Msg[] = [];
+  for (let i = 0; i < n; i++) {
+    const size = Math.floor(min + rnd() * (max - min));
+    const to = rcpt(i);
+    const head = `From: <load@src.test>\r\nTo: <${to}>\r\nSubject: bench ${seed}/${i}\r\nMessage-ID: <${seed}.${i}.${randomBytes(4).toString('hex')}@src.test>\r\n` +
+      `MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nSee the attachment.\r\n` +
+      `--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n`;
+    const tail = '--b--\r\n';
+    const room = Math.max(0, size - head.length - tail.length);
+    const lines = Math.floor(room / 78);
+    const b64 = randomBytes(Math.ceil((lines * 76 * 3) / 4)).toString('base64');
+    const body: string[] = [];
+    for (let l = 0; l < lines; l++) body.push(b64.slice(l * 76, l * 76 + 76));
+    out.push({ rcpt: to, raw: Buffer.from(`${head}${body.join('\r\n')}${lines ? '\r\n' : ''}${tail}`) });
+  }
+  return out;
+}
+
+const totalBytes = (msgs: Msg[]) => msgs.reduce((s, m) => s + m.raw.length, 0);
+
+/** CPU seconds a process has used (utime + stime), 0 when it cannot be read. */
+function procCpu(pid: number | undefined): number {
+  if (!pid) return 0;
+  try {
+    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** The pid listening on a loopback TCP port (ss), for the CPU breakdown. */
+function pidOnPort(port: number): number | undefined {
+  try {
+    const m = /pid=(\d+)/.exec(execFileSync('ss', ['-ltnpH', `sport = :${port}`]).toString());
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const cpuPids: { cassandra?: number | undefined; redis: number[] } = { redis: [] };
+
+interface CpuMark {
+  machine: number;
+  self: number;
+  cassandra: number;
+  redis: number;
+}
+
+/** CPU seconds used so far: the whole machine (/proc/stat), this process, Cassandra, the Redis nodes. */
+function cpuNow(): CpuMark {
+  let machine = 0;
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    machine = (f[0]! + f[1]! + f[2]! + f[5]! + f[6]!) / 100; // user nice system irq softirq, in clock ticks
+  } catch { /* not Linux */ }
+  const u = process.cpuUsage();
+  return { machine, self: (u.user + u.system) / 1e6, cassandra: procCpu(cpuPids.cassandra), redis: cpuPids.redis.reduce((a, p) => a + procCpu(p), 0) };
+}
+
+function cpuSince(t: CpuMark, who: 'gateway' | 'postfix'): string {
+  const n = cpuNow();
+  const d = (k: keyof CpuMark) => (n[k] - t[k]).toFixed(1);
+  return who === 'gateway'
+    ? `CPU s: gateway process ${d('self')}, Cassandra ${d('cassandra')}, Redis ${d('redis')}, machine ${d('machine')}`
+    : `CPU s: load generator ${d('self')}, machine ${d('machine')}`;
+}
+
+// ---- SMTP load ---------------------------------------------------------------------------------
+
+/** Sends every message over SMTP with CLIENTS connections; resolves with the number refused. */
+async function inject(port: number, msgs: Msg[]): Promise<number> {
+  let next = 0;
+  let failed = 0;
+  const client = async () => {
+    const conn = new SMTPConnection({ host: '127.0.0.1', port, ignoreTLS: true, name: 'load.src.test', socketTimeout: 120_000 });
+    conn.on('error', () => {});
+    await new Promise<void>((res, rej) => {
+      conn.once('error', rej);
+      conn.connect(() => res());
+    });
+    while (next < msgs.length) {
+      const m = msgs[next++]!;
+      const ok = await new Promise<boolean>((res) => conn.send({ from: 'load@src.test', to: [m.rcpt] }, m.raw, (err) => res(!err)));
+      if (!ok) failed++;
+    }
+    conn.quit();
+  };
+  await Promise.all(Array.from({ length: CLIENTS }, client));
+  return failed;
+}
+
+function portOpen(port: number): Promise<boolean> {
+  return new Promise((res) => {
+    const s = netConnect(port, '127.0.0.1', () => {
+      s.destroy();
+      res(true);
+    });
+    s.on('error', () => res(false));
+  });
+}
+
+// ---- the gateway ---------------------------------------------------------------------------------
+
+interface Row {
+  name: string;
+  messages: number;
+  bytes: number;
+  seconds: number;
+  acceptSeconds?: number;
+  note: string;
+}
+
+interface Gateway {
+  config: Config;
+  mailbox: MailboxService;
+  qm: QueueManager;
+  smtpPort: number;
+  ingress: { stop(): Promise<void> } | undefined;
+  ingressNote: string;
+  relay: { stop(): Promise<void> } | undefined;
+  delivered: number;
+  stop(): Promise<void>;
+}
+
+async function startGatewayParts(contactPoint: string, keyspace: string, dataDir: string): Promise<Gateway> {
+  const pool = await startRedisPool(2, { maxmemory: '4gb' });
+  cpuPids.redis = pool.map((r) => r.proc.pid ?? 0);
+  const smtpPort = await freePort();
+  const config = testConfig({
+    gateway: { id: 'bench-mbx', hostname: 'gw.bench.test', dataDir },
+    redis: { nodes: pool.map((r) => r.url) },
+    domains: { local: [DOMAIN] },
+    smtp: { listen: `127.0.0.1:${smtpPort}`, maxMessageSize: '30MB', maxConnectionsPerClient: 1000 },
+    submission: { listen: `127.0.0.1:${await freePort()}` },
+    pop3: { listen: `127.0.0.1:${await freePort()}`, auth: { delay: '0s', perClient: 0 } },
+    cassandra: { contactPoints: [contactPoint], keyspace },
+    queue: { historyMaxLength: 10_000 },
+  });
+  const mailbox = await startMailbox(config, silentLogger);
+  await waitFor(() => mailbox.store.ready, { timeout: 60_000, what: 'mailbox store' });
+  const qm = new QueueManager(config, silentLogger, { gatewayId: 'bench-mbx' });
+  await qm.start();
+  const gw: Gateway = {
+    config, mailbox, qm, smtpPort, ingress: undefined, relay: undefined, delivered: 0,
+    ingressNote: 'SMTP ingress → replicated queue (2 Redis nodes) → relay → local delivery → Cassandra',
+    async stop() {
+      await gw.ingress?.stop().catch(() => {});
+      await gw.relay?.stop().catch(() => {});
+      await qm.stop();
+      await mailbox.stop();
+      await Promise.all(pool.map((r) => r.stop()));
+    },
+  };
+  qm.on('event', (e: LifecycleEvent) => {
+    if (e.kind === 'delivered') gw.delivered++;
+  });
+  try {
+    const relayMod = (await import(pathToFileURL(join(import.meta.dirname, '..', 'src', 'relay', 'relay.ts')).href)) as {
+      startRelay(q: QueueManager, c: Config, l: typeof silentLogger, o: { local: unknown }): { stop(): Promise<void> };
+    };
+    gw.relay = relayMod.startRelay(qm, config, silentLogger, { local: mailbox.localDelivery });
+    const ingMod = (await import(pathToFileURL(join(import.meta.dirname, '..', 'src', 'ingress', 'smtp', 'server.ts')).href)) as {
+      SmtpIngress: new (o: unknown) => { start(): Promise<void>; stop(): Promise<void> };
+    };
+    const ing = new ingMod.SmtpIngress({ config, queues: qm, log: silentLogger, users: mailbox.users });
+    await ing.start();
+    gw.ingress = ing;
+  } catch (err) {
+    gw.ingressNote = `SMTP ingress or relay not usable (${(err as Error).message.split('\n')[0]}): fed through LocalDelivery directly`;
+  }
+  return gw;
+}
+
+let seq = 0;
+function queuedFor(m: Msg): QueuedMessage {
+  const now = Date.now();
+  const domain = DOMAIN;
+  return { queue: domain, domain, id: newMessageId(now), entryId: `${now}-${seq++}`, attempt: 1, envelope: { from: 'load@src.test', to: [m.rcpt] }, raw: m.raw, meta: {}, acceptedAt: now };
+}
+
+/** Feeds messages straight into LocalDelivery with `inflight` at once. */
+async function feedLocal(gw: Gateway, msgs: Msg[], inflight: number): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: inflight }, async () => {
+    while (next < msgs.length) {
+      const res = await gw.mailbox.localDelivery.deliver(queuedFor(msgs[next++]!));
+      if (res[0]?.status !== 'delivered') throw new Error(`local delivery: ${JSON.stringify(res[0])}`);
+    }
+  }));
+}
+
+async function gatewayRun(gw: Gateway, name: string, msgs: Msg[]): Promise<Row> {
+  const bytes = totalBytes(msgs);
+  const start = gw.delivered;
+  const c0 = cpuNow();
+  const t0 = performance.now();
+  let acceptSeconds: number | undefined;
+  let note = gw.ingressNote;
+  if (gw.ingress) {
+    const failed = await inject(gw.smtpPort, msgs);
+    acceptSeconds = (performance.now() - t0) / 1000;
+    if (failed) note += ` (${failed} refused at SMTP)`;
+    await waitFor(() => gw.delivered - start >= msgs.length - failed, { timeout: 1_800_000, every: 20, what: `${name}: delivered` });
+  } else {
+    await feedLocal(gw, msgs, CLIENTS * 4);
+  }
+  const seconds = (performance.now() - t0) / 1000;
+  return { name, messages: msgs.length, bytes, seconds, ...(acceptSeconds !== undefined ? { acceptSeconds } : {}), note: `${note}; ${cpuSince(c0, 'gateway')}` };
+}
+
+// ---- Postfix -----------------------------------------------------------------------------------
+
+function ensurePackage(bin: string, pkg: string): string | undefined {
+  if (existsSync(bin)) return undefined;
+  const r = spawnSync('apt-get', ['install', '-y', pkg], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, stdio: 'ignore' });
+  return r.status === 0 && existsSync(bin) ? undefined : `${pkg} not installed (apt-get install ${pkg} failed)`;
+}
+
+interface Postfix {
+  port: number;
+  mailDir: string;
+  version: string;
+  stop(): Promise<void>;
+}
+
+async function startPostfix(users: string[]): Promise<Postfix | string> {
+  const missing = ensurePackage('/usr/sbin/postfix', 'postfix');
+  if (missing) return missing;
+  if (process.getuid?.() !== 0) return 'postfix needs root to run a private instance';
+  const dir = mkdtempSync(join(tmpdir(), 'sg-bench-postfix-'));
+  chmodSync(dir, 0o755); // the daemons run as the postfix user
+  const etc = join(dir, 'etc');
+  const mailDir = join(dir, 'mail');
+  for (const d of [etc, join(dir, 'spool'), join(dir, 'data'), mailDir]) mkdirSync(d);
+  chownSync(join(dir, 'data'), Number(execFileSync('id', ['-u', 'postfix']).toString().trim()), -1);
+  chownSync(mailDir, VMAIL_UID, VMAIL_UID);
+  const port = await freePort();
+  const master = readFileSync('/etc/postfix/master.cf', 'utf8')
+    .split('\n')
+    .map((l) => {
+      if (/^smtp\s+inet\s/.test(l)) return `127.0.0.1:${port} inet n - n - - smtpd`;
+      if (/^\S+\s+(inet|unix|unix-dgram|fifo|pass)\s/.test(l)) return l.replace(/^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)/, '$1n$2');
+      return l;
+    })
+    .join('\n');
+  writeFileSync(join(etc, 'master.cf'), master);
+  writeFileSync(join(etc, 'vmailbox'), users.map((u) => `${u} ${u}/Maildir/\n`).join(''));
+  writeFileSync(join(etc, 'main.cf'), [
+    'compatibility_level = 3.6',
+    `queue_directory = ${join(dir, 'spool')}`,
+    `data_directory = ${join(dir, 'data')}`,
+    'mail_owner = postfix',
+    'setgid_group = postdrop',
+    'inet_interfaces = 127.0.0.1',
+    'inet_protocols = ipv4',
+    'myhostname = postfix.bench.test',
+    'mydestination =',
+    'mynetworks = 127.0.0.0/8',
+    'smtpd_relay_restrictions = permit_mynetworks, reject',
+    'smtpd_recipient_restrictions = permit_mynetworks, reject',
+    'alias_maps =',
+    'alias_database =',
+    'message_size_limit = 31457280',
+    `virtual_mailbox_domains = ${DOMAIN}`,
+    `virtual_mailbox_base = ${mailDir}`,
+    `virtual_mailbox_maps = texthash:${join(etc, 'vmailbox')}`,
+    `virtual_uid_maps = static:${VMAIL_UID}`,
+    `virtual_gid_maps = static:${VMAIL_UID}`,
+    'virtual_mailbox_limit = 0',
+    'smtpd_tls_security_level = none',
+    'smtp_dns_support_level = disabled',
+    `maillog_file_prefixes = ${dir}`,
+    `maillog_file = ${join(dir, 'maillog')}`,
+    'biff = no',
+    'smtpd_client_connection_count_limit = 0',
+    'smtpd_client_connection_rate_limit = 0',
+    'smtpd_client_message_rate_limit = 0',
+    '',
+  ].join('\n'));
+  const pf = (...args: string[]) => execFileSync('/usr/sbin/postfix', ['-c', etc, ...args], { stdio: 'pipe' });
+  try {
+    pf('start');
+    await waitFor(() => portOpen(port), { timeout: 20_000, what: 'postfix smtpd' });
+  } catch (err) {
+    const log = existsSync(join(dir, 'maillog')) ? readFileSync(join(dir, 'maillog'), 'utf8').split('\n').filter((l) => /fatal|error/.test(l)).slice(-2).join(' | ') : '';
+    try {
+      pf('stop');
+    } catch { /* not running */ }
+    rmSync(dir, { recursive: true, force: true });
+    return `postfix did not start: ${(err as Error).message.split('\n')[0]} ${log}`;
+  }
+  return {
+    port,
+    mailDir,
+    version: execFileSync('/usr/sbin/postconf', ['-c', etc, '-h', 'mail_version']).toString().trim(),
+    async stop() {
+      try {
+        pf('stop');
+      } catch { /* not running */ }
+      await waitFor(() => !existsSync(join(dir, 'spool', 'pid', 'master.pid')) || !readFileSync(join(dir, 'spool', 'pid', 'master.pid'), 'utf8').trim(), { timeout: 20_000 }).catch(() => {});
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function maildirCount(base: string): number {
+  let n = 0;
+  if (!existsSync(base)) return 0;
+  for (const u of readdirSync(base)) {
+    for (const sub of ['new', 'cur']) {
+      const d = join(base, u, 'Maildir', sub);
+      if (existsSync(d)) n += readdirSync(d).length;
+    }
+  }
+  return n;
+}
+
+async function postfixRun(p: Postfix, name: string, msgs: Msg[]): Promise<Row> {
+  const before = maildirCount(p.mailDir);
+  const c0 = cpuNow();
+  const t0 = performance.now();
+  const failed = await inject(p.port, msgs);
+  const acceptSeconds = (performance.now() - t0) / 1000;
+  await waitFor(() => maildirCount(p.mailDir) - before >= msgs.length - failed, { timeout: 1_800_000, every: 20, what: `${name}: postfix delivered` });
+  const seconds = (performance.now() - t0) / 1000;
+  return { name, messages: msgs.length, bytes: totalBytes(msgs), seconds, acceptSeconds, note: `Postfix ${p.version}: smtpd → disk queue → virtual(8) → Maildir, defaults${failed ? `, ${failed} refused` : ''}; ${cpuSince(c0, 'postfix')}` };
+}
+
+// ---- POP3 download -------------------------------------------------------------------------------
+
+/** Downloads a whole mailbox: USER/PASS, LIST, RETR 1..n one after the other, QUIT. */
+async function download(port: number, user: string, password: string, verify?: Buffer[]): Promise<{ seconds: number; bytes: number; messages: number }> {
+  const t0 = performance.now();
+  const sock: Socket = netConnect(port, '127.0.0.1');
+  sock.setNoDelay(true);
+  const chunks: Buffer[] = [];
+  let waiter: (() => void) | undefined;
+  let closed = false;
+  sock.on('data', (d: Buffer) => {
+    chunks.push(d);
+    waiter?.();
+  });
+  sock.on('close', () => {
+    closed = true;
+    waiter?.();
+  });
+  sock.on('error', () => {});
+  let buf: Buffer = Buffer.alloc(0);
+  const take = async (find: (b: Buffer, from: number) => number): Promise<Buffer> => {
+    let scanned = 0;
+    for (;;) {
+      if (chunks.length) {
+        buf = buf.length ? Buffer.concat([buf, ...chunks]) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
+        chunks.length = 0;
+      }
+      const end = find(buf, Math.max(0, scanned - 5));
+      if (end >= 0) {
+        const out = buf.subarray(0, end);
+        buf = buf.subarray(end);
+        return out;
+      }
+      scanned = buf.length;
+      if (closed) throw new Error('POP3 connection closed');
+      await new Promise<void>((r) => (waiter = r));
+      waiter = undefined;
+    }
+  };
+  const line = async () => (await take((b, from) => { const i = b.indexOf('\r\n', from); return i < 0 ? -1 : i + 2; })).toString('latin1').trimEnd();
+  const multi = async () => {
+    const body = await take((b, from) => {
+      if (from === 0 && b.subarray(0, 3).toString('latin1') === '.\r\n') return 3;
+      const i = b.indexOf('\r\n.\r\n', from);
+      return i < 0 ? -1 : i + 5;
+    });
+    return body;
+  };
+  const cmd = async (c: string) => {
+    sock.write(`${c}\r\n`);
+    const r = await line();
+    if (!r.startsWith('+OK')) throw new Error(`${c.split(' ')[0]}: ${r}`);
+    return r;
+  };
+  await line(); // greeting
+  await cmd(`USER ${user}`);
+  await cmd(`PASS ${password}`);
+  await cmd('LIST');
+  const list = (await multi()).toString('latin1').split('\r\n').filter((l) => /^\d+ \d+$/.test(l));
+  let bytes = 0;
+  for (let i = 1; i <= list.length; i++) {
+    await cmd(`RETR ${i}`);
+    const body = await multi();
+    bytes += body.length;
+    if (verify) {
+      const got = Buffer.from(body.subarray(0, body.length - 3).toString('latin1').replace(/(^|\r\n)\.\./g, '$1.'), 'latin1');
+      const want = verify[i - 1]!;
+      if (!got.equals(want)) throw new Error(`RETR ${i}: ${got.length} bytes differ from the ${want.length} stored`);
+    }
+  }
+  await cmd('QUIT');
+  sock.destroy();
+  return { seconds: (performance.now() - t0) / 1000, bytes, messages: list.length };
+}
+
+/** download() in a worker thread: the client must not share the event loop with our POP3 server. */
+function downloadInWorker(port: number, user: string, password: string, verify?: Buffer[]): Promise<{ seconds: number; bytes: number; messages: number }> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(new URL(import.meta.url), { workerData: { port, user, password, verify } });
+    w.once('message', (m: { ok: boolean; result?: { seconds: number; bytes: number; messages: number }; error?: string }) => (m.ok ? resolve(m.result!) : reject(new Error(m.error))));
+    w.once('error', reject);
+  });
+}
+
+interface Dovecot {
+  port: number;
+  version: string;
+  stop(): Promise<void>;
+}
+
+async function startDovecot(user: string, password: string, bodies: Buffer[]): Promise<Dovecot | string> {
+  const missing = ensurePackage('/usr/sbin/dovecot', 'dovecot-pop3d');
+  if (missing) return missing;
+  if (!existsSync('/usr/lib/dovecot/pop3')) {
+    const m2 = spawnSync('apt-get', ['install', '-y', 'dovecot-pop3d'], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, stdio: 'ignore' });
+    if (m2.status !== 0) return 'dovecot-pop3d not installed';
+  }
+  if (process.getuid?.() !== 0) return 'dovecot needs root to run a private instance';
+  const dir = mkdtempSync(join(tmpdir(), 'sg-bench-dovecot-'));
+  chmodSync(dir, 0o755);
+  const port = await freePort();
+  const home = join(dir, 'mail', user);
+  const cur = join(home, 'Maildir', 'cur');
+  for (const d of [cur, join(home, 'Maildir', 'new'), join(home, 'Maildir', 'tmp'), join(dir, 'run'), join(dir, 'state')]) mkdirSync(d, { recursive: true });
+  const t = 1_700_000_000;
+  bodies.forEach((b, i) => writeFileSync(join(cur, `${t + i}.M${i}P1.bench,S=${b.length}:2,S`), b));
+  execFileSync('chown', ['-R', `${VMAIL_UID}:${VMAIL_UID}`, join(dir, 'mail')]);
+  writeFileSync(join(dir, 'users'), `${user}:{PLAIN}${password}\n`);
+  const conf = join(dir, 'dovecot.conf');
+  writeFileSync(conf, [
+    'protocols = pop3',
+    'listen = 127.0.0.1',
+    `base_dir = ${join(dir, 'run')}`,
+    `state_dir = ${join(dir, 'state')}`,
+    'instance_name = sg-bench-dovecot',
+    `log_path = ${join(dir, 'dovecot.log')}`,
+    'ssl = no',
+    'disable_plaintext_auth = no',
+    'auth_mechanisms = plain',
+    'mail_location = maildir:~/Maildir',
+    'pop3_uidl_format = %08Xu%08Xv',
+    'default_internal_user = dovecot',
+    'default_login_user = dovenull',
+    `passdb {\n  driver = passwd-file\n  args = scheme=PLAIN ${join(dir, 'users')}\n}`,
+    `userdb {\n  driver = static\n  args = uid=${VMAIL_UID} gid=${VMAIL_UID} home=${join(dir, 'mail')}/%u\n}`,
+    `service pop3-login {\n  inet_listener pop3 {\n    port = ${port}\n  }\n  inet_listener pop3s {\n    port = 0\n  }\n}`,
+    '',
+  ].join('\n'));
+  const child: ChildProcess = spawn('/usr/sbin/dovecot', ['-F', '-c', conf], { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      await new Promise<void>((r) => {
+        const timer = setTimeout(() => {
+          child.kill('SIGKILL');
+          r();
+        }, 10_000);
+        child.once('exit', () => {
+          clearTimeout(timer);
+          r();
+        });
+      });
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await waitFor(() => child.exitCode === null && portOpen(port), { timeout: 20_000, what: 'dovecot pop3' });
+  } catch (err) {
+    const log = existsSync(join(dir, 'dovecot.log')) ? readFileSync(join(dir, 'dovecot.log'), 'utf8').split('\n').slice(-3).join(' | ') : '';
+    await stop();
+    return `dovecot did not start: ${(err as Error).message} ${stderr.trim()} ${log}`;
+  }
+  return { port, version: execFileSync('/usr/sbin/dovecot', ['--version']).toString().trim(), stop };
+}
+
+// ---- main ----------------------------------------------------------------------------------------
+
+if (!isMainThread) {
+  const d = workerData as { port: number; user: string; password: string; verify?: Uint8Array[] };
+  try {
+    const result = await download(d.port, d.user, d.password, d.verify?.map((v) => Buffer.from(v)));
+    parentPort!.postMessage({ ok: true, result });
+  } catch (err) {
+    parentPort!.postMessage({ ok: false, error: (err as Error).message });
+  }
+  process.exit(0);
+}
+
+const fmtRow = (r: Row) =>
+  `| ${r.name} | ${r.messages} | ${(r.bytes / MB).toFixed(0)} MB | ${r.acceptSeconds !== undefined ? `${r.acceptSeconds.toFixed(1)} s` : '–'} | ${r.seconds.toFixed(1)} s | **${(r.bytes / MB / r.seconds).toFixed(1)} MB/s** | ${(r.messages / r.seconds).toFixed(1)} | ${r.note} |`;
+
+const node = await cassandraForTests();
+cpuPids.cassandra = pidOnPort(node.port);
+const keyspace = `sg_bench_${randomBytes(3).toString('hex')}`;
+const dataDir = mkdtempSync(join(tmpdir(), 'sg-bench-mbx-'));
+const users = Array.from({ length: USERS }, (_, i) => `u${i}@${DOMAIN}`);
+const rcpt = (i: number) => users[i % users.length]!;
+const wA = workload(A, 200 * 1024, 2 * MB, 1, rcpt);
+const wB = workload(B, 50 * 1024, 500 * 1024, 2, rcpt);
+const popUser = `pop@${DOMAIN}`;
+const wPop = workload(POP3_N, 50 * 1024, 500 * 1024, 3, () => popUser);
+
+console.log(`mailbox benchmark: Cassandra at ${node.contactPoint} (1 node, RF 1, consistency ONE), ${CLIENTS} SMTP clients, ${USERS} recipients, ${process.env.BENCH_A ? '' : 'default '}sizes A=${A}×(200 KB–2 MB) B=${B}×(50–500 KB), ${availableParallelism()} CPUs; everything (load generator, gateway, Redis, Cassandra, Postfix, Dovecot) on this machine`);
+console.log('');
+
+const gw = await startGatewayParts(node.contactPoint, keyspace, dataDir);
+const hash = await hashPassword(PASSWORD);
+for (const u of [...users, popUser]) await gw.mailbox.store.createUser(u, hash);
+const pfx = await startPostfix(users);
+
+const rows: Row[] = [];
+let pfNote = '';
+try {
+  // a warm-up on both sides (prepared statements, JIT, Postfix processes)
+  const warm = workload(10, 50 * 1024, 100 * 1024, 9, rcpt);
+  await gatewayRun(gw, 'warm-up', warm);
+  if (typeof pfx !== 'string') await postfixRun(pfx, 'warm-up', warm);
+
+  for (const [label, msgs] of [['A: 200 KB–2 MB', wA], ['B: 50 KB–500 KB', wB]] as const) {
+    rows.push(await gatewayRun(gw, `streamgate ${label}`, msgs));
+    if (typeof pfx !== 'string') rows.push(await postfixRun(pfx, `postfix ${label}`, msgs));
+    else pfNote = `postfix: ${pfx}`;
+    const c0 = cpuNow();
+    const t0 = performance.now();
+    await feedLocal(gw, msgs, CLIENTS * 4);
+    const s = (performance.now() - t0) / 1000;
+    rows.push({ name: `local delivery alone ${label}`, messages: msgs.length, bytes: totalBytes(msgs), seconds: s, note: `LocalDelivery.deliver() with ${CLIENTS * 4} in flight: the Cassandra write path only (chunks of ${gw.config.cassandra.chunkSize / 1024} KB); ${cpuSince(c0, 'gateway')}` });
+  }
+} finally {
+  if (typeof pfx !== 'string') await pfx.stop();
+}
+
+console.log('| run | messages | volume | accepted in | delivered in | throughput | msg/s | path |');
+console.log('|---|---|---|---|---|---|---|---|');
+for (const r of rows) console.log(fmtRow(r));
+if (pfNote) console.log(pfNote);
+for (const label of ['A: 200 KB–2 MB', 'B: 50 KB–500 KB']) {
+  const s = rows.find((r) => r.name === `streamgate ${label}`);
+  const p = rows.find((r) => r.name === `postfix ${label}`);
+  if (s && p) console.log(`${label}: streamgate / postfix = ${(p.seconds / s.seconds).toFixed(2)}×`);
+}
+console.log('');
+
+// POP3: the same 1,000 messages in a Cassandra mailbox and in a Dovecot Maildir
+const t0 = performance.now();
+let next = 0;
+await Promise.all(Array.from({ length: CLIENTS * 4 }, async () => {
+  while (next < wPop.length) await gw.mailbox.localDelivery.deliver(queuedFor(wPop[next++]!));
+}));
+const loadSeconds = (performance.now() - t0) / 1000;
+const stored: Buffer[] = [];
+for await (const ref of gw.mailbox.store.listMessages(popUser, 'inbox', 500)) stored.push(await gw.mailbox.store.readWholeBody(ref));
+const dv = await startDovecot(popUser, PASSWORD, stored);
+const popBytes = stored.reduce((s, b) => s + b.length, 0);
+console.log(`POP3 download of a ${stored.length}-message mailbox (${(popBytes / MB).toFixed(0)} MB, loaded into Cassandra in ${loadSeconds.toFixed(1)} s), one client, RETR one after the other, median of ${RUNS}:`);
+console.log('');
+console.log('| server | time | throughput | msg/s | |');
+console.log('|---|---|---|---|---|');
+try {
+  const port = gw.mailbox.pop3.address.port;
+  await downloadInWorker(port, popUser, PASSWORD, stored); // warm-up, and every byte checked
+  const ours: number[] = [];
+  for (let k = 0; k < RUNS; k++) ours.push((await downloadInWorker(port, popUser, PASSWORD)).seconds);
+  const s = median(ours);
+  console.log(`| streamgate POP3 | ${s.toFixed(2)} s | **${(popBytes / MB / s).toFixed(1)} MB/s** | ${(stored.length / s).toFixed(0)} | Cassandra, pages of ${gw.config.pop3.pageSize} rows, bodies in ${gw.config.cassandra.chunkSize / 1024} KB chunks |`);
+  if (typeof dv === 'string') console.log(`| dovecot | – | – | – | ${dv} |`);
+  else {
+    await downloadInWorker(dv.port, popUser, PASSWORD, stored);
+    const theirs: number[] = [];
+    for (let k = 0; k < RUNS; k++) theirs.push((await downloadInWorker(dv.port, popUser, PASSWORD)).seconds);
+    const d = median(theirs);
+    console.log(`| dovecot ${dv.version.split(' ')[0]} | ${d.toFixed(2)} s | **${(popBytes / MB / d).toFixed(1)} MB/s** | ${(stored.length / d).toFixed(0)} | Maildir on local disk (page cache warm), private instance |`);
+    console.log('');
+    console.log(`POP3: streamgate / dovecot = ${(d / s).toFixed(2)}×`);
+  }
+} finally {
+  if (typeof dv !== 'string') await dv.stop();
+  await gw.mailbox.store.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
+  await gw.stop();
+  rmSync(dataDir, { recursive: true, force: true });
+}
+process.exit(0);

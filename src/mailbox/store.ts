@@ -1,0 +1,535 @@
+// The mailbox store over Cassandra (tables in ./schema.ts): users, mailboxes, messages in wide rows,
+// bodies in chunks, usage counters and the POP3 mailbox lease.
+//
+// Writing a message: pick its bucket (the newest bucket that started at or before its accept
+// time), skip it when its row exists already (a redelivery), write the body chunks, then the
+// metadata row (the commit point: a visible row has a complete body), then bump the counters.
+// Buckets: when the bucket a message went into holds `bucketSize` messages and is the newest, a
+// new bucket opens at now + BUCKET_OPEN_AHEAD_MS. Every message already written has an accept
+// time before that, so it keeps mapping to the same bucket (redeliveries stay idempotent), and
+// later messages go to the new partition. A partition therefore holds about `bucketSize` rows plus
+// what arrives in those two seconds and messages accepted in its window but delivered late.
+//
+// Statements never bind null (null writes a tombstone); counters are never retried (not
+// idempotent) and are advisory: a crash between the row and its counters leaves them a little off.
+import cassandra from 'cassandra-driver';
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../log.ts';
+import { consistencyFrom, createClient, MailboxError, storeError, type ClientOptions, type Consistency } from './client.ts';
+import { INBOX, messageUuid, OUTBOX } from './ids.ts';
+import { applySchema, missingSchema } from './schema.ts';
+
+type TimeUuid = cassandra.types.TimeUuid;
+const { TimeUuid: TimeUuidType } = cassandra.types;
+
+/** A new bucket starts this far ahead of the clock, more than the clock skew between gateways. */
+export const BUCKET_OPEN_AHEAD_MS = 2000;
+/** Body chunks read per query. */
+const CHUNKS_PER_READ = 4;
+/** Body pages read ahead while one is being sent. */
+const READ_AHEAD = 3;
+/** Body chunks written at once for one message. */
+const CHUNK_WRITE_CONCURRENCY = 4;
+/** Row deletions per unlogged single-partition batch (James: DEFAULT_EXPUNGE_BATCH_SIZE = 50). */
+const DELETE_BATCH = 50;
+const EPOCH = new Date(0);
+
+export interface UserRecord {
+  address: string;
+  passwordHash?: string;
+  /** Bytes; 0 means no limit. */
+  quota: number;
+  created?: Date;
+}
+
+/** A message row as a POP3 session or a listing sees it. */
+export interface MessageRef {
+  /** The row's TimeUUID: POP3's UIDL. */
+  id: string;
+  bucket: Date;
+  size: number;
+  chunks: number;
+}
+
+export interface PutMessage {
+  /** Owner, as userKey() gives it. */
+  address: string;
+  mailbox: string;
+  /** The queue message id: with address and mailbox it makes the row id. */
+  queueId: string;
+  /** Accept time, ms. */
+  acceptedAt: number;
+  sender: string;
+  /** The whole message as POP3 will serve it (CRLF line ends). */
+  body: Buffer;
+}
+
+export interface MailboxSummary {
+  name: string;
+  messages: number;
+  bytes: number;
+}
+
+export interface StoreOptions extends ClientOptions {
+  /** The clock (ms), for bucket opening; default Date.now. */
+  now?: () => number;
+  /** Apply the schema on connect when something is missing; default true. */
+  autoSchema?: boolean;
+}
+
+const num = (v: unknown): number => (v === null || v === undefined ? 0 : typeof v === 'number' ? v : Number(String(v)));
+
+async function eachLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+export class MailStore {
+  readonly client: cassandra.Client;
+  readonly keyspace: string;
+  private readonly config: Config;
+  private readonly log: Logger;
+  private readonly cl: Consistency;
+  private readonly now: () => number;
+  private readonly chunkSize: number;
+  private readonly bucketSize: number;
+  private readonly autoSchema: boolean;
+  private readyPromise: Promise<void> | undefined;
+  private isReady = false;
+  private closed = false;
+  private readonly knownMailboxes = new Set<string>();
+  private readonly opening = new Set<string>();
+  private readonly q: Record<string, string>;
+
+  constructor(config: Config, log: Logger, opts: StoreOptions = {}) {
+    this.config = config;
+    this.log = log.child({ component: 'mailbox-store' });
+    this.client = createClient(config, this.log, opts);
+    this.keyspace = config.cassandra.keyspace;
+    this.cl = consistencyFrom(config);
+    this.now = opts.now ?? Date.now;
+    this.chunkSize = Math.max(1024, config.cassandra.chunkSize);
+    this.bucketSize = config.cassandra.bucketSize;
+    this.autoSchema = opts.autoSchema ?? true;
+    const ks = this.keyspace;
+    this.q = {
+      getUser: `SELECT address, password_hash, quota, created FROM ${ks}.users WHERE address = ?`,
+      listUsers: `SELECT address, quota, created FROM ${ks}.users`,
+      putUser: `INSERT INTO ${ks}.users (address, password_hash, quota, created) VALUES (?, ?, ?, ?)`,
+      setPassword: `UPDATE ${ks}.users SET password_hash = ? WHERE address = ?`,
+      delUser: `DELETE FROM ${ks}.users WHERE address = ?`,
+      getMailbox: `SELECT name FROM ${ks}.mailboxes WHERE address = ? AND name = ?`,
+      listMailboxes: `SELECT name FROM ${ks}.mailboxes WHERE address = ?`,
+      putMailbox: `INSERT INTO ${ks}.mailboxes (address, name, created) VALUES (?, ?, ?)`,
+      delMailboxes: `DELETE FROM ${ks}.mailboxes WHERE address = ?`,
+      bucketAt: `SELECT bucket, messages FROM ${ks}.mailbox_buckets WHERE address = ? AND mailbox = ? AND bucket <= ? ORDER BY bucket DESC LIMIT 1`,
+      newestBucket: `SELECT bucket FROM ${ks}.mailbox_buckets WHERE address = ? AND mailbox = ? ORDER BY bucket DESC LIMIT 1`,
+      buckets: `SELECT bucket FROM ${ks}.mailbox_buckets WHERE address = ? AND mailbox = ?`,
+      countBucket: `UPDATE ${ks}.mailbox_buckets SET messages = messages + ? WHERE address = ? AND mailbox = ? AND bucket = ?`,
+      getRow: `SELECT id FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id = ?`,
+      putRow: `INSERT INTO ${ks}.messages (address, mailbox, bucket, id, size, chunks, queue_id, sender, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      firstPage: `SELECT id, size, chunks FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? LIMIT ?`,
+      nextPage: `SELECT id, size, chunks FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id > ? LIMIT ?`,
+      delRow: `DELETE FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id = ?`,
+      delPartition: `DELETE FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ?`,
+      putChunk: `INSERT INTO ${ks}.bodies (id, chunk, data) VALUES (?, ?, ?)`,
+      getChunks: `SELECT chunk, data FROM ${ks}.bodies WHERE id = ? AND chunk >= ? AND chunk < ?`,
+      delBody: `DELETE FROM ${ks}.bodies WHERE id = ?`,
+      getUsage: `SELECT messages, bytes FROM ${ks}.usage WHERE address = ?`,
+      addUsage: `UPDATE ${ks}.usage SET messages = messages + ?, bytes = bytes + ? WHERE address = ?`,
+      lock: `INSERT INTO ${ks}.pop3_locks (address, mailbox, session, since) VALUES (?, ?, ?, ?) IF NOT EXISTS USING TTL ?`,
+      renewLock: `UPDATE ${ks}.pop3_locks USING TTL ? SET session = ?, since = ? WHERE address = ? AND mailbox = ? IF session = ?`,
+      unlock: `DELETE FROM ${ks}.pop3_locks WHERE address = ? AND mailbox = ? IF session = ?`,
+    };
+  }
+
+  // ---- lifecycle ------------------------------------------------------------------------------
+
+  get ready(): boolean {
+    return this.isReady;
+  }
+
+  /**
+   * Connects and (unless autoSchema is false) applies the schema when something is missing; resolves at once when done before.
+   * Throws STORE_UNAVAILABLE while Cassandra does not answer (a later call tries again).
+   */
+  async connect(): Promise<void> {
+    if (this.isReady) return;
+    if (this.closed) throw new MailboxError('STORE_UNAVAILABLE', 'the mailbox store is closed');
+    this.readyPromise ??= (async () => {
+      await this.client.connect();
+      const missing = this.autoSchema ? await missingSchema(this.client, this.config) : [];
+      if (missing.length > 0) {
+        const r = await applySchema(this.client, this.config);
+        this.log.info({ keyspace: this.keyspace, created: r.created }, 'mailbox schema applied');
+      }
+      this.isReady = true;
+    })().catch((err: unknown) => {
+      this.readyPromise = undefined;
+      throw storeError(`cassandra at ${this.config.cassandra.contactPoints.join(', ')} unavailable`, err);
+    });
+    return this.readyPromise;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.client.shutdown().catch(() => {});
+  }
+
+  private read(query: string, params: unknown[]) {
+    return this.client.execute(query, params, { prepare: true, consistency: this.cl.read, isIdempotent: true });
+  }
+
+  private write(query: string, params: unknown[]) {
+    return this.client.execute(query, params, { prepare: true, consistency: this.cl.write, isIdempotent: true });
+  }
+
+  private count(query: string, params: unknown[]) {
+    return this.client.execute(query, params, { prepare: true, consistency: this.cl.write, isIdempotent: false });
+  }
+
+  /** Every row of a query, `fetchSize` rows per page (the driver's page state). */
+  private async *allRows(query: string, params: unknown[], fetchSize: number): AsyncGenerator<cassandra.types.Row> {
+    let pageState: string | undefined;
+    do {
+      const rs: cassandra.types.ResultSet = await this.client.execute(query, params, { prepare: true, consistency: this.cl.read, isIdempotent: true, fetchSize, ...(pageState ? { pageState } : {}) });
+      yield* rs.rows;
+      pageState = rs.pageState ?? undefined;
+    } while (pageState);
+  }
+
+  private lwt(query: string, params: unknown[]) {
+    return this.client.execute(query, params, { prepare: true, consistency: this.cl.write, serialConsistency: this.cl.serial, isIdempotent: false });
+  }
+
+  private async guard<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    await this.connect();
+    try {
+      return await fn();
+    } catch (err) {
+      throw storeError(what, err);
+    }
+  }
+
+  // ---- users ----------------------------------------------------------------------------------
+
+  async getUser(address: string): Promise<UserRecord | undefined> {
+    return this.guard('reading a user', async () => {
+      const row = (await this.read(this.q.getUser!, [address])).first();
+      if (!row) return undefined;
+      const hash = row.get('password_hash') as string | null;
+      const created = row.get('created') as Date | null;
+      return { address, quota: num(row.get('quota')), ...(hash ? { passwordHash: hash } : {}), ...(created ? { created } : {}) };
+    });
+  }
+
+  /** Every user, a page at a time (an admin listing: it reads the whole users table). */
+  async *listUsers(): AsyncGenerator<UserRecord> {
+    await this.connect();
+    try {
+      for await (const r of this.allRows(this.q.listUsers!, [], 500)) {
+        const created = r.get('created') as Date | null;
+        yield { address: r.get('address') as string, quota: num(r.get('quota')), ...(created ? { created } : {}) };
+      }
+    } catch (err) {
+      throw storeError('listing users', err);
+    }
+  }
+
+  /** Creates a user with its inbox and outbox. EXISTS when the address is taken. */
+  async createUser(address: string, passwordHash: string, quota = 0): Promise<void> {
+    await this.guard('creating a user', async () => {
+      if ((await this.read(this.q.getUser!, [address])).rowLength > 0) throw new MailboxError('EXISTS', `user ${address} exists already`);
+      const now = new Date(this.now());
+      await this.write(this.q.putUser!, [address, passwordHash, quota, now]);
+      await Promise.all([INBOX, OUTBOX].map((name) => this.write(this.q.putMailbox!, [address, name, now])));
+    });
+  }
+
+  async setPassword(address: string, passwordHash: string): Promise<void> {
+    await this.guard('changing a password', async () => {
+      if ((await this.read(this.q.getUser!, [address])).rowLength === 0) throw new MailboxError('NOT_FOUND', `no user ${address}`);
+      await this.write(this.q.setPassword!, [passwordHash, address]);
+    });
+  }
+
+  /**
+   * Deletes the user and all its mail: the user row first (new mail then bounces), then each
+   * mailbox's bodies and message partitions. Bucket counters stay (a user added again under the
+   * same address reuses the bucket layout); usage counters are brought back to zero.
+   */
+  async deleteUser(address: string): Promise<{ messages: number }> {
+    return this.guard('deleting a user', async () => {
+      if ((await this.read(this.q.getUser!, [address])).rowLength === 0) throw new MailboxError('NOT_FOUND', `no user ${address}`);
+      await this.write(this.q.delUser!, [address]);
+      let messages = 0;
+      for (const mailbox of await this.mailboxNames(address)) {
+        for (const bucket of await this.buckets(address, mailbox)) {
+          const ids: TimeUuid[] = [];
+          for await (const ref of this.bucketRows(address, mailbox, bucket, 1000)) ids.push(TimeUuidType.fromString(ref.id));
+          await eachLimited(ids, 16, async (id) => void (await this.write(this.q.delBody!, [id])));
+          await this.write(this.q.delPartition!, [address, mailbox, bucket]);
+          messages += ids.length;
+        }
+      }
+      await this.write(this.q.delMailboxes!, [address]);
+      const u = await this.usageOf(address);
+      if (u.messages !== 0 || u.bytes !== 0) await this.count(this.q.addUsage!, [-u.messages, -u.bytes, address]).catch(() => {});
+      this.forgetMailboxes(address);
+      return { messages };
+    });
+  }
+
+  // ---- mailboxes ------------------------------------------------------------------------------
+
+  private async mailboxNames(address: string): Promise<string[]> {
+    const rs = await this.read(this.q.listMailboxes!, [address]);
+    const names = new Set<string>([INBOX, OUTBOX]);
+    for (const r of rs.rows) names.add(r.get('name') as string);
+    return [...names].sort();
+  }
+
+  /** True for inbox and outbox, and for any mailbox that has received mail. */
+  async mailboxExists(address: string, mailbox: string): Promise<boolean> {
+    if (mailbox === INBOX || mailbox === OUTBOX) return true;
+    return this.guard('reading a mailbox', async () => (await this.read(this.q.getMailbox!, [address, mailbox])).rowLength > 0);
+  }
+
+  /** The user's mailboxes with message counts and sizes (reads the metadata rows). */
+  async listMailboxes(address: string): Promise<MailboxSummary[]> {
+    return this.guard('listing mailboxes', async () => {
+      const out: MailboxSummary[] = [];
+      for (const name of await this.mailboxNames(address)) {
+        let messages = 0;
+        let bytes = 0;
+        for await (const ref of this.listMessagesInner(address, name, 1000)) {
+          messages++;
+          bytes += ref.size;
+        }
+        out.push({ name, messages, bytes });
+      }
+      return out;
+    });
+  }
+
+  private async ensureMailbox(address: string, mailbox: string): Promise<void> {
+    const key = `${address}\0${mailbox}`;
+    if (this.knownMailboxes.has(key)) return;
+    if ((await this.read(this.q.getMailbox!, [address, mailbox])).rowLength === 0) {
+      await this.write(this.q.putMailbox!, [address, mailbox, new Date(this.now())]);
+    }
+    if (this.knownMailboxes.size > 100_000) this.knownMailboxes.clear();
+    this.knownMailboxes.add(key);
+  }
+
+  private forgetMailboxes(address: string): void {
+    for (const key of this.knownMailboxes) if (key.startsWith(`${address}\0`)) this.knownMailboxes.delete(key);
+  }
+
+  // ---- buckets --------------------------------------------------------------------------------
+
+  /** The bucket a message accepted at `at` belongs to, and how many messages it has received. */
+  private async bucketFor(address: string, mailbox: string, at: number): Promise<{ bucket: Date; count: number }> {
+    const row = (await this.read(this.q.bucketAt!, [address, mailbox, new Date(at)])).first();
+    if (!row) return { bucket: EPOCH, count: 0 };
+    return { bucket: row.get('bucket') as Date, count: num(row.get('messages')) };
+  }
+
+  /** Every bucket of a mailbox, oldest first; the first bucket (the epoch) is always there. */
+  async buckets(address: string, mailbox: string): Promise<Date[]> {
+    const seen = new Map<number, Date>([[0, EPOCH]]);
+    for await (const row of this.allRows(this.q.buckets!, [address, mailbox], 1000)) {
+      const b = row.get('bucket') as Date;
+      seen.set(b.getTime(), b);
+    }
+    return [...seen.values()].sort((a, b) => a.getTime() - b.getTime());
+  }
+
+  private async openNextBucket(address: string, mailbox: string, full: Date): Promise<void> {
+    const key = `${address}\0${mailbox}`;
+    if (this.opening.has(key)) return;
+    this.opening.add(key);
+    try {
+      const newest = (await this.read(this.q.newestBucket!, [address, mailbox])).first()?.get('bucket') as Date | undefined;
+      if ((newest?.getTime() ?? 0) > full.getTime()) return; // someone opened one already
+      const start = new Date(this.now() + BUCKET_OPEN_AHEAD_MS);
+      await this.count(this.q.countBucket!, [0, address, mailbox, start]);
+      this.log.debug({ address, mailbox, bucket: start.toISOString() }, 'mailbox bucket opened');
+    } finally {
+      this.opening.delete(key);
+    }
+  }
+
+  // ---- messages -------------------------------------------------------------------------------
+
+  /**
+   * Stores one message in `address`'s `mailbox`. `stored: false` when that row exists already
+   * (a redelivery). Throws STORE_UNAVAILABLE when Cassandra fails before the row is written.
+   */
+  async putMessage(m: PutMessage): Promise<{ id: string; stored: boolean }> {
+    const id = messageUuid(m.queueId, m.acceptedAt, m.address, m.mailbox);
+    const placed = await this.guard('storing a message', async () => {
+      await this.ensureMailbox(m.address, m.mailbox);
+      const b = await this.bucketFor(m.address, m.mailbox, m.acceptedAt);
+      if ((await this.read(this.q.getRow!, [m.address, m.mailbox, b.bucket, id])).rowLength > 0) return undefined;
+      const chunks = await this.writeBody(id, m.body);
+      await this.write(this.q.putRow!, [m.address, m.mailbox, b.bucket, id, m.body.length, chunks, m.queueId, m.sender, new Date(m.acceptedAt)]);
+      return b;
+    });
+    if (!placed) return { id: id.toString(), stored: false };
+    const { bucket, count } = placed;
+    // counters: advisory, never retried; the message is stored whatever happens here
+    try {
+      await Promise.all([
+        this.count(this.q.countBucket!, [1, m.address, m.mailbox, bucket]),
+        this.count(this.q.addUsage!, [1, m.body.length, m.address]),
+      ]);
+      if (count + 1 >= this.bucketSize) await this.openNextBucket(m.address, m.mailbox, bucket);
+    } catch (err) {
+      this.log.warn({ err, address: m.address, mailbox: m.mailbox }, 'mailbox counters not updated');
+    }
+    return { id: id.toString(), stored: true };
+  }
+
+  private async writeBody(id: TimeUuid, body: Buffer): Promise<number> {
+    const n = Math.max(1, Math.ceil(body.length / this.chunkSize));
+    const indexes = Array.from({ length: n }, (_, i) => i);
+    await eachLimited(indexes, CHUNK_WRITE_CONCURRENCY, async (i) => {
+      await this.write(this.q.putChunk!, [id, i, body.subarray(i * this.chunkSize, (i + 1) * this.chunkSize)]);
+    });
+    return n;
+  }
+
+  /** The messages of a mailbox, oldest first, read `pageSize` rows per query. */
+  async *listMessages(address: string, mailbox: string, pageSize: number): AsyncGenerator<MessageRef> {
+    await this.connect();
+    try {
+      yield* this.listMessagesInner(address, mailbox, pageSize);
+    } catch (err) {
+      throw storeError('listing messages', err);
+    }
+  }
+
+  private async *listMessagesInner(address: string, mailbox: string, pageSize: number): AsyncGenerator<MessageRef> {
+    for (const bucket of await this.buckets(address, mailbox)) yield* this.bucketRows(address, mailbox, bucket, pageSize);
+  }
+
+  private async *bucketRows(address: string, mailbox: string, bucket: Date, pageSize: number): AsyncGenerator<MessageRef> {
+    let after: TimeUuid | undefined;
+    for (;;) {
+      const rs = after
+        ? await this.read(this.q.nextPage!, [address, mailbox, bucket, after, pageSize])
+        : await this.read(this.q.firstPage!, [address, mailbox, bucket, pageSize]);
+      for (const row of rs.rows) {
+        after = row.get('id') as TimeUuid;
+        yield { id: after.toString(), bucket, size: num(row.get('size')), chunks: num(row.get('chunks')) };
+      }
+      if (rs.rowLength < pageSize) return;
+    }
+  }
+
+  /** The body of a message, chunk by chunk. BODY_INCOMPLETE when a chunk is missing. */
+  async *readBody(ref: MessageRef): AsyncGenerator<Buffer> {
+    await this.connect();
+    const id = TimeUuidType.fromString(ref.id);
+    // pages of CHUNKS_PER_READ chunks, READ_AHEAD pages in flight: a big body streams at the
+    // store's throughput instead of one round trip per page
+    const page = (from: number) => {
+      const p = this.read(this.q.getChunks!, [id, from, Math.min(ref.chunks, from + CHUNKS_PER_READ)]);
+      p.catch(() => {}); // awaited below, in order; an early failure must not be unhandled
+      return p;
+    };
+    const pending: { from: number; rows: Promise<cassandra.types.ResultSet> }[] = [];
+    let nextFrom = 0;
+    const fill = () => {
+      while (pending.length < READ_AHEAD && nextFrom < ref.chunks) {
+        pending.push({ from: nextFrom, rows: page(nextFrom) });
+        nextFrom += CHUNKS_PER_READ;
+      }
+    };
+    fill();
+    while (pending.length > 0) {
+      const { from, rows: wait } = pending.shift()!;
+      let rows: cassandra.types.Row[];
+      try {
+        rows = (await wait).rows;
+      } catch (err) {
+        throw storeError('reading a message body', err);
+      }
+      fill();
+      const to = Math.min(ref.chunks, from + CHUNKS_PER_READ);
+      for (let i = from; i < to; i++) {
+        const row = rows[i - from];
+        if (!row || row.get('chunk') !== i) throw new MailboxError('BODY_INCOMPLETE', `message ${ref.id}: body chunk ${i} of ${ref.chunks} is missing`);
+        yield row.get('data') as Buffer;
+      }
+    }
+  }
+
+  /** Reads a whole body into memory (tests, TOP on small messages). */
+  async readWholeBody(ref: MessageRef): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    for await (const b of this.readBody(ref)) parts.push(b);
+    return Buffer.concat(parts);
+  }
+
+  /** Deletes messages of one mailbox: rows first (they vanish from listings), then bodies, then usage. */
+  async deleteMessages(address: string, mailbox: string, refs: readonly MessageRef[]): Promise<void> {
+    if (refs.length === 0) return;
+    await this.guard('deleting messages', async () => {
+      const byBucket = new Map<number, MessageRef[]>();
+      for (const r of refs) {
+        const list = byBucket.get(r.bucket.getTime()) ?? [];
+        list.push(r);
+        byBucket.set(r.bucket.getTime(), list);
+      }
+      for (const list of byBucket.values()) {
+        for (let i = 0; i < list.length; i += DELETE_BATCH) {
+          const queries = list.slice(i, i + DELETE_BATCH).map((r) => ({ query: this.q.delRow!, params: [address, mailbox, r.bucket, TimeUuidType.fromString(r.id)] }));
+          await this.client.batch(queries, { prepare: true, logged: false, consistency: this.cl.write, isIdempotent: true });
+        }
+      }
+    });
+    try {
+      await eachLimited(refs, 16, async (r) => void (await this.write(this.q.delBody!, [TimeUuidType.fromString(r.id)])));
+    } catch (err) {
+      this.log.warn({ err, address, mailbox }, 'message bodies left behind');
+    }
+    const bytes = refs.reduce((s, r) => s + r.size, 0);
+    await this.count(this.q.addUsage!, [-refs.length, -bytes, address]).catch((err: unknown) => this.log.warn({ err, address }, 'usage counter not updated'));
+  }
+
+  private async usageOf(address: string): Promise<{ messages: number; bytes: number }> {
+    const row = (await this.read(this.q.getUsage!, [address])).first();
+    return { messages: num(row?.get('messages')), bytes: num(row?.get('bytes')) };
+  }
+
+  /** Messages and bytes a user holds (counters: advisory). */
+  async usage(address: string): Promise<{ messages: number; bytes: number }> {
+    return this.guard('reading usage', () => this.usageOf(address));
+  }
+
+  // ---- the POP3 lease -------------------------------------------------------------------------
+
+  /** Takes the lease on (address, mailbox) for `ttlMs` unless another session holds it. */
+  async acquireLock(address: string, mailbox: string, session: string, ttlMs: number): Promise<boolean> {
+    return this.guard('locking a mailbox', async () => (await this.lwt(this.q.lock!, [address, mailbox, session, new Date(this.now()), ttl(ttlMs)])).wasApplied());
+  }
+
+  /** Extends the lease; false when this session no longer holds it. */
+  async renewLock(address: string, mailbox: string, session: string, ttlMs: number): Promise<boolean> {
+    return this.guard('renewing a mailbox lock', async () => (await this.lwt(this.q.renewLock!, [ttl(ttlMs), session, new Date(this.now()), address, mailbox, session])).wasApplied());
+  }
+
+  async releaseLock(address: string, mailbox: string, session: string): Promise<void> {
+    await this.guard('unlocking a mailbox', async () => void (await this.lwt(this.q.unlock!, [address, mailbox, session])));
+  }
+}
+
+const ttl = (ms: number) => Math.max(1, Math.ceil(ms / 1000));

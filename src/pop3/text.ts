@@ -1,0 +1,99 @@
+// Bytes on a POP3 connection: command lines in, byte-stuffed multi-line responses out (RFC 1939 3).
+
+const LF = 0x0a;
+const DOT = 0x2e;
+const DOT_BUF = Buffer.from('.');
+const NL_DOT = Buffer.from('\n.');
+
+/** The line that stood for a command longer than the limit (the command itself was dropped). */
+export const TOO_LONG = Symbol('line too long');
+
+/** Splits incoming bytes into lines (CRLF or LF); a line longer than `max` becomes TOO_LONG. */
+export class LineSplitter {
+  private buf: Buffer = Buffer.alloc(0);
+  private discarding = false;
+  private readonly max: number;
+
+  constructor(max: number) {
+    this.max = max;
+  }
+
+  push(data: Buffer): (string | typeof TOO_LONG)[] {
+    const out: (string | typeof TOO_LONG)[] = [];
+    let buf = this.buf.length > 0 ? Buffer.concat([this.buf, data]) : data;
+    for (;;) {
+      const nl = buf.indexOf(LF);
+      if (nl < 0) break;
+      if (this.discarding) {
+        this.discarding = false;
+        out.push(TOO_LONG);
+      } else if (nl > this.max) {
+        out.push(TOO_LONG);
+      } else {
+        const end = nl > 0 && buf[nl - 1] === 0x0d ? nl - 1 : nl;
+        out.push(buf.toString('utf8', 0, end));
+      }
+      buf = buf.subarray(nl + 1);
+    }
+    if (buf.length > this.max) {
+      this.discarding = true;
+      buf = Buffer.alloc(0);
+    }
+    this.buf = buf.length > 0 ? Buffer.from(buf) : Buffer.alloc(0);
+    return out;
+  }
+
+  /** Forgets what was received and not yet split (after STLS: nothing sent before TLS counts). */
+  reset(): void {
+    this.buf = Buffer.alloc(0);
+    this.discarding = false;
+  }
+}
+
+/** Byte-stuffing across chunk boundaries: a "." that starts a line is sent as "..". */
+export class DotStuffer {
+  private atLineStart = true;
+  private lastTwo = [0x0d, LF];
+
+  push(chunk: Buffer): Buffer {
+    if (chunk.length === 0) return chunk;
+    const out: Buffer[] = [];
+    let start = 0;
+    if (this.atLineStart && chunk[0] === DOT) out.push(DOT_BUF);
+    for (let j = chunk.indexOf(NL_DOT); j >= 0; j = chunk.indexOf(NL_DOT, j + 1)) {
+      out.push(chunk.subarray(start, j + 1), DOT_BUF);
+      start = j + 1;
+    }
+    out.push(start === 0 ? chunk : chunk.subarray(start));
+    this.atLineStart = chunk[chunk.length - 1] === LF;
+    this.lastTwo = chunk.length >= 2 ? [chunk[chunk.length - 2]!, chunk[chunk.length - 1]!] : [this.lastTwo[1]!, chunk[0]!];
+    return out.length === 1 ? out[0]! : Buffer.concat(out);
+  }
+
+  /** The end of the response: CRLF first unless the content ended with one, then ".". */
+  end(): Buffer {
+    return this.lastTwo[0] === 0x0d && this.lastTwo[1] === LF ? Buffer.from('.\r\n') : Buffer.from('\r\n.\r\n');
+  }
+}
+
+/**
+ * How much of a message TOP sends: the header, the blank line and `lines` body lines. Returns the
+ * byte count when `head` holds enough to know it, else undefined (read more). `complete` says
+ * `head` is the whole message.
+ */
+export function topLength(head: Buffer, lines: number, complete: boolean): number | undefined {
+  let bodyStart: number;
+  if (head[0] === 0x0d && head[1] === LF) bodyStart = 2;
+  else {
+    const h = head.indexOf('\r\n\r\n');
+    if (h < 0) return complete ? head.length : undefined;
+    bodyStart = h + 4;
+  }
+  let end = bodyStart;
+  for (let n = 0; n < lines; n++) {
+    const nl = head.indexOf(LF, end);
+    if (nl < 0) return complete ? head.length : undefined;
+    end = nl + 1;
+  }
+  return end;
+}
