@@ -33,7 +33,7 @@ if (!process.env.STREAMGATE_TEST_CASSANDRA) {
   say(`Cassandra answers on ${cassandra.contactPoint} after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 }
 
-const child = spawn(process.execPath, ['--test', '--test-concurrency=2', '--test-timeout=600000', ...flags, ...targets], { stdio: 'inherit', env: process.env });
+const child = spawn(process.execPath, ['--test', '--test-concurrency=1', '--test-timeout=600000', ...flags, ...targets], { stdio: 'inherit', env: process.env });
 const stop = async () => {
   if (cassandra) await cassandra.stop().catch(() => {});
 };

@@ -1,7 +1,8 @@
 // The CLI's commands. Each later part adds its own here (queue, user, mailbox, schema).
 import type { Command } from 'commander';
-import { startGateway } from '../app.ts';
 import { servicesDown, servicesStatus, servicesUp, type ServiceStatus } from '../services/index.ts';
+import { registerMailboxCommands } from './mailboxCommands.ts';
+import { registerQueueCommands } from './queueCommands.ts';
 import { configOption, contextFrom, loggerFor } from './main.ts';
 
 function printServices(rows: ServiceStatus[]): void {
@@ -20,33 +21,32 @@ export function registerCommands(program: Command): void {
     .action(async (opts: { config?: string; withServices?: boolean }) => {
       const { config } = contextFrom(opts);
       const log = loggerFor(config);
+      // Signals are taken from the first moment: one that comes while the gateway is still
+      // starting stops it as soon as it is up, with the local services it started.
+      let signalled: (signal: string) => void = () => {};
+      const stopRequested = new Promise<string>((resolve) => (signalled = resolve));
+      const onSignal = (signal: string) => () => signalled(signal);
+      process.once('SIGINT', onSignal('SIGINT'));
+      process.once('SIGTERM', onSignal('SIGTERM'));
       let ownServices = false;
-      if (opts.withServices) {
-        const rows = await servicesUp(config, { say: (line) => log.info(line) });
-        for (const r of rows) log.info({ service: r.name, address: r.address, state: r.state, pid: r.pid, ms: r.ms }, 'service ready');
-        ownServices = rows.some((r) => r.state === 'started');
+      const downServices = async () => {
+        if (!ownServices) return;
+        for (const r of await servicesDown(config)) log.info({ service: r.name, address: r.address, state: r.state }, 'service stopped');
+      };
+      try {
+        if (opts.withServices) {
+          const rows = await servicesUp(config, { say: (line) => log.info(line) });
+          ownServices = rows.some((r) => r.state === 'started');
+          for (const r of rows) log.info({ service: r.name, address: r.address, state: r.state, pid: r.pid, ms: r.ms }, 'service ready');
+        }
+        const { startGateway } = await import('../app.ts'); // the whole gateway, loaded only to run it
+        const gateway = await startGateway(config, log);
+        const signal = await stopRequested;
+        log.info({ signal }, 'stopping');
+        await gateway.stop().catch((err: unknown) => log.error({ err }, 'stop failed'));
+      } finally {
+        await downServices();
       }
-      const gateway = await startGateway(config, log);
-      await new Promise<void>((resolve) => {
-        let stopping = false;
-        const stop = (signal: string) => {
-          if (stopping) return;
-          stopping = true;
-          log.info({ signal }, 'stopping');
-          void gateway
-            .stop()
-            .catch((err: unknown) => log.error({ err }, 'stop failed'))
-            .then(async () => {
-              if (ownServices) {
-                const rows = await servicesDown(config);
-                for (const r of rows) log.info({ service: r.name, address: r.address, state: r.state }, 'service stopped');
-              }
-            })
-            .finally(resolve);
-        };
-        process.once('SIGINT', () => stop('SIGINT'));
-        process.once('SIGTERM', () => stop('SIGTERM'));
-      });
       log.info('stopped');
       log.flush?.();
     });
@@ -85,4 +85,7 @@ export function registerCommands(program: Command): void {
     .action((opts: { config?: string }) => {
       console.log(JSON.stringify(contextFrom(opts).config, null, 2));
     });
+
+  registerMailboxCommands(program);
+  registerQueueCommands(program);
 }

@@ -23,7 +23,7 @@ async function call(opts: { config?: string; token?: string }, method: 'GET' | '
       body: body ? JSON.stringify(body) : undefined,
     });
   } catch (err) {
-    throw new Error(`the gateway's ops API at ${url} does not answer (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message})`);
+    throw new Error(`the gateway's ops API at ${url} does not answer (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message})`, { cause: err });
   }
   const json = (await res.json()) as { error?: { code: string; message: string } };
   if (!res.ok) throw Object.assign(new Error(`${json.error?.code ?? res.status}: ${json.error?.message ?? res.statusText}`), { exitCode: res.status === 400 ? 2 : 1 });

@@ -57,7 +57,6 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
   const [live, hist, meta, state] = q.keys;
   await dst.del(live, hist, meta, state);
   q.dirty = new Set();
-  let gatedMs = 0;
   let release: (() => void) | undefined;
   try {
     // pass 1: writes continue on the source
@@ -95,8 +94,7 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
     if (srcTxn !== dstTxn || srcLen !== dstLen) {
       throw new Error(`copy of ${q.name} does not match: txn ${srcTxn}/${dstTxn}, live ${srcLen}/${dstLen}`);
     }
-    gatedMs = Date.now() - tg;
-    const stats = { live: n1 + n2, history: h1 + h2, dirty: dirty.length, ms: Date.now() - t0, gatedMs };
+    const stats = { live: n1 + n2, history: h1 + h2, dirty: dirty.length, ms: Date.now() - t0, gatedMs: Date.now() - tg };
     log.debug({ queue: q.name, ...stats }, 'copied');
     return stats;
   } finally {

@@ -85,7 +85,7 @@ describe('streamgate services', () => {
     child.stdout.on('data', (d) => (out += d));
     child.stderr.on('data', (d) => (out += d));
     try {
-      await waitFor(() => /queues ready/.test(out), { timeout: 240_000, what: 'gateway ready' });
+      await waitFor(() => /"gateway ready"/.test(out), { timeout: 240_000, what: 'gateway ready' });
       for (const p of ports) assert.equal(await redisAnswers('127.0.0.1', p), true);
       assert.equal(await cassandraAnswers('127.0.0.1', cql), true);
       const pids = [...out.matchAll(/"pid":(\d+)[^\n]*"service ready"|"service ready"[^\n]*"pid":(\d+)/g)].map((m) => Number(m[1] ?? m[2]));
