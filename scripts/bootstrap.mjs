@@ -19,15 +19,15 @@ const stale = !existsSync(stamp) || !existsSync(node24) || (existsSync(lock) && 
 if (stale) {
   say('installing npm packages');
   try {
-    run('npm', [existsSync(lock) ? 'ci' : 'install', '--no-audit', '--no-fund']);
+    run('npm', ['install', '--no-audit', '--no-fund']); // not `npm ci`: the lock's optional packages for other platforms are not all on every registry mirror
   } catch {
-    say('npm could not install the packages; check the network to the npm registry and run `npm ci`');
+    say('npm could not install the packages; check the network to the npm registry and run `npm install`');
     process.exit(1);
   }
 }
 const version = execFileSync(node24, ['--version'], { encoding: 'utf8' }).trim();
 if (!/^v24\./.test(version)) {
-  say(`node_modules/.bin/node is ${version}, expected v24; run \`npm ci\``);
+  say(`node_modules/.bin/node is ${version}, expected v24; run \`npm install\``);
   process.exit(1);
 }
 if (!process.argv.includes('--no-build')) {
