@@ -78,6 +78,16 @@ export class MailboxDelivery implements LocalDelivery {
     const from = oneLine(msg.envelope.from);
 
     const sender = tryUserKey(authenticatedUser(msg.meta) ?? '');
+    if (msg.meta.outboxOnly === true) {
+      // the ingress's copy for the outbox of a local sender whose recipients are all remote
+      if (!sender || !this.isLocal(sender) || !(await this.directory.lookup(sender))) {
+        return msg.envelope.to.map((rcpt) => ({ rcpt, status: 'bounced', code: 550, enhanced: '5.1.1', text: 'no local sender to keep an outbox copy for' }));
+      }
+      const submission = typeof msg.meta.submission === 'string' && msg.meta.submission ? msg.meta.submission : msg.id;
+      const r = await this.store.putMessage({ address: sender, mailbox: OUTBOX, queueId: submission, acceptedAt, sender: from, body });
+      log.info({ address: sender, mailbox: OUTBOX, id: r.id, duplicate: !r.stored }, 'stored');
+      return msg.envelope.to.map((rcpt) => ({ rcpt, status: 'delivered', code: 250, enhanced: '2.0.0', text: `kept in the outbox of ${sender}` }));
+    }
     if (sender && this.isLocal(sender) && (await this.directory.lookup(sender))) {
       // the copies of one submission for several destination domains share meta.submission and
       // meta.receivedAt: keyed by those, the sender's outbox gets one copy, not one per domain

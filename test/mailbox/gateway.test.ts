@@ -15,6 +15,7 @@ import { MailStore } from '../../src/mailbox/store.ts';
 import { cassandraForTests } from '../helpers/cassandra.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
+import { startSmtpSink, type SmtpSink } from '../helpers/smtpSink.ts';
 import { freePort, waitFor } from '../helpers/waitFor.ts';
 import { addUser } from './fixture.ts';
 import { TcpProxy } from './proxy.ts';
@@ -34,8 +35,10 @@ describe('through the whole gateway', { timeout: 180_000 }, () => {
   let config: Config;
   let store: MailStore;
   let dataDir: string;
+  let sink: SmtpSink;
 
   before(async () => {
+    sink = await startSmtpSink();
     const node = await cassandraForTests();
     pool = await startRedisPool(3);
     proxy = new TcpProxy(await freePort(), { host: node.host, port: node.port });
@@ -51,6 +54,7 @@ describe('through the whole gateway', { timeout: 180_000 }, () => {
       ops: { listen: `127.0.0.1:${await freePort()}` },
       cassandra: { contactPoints: [proxy.address], keyspace: `sg_gw_${Date.now().toString(36)}` },
       relay: { retry: { schedule: ['1s'], jitter: 0 } },
+      routes: { 'remote.test': `smtp://127.0.0.1:${sink.port}` },
     });
     gw = await startGateway(config, silentLogger);
     store = new MailStore(config, silentLogger);
@@ -64,6 +68,7 @@ describe('through the whole gateway', { timeout: 180_000 }, () => {
     await store?.close();
     await proxy?.close();
     await Promise.all((pool ?? []).map((r) => r.stop()));
+    await sink?.close();
     rmSync(dataDir, { recursive: true, force: true });
   });
 
@@ -95,6 +100,22 @@ describe('through the whole gateway', { timeout: 180_000 }, () => {
     await waitFor(async () => ((await pop3(`anne@${D}|outbox`, 'anne-pw')).out.match(/^1 \d+/m) ? true : undefined), { timeout: 30_000, what: 'outbox copy' });
     assert.match((await pop3(`anne@${D}|outbox`, 'anne-pw', '1')).out, /Subject: from anne/);
     await waitFor(async () => ((await pop3(`bob@${D}`, 'bob-pw')).out.match(/^2 \d+/m) ? true : undefined), { timeout: 30_000, what: 'inbox copy' });
+  });
+
+  test('an authenticated submission to remote recipients only is kept in the sender\'s outbox', async () => {
+    try {
+      const before = (await pop3(`anne@${D}|outbox`, 'anne-pw')).out.split('\r\n').filter((l) => /^\d+ \d+$/.test(l)).length;
+      const sent = await run('swaks', ['--server', `127.0.0.1:${config.submission.listen.port}`, '--tls', '--auth', 'PLAIN',
+        '--auth-user', `anne@${D}`, '--auth-password', 'anne-pw', '--from', `anne@${D}`, '--to', 'carol@remote.test', '--header', 'Subject: to carol', '--body', 'hello carol']);
+      assert.equal(sent.code, 0, sent.out);
+      await waitFor(async () => (await pop3(`anne@${D}|outbox`, 'anne-pw')).out.split('\r\n').filter((l) => /^\d+ \d+$/.test(l)).length === before + 1, { timeout: 30_000, what: 'outbox copy' });
+      assert.match((await pop3(`anne@${D}|outbox`, 'anne-pw', String(before + 1))).out, /Subject: to carol/);
+      await waitFor(() => sink.messages.length === 1, { timeout: 30_000, what: 'relayed to carol' });
+      assert.deepEqual(sink.messages[0]!.to, ['carol@remote.test']);
+      assert.equal(await count(`bob@${D}`, 'bob-pw'), 2, 'no local recipient got a copy');
+    } finally {
+      sink.messages.length = 0;
+    }
   });
 
   test('Cassandra unreachable: the message is deferred, then delivered once it is back', async () => {

@@ -123,6 +123,7 @@ export class SmtpIngress extends EventEmitter {
   private readonly authGuard: AuthGuard;
   private readonly deadlines: DataDeadlines;
   private readonly withdrawals: Withdrawals;
+  private readonly localDomains: ReadonlySet<string>;
   private readonly sessions = new WeakMap<SMTPServerSession, SessionState>();
   private readonly servers = new Map<ListenerName, GatewayServer>();
   private readonly bound = new Map<ListenerName, { host: string; port: number }>();
@@ -149,6 +150,7 @@ export class SmtpIngress extends EventEmitter {
     this.authGuard = new AuthGuard(s.auth);
     this.deadlines = new DataDeadlines(s.dataTimeout, s.minDataRate);
     this.withdrawals = new Withdrawals(opts.queues, this.log);
+    this.localDomains = new Set(opts.config.domains.local);
   }
 
   // ---- lifecycle ----------------------------------------------------------------------------
@@ -469,7 +471,7 @@ export class SmtpIngress extends EventEmitter {
       smtpUtf8: !!session.envelope.smtpUtf8,
       receivedAt: now.getTime(),
     };
-    const stored = await storeMessage(this.queues, this.withdrawals, { submissionId, from: st.from, to, raw, meta }, this.log);
+    const stored = await storeMessage(this.queues, this.withdrawals, { submissionId, from: st.from, to, raw, meta }, this.log, this.localDomains);
     this.stats.accepted++;
     this.stats.copies += stored.copies.length;
     const copies = stored.copies.length === 1 ? stored.copies[0]!.domain : stored.copies.map((c) => `${c.domain}/${c.id}`);

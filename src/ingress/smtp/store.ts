@@ -8,8 +8,13 @@
 // Every copy has its own message id (the idempotency key of its queue); all copies of one
 // message share the submission id in meta.submission, which is the id the 250 reply names. The
 // copy of a message with a single destination domain has the submission id as its message id.
+//
+// The sender's outbox: when a local user authenticated and no recipient is local, one more copy
+// goes to the sender's own domain queue, addressed to the sender and marked meta.outboxOnly, so
+// that local delivery keeps it in the sender's `outbox` (a local recipient's copy does that
+// already otherwise).
 import type { Logger } from '../../log.ts';
-import { newMessageId } from '../../message/types.ts';
+import { domainOf, newMessageId } from '../../message/types.ts';
 import { QueueError } from '../../queue/errors.ts';
 import type { QueueManager } from '../../queue/manager.ts';
 import { reply, type SmtpReply } from './replies.ts';
@@ -117,9 +122,13 @@ export class Withdrawals {
 }
 
 /** Appends one message to every destination queue; throws an SmtpReply when not all of them took it. */
-export async function storeMessage(queues: QueueManager, withdrawals: Withdrawals, sub: Submission, log: Logger): Promise<Stored> {
+export async function storeMessage(queues: QueueManager, withdrawals: Withdrawals, sub: Submission, log: Logger, localDomains?: ReadonlySet<string>): Promise<Stored> {
   const groups = splitByDomain(sub.to);
-  const plan = [...groups].map(([domain, to], i) => ({ domain, to, id: i === 0 ? sub.submissionId : newMessageId() }));
+  const plan: { domain: string; to: string[]; id: string; meta?: Record<string, unknown> }[] = [...groups].map(([domain, to], i) => ({ domain, to, id: i === 0 ? sub.submissionId : newMessageId() }));
+  const authUser = (sub.meta.auth as { user?: unknown } | null | undefined)?.user;
+  if (typeof authUser === 'string' && localDomains?.has(domainOf(authUser)) && ![...groups.keys()].some((d) => localDomains.has(d))) {
+    plan.push({ domain: domainOf(authUser), to: [authUser], id: newMessageId(), meta: { ...sub.meta, outboxOnly: true } });
+  }
   const results = await Promise.allSettled(
     plan.map((p) =>
       queues.append({
@@ -127,7 +136,7 @@ export async function storeMessage(queues: QueueManager, withdrawals: Withdrawal
         domain: p.domain,
         envelope: { from: sub.from, to: p.to },
         raw: sub.raw,
-        meta: plan.length > 1 ? { ...sub.meta, copies: plan.length } : sub.meta,
+        meta: p.meta ?? (plan.length > 1 ? { ...sub.meta, copies: plan.length } : sub.meta),
       }),
     ),
   );
