@@ -2,9 +2,9 @@
 //   1. CassMail's workloads, messages of 200 KB–2 MB and of 50 KB–500 KB, accepted over SMTP and
 //      delivered into Cassandra mailboxes (SMTP ingress → replicated queue on 2 Redis nodes →
 //      relay → local delivery), in MB/s; beside Postfix accepting the same messages over SMTP and
-//      delivering them to Maildirs (virtual(8)) — a private instance with its own config and queue
-//      directories in a temp dir and its own loopback port, stopped afterwards. Also the local
-//      delivery alone (the Cassandra write path without SMTP and queue).
+//      delivering them to Maildirs (virtual(8)) — a private instance (bench/lib/postfix.ts) with its
+//      own config and queue directories in a temp dir and its own loopback port, stopped
+//      afterwards. Also the local delivery alone (the Cassandra write path without SMTP and queue).
 //   2. POP3 download of a 1,000-message mailbox (50 KB–500 KB each), USER/PASS, LIST, then RETR
 //      one message after the other, QUIT; beside Debian's Dovecot POP3 serving the same bytes from
 //      a Maildir — a private instance (config, base dir and port of its own), stopped afterwards.
@@ -33,6 +33,7 @@ import { cassandraForTests } from '../test/helpers/cassandra.ts';
 import { testConfig } from '../test/helpers/config.ts';
 import { startRedisPool } from '../test/helpers/redis.ts';
 import { freePort, waitFor } from '../test/helpers/waitFor.ts';
+import { portOpen, postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 
 const A = Number(process.env.BENCH_A ?? 100);
 const B = Number(process.env.BENCH_B ?? 300);
@@ -163,16 +164,6 @@ async function inject(port: number, msgs: Msg[]): Promise<number> {
   return failed;
 }
 
-function portOpen(port: number): Promise<boolean> {
-  return new Promise((res) => {
-    const s = netConnect(port, '127.0.0.1', () => {
-      s.destroy();
-      res(true);
-    });
-    s.on('error', () => res(false));
-  });
-}
-
 // ---- the gateway ---------------------------------------------------------------------------------
 
 interface Row {
@@ -294,87 +285,39 @@ interface Postfix {
   port: number;
   mailDir: string;
   version: string;
-  stop(): Promise<void>;
+  stop(): void;
 }
 
-async function startPostfix(users: string[]): Promise<Postfix | string> {
-  const missing = ensurePackage('/usr/sbin/postfix', 'postfix');
-  if (missing) return missing;
-  if (process.getuid?.() !== 0) return 'postfix needs root to run a private instance';
+async function startMailPostfix(users: string[]): Promise<Postfix | string> {
   const dir = mkdtempSync(join(tmpdir(), 'sg-bench-postfix-'));
-  chmodSync(dir, 0o755); // the daemons run as the postfix user
-  const etc = join(dir, 'etc');
   const mailDir = join(dir, 'mail');
-  for (const d of [etc, join(dir, 'spool'), join(dir, 'data'), mailDir]) mkdirSync(d);
-  chownSync(join(dir, 'data'), Number(execFileSync('id', ['-u', 'postfix']).toString().trim()), -1);
-  chownSync(mailDir, VMAIL_UID, VMAIL_UID);
+  const vmailbox = join(dir, 'vmailbox');
+  writeFileSync(vmailbox, users.map((u) => `${u} ${u}/Maildir/\n`).join(''));
   const port = await freePort();
-  const master = readFileSync('/etc/postfix/master.cf', 'utf8')
-    .split('\n')
-    .map((l) => {
-      if (/^smtp\s+inet\s/.test(l)) return `127.0.0.1:${port} inet n - n - - smtpd`;
-      if (/^\S+\s+(inet|unix|unix-dgram|fifo|pass)\s/.test(l)) return l.replace(/^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)/, '$1n$2');
-      return l;
-    })
-    .join('\n');
-  writeFileSync(join(etc, 'master.cf'), master);
-  writeFileSync(join(etc, 'vmailbox'), users.map((u) => `${u} ${u}/Maildir/\n`).join(''));
-  writeFileSync(join(etc, 'main.cf'), [
-    'compatibility_level = 3.6',
-    `queue_directory = ${join(dir, 'spool')}`,
-    `data_directory = ${join(dir, 'data')}`,
-    'mail_owner = postfix',
-    'setgid_group = postdrop',
-    'inet_interfaces = 127.0.0.1',
-    'inet_protocols = ipv4',
-    'myhostname = postfix.bench.test',
-    'mydestination =',
-    'mynetworks = 127.0.0.0/8',
-    'smtpd_relay_restrictions = permit_mynetworks, reject',
-    'smtpd_recipient_restrictions = permit_mynetworks, reject',
-    'alias_maps =',
-    'alias_database =',
-    'message_size_limit = 31457280',
-    `virtual_mailbox_domains = ${DOMAIN}`,
-    `virtual_mailbox_base = ${mailDir}`,
-    `virtual_mailbox_maps = texthash:${join(etc, 'vmailbox')}`,
-    `virtual_uid_maps = static:${VMAIL_UID}`,
-    `virtual_gid_maps = static:${VMAIL_UID}`,
-    'virtual_mailbox_limit = 0',
-    'smtpd_tls_security_level = none',
-    'smtp_dns_support_level = disabled',
-    `maillog_file_prefixes = ${dir}`,
-    `maillog_file = ${join(dir, 'maillog')}`,
-    'biff = no',
-    'smtpd_client_connection_count_limit = 0',
-    'smtpd_client_connection_rate_limit = 0',
-    'smtpd_client_message_rate_limit = 0',
-    '',
-  ].join('\n'));
-  const pf = (...args: string[]) => execFileSync('/usr/sbin/postfix', ['-c', etc, ...args], { stdio: 'pipe' });
+  let pf: PostfixInstance;
   try {
-    pf('start');
-    await waitFor(() => portOpen(port), { timeout: 20_000, what: 'postfix smtpd' });
+    pf = await startPostfix({
+      dir,
+      port,
+      mainCf: [
+        'mynetworks = 127.0.0.0/8',
+        'smtpd_relay_restrictions = permit_mynetworks, reject',
+        'smtpd_recipient_restrictions = permit_mynetworks, reject',
+        'message_size_limit = 31457280',
+        `virtual_mailbox_domains = ${DOMAIN}`,
+        `virtual_mailbox_base = ${mailDir}`,
+        `virtual_mailbox_maps = texthash:${vmailbox}`,
+        `virtual_uid_maps = static:${VMAIL_UID}`,
+        `virtual_gid_maps = static:${VMAIL_UID}`,
+        'virtual_mailbox_limit = 0',
+      ],
+    });
   } catch (err) {
-    const log = existsSync(join(dir, 'maillog')) ? readFileSync(join(dir, 'maillog'), 'utf8').split('\n').filter((l) => /fatal|error/.test(l)).slice(-2).join(' | ') : '';
-    try {
-      pf('stop');
-    } catch { /* not running */ }
-    rmSync(dir, { recursive: true, force: true });
-    return `postfix did not start: ${(err as Error).message.split('\n')[0]} ${log}`;
+    return (err as Error).message;
   }
-  return {
-    port,
-    mailDir,
-    version: execFileSync('/usr/sbin/postconf', ['-c', etc, '-h', 'mail_version']).toString().trim(),
-    async stop() {
-      try {
-        pf('stop');
-      } catch { /* not running */ }
-      await waitFor(() => !existsSync(join(dir, 'spool', 'pid', 'master.pid')) || !readFileSync(join(dir, 'spool', 'pid', 'master.pid'), 'utf8').trim(), { timeout: 20_000 }).catch(() => {});
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
+  mkdirSync(mailDir); // virtual(8) delivers as VMAIL_UID
+  chownSync(mailDir, VMAIL_UID, VMAIL_UID);
+  return { port, mailDir, version: postfixVersion(), stop: pf.stop };
 }
 
 function maildirCount(base: string): number {
@@ -590,7 +533,7 @@ console.log('');
 const gw = await startGatewayParts(node.contactPoint, keyspace, dataDir);
 const hash = await hashPassword(PASSWORD);
 for (const u of [...users, popUser]) await gw.mailbox.store.createUser(u, hash);
-const pfx = await startPostfix(users);
+const pfx = await startMailPostfix(users);
 
 const rows: Row[] = [];
 let pfNote = '';
@@ -611,7 +554,7 @@ try {
     rows.push({ name: `local delivery alone ${label}`, messages: msgs.length, bytes: totalBytes(msgs), seconds: s, note: `LocalDelivery.deliver() with ${CLIENTS * 4} in flight: the Cassandra write path only (chunks of ${gw.config.cassandra.chunkSize / 1024} KB); ${cpuSince(c0, 'gateway')}` });
   }
 } finally {
-  if (typeof pfx !== 'string') await pfx.stop();
+  if (typeof pfx !== 'string') pfx.stop();
 }
 
 console.log('| run | messages | volume | accepted in | delivered in | throughput | msg/s | path |');

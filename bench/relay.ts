@@ -1,15 +1,14 @@
 // Relay benchmark: end to end, from SMTP accept to an SMTP sink on loopback, with a 70% 1 KB /
 // 30% 10 KB mix, in messages per second; side by side with Postfix relaying the same load to the
-// same kind of sink in the same run (a private Postfix instance: its own config and queue
-// directories in a temp dir, its own loopback port, stopped afterwards; the system's Postfix
-// setup and port 25 are never touched).
+// same kind of sink in the same run (a private Postfix instance, bench/lib/postfix.ts: its own
+// config and queue directories in a temp dir, its own loopback port, stopped afterwards; the
+// system's Postfix setup and port 25 are never touched).
 //
 // The gateway side: the SMTP ingress when it can be started (src/ingress/smtp/server.ts), else
 // messages appended through the QueueManager directly (said so in the output).
 //
 //   npm run bench:relay            BENCH_N=3000 (messages per side)  BENCH_CLIENTS=10 (SMTP clients)
-import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -22,6 +21,7 @@ import { testConfig } from '../test/helpers/config.ts';
 import { startRedisPool } from '../test/helpers/redis.ts';
 import { startSmtpSink, type SmtpSink } from '../test/helpers/smtpSink.ts';
 import { freePort, waitFor } from '../test/helpers/waitFor.ts';
+import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 
 const N = Number(process.env.BENCH_N ?? 3000);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 10);
@@ -130,95 +130,36 @@ async function runGateway(sink: SmtpSink): Promise<Figure> {
 }
 
 async function runPostfix(sink: SmtpSink): Promise<Figure | string> {
-  if (!existsSync('/usr/sbin/postfix')) {
-    const r = spawnSync('apt-get', ['install', '-y', 'postfix'], { env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }, stdio: 'ignore' });
-    if (r.status !== 0 || !existsSync('/usr/sbin/postfix')) return 'postfix not installed (apt-get install postfix failed)';
-  }
-  if (process.getuid?.() !== 0) return 'postfix needs root to run a private instance';
-  const dir = mkdtempSync(join(tmpdir(), 'sg-bench-postfix-'));
-  const etc = join(dir, 'etc');
-  mkdirSync(etc);
-  mkdirSync(join(dir, 'spool'));
-  mkdirSync(join(dir, 'data'));
-  chmodSync(dir, 0o755); // the daemons run as the postfix user
-  const owner = execFileSync('id', ['-u', 'postfix']).toString().trim();
-  chownSync(join(dir, 'data'), Number(owner), -1);
+  let pf: PostfixInstance;
   const port = await freePort();
-  const master = readFileSync('/etc/postfix/master.cf', 'utf8')
-    .split('\n')
-    .map((l) => {
-      if (/^smtp\s+inet\s/.test(l)) return `127.0.0.1:${port} inet n - n - - smtpd`;
-      if (/^\S+\s+(inet|unix|unix-dgram|fifo|pass)\s/.test(l)) return l.replace(/^(\S+\s+\S+\s+\S+\s+\S+\s+)y(\s)/, '$1n$2');
-      return l;
-    })
-    .join('\n');
-  writeFileSync(join(etc, 'master.cf'), master);
-  writeFileSync(
-    join(etc, 'main.cf'),
-    [
-      'compatibility_level = 3.6',
-      `queue_directory = ${join(dir, 'spool')}`,
-      `data_directory = ${join(dir, 'data')}`,
-      'mail_owner = postfix',
-      'setgid_group = postdrop',
-      'inet_interfaces = 127.0.0.1',
-      'inet_protocols = ipv4',
-      'myhostname = postfix.bench.test',
-      'mydestination =',
-      `relay_domains = ${DOMAIN}`,
-      'mynetworks = 127.0.0.0/8',
-      `transport_maps = inline:{ ${DOMAIN}=smtp:[127.0.0.1]:${sink.port} }`,
-      'smtpd_relay_restrictions = permit_mynetworks, reject',
-      'smtpd_recipient_restrictions = permit_mynetworks, reject',
-      'local_recipient_maps =',
-      'alias_maps =',
-      'alias_database =',
-      'smtp_tls_security_level = none',
-      'smtpd_tls_security_level = none',
-      'smtp_dns_support_level = disabled',
-      'disable_dns_lookups = yes',
-      `maillog_file_prefixes = ${dir}`,
-      `maillog_file = ${join(dir, 'maillog')}`,
-      'biff = no',
-      'smtpd_client_connection_count_limit = 0',
-      'smtpd_client_connection_rate_limit = 0',
-      'smtpd_client_message_rate_limit = 0',
-      'anvil_rate_time_unit = 60s',
-      '',
-    ].join('\n'),
-  );
-  const pf = (...args: string[]) => execFileSync('/usr/sbin/postfix', ['-c', etc, ...args], { stdio: 'pipe' });
   try {
-    pf('start');
-    await waitFor(async () => {
-      const net = await import('node:net');
-      return new Promise<boolean>((res) => {
-        const s = net.connect(port, '127.0.0.1', () => {
-          s.destroy();
-          res(true);
-        });
-        s.on('error', () => res(false));
-      });
-    }, { timeout: 20_000, what: 'postfix smtpd' });
+    pf = await startPostfix({
+      dir: mkdtempSync(join(tmpdir(), 'sg-bench-postfix-')),
+      port,
+      mainCf: [
+        `relay_domains = ${DOMAIN}`,
+        'mynetworks = 127.0.0.0/8',
+        `transport_maps = inline:{ ${DOMAIN}=smtp:[127.0.0.1]:${sink.port} }`,
+        'smtpd_relay_restrictions = permit_mynetworks, reject',
+        'smtpd_recipient_restrictions = permit_mynetworks, reject',
+        'local_recipient_maps =',
+      ],
+    });
+  } catch (err) {
+    return (err as Error).message;
+  }
+  try {
     const before = sink.messages.length;
     const t0 = Date.now();
     const failed = await inject(port);
     const injected = Date.now();
     await waitFor(() => sink.messages.length - before >= N - failed, { timeout: 600_000, every: 20, what: 'postfix: all at the sink' });
     const t1 = Date.now();
-    return { name: 'postfix', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note: `Postfix ${execFileSync('/usr/sbin/postconf', ['-c', etc, '-h', 'mail_version']).toString().trim()}, private instance, default limits (20 connections per destination), disk queue${failed ? `, ${failed} refused` : ''}` };
+    return { name: 'postfix', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note: `Postfix ${postfixVersion()}, private instance, default limits (20 connections per destination), disk queue${failed ? `, ${failed} refused` : ''}` };
   } catch (err) {
-    const e = err as Error & { stderr?: Buffer };
-    const log = existsSync(join(dir, 'maillog')) ? readFileSync(join(dir, 'maillog'), 'utf8').split('\n').filter((l) => /fatal|error/.test(l)).slice(-2).join(' | ') : '';
-    return `postfix run failed: ${e.message.split('\n')[0]} ${e.stderr?.toString().trim() ?? ''} ${log}`;
+    return `postfix run failed: ${(err as Error).message.split('\n')[0]}`;
   } finally {
-    try {
-      pf('stop');
-    } catch {
-      /* not running */
-    }
-    await new Promise((r) => setTimeout(r, 500));
-    rmSync(dir, { recursive: true, force: true });
+    pf.stop();
   }
 }
 

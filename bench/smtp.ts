@@ -15,19 +15,20 @@
 // streamgate: three redis-server processes (a replica pair and the spare) and a gateway child
 // process (the QueueManager and the SMTP ingress; logging at info to a file, as Postfix logs to
 // its maillog), relay domain relay.bench.test, the client untrusted.
-// Postfix: an instance of its own (config_directory, queue_directory and data_directory in a temp
+// Postfix: an instance of its own (bench/lib/postfix.ts: config_directory, queue_directory and data_directory in a temp
 // dir, its own loopback port, nothing of the system's Postfix or port 25 touched), installed with
 // apt-get when missing, relaying for relay.bench.test with the client outside mynetworks; each
 // accepted message is put on its hold queue (check_client_access static:HOLD), so that Postfix,
 // like the gateway here, stores it durably and replies but does not try to deliver it. It is
 // stopped and removed at the end, also when the benchmark fails.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, createWriteStream, mkdtempSync, rmSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 32);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
@@ -283,119 +284,11 @@ async function startStreamgate(dir: string): Promise<{ port: number; child: Chil
   return { port, child, nodes, pool };
 }
 
-function postfixVersion(): string {
-  return execFileSync('postconf', ['-d', '-h', 'mail_version'], { encoding: 'utf8' }).trim();
-}
-
-function ensurePostfix(): void {
-  if (existsSync('/usr/sbin/postfix')) return;
-  console.error('bench: installing postfix (apt-get, "No configuration": the system instance is not set up or started)');
-  execFileSync('sh', ['-c', 'echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections'], { stdio: 'inherit' });
-  execFileSync('apt-get', ['install', '-y', '-q', 'postfix'], { stdio: 'inherit', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
-}
-
-async function startPostfix(dir: string, port: number): Promise<{ stop(): void; queued(): number }> {
-  ensurePostfix();
-  const root = join(dir, 'postfix');
-  const etc = join(root, 'etc');
-  const data = join(root, 'data');
-  const queue = join(root, 'queue');
-  for (const d of [root, etc, data, queue]) mkdirSync(d, { recursive: true });
-  for (const d of [dir, root]) chmodSync(d, 0o755);
-  const uid = Number(execFileSync('id', ['-u', 'postfix'], { encoding: 'utf8' }));
-  const gid = Number(execFileSync('id', ['-g', 'postfix'], { encoding: 'utf8' }));
-  chownSync(data, uid, gid);
-  writeFileSync(
-    join(etc, 'main.cf'),
-    [
-      'compatibility_level = 3.6',
-      `queue_directory = ${queue}`,
-      `data_directory = ${data}`,
-      'mail_owner = postfix',
-      'setgid_group = postdrop',
-      'myhostname = postfix.bench.test',
-      'mydomain = bench.test',
-      'myorigin = $myhostname',
-      'mydestination =',
-      'inet_interfaces = 127.0.0.1',
-      'inet_protocols = ipv4',
-      'mynetworks = 127.0.0.255/32', // the load generator is not trusted: relaying is decided by relay_domains
-      `relay_domains = ${DOMAIN}`,
-      'smtpd_relay_restrictions = check_client_access static:HOLD, permit_mynetworks, reject_unauth_destination',
-      'smtpd_client_connection_count_limit = 10000',
-      `default_process_limit = ${Math.max(100, SESSIONS * 2 + 20)}`,
-      `message_size_limit = ${25 * 1024 * 1024}`,
-      `maillog_file = ${join(root, 'maillog')}`,
-      `maillog_file_prefixes = ${root}`,
-      'biff = no',
-      'append_dot_mydomain = no',
-      'readme_directory = no',
-      '',
-    ].join('\n'),
-  );
-  const svc = (name: string, type: string, priv: string, limit: string, cmd: string) => `${name} ${type} ${priv} - n - ${limit} ${cmd}`;
-  writeFileSync(
-    join(etc, 'master.cf'),
-    [
-      svc(`127.0.0.1:${port}`, 'inet', 'n', '-', 'smtpd'),
-      svc('pickup', 'unix', 'n', '1', 'pickup'),
-      svc('cleanup', 'unix', 'n', '0', 'cleanup'),
-      svc('qmgr', 'unix', 'n', '1', 'qmgr'),
-      svc('rewrite', 'unix', '-', '-', 'trivial-rewrite'),
-      svc('bounce', 'unix', '-', '0', 'bounce'),
-      svc('defer', 'unix', '-', '0', 'bounce'),
-      svc('trace', 'unix', '-', '0', 'bounce'),
-      svc('verify', 'unix', '-', '1', 'verify'),
-      svc('flush', 'unix', 'n', '0', 'flush'),
-      svc('proxymap', 'unix', '-', '-', 'proxymap'),
-      svc('smtp', 'unix', '-', '-', 'smtp'),
-      svc('relay', 'unix', '-', '-', 'smtp'),
-      svc('showq', 'unix', 'n', '-', 'showq'),
-      svc('error', 'unix', '-', '-', 'error'),
-      svc('retry', 'unix', '-', '-', 'error'),
-      svc('discard', 'unix', '-', '-', 'discard'),
-      svc('local', 'unix', '-', '-', 'local'),
-      svc('virtual', 'unix', '-', '-', 'virtual'),
-      svc('lmtp', 'unix', '-', '-', 'lmtp'),
-      svc('anvil', 'unix', '-', '1', 'anvil'),
-      svc('scache', 'unix', '-', '1', 'scache'),
-      svc('postlog', 'unix-dgram', 'n', '1', 'postlogd'),
-      '',
-    ].join('\n'),
-  );
-  execFileSync('postfix', ['-c', etc, 'start'], { stdio: 'inherit' });
-  let stopped = false;
-  const stop = () => {
-    if (stopped) return;
-    stopped = true;
-    try {
-      execFileSync('postfix', ['-c', etc, 'abort'], { stdio: 'ignore' });
-    } catch {
-      /* not running */
-    }
-  };
-  // wait until the listener answers
-  for (let i = 0; i < 100; i++) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = connect(port, '127.0.0.1');
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) break;
-    await sleep(100);
-  }
-  const queued = () => Number(execFileSync('sh', ['-c', `find ${join(queue, 'hold')} -type f | wc -l`], { encoding: 'utf8' }).trim());
-  return { stop, queued };
-}
-
 // ---- the run -----------------------------------------------------------------------------------
 
 const dir = mkdtempSync(join(tmpdir(), 'sg-bench-smtp-'));
 let gateway: Awaited<ReturnType<typeof startStreamgate>> | undefined;
-let postfix: Awaited<ReturnType<typeof startPostfix>> | undefined;
+let postfix: PostfixInstance | undefined;
 const cleanup = () => {
   postfix?.stop();
   gateway?.child.kill('SIGKILL');
@@ -418,9 +311,20 @@ try {
   await Promise.all(gateway.pool.map((r) => r.stop()));
 
   const pfPort = await freePort();
-  postfix = await startPostfix(dir, pfPort);
+  chmodSync(dir, 0o755); // Postfix's daemons run as the postfix user
+  postfix = await startPostfix({
+    dir: join(dir, 'postfix'),
+    port: pfPort,
+    processLimit: Math.max(100, SESSIONS * 2 + 20),
+    mainCf: [
+      'mynetworks = 127.0.0.255/32', // the load generator is not trusted: relaying is decided by relay_domains
+      `relay_domains = ${DOMAIN}`,
+      'smtpd_relay_restrictions = check_client_access static:HOLD, permit_mynetworks, reject_unauth_destination',
+      `message_size_limit = ${25 * 1024 * 1024}`,
+    ],
+  });
   const pf = await measure('postfix', pfPort);
-  const pfQueued = postfix.queued();
+  const pfQueued = postfix.queued('hold');
   postfix.stop();
 
   const row = (target: string, load: string, r: Result) => {
