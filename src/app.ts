@@ -1,16 +1,14 @@
 // The composition root: creates the clients, wires the parts and owns their lifecycle. Parts are
 // started in order and stopped in reverse; a failure while starting stops what was started.
-import type { Config } from './config/schema.ts';
-import type { Logger } from './log.ts';
 import { Redis } from 'ioredis';
+import type { Config } from './config/schema.ts';
 import { EventPublisher } from './events/publisher.ts';
 import { ProducerWorker } from './ingress/producers/worker.ts';
+import { SmtpIngress } from './ingress/smtp/server.ts';
+import type { Logger } from './log.ts';
+import { startMailbox } from './mailbox/service.ts';
 import { startOps } from './ops/http.ts';
 import { QueueManager } from './queue/manager.ts';
-import { startMailbox } from './mailbox/service.ts';
-import { SmtpIngress } from './ingress/smtp/server.ts';
-import type { UserDirectory } from './message/types.ts';
-import type { LocalDelivery } from './message/types.ts';
 import { startRelay } from './relay/relay.ts';
 
 export interface Gateway {
@@ -36,28 +34,22 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     parts.push({ name: 'queue', stop: () => queues.stop() });
     log.info({ gateway: config.gateway.id, nodes: queues.nodes.map((n) => n.id), queues: queues.queues.size }, 'queues ready');
 
-    // -- mailbox (src/mailbox, src/pop3) is wired here --
-    // Cassandra mailboxes, local delivery, the user directory and POP3. Starts even while Cassandra
-    // is down (logged): mail for local domains then defers until it answers.
+    // Cassandra mailboxes, local delivery, the user directory and POP3. Starts even while
+    // Cassandra is down (logged): mail for local domains then defers until it answers.
     const mailbox = await startMailbox(config, log);
     parts.push({ name: 'mailbox', stop: () => mailbox.stop() });
-    const localDelivery: LocalDelivery = mailbox.localDelivery;
-    const users: UserDirectory = mailbox.users;
 
-    // -- relay (src/relay) is wired here --
-    // The mailbox part's LocalDelivery goes here; without one, mail routed `local` is deferred.
-    const relayLocal: LocalDelivery | undefined = localDelivery;
-    const relay = startRelay(queues, config, log, { local: relayLocal });
+    // The relay delivers `local` routes (and domains.local) through the mailbox part.
+    const relay = startRelay(queues, config, log, { local: mailbox.localDelivery });
     parts.push({ name: 'relay', stop: () => relay.stop() });
 
-    // -- SMTP ingress (src/ingress) is wired here --
-    // Recipient checks for local domains and submission AUTH use the mailbox part's UserDirectory
-    // (without one, SmtpIngress falls back to the configuration's `users`).
-    const ingress = new SmtpIngress({ config, queues, log, users });
+    // SMTP ingress: recipient checks for local domains and submission AUTH use the mailbox
+    // part's user directory (the configuration's `users` first, then the users table).
+    const ingress = new SmtpIngress({ config, queues, log, users: mailbox.users });
     await ingress.start();
     parts.push({ name: 'smtp', stop: () => ingress.stop() });
 
-    // -- producers in, lifecycle events out (BullMQ on events.redis, default the first node) --
+    // Producers in, lifecycle events out (BullMQ on events.redis, default the first node).
     const bullConnection = new Redis(config.events.redis ?? config.redis.nodes[0]!.url, { maxRetriesPerRequest: null });
     bullConnection.on('error', (err) => log.warn({ err: err.message, component: 'events' }, 'events redis error'));
     parts.push({ name: 'events-redis', stop: async () => void bullConnection.disconnect() });
@@ -68,7 +60,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     producers.start();
     parts.push({ name: 'producers', stop: () => producers.stop() });
 
-    // -- ops HTTP API: health, metrics, queues, message history, hold/release/purge --
+    // Ops HTTP API: dashboard, health, metrics, queues, message history, hold/release/purge/flush.
     const ops = await startOps({ config, queues, log });
     parts.push({ name: 'ops', stop: () => ops.stop() });
     log.info({ gateway: config.gateway.id, parts: parts.map((p) => p.name) }, 'gateway ready');
