@@ -1,5 +1,6 @@
 // `npm test`: the whole suite against real servers. Installs what a clean machine lacks
-// (redis-server, swaks, Java, Maven through apt-get as root; Cassandra's jars from Maven Central),
+// (redis-server, swaks, curl, openssl, docker-compose for `config -q`, Java and Maven through
+// apt-get as root; Cassandra's jars from Maven Central),
 // starts one Cassandra node shared by every test file, runs node's test runner over test/, and
 // stops the node. Arguments are passed on to the runner (`npm test -- test/queue`).
 import { spawn } from 'node:child_process';
@@ -8,7 +9,7 @@ import { startTestCassandra } from '../test/helpers/cassandra.ts';
 
 const say = (line) => console.error(`streamgate test: ${line}`);
 try {
-  ensureTools(['redis-server', 'java', 'mvn', 'swaks', 'curl'], say);
+  ensureTools(['redis-server', 'java', 'mvn', 'swaks', 'curl', 'openssl', 'docker-compose'], say);
 } catch (err) {
   say(err.message);
   process.exit(1);

@@ -10,6 +10,7 @@ const PACKAGES: Record<string, string> = {
   'redis-server': 'redis-server',
   java: 'openjdk-17-jre-headless',
   mvn: 'maven',
+  'docker-compose': 'docker-compose',
 };
 
 export function hasCommand(cmd: string): boolean {
