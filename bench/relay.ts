@@ -4,16 +4,19 @@
 // config and queue directories in a temp dir, its own loopback port, stopped afterwards; the
 // system's Postfix setup and port 25 are never touched).
 //
-// The gateway side: the SMTP ingress when it can be started (src/ingress/smtp/server.ts), else
-// messages appended through the QueueManager directly (said so in the output).
+// The gateway side: SMTP ingress, replicated queue and relay in a child process of their own (as
+// Postfix runs in processes of its own); the load generator and the sinks are in this process for
+// both sides. A third row gives the relay alone, draining a queue filled beforehand.
 //
-//   npm run bench:relay            BENCH_N=3000 (messages per side)  BENCH_CLIENTS=10 (SMTP clients)
-import { existsSync, mkdtempSync } from 'node:fs';
+//   npm run bench:relay            BENCH_N=3000 (messages per side)  BENCH_CLIENTS=32 (SMTP clients)
+//                                  BENCH_CONNECTIONS=20 (the gateway's connections to the sink, as Postfix's default)
+import { spawn } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { silentLogger } from '../src/log.ts';
+import { SmtpIngress } from '../src/ingress/smtp/server.ts';
 import { newMessageId } from '../src/message/types.ts';
 import { QueueManager } from '../src/queue/manager.ts';
 import { Relay } from '../src/relay/relay.ts';
@@ -24,7 +27,9 @@ import { freePort, waitFor } from '../test/helpers/waitFor.ts';
 import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 
 const N = Number(process.env.BENCH_N ?? 3000);
-const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 10);
+const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 32);
+/** Connections to the sink: Postfix's default per destination (default_destination_concurrency_limit). */
+const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 20);
 const DOMAIN = 'bench.test';
 
 function message(i: number): Buffer {
@@ -77,56 +82,61 @@ interface Figure {
   note: string;
 }
 
+/**
+ * The gateway runs in a child process of its own (QueueManager, relay, SMTP ingress), as Postfix
+ * runs in processes of its own: the load generator and the sink stay in this process for both.
+ */
 async function runGateway(sink: SmtpSink): Promise<Figure> {
   const pool = await startRedisPool(2);
   const port = await freePort();
+  const settings = { nodes: pool.map((r) => r.url), sinkPort: sink.port, port };
+  const child = spawn(process.execPath, [import.meta.filename, 'serve'], { env: { ...process.env, BENCH_GATEWAY: JSON.stringify(settings) }, stdio: ['ignore', 'pipe', 'inherit'] });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.on('data', (d: Buffer) => (d.toString().includes('ready') ? resolve() : undefined));
+      child.once('exit', (code) => reject(new Error(`gateway exited with ${code}`)));
+    });
+    const t0 = Date.now();
+    const failed = await inject(port);
+    const injected = Date.now();
+    await waitFor(() => sink.messages.length >= N - failed, { timeout: 600_000, every: 20, what: 'gateway: all at the sink' });
+    const t1 = Date.now();
+    const note = `SMTP ingress → replicated queue (2 Redis nodes) → relay → sink, the gateway in its own process${failed ? ` (${failed} refused at SMTP)` : ''}`;
+    return { name: 'streamgate', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note };
+  } finally {
+    child.kill('SIGTERM');
+    await new Promise((r) => (child.exitCode === null ? child.once('exit', r) : r(null)));
+    await Promise.all(pool.map((r) => r.stop()));
+  }
+}
+
+if (process.argv[2] === 'serve') {
+  const settings = JSON.parse(process.env.BENCH_GATEWAY!) as { nodes: string[]; sinkPort: number; port: number };
   const config = testConfig({
-    gateway: { id: 'bench-gw', hostname: 'gw.bench.test' },
-    redis: { nodes: pool.map((r) => r.url) },
-    routes: { [DOMAIN]: `smtp://127.0.0.1:${sink.port}` },
+    gateway: { id: 'bench-gw', hostname: 'gw.bench.test', dataDir: mkdtempSync(join(tmpdir(), 'sg-bench-relay-')) },
+    redis: { nodes: settings.nodes },
+    routes: { [DOMAIN]: `smtp://127.0.0.1:${settings.sinkPort}` },
+    relay: { limits: { destinations: { [DOMAIN]: { connections: CONNECTIONS } } } },
     domains: { local: [], relay: [DOMAIN] },
-    smtp: { listen: `127.0.0.1:${port}` },
+    smtp: { listen: `127.0.0.1:${settings.port}` },
+    submission: { listen: '127.0.0.1:0' },
   });
   const qm = new QueueManager(config, silentLogger);
   await qm.start();
   const relay = new Relay(qm, config, silentLogger);
   relay.start();
-  let ingress: { stop(): Promise<void> } | undefined;
-  let note = 'SMTP ingress → replicated queue (2 Redis nodes) → relay → sink';
-  const ingressFile = join(import.meta.dirname, '..', 'src', 'ingress', 'smtp', 'server.ts');
-  if (existsSync(ingressFile)) {
-    try {
-      const mod = (await import(pathToFileURL(ingressFile).href)) as { SmtpIngress: new (o: unknown) => { start(): Promise<void>; stop(): Promise<void> } };
-      const ing = new mod.SmtpIngress({ config, queues: qm, log: silentLogger });
-      await ing.start();
-      ingress = ing;
-    } catch (err) {
-      note = `ingress not usable (${(err as Error).message}); appended through QueueManager → relay → sink`;
-    }
-  } else note = 'ingress not written yet: appended through QueueManager directly → relay → sink';
-  const t0 = Date.now();
-  if (ingress) {
-    const failed = await inject(port);
-    if (failed) note += ` (${failed} refused at SMTP)`;
-  } else {
-    let next = 0;
-    await Promise.all(
-      Array.from({ length: CLIENTS * 5 }, async () => {
-        while (next < N) {
-          const i = next++;
-          await qm.append({ id: newMessageId(), domain: DOMAIN, envelope: { from: 'load@src.test', to: [`r${i}@${DOMAIN}`] }, raw: message(i) });
-        }
-      }),
-    );
-  }
-  const injected = Date.now();
-  await waitFor(() => sink.messages.length >= N, { timeout: 600_000, every: 20, what: 'gateway: all at the sink' });
-  const t1 = Date.now();
-  await ingress?.stop();
-  await relay.stop();
-  await qm.stop();
-  await Promise.all(pool.map((r) => r.stop()));
-  return { name: 'streamgate', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note };
+  const ingress = new SmtpIngress({ config, queues: qm, log: silentLogger });
+  await ingress.start();
+  process.once('SIGTERM', () => {
+    void (async () => {
+      await ingress.stop();
+      await relay.stop();
+      await qm.stop();
+      process.exit(0);
+    })();
+  });
+  console.log('ready');
+  await new Promise(() => {}); // serve until SIGTERM
 }
 
 async function runPostfix(sink: SmtpSink): Promise<Figure | string> {
@@ -166,7 +176,12 @@ async function runPostfix(sink: SmtpSink): Promise<Figure | string> {
 /** The relay alone: N messages already queued, then the relay started; time until all are at the sink. */
 async function runRelayOnly(sink: SmtpSink): Promise<Figure> {
   const pool = await startRedisPool(2);
-  const config = testConfig({ gateway: { id: 'bench-drain' }, redis: { nodes: pool.map((r) => r.url) }, routes: { [DOMAIN]: `smtp://127.0.0.1:${sink.port}` } });
+  const config = testConfig({
+    gateway: { id: 'bench-drain' },
+    redis: { nodes: pool.map((r) => r.url) },
+    routes: { [DOMAIN]: `smtp://127.0.0.1:${sink.port}` },
+    relay: { limits: { destinations: { [DOMAIN]: { connections: CONNECTIONS } } } },
+  });
   const qm = new QueueManager(config, silentLogger);
   await qm.start();
   let next = 0;
@@ -186,7 +201,7 @@ async function runRelayOnly(sink: SmtpSink): Promise<Figure> {
   await relay.stop();
   await qm.stop();
   await Promise.all(pool.map((r) => r.stop()));
-  return { name: 'relay only', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: 0, note: 'queue already full → relay (take, deliver, settle on 2 replicas) → sink, 10 connections' };
+  return { name: 'relay only', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: 0, note: `queue already full → relay (take, deliver, settle on 2 replicas) → sink, ${CONNECTIONS} connections` };
 }
 
 const drainSink = await startSmtpSink({ hideStartTls: true });
