@@ -9,6 +9,7 @@
 // Not nodemailer's pooled transport: its pool neither waits for a connection to be gone before
 // opening the next one nor can take a lease shared with other gateways, and both are needed for
 // a connection limit that holds across gateways.
+import { isAscii } from 'node:buffer';
 import { isIP } from 'node:net';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import type { Logger } from '../log.ts';
@@ -92,7 +93,7 @@ class NetworkError extends Error {
 }
 
 const MAX_SPLITS = 50;
-const EIGHT_BIT = (raw: Buffer) => raw.some((b) => b > 0x7f);
+const EIGHT_BIT = (raw: Buffer) => !isAscii(raw);
 
 export class SmtpPool {
   readonly target: SmtpTarget;
