@@ -203,7 +203,7 @@ export class Queue extends EventEmitter {
         if (s.status === 'rejected') {
           const msg = (s.reason as Error).message ?? String(s.reason);
           if (/OOM/.test(msg)) oom = true;
-          if (/timed out|Connection is closed|isn't writeable|ECONNRE|EPIPE|OOM/i.test(msg)) r.node.isolate(`write failed: ${msg}`);
+          if (/timed out|Connection is closed|isn.t writeable|max retries|ECONNRE|EPIPE|OOM/i.test(msg)) r.node.isolate(`write failed: ${msg}`);
           this.markNG(r, `write failed: ${msg}`);
           return;
         }

@@ -185,3 +185,53 @@ describe('capacity', () => {
     }
   });
 });
+
+describe('rebuild while writes go on', () => {
+  it('copies a queue to the spare while messages are settled, deferred and held, and both copies agree', async () => {
+    const pool = await startRedisPool(3);
+    const qm = new QueueManager(testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { ...fast, blockSize: 50 } }), silentLogger, { gatewayId: 'gw-busy-rebuild' });
+    try {
+      await qm.start();
+      const domain = 'busy.test';
+      for (let i = 0; i < 3000; i++) await qm.append(msg(domain, i));
+      const q = qm.queues.get(domain)!;
+      const victimId = q.replicas[1]!.node.id;
+      const victim = pool.find((r) => victimId.endsWith(`:${r.port}`))!;
+      // writes that are not appends keep going while the pair is broken and while it is copied
+      let stop = false;
+      let writes = 0;
+      const busy = (async () => {
+        while (!stop) {
+          const taken = await qm.take(domain, 20).catch(() => []);
+          await Promise.all(
+            taken.map((t, k) => {
+              const op = k % 3 === 0 ? qm.settle(domain, t.id, 'delivered') : k % 3 === 1 ? qm.defer(domain, t.id, Date.now() + 60_000, { reply: '451' }) : q.requeue(t.id);
+              return op.then(() => writes++, () => {});
+            }),
+          );
+          await new Promise((r) => setTimeout(r, 2));
+        }
+      })();
+      victim.kill('SIGKILL');
+      await waitFor(() => !q.whole, { timeout: 5_000, what: 'the lost replica noticed' });
+      await waitFor(() => q.whole && !q.replicas.some((r) => r.node.id === victimId), { timeout: 30_000, what: 'rebuilt on the spare' });
+      stop = true;
+      await busy;
+      assert.ok(writes > 100, `writes during the failure and the copy: ${writes}`);
+      const [a, b] = q.replicas.map((r) => r.node.client);
+      assert.deepEqual(await a!.hgetall(q.keys[3]), await b!.hgetall(q.keys[3]), 'state hashes agree');
+      assert.deepEqual(await a!.hgetall(q.keys[2]), await b!.hgetall(q.keys[2]), 'counters and transaction numbers agree');
+      const ids = async (c: typeof a, key: string) => ((await c!.xrange(key, '-', '+')) as [string, string[]][]).map((e) => e[0]);
+      assert.deepEqual(await ids(a, q.keys[0]), await ids(b, q.keys[0]), 'live streams agree');
+      assert.deepEqual(await ids(a, q.keys[1]), await ids(b, q.keys[1]), 'history streams agree');
+      const meta = await a!.hgetall(q.keys[2]);
+      assert.equal(['ready', 'deferred', 'held', 'inflight'].reduce((n, k) => n + Number(meta[k] ?? 0), 0), await a!.xlen(q.keys[0]), 'counters add up to the live stream');
+      // and the pair takes writes as one again
+      await qm.append(msg(domain, 5000));
+      assert.equal(await a!.hget(q.keys[2], 'txn'), await b!.hget(q.keys[2], 'txn'));
+    } finally {
+      await qm.stop();
+      await Promise.all(pool.map((r) => r.stop()));
+    }
+  });
+});
