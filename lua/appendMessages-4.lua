@@ -21,8 +21,7 @@ local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
 if _ == nil then return { -1, nodeTxn } end
 
 local txn = bumpTxn(KEYS[3])
-local hms, hseq = string.match(ARGV[3], '^(%d+)-(%d+)$')
-hseq = tonumber(hseq)
+local nextHistId = histIds(ARGV[3])
 local maxLen = tonumber(ARGV[5])
 local m = redis.call('HMGET', KEYS[3], 'ready', 'deferred', 'held', 'inflight', 'bytes', 'appended', 'oldest')
 local c = { r = tonumber(m[1]) or 0, d = tonumber(m[2]) or 0, h = tonumber(m[3]) or 0, f = tonumber(m[4]) or 0 }
@@ -48,8 +47,7 @@ for i = 0, tonumber(ARGV[6]) - 1 do
     bytes = bytes + #raw
     appended = appended + 1
     if not oldest then oldest = entryId end
-    addEvent(KEYS[2], hms .. '-' .. hseq, ARGV[4], 'accepted', msgId, txn, ARGV[2], ARGV[b + 4])
-    hseq = hseq + 1
+    addEvent(KEYS[2], nextHistId(), ARGV[4], 'accepted', msgId, txn, ARGV[2], ARGV[b + 4])
     out[#out + 1] = 0
     out[#out + 1] = entryId
   end

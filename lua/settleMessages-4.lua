@@ -16,8 +16,7 @@ local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
 if _ == nil then return { -1, nodeTxn } end
 
 local txn = bumpTxn(KEYS[3])
-local hms, hseq = string.match(ARGV[3], '^(%d+)-(%d+)$')
-hseq = tonumber(hseq)
+local nextHistId = histIds(ARGV[3])
 local out = { 0, txn }
 local gone = {}
 for i = 0, tonumber(ARGV[5]) - 1 do
@@ -32,8 +31,7 @@ for i = 0, tonumber(ARGV[5]) - 1 do
     redis.call('HINCRBY', KEYS[3], 'bytes', -st.b)
     redis.call('HINCRBY', KEYS[3], outcome, 1)
     gone[#gone + 1] = st.e
-    addEvent(KEYS[2], hms .. '-' .. hseq, ARGV[4], outcome, msgId, txn, ARGV[2], ARGV[b + 2])
-    hseq = hseq + 1
+    addEvent(KEYS[2], nextHistId(), ARGV[4], outcome, msgId, txn, ARGV[2], ARGV[b + 2])
     out[#out + 1] = 0
   else
     out[#out + 1] = -2

@@ -15,8 +15,7 @@ local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
 if _ == nil then return { -1, nodeTxn } end
 
 local txn = bumpTxn(KEYS[3])
-local ms, seq = string.match(ARGV[3], '^(%d+)-(%d+)$')
-seq = tonumber(seq)
+local nextHistId = histIds(ARGV[3])
 local withEntries = ARGV[5] == '1'
 local out = { 0, txn, 0 }
 local taken = 0
@@ -30,9 +29,8 @@ for i = 6, #ARGV do
       redis.call('HINCRBY', KEYS[3], 'inflight', 1)
       st.s = 'f'
       redis.call('HSET', KEYS[4], msgId, cjson.encode(st))
-      addEvent(KEYS[2], ms .. '-' .. seq, ARGV[4], 'attempted', msgId, txn, ARGV[2],
+      addEvent(KEYS[2], nextHistId(), ARGV[4], 'attempted', msgId, txn, ARGV[2],
         cjson.encode({ attempt = st.a + 1 }))
-      seq = seq + 1
       taken = taken + 1
       if withEntries then
         local entry = redis.call('XRANGE', KEYS[1], st.e, st.e)[1]

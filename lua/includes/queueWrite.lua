@@ -20,6 +20,17 @@ local function bumpTxn(metaKey)
   return redis.call('HINCRBY', metaKey, 'txn', 1)
 end
 
+-- History ids for a batch: the caller passes the first ("ms-seq"); the next one of the batch is
+-- one after. histIds(first) returns the function that hands them out in order.
+local function histIds(first)
+  local ms, seq = string.match(first, '^(%d+)-(%d+)$')
+  seq = tonumber(seq) - 1
+  return function()
+    seq = seq + 1
+    return ms .. '-' .. seq
+  end
+end
+
 local function addEvent(histKey, histId, histMax, kind, msgId, txn, now, details)
   redis.call('XADD', histKey, 'MAXLEN', '=', histMax, histId,
     't', kind, 'm', msgId, 'x', txn, 'at', now, 'd', details)
