@@ -61,7 +61,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     parts.push({ name: 'producers', stop: () => producers.stop() });
 
     // Ops HTTP API: dashboard, health, metrics, queues, message history, hold/release/purge/flush.
-    const ops = await startOps({ config, queues, log });
+    const ops = await startOps({ config, queues, relay, log });
     parts.push({ name: 'ops', stop: () => ops.stop() });
     log.info({ gateway: config.gateway.id, parts: parts.map((p) => p.name) }, 'gateway ready');
 

@@ -74,6 +74,20 @@ export function registerQueueCommands(program: Command): void {
         console.log(`${verb}: ${domain} ${id}`);
       });
   }
+  for (const verb of ['suspend', 'resume'] as const) {
+    queue
+      .command(verb)
+      .description(verb === 'suspend' ? 'take nothing more from a destination queue until resume (messages stay queued)' : 'deliver to a suspended destination again')
+      .argument('<domain>', 'destination domain (the queue)')
+      .requiredOption('-r, --reason <text>', 'why (logged with the actor)')
+      .option('--actor <name>', 'who (default: $USER)')
+      .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+      .addOption(configOption())
+      .action(async (domain: string, opts: { config?: string; reason: string; actor?: string; token?: string }) => {
+        await call(opts, 'POST', `/api/queues/${encodeURIComponent(domain)}/${verb}`, { reason: opts.reason, actor: opts.actor ?? process.env.USER ?? 'cli' });
+        console.log(`${verb}: ${domain}`);
+      });
+  }
   queue
     .command('flush')
     .description('try every deferred message of a queue now')

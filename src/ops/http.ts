@@ -11,6 +11,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { QueueError } from '../queue/errors.ts';
 import type { QueueManager } from '../queue/manager.ts';
+import type { Relay } from '../relay/relay.ts';
 
 const STATUS: Record<string, number> = { NOT_FOUND: 404, WRONG_STATE: 409, QUEUE_UNAVAILABLE: 503, BAD_INPUT: 400 };
 
@@ -49,6 +50,8 @@ export function metricsRegistry(queues: QueueManager): Registry {
 export interface OpsOptions {
   config: Config;
   queues: QueueManager;
+  /** For suspend / resume of a destination; without it those calls answer 503. */
+  relay?: Pick<Relay, 'suspend' | 'resume' | 'suspended'>;
   log: Logger;
 }
 
@@ -128,6 +131,23 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     log.info({ verb: 'flush', queue: q.domain, flushed }, 'admin action');
     return { ok: true, verb: 'flush', flushed };
   });
+
+  app.get('/api/suspended', async () => ({ suspended: opts.relay?.suspended() ?? [] }));
+  for (const verb of ['suspend', 'resume'] as const) {
+    app.post<{ Params: { domain: string }; Body: { reason: string; actor?: string } }>(
+      `/api/queues/:domain/${verb}`,
+      { schema: { params: domainParam, body: action }, preHandler: authorize },
+      async (req, reply) => {
+        if (!opts.relay) return fail(reply, 503, 'SG_ERR_NO_RELAY', 'this gateway runs no relay');
+        const actor = req.body.actor ?? 'ops-api';
+        const domain = req.params.domain.toLowerCase();
+        if (verb === 'suspend') opts.relay.suspend(domain, actor, req.body.reason);
+        else if (!opts.relay.resume(domain, actor, req.body.reason)) return fail(reply, 409, 'SG_ERR_WRONG_STATE', `${domain} is not suspended`);
+        log.info({ verb, queue: domain, actor, reason: req.body.reason }, 'admin action');
+        return { ok: true, verb, domain };
+      },
+    );
+  }
 
   await app.listen({ host: config.ops.listen.host, port: config.ops.listen.port });
   const port = (app.server.address() as { port: number }).port;

@@ -42,7 +42,7 @@ interface DomainState {
   /** When to look at the queue again without being told (due time, window opening, suspension end). */
   wakeAt: number;
   /** Why nothing is taken now, if so. */
-  gate: { reason: 'window' | 'suspended'; until: number } | undefined;
+  gate: { reason: 'window' | 'suspended' | 'paused'; until: number } | undefined;
   /** Dead-destination keys of the hosts last used for this domain. */
   dests: string[];
 }
@@ -70,6 +70,7 @@ export class Relay {
   private readonly retry: RetryPolicy;
   private readonly windows: Windows;
   private readonly domains = new Map<string, DomainState>();
+  private readonly paused = new Map<string, { actor: string; reason: string; since: number }>();
   private readonly abort = new AbortController();
   private readonly sweepMs: number;
   private readonly drainMs: number;
@@ -123,6 +124,31 @@ export class Relay {
     this.log.info({ unfinished: [...this.domains.values()].reduce((n, d) => n + d.inflight, 0) }, 'relay stopped');
   }
 
+  /**
+   * An operator's suspend: nothing more is taken from the destination's queue (messages stay
+   * queued, their retry times and lifetimes run on) until resume(). Kept by this gateway for as
+   * long as it runs.
+   */
+  suspend(domain: string, actor: string, reason: string): void {
+    const d = domain.toLowerCase();
+    this.paused.set(d, { actor, reason, since: this.now() });
+    this.log.info({ domain: d, actor, reason }, 'destination suspended');
+  }
+
+  /** Ends an operator's suspend; returns false when the destination was not suspended. */
+  resume(domain: string, actor: string, reason: string): boolean {
+    const d = domain.toLowerCase();
+    if (!this.paused.delete(d)) return false;
+    this.log.info({ domain: d, actor, reason }, 'destination resumed');
+    this.pump(this.state(d));
+    return true;
+  }
+
+  /** The destinations an operator suspended. */
+  suspended(): { domain: string; actor: string; reason: string; since: number }[] {
+    return [...this.paused].map(([domain, p]) => ({ domain, ...p }));
+  }
+
   /** Looks at every queue now (tests call it after moving their clock). */
   poke(): void {
     this.sweep();
@@ -151,7 +177,7 @@ export class Relay {
     const now = this.now();
     for (const q of this.qm.queues.values()) {
       const d = this.state(q.domain);
-      if (d.wakeAt <= now || (q.readyCount > 0 && !d.gate)) this.pump(d);
+      if (!this.paused.has(d.domain) && (d.wakeAt <= now || (q.readyCount > 0 && !d.gate))) this.pump(d);
     }
     this.dispatcher.sweep();
   }
@@ -170,7 +196,8 @@ export class Relay {
 
   // ---- taking messages ----------------------------------------------------------------------
 
-  private gateFor(d: DomainState, now: number): { open: boolean; probe: boolean; until: number; reason?: 'window' | 'suspended' } {
+  private gateFor(d: DomainState, now: number): { open: boolean; probe: boolean; until: number; reason?: 'window' | 'suspended' | 'paused' } {
+    if (this.paused.has(d.domain)) return { open: false, probe: false, until: Infinity, reason: 'paused' };
     const w = this.windows.check(d.domain, now);
     if (!w.open) return { open: false, probe: false, until: w.opensAt, reason: 'window' };
     if (!d.dests.length) return { open: true, probe: false, until: 0 };

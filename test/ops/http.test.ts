@@ -7,8 +7,11 @@ import { after, before, describe, it } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
 import { startOps } from '../../src/ops/http.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
+import { Relay } from '../../src/relay/relay.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
+import { startSmtpSink } from '../helpers/smtpSink.ts';
+import { waitFor } from '../helpers/waitFor.ts';
 
 const TOKEN = 'test-token-0123456789abcdef';
 
@@ -129,5 +132,46 @@ describe('ops HTTP API', () => {
     assert.equal(q.readyCount >= 1, true);
     const down = await cli(['queue', 'list', '--config', file.replace('c.yaml', 'd.yaml')]);
     assert.equal(down.status, 2);
+  });
+});
+
+describe('ops API: suspend and resume a destination', () => {
+  it('takes nothing from a suspended queue until it is resumed', async () => {
+    const pool = await startRedisPool(2);
+    const sink = await startSmtpSink({ hideStartTls: true });
+    const config = testConfig({
+      redis: { nodes: pool.map((r) => r.url) },
+      ops: { listen: '127.0.0.1:0', tokens: [TOKEN] },
+      routes: { 'held-back.test': `smtp://127.0.0.1:${sink.port}`, 'flowing.test': `smtp://127.0.0.1:${sink.port}` },
+    });
+    const qm = new QueueManager(config, silentLogger, { gatewayId: 'gw-suspend' });
+    await qm.start();
+    const relay = new Relay(qm, config, silentLogger);
+    relay.start();
+    const ops = await startOps({ config, queues: qm, relay, log: silentLogger });
+    const post = (path: string, body: unknown) =>
+      fetch(`http://127.0.0.1:${ops.port}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` }, body: JSON.stringify(body) });
+    try {
+      assert.equal((await post('/api/queues/held-back.test/suspend', { reason: 'their MX is migrating', actor: 'anne' })).status, 200);
+      const listed = (await (await fetch(`http://127.0.0.1:${ops.port}/api/suspended`)).json()) as { suspended: { domain: string; actor: string }[] };
+      assert.deepEqual(listed.suspended.map((s) => [s.domain, s.actor]), [['held-back.test', 'anne']]);
+      const raw = Buffer.from('Subject: s\r\n\r\nx\r\n');
+      for (let i = 0; i < 3; i++) await qm.append({ id: `h${i}`, domain: 'held-back.test', envelope: { from: 'a@src.test', to: [`r${i}@held-back.test`] }, raw });
+      await qm.append({ id: 'f0', domain: 'flowing.test', envelope: { from: 'a@src.test', to: ['r@flowing.test'] }, raw });
+      await waitFor(() => sink.messages.length === 1, { what: 'the other destination delivered' });
+      assert.deepEqual(sink.messages.map((m) => m.to[0]), ['r@flowing.test']);
+      assert.equal(qm.depth('held-back.test').ready, 3, 'nothing taken while suspended');
+      const notSuspended = await post('/api/queues/flowing.test/resume', { reason: 'x' });
+      assert.equal(notSuspended.status, 409);
+      assert.equal((await post('/api/queues/held-back.test/resume', { reason: 'done' })).status, 200);
+      await waitFor(() => sink.messages.length === 4, { what: 'delivered after resume' });
+      await waitFor(() => qm.depth('held-back.test').ready + qm.depth('held-back.test').inflight === 0, { what: 'settled' });
+    } finally {
+      await ops.stop();
+      await relay.stop();
+      await qm.stop();
+      await sink.close();
+      await Promise.all(pool.map((r) => r.stop()));
+    }
   });
 });
