@@ -19,6 +19,7 @@ import { delimiter, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import cassandra from 'cassandra-driver';
+import { alive } from './pidfile.ts';
 
 export interface CassandraNodeOptions {
   /** Base dir for jars and state, e.g. ".streamgate/cassandra" (git-ignored): jars in `${home}/lib`. */
@@ -78,20 +79,6 @@ function readPid(file: string): number | undefined {
   }
 }
 
-/** Alive and not a zombie. */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return true; // no /proc: trust kill(0)
-  }
-}
 
 /** True when pid is a live Cassandra daemon whose storage dir is `dir` (guards against reused pids). */
 function isOurNode(pid: number, dir: string): boolean {

@@ -7,6 +7,7 @@ import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startCassandra, stopCassandra, type CassandraNodeOptions } from '../../src/services/cassandra.ts';
+import { alive } from '../../src/services/pidfile.ts';
 
 const REPO = resolve(import.meta.dirname, '..', '..');
 /** Where the test nodes' jars live (git-ignored). */
@@ -60,20 +61,6 @@ function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
-function gone(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return true;
-  }
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.charAt(stat.lastIndexOf(')') + 2) === 'Z';
-  } catch {
-    return false;
-  }
-}
-
 /** SIGKILLs the node of `dataDir` (only if its pid file names that node) and removes the dir. */
 function killSync(dataDir: string): void {
   try {
@@ -84,7 +71,7 @@ function killSync(dataDir: string): void {
     }
     if (ours) {
       process.kill(pid, 'SIGKILL');
-      for (let i = 0; i < 100 && !gone(pid); i++) sleepSync(20);
+      for (let i = 0; i < 100 && alive(pid); i++) sleepSync(20);
     }
   } catch { /* no pid file or already gone */ }
   for (let i = 0; i < 5; i++) {
