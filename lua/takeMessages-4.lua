@@ -2,24 +2,27 @@
   Marks ready (or due deferred) messages in flight for a delivery attempt and returns them.
 
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
-  ARGV: 1 expected txn, 2 now ms, 3 first history id (its sequence part is incremented per
-        event), 4 history max length, 5 return entries (1 on the node that serves reads, 0 on
-        the other), 6.. message ids
-  Returns: { 0, txn, taken, { msgId, attempt, entryFields... }... }
+  ARGV: 1-5 as in includes/queueWrite.lua, 6 return entries (1 on the node that serves reads,
+        0 on the other), 7.. message ids
+  Returns: { 0, txn, taken, { msgId, attempt, remaining recipients (JSON) or '', entryFields }... }
+           (entryFields empty where ARGV[6] is 0: the caller reads them from another reply, or
+           from this node if that reply is lost)
            { -1, nodeTxn }
+           { -5, txn, lastEntry, lastHist } a history id not above the queue's highest
   Messages that are not ready or deferred (held, in flight, gone) are skipped.
 ]]
 --@include "queueWrite"
 
 local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
 if _ == nil then return { -1, nodeTxn } end
+if not histAbove(KEYS[3]) then return idsRefused(KEYS[3]) end
 
 local txn = bumpTxn(KEYS[3])
 local nextHistId = histIds(ARGV[3])
-local withEntries = ARGV[5] == '1'
+local withEntries = ARGV[6] == '1'
 local out = { 0, txn, 0 }
 local taken = 0
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   local msgId = ARGV[i]
   local raw = redis.call('HGET', KEYS[4], msgId)
   if raw then
@@ -32,10 +35,12 @@ for i = 6, #ARGV do
       addEvent(KEYS[2], nextHistId(), ARGV[4], 'attempted', msgId, txn, ARGV[2],
         cjson.encode({ attempt = st.a + 1 }))
       taken = taken + 1
+      local fields = {}
       if withEntries then
         local entry = redis.call('XRANGE', KEYS[1], st.e, st.e)[1]
-        out[#out + 1] = { msgId, st.a + 1, st.r and cjson.encode(st.r) or '', entry and entry[2] or {} }
+        fields = entry and entry[2] or {}
       end
+      out[#out + 1] = { msgId, st.a + 1, st.r and cjson.encode(st.r) or '', fields }
     end
   end
 end

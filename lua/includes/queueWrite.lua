@@ -2,11 +2,19 @@
 --   KEYS[1] live stream   KEYS[2] history stream   KEYS[3] meta hash   KEYS[4] state hash
 -- Common ARGV, in this order:
 --   ARGV[1] expected transaction number   ARGV[2] now (ms)
---   ARGV[3] history entry id ("ms-seq", chosen by the caller)   ARGV[4] history max length (exact)
+--   ARGV[3] first history entry id of this call ("ms-seq", chosen by the caller; the sequence part
+--           grows by one per event)   ARGV[4] history max length (exact)
+--   ARGV[5] the write set: ids of the replicas this write is sent to, comma-separated. Kept in the
+--           meta hash (`members`): recovery proves a replica current from it (DESIGN, invariant 9).
 -- Return value of every script: { code, txn, ... }. code 0 ok; see each script for the others.
 -- -1 (txn mismatch) is the only refusal that leaves the transaction number as it is; every other
 -- outcome, an error or a no-op included, counts as a transaction, so that writes the caller has
 -- pipelined behind it keep their expected numbers on both replicas.
+-- Every precondition is checked before the first write: a script either applies whole, or changes
+-- nothing but the transaction number.
+-- Meta hash fields: txn, members, lastEntry (highest live entry id ever generated), lastHist
+-- (highest history id ever written), the counters ready deferred held inflight bytes appended,
+-- oldest (first live entry id), and one count per settle outcome.
 
 local function checkTxn(metaKey, expected)
   local cur = tonumber(redis.call('HGET', metaKey, 'txn') or '0')
@@ -17,11 +25,37 @@ local function checkTxn(metaKey, expected)
 end
 
 local function bumpTxn(metaKey)
+  redis.call('HSET', metaKey, 'members', ARGV[5])
   return redis.call('HINCRBY', metaKey, 'txn', 1)
 end
 
--- History ids for a batch: the caller passes the first ("ms-seq"); the next one of the batch is
--- one after. histIds(first) returns the function that hands them out in order.
+local function parseId(id)
+  local ms, seq = string.match(id or '', '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+
+-- True when stream id a ("ms-seq") is strictly above b (or b is absent).
+local function above(a, b)
+  if not b then return true end
+  local ams, aseq = parseId(a)
+  local bms, bseq = parseId(b)
+  if not ams then return false end
+  if not bms then return true end
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+
+-- Refusal -5: an id the caller chose is not above the highest the queue ever had. Nothing but the
+-- transaction number changes; the caller learns the ids to continue from.
+local function idsRefused(metaKey)
+  local last = redis.call('HMGET', metaKey, 'lastEntry', 'lastHist')
+  return { -5, bumpTxn(metaKey), last[1] or '', last[2] or '' }
+end
+
+local function histAbove(metaKey)
+  return above(ARGV[3], redis.call('HGET', metaKey, 'lastHist'))
+end
+
+-- History ids for a batch: the next one of the batch is one after the previous.
 local function histIds(first)
   local ms, seq = string.match(first, '^(%d+)-(%d+)$')
   seq = tonumber(seq) - 1
@@ -34,6 +68,7 @@ end
 local function addEvent(histKey, histId, histMax, kind, msgId, txn, now, details)
   redis.call('XADD', histKey, 'MAXLEN', '=', histMax, histId,
     't', kind, 'm', msgId, 'x', txn, 'at', now, 'd', details)
+  redis.call('HSET', KEYS[3], 'lastHist', histId)
 end
 
 local COUNTER = { r = 'ready', d = 'deferred', h = 'held', f = 'inflight' }

@@ -41,8 +41,13 @@ const consistency = z.enum(['any', 'one', 'two', 'three', 'quorum', 'all', 'loca
 const count = (def: number) => z.number().int().nonnegative().default(def);
 
 const redisNode = z.union([
-  redisUrl.transform((url) => ({ url, standby: undefined as string | undefined })),
-  z.strictObject({ url: redisUrl, standby: redisUrl.optional() }),
+  redisUrl.transform((url) => ({ url, standby: undefined as string | undefined, name: undefined as string | undefined })),
+  z.strictObject({
+    url: redisUrl,
+    standby: redisUrl.optional(),
+    // the node's name in tables, logs, metrics and placement records; default host:port
+    name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$/, 'expected a node name of letters, digits, ".", "_", ":" or "-"').optional(),
+  }),
 ]);
 
 const authLimits = z

@@ -44,7 +44,8 @@ export type LifecycleKind =
   | 'held'
   | 'released'
   | 'purged'
-  | 'withdrawn';
+  | 'withdrawn'
+  | 'recovered'; // a queue-level event: an operator forced a recovery (actor, reason, from)
 
 export interface LifecycleEvent {
   /** Unique and stable: `${gateway}/${domain}/${history entry id}`; consumers deduplicate on it. */

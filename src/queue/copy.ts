@@ -3,10 +3,15 @@
 //   pass 1 (writes continue on the source): live entries and history up to their last ids at the
 //          start, in blocks, with each message's state; the ids written meanwhile are noted;
 //   pass 2 (writes wait, briefly): what came after those ids, the noted messages again, the
-//          history trimmed to the source's, and the meta hash with its transaction number.
+//          history trimmed to the source's, and the meta hash with its transaction number; then
+//          the target joins the write set, before the writes that waited go on, so that they
+//          reach both replicas.
+// A copy never goes over a replica that went on without the source to a higher transaction number.
 import type { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
-import type { Queue, Replica } from './queue.ts';
+import type { Queue } from './queue.ts';
+import { decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, decodeMeta } from './records.ts';
+import type { Replica } from './replicas.ts';
 
 export interface CopyStats {
   live: number;
@@ -33,11 +38,11 @@ async function copyStream(src: Redis, dst: Redis, key: string, stateKey: string 
     if (!entries.length) break;
     const pipe = dst.pipeline();
     let states: (Buffer | null)[] = [];
-    if (stateKey) states = await src.hmgetBuffer(stateKey, ...entries.map((e) => e[1][1]!));
+    if (stateKey) states = await src.hmgetBuffer(stateKey, ...entries.map((e) => e[1][LIVE_MSG_ID_INDEX]!));
     entries.forEach(([id, fields], i) => {
       pipe.xadd(key, id.toString(), ...fields);
       const st = states[i];
-      if (stateKey && st) pipe.hset(stateKey, fields[1]!, st);
+      if (stateKey && st) pipe.hset(stateKey, fields[LIVE_MSG_ID_INDEX]!, st);
     });
     const res = await pipe.exec();
     const failed = res?.find(([err]) => err);
@@ -55,8 +60,16 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
   const src = source.node.client;
   const dst = target.node.client;
   const [live, hist, meta, state] = q.keys;
+  const set = q.set;
+  const [mine, theirs] = await Promise.all([src.hmget(meta, ...META_FIELDS).then(decodeMeta), dst.hmget(meta, ...META_FIELDS).then(decodeMeta)]);
+  // A higher number on the target is only divergence when the source was in the target's last
+  // write set (every write the target took went to the source too, which applied them all); if
+  // the target went on without the source, it may hold mail the source never saw.
+  if (theirs && mine && theirs.txn > mine.txn && theirs.members && !theirs.members.some((id) => source.node.is(id))) {
+    throw new Error(`refusing to copy ${q.name} from ${source.node.id} (transaction ${mine.txn}) over ${target.node.id}, which went on without it to transaction ${theirs.txn}`);
+  }
   await dst.del(live, hist, meta, state);
-  q.dirty = new Set();
+  set.dirty = new Set();
   let release: (() => void) | undefined;
   try {
     // pass 1: writes continue on the source
@@ -66,11 +79,11 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
     const [h1, lastHist] = await copyStream(src, dst, hist, undefined, undefined, h0, block);
     // pass 2: writes wait
     const tg = Date.now();
-    q.gate = new Promise<void>((resolve) => (release = resolve));
-    await q.drain();
+    set.gate = new Promise<void>((resolve) => (release = resolve));
+    await set.drain();
     const [n2] = await copyStream(src, dst, live, state, lastLive, '+', block);
     const [h2] = await copyStream(src, dst, hist, undefined, lastHist, '+', block);
-    const dirty = [...q.dirty];
+    const dirty = [...set.dirty];
     for (let i = 0; i < dirty.length; i += block) {
       const ids = dirty.slice(i, i + block);
       const [srcStates, dstStates] = await Promise.all([src.hmgetBuffer(state, ...ids), dst.hmget(state, ...ids)]);
@@ -80,7 +93,7 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
         if (s) pipe.hset(state, id, s);
         else if (dstStates[k]) {
           pipe.hdel(state, id);
-          pipe.xdel(live, (JSON.parse(dstStates[k]) as { e: string }).e);
+          pipe.xdel(live, decodeState(dstStates[k]).e);
         }
       });
       await pipe.exec();
@@ -94,12 +107,16 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
     if (srcTxn !== dstTxn || srcLen !== dstLen) {
       throw new Error(`copy of ${q.name} does not match: txn ${srcTxn}/${dstTxn}, live ${srcLen}/${dstLen}`);
     }
+    // both now hold the same record: the write set is the pair, and the target takes writes
+    const members = [...set.inSync().map((r) => r.node.id), target.node.id].join(',');
+    await Promise.all([src.hset(meta, 'members', members), dst.hset(meta, 'members', members)]);
+    set.markSync(target, Number(srcTxn));
     const stats = { live: n1 + n2, history: h1 + h2, dirty: dirty.length, ms: Date.now() - t0, gatedMs: Date.now() - tg };
     log.debug({ queue: q.name, ...stats }, 'copied');
     return stats;
   } finally {
-    q.dirty = undefined;
-    q.gate = undefined;
+    set.dirty = undefined;
+    set.gate = undefined;
     release?.();
   }
 }

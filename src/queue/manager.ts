@@ -9,9 +9,20 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { LifecycleEvent, NewMessage, QueuedMessage } from '../message/types.ts';
 import { copyQueue, type CopyStats } from './copy.ts';
+import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
 import { RedisNode } from './node.ts';
-import { IdGen, Queue, type Depth, type MemMsg, type MsgState, type Replica } from './queue.ts';
+import { provenSource, type ReplicaView } from './proof.ts';
+import { Queue, type Depth, type MemMsg, type Replica } from './queue.ts';
+import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, parseEntryId, type HistoryEntry, type MetaRecord } from './records.ts';
+
+export type { HistoryEntry } from './records.ts';
+
+/** A message's history lookup reads at most this many events, in blocks of HISTORY_BLOCK. */
+const HISTORY_SCAN_LIMIT = 20_000;
+const HISTORY_BLOCK = 1000;
+/** A forced recovery moves the transaction number to the next multiple of this. */
+const FORCED_TXN_STEP = 1e12;
 
 export interface ManagerOptions {
   gatewayId?: string;
@@ -46,7 +57,7 @@ export class QueueManager extends EventEmitter {
     this.placementKey = `sg:placement:{${this.gatewayId}}`;
     const q = config.queue;
     this.nodes = config.redis.nodes.map(
-      (n) => new RedisNode({ url: n.url, standby: n.standby, timeoutMs: q.timeout, heartbeatMs: q.heartbeat.every, missed: q.heartbeat.missed, log: this.log }),
+      (n) => new RedisNode({ url: n.url, standby: n.standby, name: n.name, timeoutMs: q.timeout, heartbeatMs: q.heartbeat.every, missed: q.heartbeat.missed, log: this.log }),
     );
   }
 
@@ -88,7 +99,10 @@ export class QueueManager extends EventEmitter {
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.repairTimer);
-    for (const q of this.queues.values()) while (q.repairing) await sleep(20);
+    for (const q of this.queues.values()) {
+      while (q.repairing) await sleep(20);
+      q.stop();
+    }
     await Promise.all(this.nodes.map((n) => n.stop()));
   }
 
@@ -147,7 +161,7 @@ export class QueueManager extends EventEmitter {
 
   // ---- recovery -----------------------------------------------------------------------------
 
-  /** Finds this gateway's queues on the nodes and rebuilds their projections from an in-sync replica. */
+  /** Finds this gateway's queues on the nodes and rebuilds their projections from a replica proven current. */
   private async recover(): Promise<void> {
     const t0 = Date.now();
     const records = new Map<string, PlacementRecord>();
@@ -162,77 +176,132 @@ export class QueueManager extends EventEmitter {
     let messages = 0;
     for (const [domain, rec] of records) {
       const replicas: Replica[] = rec.nodes.map((id) => {
-        const node = this.nodes.find((n) => n.id === id);
+        const node = this.nodes.find((n) => n.is(id));
         if (!node) throw new QueueError('BAD_INPUT', `queue ${domain} is placed on ${id}, which is not in redis.nodes`);
         return { node, sync: 'NG' as const, txn: -1, outSince: this.now() };
       });
       const q = this.newQueue(domain, replicas);
       this.queues.set(domain, q);
       q.placementEpoch = rec.epoch;
-      messages += await this.loadQueue(q);
+      messages += await this.loadQueue(q, false);
     }
     this.lastRecovery = { queues: records.size, messages, ms: Date.now() - t0 };
     if (records.size) this.log.info(this.lastRecovery, 'recovered');
   }
 
-  /**
-   * Reads every replica's transaction number, takes the highest as the source (the others are NG
-   * and get resynced), and rebuilds the projection from the source's live stream and state hash in
-   * blocks. In-flight messages go back to ready.
-   */
-  async loadQueue(q: Queue): Promise<number> {
-    for (const r of q.replicas) {
-      if (!r.node.up) continue;
+  /** What each replica of a queue (and each node its records name) says about it. */
+  private async views(q: Queue): Promise<ReplicaView[]> {
+    const nodes = new Set(q.replicas.map((r) => r.node));
+    const read = async (node: RedisNode): Promise<ReplicaView> => {
+      if (!node.up) return { node, reachable: false, meta: undefined };
       try {
-        r.txn = Number((await r.node.client.hget(q.keys[2], 'txn')) ?? 0);
+        const meta = decodeMeta(await withDeadline(node.client.hmget(q.keys[2], ...META_FIELDS), this.config.queue.timeout, `meta of ${q.name}`));
+        return { node, reachable: true, meta };
       } catch {
-        r.txn = -1;
+        return { node, reachable: false, meta: undefined };
       }
+    };
+    const views = await Promise.all([...nodes].map(read));
+    // a node named in a write set that is no longer in the placement must be heard from too
+    const named = new Set(views.flatMap((v) => v.meta?.members ?? []));
+    for (const id of named) {
+      const node = this.nodes.find((n) => n.is(id));
+      if (node && !nodes.has(node)) views.push(await read(node));
     }
-    const best = Math.max(...q.replicas.map((r) => r.txn));
-    if (best < 0) return 0;
+    return views;
+  }
+
+  /**
+   * Reloads a queue's projection from the replica proven current (provenSource); the others are
+   * NG and get copied again. When none can be proven, the queue stays closed and says why. In
+   * flight messages go back to ready, except, while the gateway runs (`running`), those this
+   * process holds in flight.
+   */
+  async loadQueue(q: Queue, running = true): Promise<number> {
+    const views = await this.views(q);
+    const verdict = provenSource(views, q.replicas.map((r) => r.node));
+    if (verdict.reason) {
+      q.set.close(verdict.reason);
+      return 0;
+    }
+    const best = verdict.source?.meta?.txn ?? 0;
     for (const r of q.replicas) {
-      if (r.txn === best && r.node.up) r.sync = 'Sync';
-      else q.markNG(r, r.node.up ? `behind: transaction ${r.txn}, ${best} on the other` : 'node down at start');
+      const v = views.find((x) => x.node === r.node)!;
+      if (verdict.current.includes(r.node)) q.set.markSync(r, best);
+      else q.markNG(r, !v.reachable ? 'unreachable at load' : v.meta ? `behind: transaction ${v.meta.txn}, ${best} on the source` : 'empty');
     }
     q.replicas.sort((a, b) => (a.sync === 'Sync' ? 0 : 1) - (b.sync === 'Sync' ? 0 : 1));
-    const src = q.replicas[0]!.node.client;
-    q.txn = best;
-    q.resetProjection();
+    if (!verdict.source) {
+      // every replica answers and none ever held the queue: it starts empty
+      q.beginReload(0, undefined, undefined);
+      await q.endReload([], '');
+      return 0;
+    }
+    return this.loadFrom(q, verdict.source.node, verdict.source.meta!, running);
+  }
+
+  private async loadFrom(q: Queue, node: RedisNode, meta: MetaRecord, running: boolean): Promise<number> {
+    const src = node.client;
+    const [live, hist, , state] = q.keys;
+    const lastGen = await src.xinfo('STREAM', live).then(lastGenerated, () => undefined);
+    const lastHist = ((await src.xrevrange(hist, '+', '-', 'COUNT', 1)) as [string, string[]][])[0]?.[0];
+    const owned = q.beginReload(meta.txn, maxId(meta.lastEntry, lastGen), maxId(meta.lastHist, lastHist));
     const block = this.config.queue.blockSize;
-    const inflight: string[] = [];
+    const orphans: string[] = [];
     let cursor = '-';
     let count = 0;
-    let last: string | undefined;
     for (;;) {
-      const entries = (await src.xrange(q.keys[0], cursor, '+', 'COUNT', block)) as [string, string[]][];
+      const entries = (await src.xrange(live, cursor, '+', 'COUNT', block)) as [string, string[]][];
       if (!entries.length) break;
-      const ids = entries.map((e) => e[1][1]!); // field 'm' is written first
-      const states = await src.hmget(q.keys[3], ...ids);
+      const ids = entries.map((e) => e[1][LIVE_MSG_ID_INDEX]!);
+      const states = await src.hmget(state, ...ids);
       entries.forEach(([entryId], i) => {
         const s = states[i];
         if (!s) return;
-        const st = JSON.parse(s) as { e: string; s: MsgState; a: number; n: number; b: number };
-        const dash = entryId.indexOf('-');
-        const m: MemMsg = { id: ids[i]!, entryId, ms: Number(entryId.slice(0, dash)), seq: Number(entryId.slice(dash + 1)), state: st.s, attempts: st.a, nextAt: st.n, bytes: st.b, gen: 0 };
+        const st = decodeState(s);
+        const [ms, seq] = parseEntryId(entryId);
+        const m: MemMsg = { id: ids[i]!, entryId, ms, seq, state: st.s, attempts: st.a, nextAt: st.n, bytes: st.b, gen: 0 };
         q.track(m);
-        if (st.s === 'f') inflight.push(m.id);
+        if (st.s === 'f' && !(running && owned.has(m.id))) orphans.push(m.id);
         count++;
       });
-      last = entries[entries.length - 1]![0];
-      cursor = `(${last}`;
+      cursor = `(${entries[entries.length - 1]![0]}`;
       if (entries.length < block) break;
     }
-    q.entryIds = IdGen.from(last ?? (await src.xinfo('STREAM', q.keys[0]).then(lastGenerated, () => undefined)));
-    const lastHist = (await src.xrevrange(q.keys[1], '+', '-', 'COUNT', 1)) as [string, string[]][];
-    q.histIds = IdGen.from(lastHist[0]?.[0]);
-    const liveLen = await src.xlen(q.keys[0]);
+    const liveLen = await src.xlen(live);
     if (liveLen !== count) this.log.warn({ queue: q.name, stream: liveLen, state: count }, 'live stream and state disagree');
-    for (const id of inflight) {
-      await q.requeue(id, { reason: 'gateway restart' }).catch((err: unknown) => this.log.warn({ err, messageId: id }, 'requeue failed'));
-    }
-    if (q.depth.ready) q.emit('ready');
+    await q.endReload(orphans, running ? 'in flight without an owner after a reload' : 'gateway restart');
     return count;
+  }
+
+  /**
+   * An operator's way out of a closed queue: reload it from `nodeId` whatever its records say,
+   * as the queue's truth from now on (its transaction number jumps past anything the other
+   * replica can hold, so a later copy goes from it and never the other way), audited in the
+   * history as a `recovered` event with actor and reason.
+   */
+  async forceRecover(domain: string, nodeId: string, actor: string, reason: string): Promise<{ messages: number; txn: number }> {
+    const q = this.must(domain);
+    const r = q.replicas.find((x) => x.node.is(nodeId));
+    if (!r) throw new QueueError('BAD_INPUT', `queue ${q.domain} has no replica on ${nodeId} (replicas: ${q.replicas.map((x) => x.node.id).join(', ')})`);
+    if (!r.node.up) throw new QueueError('QUEUE_UNAVAILABLE', `node ${r.node.id} does not answer`);
+    while (q.repairing) await sleep(20);
+    q.repairing = true;
+    try {
+      const meta = decodeMeta(await r.node.client.hmget(q.keys[2], ...META_FIELDS));
+      const txn = (Math.floor((meta?.txn ?? 0) / FORCED_TXN_STEP) + 1) * FORCED_TXN_STEP;
+      await r.node.client.hset(q.keys[2], 'txn', txn);
+      for (const x of q.replicas) if (x !== r) q.markNG(x, `operator recovered the queue from ${r.node.id}`);
+      q.set.markSync(r, txn);
+      q.replicas.sort((a, b) => (a === r ? -1 : b === r ? 1 : 0));
+      const messages = await this.loadFrom(q, r.node, { txn, members: [r.node.id], lastEntry: meta?.lastEntry, lastHist: meta?.lastHist }, true);
+      await q.mark('recovered', { actor, reason, from: r.node.id, previousTxn: meta?.txn ?? null, messages });
+      this.log.warn({ queue: q.name, node: r.node.id, actor, reason, messages }, 'queue recovered by an operator');
+      this.emit('health');
+      return { messages, txn: q.txn };
+    } finally {
+      q.repairing = false;
+    }
   }
 
   // ---- repair -------------------------------------------------------------------------------
@@ -253,8 +322,8 @@ export class QueueManager extends EventEmitter {
   async repair(q: Queue): Promise<CopyStats | undefined> {
     const source = q.replicas.find((r) => r.sync === 'Sync' && r.node.up);
     if (!source) {
-      // Nothing in sync: when a replica is back, the one with the highest transaction number wins.
-      if (q.replicas.some((r) => r.node.up)) await this.loadQueue(q);
+      // Nothing in sync: once a replica answers, reload from the one proven current, if any.
+      if (q.replicas.some((r) => r.node.up)) await this.loadQueue(q, true);
       return undefined;
     }
     for (const r of q.replicas) if (r.sync === 'Sync' && !r.node.up) q.markNG(r, 'node down');
@@ -275,9 +344,8 @@ export class QueueManager extends EventEmitter {
     if (moved) q.replicas[q.replicas.indexOf(bad)] = target;
     this.emit('health');
     try {
+      // the target joins the write set inside the copy's last pass, before writes resume
       const stats = await copyQueue(q, source, target, this.config.queue.blockSize, this.log);
-      target.sync = 'Sync';
-      target.txn = q.txn;
       await this.recordPlacement(q, (q.placementEpoch ?? 1) + 1);
       this.log.info({ queue: q.name, node: target.node.id, ...stats }, 'replica in sync');
       this.emit('health');
@@ -292,10 +360,36 @@ export class QueueManager extends EventEmitter {
 
   // ---- the interface for the other parts ----------------------------------------------------
 
-  async append(msg: NewMessage): Promise<{ queue: string; entryId: string; duplicate: boolean }> {
+  async append(msg: NewMessage, opts: { staged?: boolean } = {}): Promise<{ queue: string; entryId: string; duplicate: boolean }> {
     const q = this.queues.get(msg.domain.toLowerCase()) ?? (await this.queueFor(msg.domain));
-    const r = await q.append(msg);
+    const r = await q.append(msg, opts);
     return { queue: q.name, ...r };
+  }
+
+  /**
+   * Stores the copies of one submission (one per destination queue), all or none: the copies are
+   * staged (never dispatched) until every one is stored; if any append fails, the stored ones
+   * are withdrawn (retried until written) and the first failure is thrown, so that the sender's
+   * retry cannot lead to a second delivery. SMTP and producer jobs both store through here.
+   */
+  async store(copies: NewMessage[], why: Record<string, unknown>): Promise<{ queue: string; entryId: string; duplicate: boolean }[]> {
+    const staged = copies.length > 1;
+    const results = await Promise.allSettled(copies.map((c) => this.append(c, { staged })));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (!failed) {
+      if (staged) for (const c of copies) this.queues.get(c.domain.toLowerCase())?.commit(c.id);
+      return results.map((r) => (r as PromiseFulfilledResult<{ queue: string; entryId: string; duplicate: boolean }>).value);
+    }
+    const details = { ...why, reason: `not stored on every destination queue: ${(failed.reason as Error)?.message ?? String(failed.reason)}` };
+    results.forEach((r, i) => {
+      if (r.status === 'fulfilled' && !r.value.duplicate) this.withdraw(copies[i]!.domain, copies[i]!.id, details);
+    });
+    throw failed.reason;
+  }
+
+  /** Withdraws a stored copy whose sender was told to retry; see Queue.withdraw. */
+  withdraw(domain: string, msgId: string, details: Record<string, unknown>): void {
+    this.queues.get(domain.toLowerCase())?.withdraw(msgId, details);
   }
 
   private must(domain: string): Queue {
@@ -355,43 +449,51 @@ export class QueueManager extends EventEmitter {
 
   /** Events of a queue's history after `afterId` (exclusive), oldest first, at most `count`. */
   async historySince(domain: string, afterId: string | undefined, count: number): Promise<HistoryEntry[]> {
-    const q = this.must(domain);
-    const r = q.replicas.find((x) => x.sync === 'Sync' && x.node.up);
-    if (!r) throw new QueueError('QUEUE_UNAVAILABLE', `queue ${q.name} has no replica in sync`);
-    const rows = (await r.node.client.xrange(q.keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
-    return rows.map(([histId, f]) => {
-      const get = (k: string) => f[f.indexOf(k) + 1]!;
-      return { histId, kind: get('t'), messageId: get('m'), txn: Number(get('x')), at: Number(get('at')), details: JSON.parse(get('d')) as Record<string, unknown> };
-    });
+    const rows = (await this.readerNode(domain).client.xrange(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
+    return rows.map(decodeHistory);
   }
 
-  /** A message's history, newest last, from an in-sync replica. */
+  /**
+   * A message's history (or the queue's latest `count` events), oldest first, from an in-sync
+   * replica over its read connection. A message's events are looked for from the newest back,
+   * in blocks, until its `accepted` event, and never past HISTORY_SCAN_LIMIT events.
+   */
   async history(domain: string, msgId?: string, count = 1000): Promise<{ id: string; kind: string; messageId: string; txn: number; at: number; details: unknown }[]> {
     const q = this.must(domain);
+    const c = this.readerNode(domain).reads;
+    const found: HistoryEntry[] = [];
+    let end = '+';
+    let scanned = 0;
+    const limit = msgId ? Math.min(this.config.queue.historyMaxLength, HISTORY_SCAN_LIMIT) : count;
+    while (scanned < limit) {
+      const rows = (await c.xrevrange(q.keys[1], end, '-', 'COUNT', Math.min(HISTORY_BLOCK, limit - scanned))) as [string, string[]][];
+      scanned += rows.length;
+      const events = rows.map(decodeHistory);
+      found.push(...(msgId ? events.filter((h) => h.messageId === msgId) : events));
+      if (rows.length < HISTORY_BLOCK || (msgId && found.some((h) => h.kind === 'accepted'))) break;
+      end = `(${rows[rows.length - 1]![0]}`;
+    }
+    return found.reverse().map((h) => ({ id: `${this.gatewayId}/${q.domain}/${h.histId}`, kind: h.kind, messageId: h.messageId, txn: h.txn, at: h.at, details: h.details }));
+  }
+
+  /** The node of an in-sync replica, for reads. */
+  private readerNode(domain: string): RedisNode {
+    const q = this.must(domain);
     const r = q.replicas.find((x) => x.sync === 'Sync' && x.node.up);
     if (!r) throw new QueueError('QUEUE_UNAVAILABLE', `queue ${q.name} has no replica in sync`);
-    const rows = (await r.node.client.xrevrange(q.keys[1], '+', '-', 'COUNT', msgId ? this.config.queue.historyMaxLength : count)) as [string, string[]][];
-    const out = [];
-    for (const [id, f] of rows.reverse()) {
-      const get = (k: string) => f[f.indexOf(k) + 1]!;
-      if (msgId && get('m') !== msgId) continue;
-      out.push({ id: `${this.gatewayId}/${q.domain}/${id}`, kind: get('t'), messageId: get('m'), txn: Number(get('x')), at: Number(get('at')), details: JSON.parse(get('d')) as unknown });
-    }
-    return out;
+    return r.node;
   }
-}
-
-export interface HistoryEntry {
-  histId: string;
-  kind: string;
-  messageId: string;
-  txn: number;
-  at: number;
-  details: Record<string, unknown>;
 }
 
 function lastGenerated(info: unknown): string | undefined {
   const a = info as unknown[];
   const i = a.indexOf('last-generated-id');
   return i >= 0 ? String(a[i + 1]) : undefined;
+}
+
+function maxId(a: string | undefined, b: string | undefined): string | undefined {
+  if (!a || !b) return a ?? b;
+  const [am, as] = parseEntryId(a);
+  const [bm, bs] = parseEntryId(b);
+  return am > bm || (am === bm && as > bs) ? a : b;
 }

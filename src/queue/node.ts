@@ -1,10 +1,14 @@
 // One Redis node of the pool, reached over an active path and optionally a standby path (another
 // address of the same server). Heartbeats watch both paths; the node switches to the standby when
-// the active one fails, and is isolated (down) when the path it uses misses `missed` heartbeats or
-// a write times out. Memory figures from INFO feed the storage high-water check.
+// the active one fails, and is isolated (down) when the path it uses misses `missed` heartbeats,
+// heartbeats say so: never because of one slow write, whose queue alone is resynced (a stall of
+// this process is not a node failure: see deadline.ts). Memory figures from INFO feed the storage
+// high-water check. A node's identity is its `name`, or host:port: never a credential, and the
+// same after a password change.
 import { EventEmitter } from 'node:events';
 import { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
+import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
 import { defineScripts } from './scripts.ts';
 
@@ -19,6 +23,8 @@ interface Path {
 
 export interface NodeOptions {
   url: string;
+  /** The node's name in tables, logs and placement records; default host:port of the url. */
+  name?: string | undefined;
   standby?: string | undefined;
   timeoutMs: number;
   heartbeatMs: number;
@@ -40,13 +46,25 @@ export interface NodeStatus {
 /** Scripted commands registered by defineScripts, as ioredis exposes them. */
 export type ScriptClient = Redis & Record<string, (...args: (string | number | Buffer)[]) => Promise<unknown>>;
 
+/** host:port of a node url (credentials and database left out). */
+export function nodeIdOf(url: string): string {
+  const u = new URL(url);
+  return `${u.hostname.includes(':') && !u.hostname.startsWith('[') ? `[${u.hostname}]` : u.hostname}:${u.port || '6379'}`;
+}
+
+/** The id an older record may hold for a node: its url without the scheme (credentials included). */
+export function legacyNodeId(url: string): string {
+  return url.replace(/^rediss?:\/\//, '').replace(/\/$/, '');
+}
+
 function makeClient(url: string, timeoutMs: number): Redis {
   const client = new Redis(url, {
     lazyConnect: true,
     enableAutoPipelining: true,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 0,
-    commandTimeout: timeoutMs,
+    // A backstop only: writes and heartbeats have their own stall-proof limit (deadline.ts).
+    commandTimeout: Math.max(4 * timeoutMs, 2000),
     connectTimeout: Math.max(timeoutMs, 1000),
     retryStrategy: (times) => Math.min(times * 100, 1000),
   });
@@ -56,6 +74,8 @@ function makeClient(url: string, timeoutMs: number): Redis {
 
 export class RedisNode extends EventEmitter {
   readonly id: string;
+  /** The id records written before node names existed may hold for this node. */
+  readonly legacyId: string;
   private readonly paths: { active: Path; standby?: Path };
   private current: 'active' | 'standby' = 'active';
   up = false;
@@ -72,7 +92,8 @@ export class RedisNode extends EventEmitter {
   constructor(opts: NodeOptions) {
     super();
     this.opts = opts;
-    this.id = opts.url.replace(/^rediss?:\/\//, '').replace(/\/$/, '');
+    this.id = opts.name ?? nodeIdOf(opts.url);
+    this.legacyId = legacyNodeId(opts.url);
     this.log = opts.log.child({ node: this.id });
     this.paths = {
       active: { url: opts.url, client: makeClient(opts.url, opts.timeoutMs), state: 'NG', misses: 0 },
@@ -108,6 +129,7 @@ export class RedisNode extends EventEmitter {
   async stop(): Promise<void> {
     clearInterval(this.timer);
     for (const p of this.allPaths()) p.client.disconnect();
+    this.readConn?.disconnect();
   }
 
   /** One heartbeat on every path; switches path or isolates the node as the answers say. */
@@ -115,7 +137,7 @@ export class RedisNode extends EventEmitter {
     await Promise.all(
       this.allPaths().map(async (p) => {
         try {
-          const info = await p.client.info('memory');
+          const info = await withDeadline(p.client.info('memory'), this.opts.timeoutMs, `heartbeat of ${this.id}`);
           p.misses = 0;
           if (p.state === 'NG') p.state = 'Ready';
           if (p === this.pathInUse()) {
@@ -149,6 +171,28 @@ export class RedisNode extends EventEmitter {
     } else if (nowInUse.state === 'NG' && this.up) {
       this.isolate('missed heartbeats');
     }
+  }
+
+  private readConn: Redis | undefined;
+
+  /** A connection of its own for operators' reads (history lookups): they never wait behind writes, nor writes behind them. */
+  get reads(): Redis {
+    if (!this.readConn) {
+      this.readConn = new Redis(this.pathInUse().url, { maxRetriesPerRequest: 1, commandTimeout: Math.max(4 * this.opts.timeoutMs, 2000) });
+      this.readConn.on('error', () => {});
+    }
+    return this.readConn;
+  }
+
+  /** The client of the path not in use, when its heartbeats answer: where a timed-out write is checked. */
+  get otherClient(): ScriptClient | undefined {
+    const other = this.current === 'active' ? this.paths.standby : this.paths.active;
+    return other && other.state !== 'NG' ? (other.client as ScriptClient) : undefined;
+  }
+
+  /** True when `id` names this node (its id, or the id an older record used). */
+  is(id: string): boolean {
+    return id === this.id || id === this.legacyId || (id.includes('@') && id.slice(id.lastIndexOf('@') + 1).replace(/\/\d+$/, '') === this.id);
   }
 
   private pathInUse(): Path {

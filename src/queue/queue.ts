@@ -1,26 +1,27 @@
-// One destination queue: its keys, its ordered replica pair, its transaction number, and the
-// in-memory projection the gateway dispatches from (ready messages in FIFO order, deferred timers,
-// in-flight set, counters). Every change goes through a Lua script run on every in-sync replica
-// with the same ids; the transaction numbers they return are compared.
+// One destination queue: its keys, its replica set (replicas.ts: the write path and the
+// management table) and the in-memory projection the gateway dispatches from (ready messages in
+// FIFO order, deferred timers, in-flight set, counters). Every change goes through a Lua script
+// run on every in-sync replica with the same ids; the projection changes only after the replicas
+// answered.
+//
+// Three sets guard the promise around the relay:
+//   owned   messages handed to the relay by take() and not yet settled, deferred or requeued: a
+//           reload while the gateway runs keeps them in flight (they are being delivered);
+//   staged  copies of a submission whose reply is not decided yet: stored, never dispatched,
+//           until commit() (all copies stored) or withdraw() (the client is told to retry);
+//   unknown appends whose outcome the replicas did not report: the client was told to retry, so
+//           once the queue is reloaded they are withdrawn if they were stored after all.
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.ts';
 import type { LifecycleEvent, LifecycleKind, NewMessage, QueuedMessage } from '../message/types.ts';
 import { QueueError, SCRIPT_CODES } from './errors.ts';
 import { Batcher } from './batcher.ts';
 import { MinHeap } from './heap.ts';
-import type { RedisNode } from './node.ts';
+import { decodeState, IdGen, liveFields, parseEntryId, queueKeys, type MsgState, type QueueKeys } from './records.ts';
+import { ReplicaSet, UnknownOutcomeError, type Arg, type Replica, type WriteResult } from './replicas.ts';
 
-export type SyncState = 'Sync' | 'NG' | 'Rebuilding';
-export type MsgState = 'r' | 'd' | 'h' | 'f';
-
-export interface Replica {
-  node: RedisNode;
-  sync: SyncState;
-  /** Last transaction number this replica returned. */
-  txn: number;
-  /** When it left the write set (for the rebuild grace period). */
-  outSince: number;
-}
+export type { MsgState } from './records.ts';
+export type { Replica, SyncState } from './replicas.ts';
 
 export interface MemMsg {
   id: string;
@@ -55,70 +56,35 @@ export interface QueueSettings {
   now: () => number;
 }
 
-type Arg = string | number | Buffer;
 export type SettleOutcome = 'delivered' | 'bounced' | 'expired' | 'purged' | 'withdrawn';
-
-/** Strictly increasing stream ids "ms-seq" chosen by the gateway, identical on both replicas. */
-export class IdGen {
-  private ms: number;
-  private seq: number;
-  constructor(ms = 0, seq = -1) {
-    this.ms = ms;
-    this.seq = seq;
-  }
-
-  static from(id: string | undefined): IdGen {
-    if (!id) return new IdGen();
-    const [ms, seq] = id.split('-').map(Number);
-    return new IdGen(ms, seq);
-  }
-
-  /** Reserves `n` consecutive ids and returns the first. */
-  next(now: number, n = 1): string {
-    if (now > this.ms) {
-      this.ms = now;
-      this.seq = -1;
-    }
-    const first = this.seq + 1;
-    this.seq += n;
-    return `${this.ms}-${first}`;
-  }
-}
-
-const parseEntryId = (id: string): [number, number] => {
-  const dash = id.indexOf('-');
-  return [Number(id.slice(0, dash)), Number(id.slice(dash + 1))];
-};
 
 type ReadyItem = [ms: number, seq: number, msg: MemMsg, gen: number];
 type TimerItem = [nextAt: number, msg: MemMsg, gen: number];
 
 const COUNTER: Record<MsgState, keyof Depth> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
+const WITHDRAW_RETRY_MS = 1000;
 
 export class Queue extends EventEmitter {
   readonly name: string;
-  readonly keys: [string, string, string, string];
-  replicas: Replica[];
-  txn = 0;
+  readonly domain: string;
+  readonly keys: QueueKeys;
+  readonly set: ReplicaSet;
   entryIds = new IdGen();
   histIds = new IdGen();
   readonly msgs = new Map<string, MemMsg>();
   private readonly ready = new MinHeap<ReadyItem>((a, b) => a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]));
   private readonly timers = new MinHeap<TimerItem>((a, b) => a[0] < b[0]);
   readonly depth: Depth = { ready: 0, deferred: 0, held: 0, inflight: 0, bytes: 0, oldest: null };
-  /** Writes in progress; the rebuild's last pass waits for them to drain. */
-  private pending = 0;
-  private drained: (() => void) | undefined;
-  /** While set, new writes wait on it (the short last pass of a rebuild). */
-  gate: Promise<void> | undefined;
-  /** Message ids written while a rebuild copies: re-copied in its last pass. */
-  dirty: Set<string> | undefined;
+  private readonly owned = new Set<string>();
+  private readonly staged = new Set<string>();
+  private readonly unknown = new Set<string>();
+  /** Withdrawals not written yet (the queue was not writable): message id -> details. */
+  private readonly withdrawals = new Map<string, Record<string, unknown>>();
+  private withdrawTimer: NodeJS.Timeout | undefined;
   repairing = false;
   /** Epoch of the placement record on the nodes; bumped on every switch. */
   placementEpoch: number | undefined;
   private readonly log: Logger;
-
-  readonly domain: string;
   private readonly settings: QueueSettings;
 
   constructor(domain: string, replicas: Replica[], settings: QueueSettings, log: Logger) {
@@ -126,122 +92,53 @@ export class Queue extends EventEmitter {
     this.domain = domain;
     this.settings = settings;
     this.name = `${settings.gatewayId}:${domain}`;
-    const tag = `sg:{${this.name}}`;
-    this.keys = [`${tag}:live`, `${tag}:hist`, `${tag}:meta`, `${tag}:state`];
-    this.replicas = replicas;
+    this.keys = queueKeys(this.name);
     this.log = log.child({ queue: this.name });
+    this.set = new ReplicaSet(this.name, this.keys, replicas, settings, this.log);
+    this.set.on('table', () => this.emit('table'));
   }
 
-  // ---- replica set --------------------------------------------------------------------------
+  // ---- the replica set, as others see it ----------------------------------------------------
 
-  /** In-sync replicas on nodes that are up, the reader first. */
-  private inSync(): Replica[] {
-    return this.replicas.filter((r) => r.sync === 'Sync' && r.node.up);
+  get replicas(): Replica[] {
+    return this.set.replicas;
+  }
+
+  get txn(): number {
+    return this.set.txn;
   }
 
   get whole(): boolean {
-    return this.replicas.length >= 2 && this.replicas.every((r) => r.sync === 'Sync' && r.node.up);
+    return this.set.whole;
   }
 
-  /** all: appends need both replicas; one: one is enough (the queue shows degraded). */
   get appendable(): boolean {
-    const n = this.inSync().length;
-    return this.settings.writeConcern === 'all' ? n >= 2 && n === this.replicas.length : n >= 1;
+    return this.set.appendable;
   }
 
-  get status(): 'whole' | 'degraded' | 'unavailable' | 'rebuilding' {
-    if (this.whole) return 'whole';
-    if (this.inSync().length === 0) return 'unavailable';
-    return this.replicas.some((r) => r.sync === 'Rebuilding') ? 'rebuilding' : 'degraded';
+  get status() {
+    return this.set.status;
   }
 
   markNG(replica: Replica, reason: string): void {
-    if (replica.sync === 'NG') return;
-    replica.sync = 'NG';
-    replica.outSince = this.settings.now();
-    this.log.warn({ node: replica.node.id, reason, table: this.table() }, 'replica out of sync');
-    this.emit('table');
+    this.set.markNG(replica, reason);
   }
 
   table() {
-    return {
-      queue: this.name,
-      domain: this.domain,
-      status: this.status,
-      txn: this.txn,
-      replicas: this.replicas.map((r) => {
-        const s = r.node.status();
-        return { node: r.node.id, active: s.active, standby: s.standby ?? null, path: s.path, sync: r.sync, txn: r.txn, lastHeartbeat: s.lastHeartbeat };
-      }),
-    };
+    return { queue: this.name, domain: this.domain, ...this.set.table() };
   }
 
-  // ---- the write path -----------------------------------------------------------------------
-
-  private async write(kind: 'append' | 'other', script: string, argsFor: (reader: boolean) => Arg[], msgIds: string[]): Promise<unknown[]> {
-    while (this.gate) await this.gate;
-    if (kind === 'append' && !this.appendable) {
-      throw new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name} is not writable at write concern ${this.settings.writeConcern} (${this.status})`);
-    }
-    const targets = this.inSync();
-    if (targets.length === 0) throw new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name} has no replica in sync`);
-    const expected = this.txn++;
-    if (this.dirty) for (const id of msgIds) this.dirty.add(id);
-    this.pending++;
-    try {
-      const settled = await Promise.allSettled(
-        targets.map((r, i) => {
-          const fn = r.node.client[i === 0 ? `${script}Buffer` : script] as (...a: Arg[]) => Promise<unknown[]>;
-          return fn.call(r.node.client, ...this.keys, expected, ...argsFor(i === 0));
-        }),
-      );
-      let first: unknown[] | undefined;
-      let ok = 0;
-      let oom = false;
-      settled.forEach((s, i) => {
-        const r = targets[i]!;
-        if (s.status === 'rejected') {
-          const msg = (s.reason as Error).message ?? String(s.reason);
-          if (/OOM/.test(msg)) oom = true;
-          if (/timed out|Connection is closed|isn.t writeable|max retries|ECONNRE|EPIPE|OOM/i.test(msg)) r.node.isolate(`write failed: ${msg}`);
-          this.markNG(r, `write failed: ${msg}`);
-          return;
-        }
-        const res = s.value;
-        const code = Number(res[0]);
-        const txn = Number(res[1]);
-        if (code === -1) {
-          this.markNG(r, `transaction number ${txn} on the node, ${expected} expected`);
-          return;
-        }
-        r.txn = txn;
-        if (txn !== expected + 1) {
-          this.markNG(r, `returned transaction number ${txn}, ${expected + 1} expected`);
-          return;
-        }
-        ok++;
-        first ??= res;
-      });
-      if (!first) {
-        if (oom) throw new QueueError('STORAGE_FULL', `queue ${this.name}: redis is out of memory`);
-        throw new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name}: no replica took the write`);
+  private write(kind: 'append' | 'other', script: string, now: number, histId: string, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
+    return this.set.write(kind, script, now, histId, this.settings.historyMaxLength, specific, msgIds).then((w) => {
+      if (Number(w.res[0]) === -5) {
+        // An id behind the queue's highest (a clock gone back, ids taken from an old record):
+        // nothing but the transaction number changed; continue after the node's ids and retry.
+        this.entryIds.advance(String(w.res[2] || '0-0'));
+        this.histIds.advance(String(w.res[3] || '0-0'));
+        throw new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name}: ids behind the queue's highest; try again`);
       }
-      if (kind === 'append' && this.settings.writeConcern === 'all' && ok < targets.length) {
-        // Stored on fewer replicas than the write concern asks: the caller is told to try again,
-        // and the copies that were stored stay tracked so that it can withdraw them.
-        throw Object.assign(new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name}: the write reached ${ok} of ${targets.length} replicas`), { partial: first });
-      }
-      return first;
-    } finally {
-      if (--this.pending === 0) this.drained?.();
-    }
-  }
-
-  /** Resolves when no write is in progress (used under the gate). */
-  async drain(): Promise<void> {
-    if (this.pending === 0) return;
-    await new Promise<void>((resolve) => (this.drained = resolve));
-    this.drained = undefined;
+      return w;
+    });
   }
 
   private event(kind: LifecycleKind, msgId: string, histId: string, txn: number, details: Record<string, unknown>): void {
@@ -249,50 +146,50 @@ export class Queue extends EventEmitter {
     this.emit('event', ev);
   }
 
-  private common(): [now: number, histId: string] {
-    const now = this.settings.now();
-    return [now, this.histIds.next(now)];
-  }
+  // ---- appends ------------------------------------------------------------------------------
 
-  // ---- operations ---------------------------------------------------------------------------
-
-  private readonly appends = new Batcher<NewMessage, { entryId: string; duplicate: boolean }>(
-    { maxItems: 500, maxBytes: 512 * 1024, maxInFlight: 4, size: (m) => m.raw.length },
+  private readonly appends = new Batcher<{ msg: NewMessage; staged: boolean }, { entryId: string; duplicate: boolean }>(
+    { maxItems: 500, maxBytes: 512 * 1024, maxInFlight: 4, size: (a) => a.msg.raw.length },
     (batch) => this.appendBatch(batch),
   );
 
-  /** Stores a message on the replicas (gathered with other appends into one transaction). */
-  async append(msg: NewMessage): Promise<{ entryId: string; duplicate: boolean }> {
+  /**
+   * Stores a message on the replicas (gathered with other appends into one transaction). A
+   * staged copy is not dispatched until commit(); see the header.
+   */
+  async append(msg: NewMessage, opts: { staged?: boolean } = {}): Promise<{ entryId: string; duplicate: boolean }> {
     if (!msg.envelope.to.length) throw new QueueError('BAD_INPUT', 'a message needs at least one recipient');
     if (!msg.id || msg.id.length > 200) throw new QueueError('BAD_INPUT', 'a message id of 1 to 200 characters is needed');
-    for (const r of this.inSync()) {
+    for (const r of this.set.inSync()) {
       if (r.node.aboveHighWater(this.settings.memoryHighWater, msg.raw.length)) {
         throw new QueueError('STORAGE_FULL', `redis node ${r.node.id} is above ${Math.round(this.settings.memoryHighWater * 100)}% of its maxmemory`);
       }
     }
     const existing = this.msgs.get(msg.id);
     if (existing) return { entryId: existing.entryId, duplicate: true };
-    return this.appends.add(msg);
+    return this.appends.add({ msg, staged: !!opts.staged });
   }
 
-  private async appendBatch(batch: NewMessage[]): Promise<({ entryId: string; duplicate: boolean } | Error)[]> {
+  private async appendBatch(batch: { msg: NewMessage; staged: boolean }[]): Promise<({ entryId: string; duplicate: boolean } | Error)[]> {
     const now = this.settings.now();
     const histId = this.histIds.next(now, batch.length);
-    const args: Arg[] = [now, histId, this.settings.historyMaxLength, this.settings.maxLength, batch.length];
     const entryIds: string[] = [];
     const notBefore: number[] = [];
-    for (const msg of batch) {
+    const args: Arg[] = [this.settings.maxLength, batch.length];
+    for (const { msg } of batch) {
       const entryId = this.entryIds.next(now);
       const nb = msg.notBefore && msg.notBefore > now ? msg.notBefore : 0;
       entryIds.push(entryId);
       notBefore.push(nb);
       args.push(entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), JSON.stringify(msg.meta ?? {}), msg.raw, nb);
     }
+    const ids = batch.map((b) => b.msg.id);
     let res: unknown[];
     let failure: QueueError | undefined;
     try {
-      res = await this.write('append', 'appendMessages', () => args, batch.map((m) => m.id));
+      res = (await this.write('append', 'appendMessages', now, histId, () => args, ids)).res;
     } catch (err) {
+      if (err instanceof UnknownOutcomeError) for (const id of ids) this.unknown.add(id);
       if (!(err instanceof QueueError) || !err.partial) throw err;
       res = err.partial;
       failure = err;
@@ -301,30 +198,80 @@ export class Queue extends EventEmitter {
     const [hms, hseq] = parseEntryId(histId);
     let k = 0;
     let appended = 0;
-    const out = batch.map((msg, i) => {
+    const out = batch.map(({ msg, staged }, i) => {
       const code = Number(res[2 + i * 2]);
       if (code === -4) return new QueueError('QUEUE_FULL', `queue ${this.name} holds its maximum of ${this.settings.maxLength} messages`);
       if (code === 1) return { entryId: String(res[3 + i * 2]), duplicate: true };
       const entryId = entryIds[i]!;
       const [ms, seq] = parseEntryId(entryId);
       const nb = notBefore[i]!;
+      // A copy the caller will be told to retry is never dispatched: staged until withdrawn.
+      if (staged || failure) this.staged.add(msg.id);
       this.track({ id: msg.id, entryId, ms, seq, state: nb ? 'd' : 'r', attempts: 0, nextAt: nb, bytes: msg.raw.length, gen: 0 });
       this.event('accepted', msg.id, `${hms}-${hseq + k++}`, txn, { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}) });
       appended += msg.raw.length;
+      if (failure) this.withdraw(msg.id, { reason: 'stored on fewer replicas than the write concern' });
       return failure ?? { entryId, duplicate: false };
     });
-    if (failure) {
-      // The caller is told to try again: withdraw the copies that were stored, so that its retry
-      // cannot lead to a second delivery.
-      const stored = batch.filter((_, i) => Number(res[2 + i * 2]) === 0).map((m) => m.id);
-      await Promise.allSettled(stored.map((id) => this.settle(id, 'withdrawn', { reason: 'stored on fewer replicas than the write concern' })));
-    }
-    for (const r of this.inSync()) r.node.pendingBytes += appended;
-    if (appended) this.emit('ready');
+    for (const r of this.set.inSync()) r.node.pendingBytes += appended;
+    if (appended && !failure) this.emit('ready');
     return out;
   }
 
-  /** Adds a message to the projection (append and recovery). */
+  /** A staged copy may be dispatched: its submission is stored whole. */
+  commit(msgId: string): void {
+    if (!this.staged.delete(msgId)) return;
+    const m = this.msgs.get(msgId);
+    if (!m) return;
+    this.schedule(m);
+    this.emit('ready');
+  }
+
+  /**
+   * Withdraws a stored copy whose sender is told to retry: settled as `withdrawn`, never
+   * dispatched meanwhile; tried again every second while the queue is not writable.
+   */
+  withdraw(msgId: string, details: Record<string, unknown>): void {
+    if (this.msgs.has(msgId)) this.staged.add(msgId);
+    this.withdrawals.set(msgId, details);
+    void this.flushWithdrawals();
+  }
+
+  private withdrawing = false;
+
+  private async flushWithdrawals(): Promise<void> {
+    if (this.withdrawing) return;
+    this.withdrawing = true;
+    try {
+      for (const [id, details] of [...this.withdrawals]) {
+        if (!this.msgs.has(id)) {
+          this.withdrawals.delete(id);
+          this.staged.delete(id);
+          continue;
+        }
+        try {
+          await this.settle(id, 'withdrawn', details);
+          this.withdrawals.delete(id);
+        } catch (err) {
+          if (err instanceof QueueError && err.code === 'NOT_FOUND') this.withdrawals.delete(id);
+          else this.log.warn({ err, messageId: id }, 'withdraw failed, will retry');
+        }
+      }
+    } finally {
+      this.withdrawing = false;
+      clearTimeout(this.withdrawTimer);
+      this.withdrawTimer = this.withdrawals.size ? setTimeout(() => void this.flushWithdrawals(), WITHDRAW_RETRY_MS).unref() : undefined;
+    }
+  }
+
+  /** Withdrawals still to write. */
+  get pendingWithdrawals(): number {
+    return this.withdrawals.size;
+  }
+
+  // ---- the projection -----------------------------------------------------------------------
+
+  /** Adds a message to the projection (append and reload). */
   track(m: MemMsg): void {
     this.msgs.set(m.id, m);
     this.depth[COUNTER[m.state]] = (this.depth[COUNTER[m.state]] as number) + 1;
@@ -334,34 +281,41 @@ export class Queue extends EventEmitter {
   }
 
   private schedule(m: MemMsg): void {
+    if (this.staged.has(m.id)) return;
     if (m.state === 'r') this.ready.push([m.ms, m.seq, m, m.gen]);
     else if (m.state === 'd') this.timers.push([m.nextAt, m, m.gen]);
   }
 
+  /** True while `m` is the projection's live record of its message (not settled meanwhile). */
+  private live(m: MemMsg): boolean {
+    return this.msgs.get(m.id) === m;
+  }
+
   private move(m: MemMsg, to: MsgState): void {
+    if (!this.live(m)) return;
     (this.depth[COUNTER[m.state]] as number)--;
     (this.depth[COUNTER[to]] as number)++;
     m.state = to;
     m.gen++;
+    if (to !== 'f') this.owned.delete(m.id);
     this.schedule(m);
   }
 
   private forget(m: MemMsg): void {
+    if (!this.live(m)) return;
     (this.depth[COUNTER[m.state]] as number)--;
     this.depth.bytes -= m.bytes;
     m.gen++;
     this.msgs.delete(m.id);
+    this.owned.delete(m.id);
+    this.staged.delete(m.id);
     if (this.msgs.size === 0) this.depth.oldest = null;
     else if (this.depth.oldest === m.ms) this.depth.oldest = this.oldestLive();
   }
 
   private oldestLive(): number | null {
-    let min: number | null = null;
-    for (const m of this.msgs.values()) {
-      min = m.ms;
-      break; // Map keeps insertion order: the first is the oldest appended (recovery inserts in FIFO order)
-    }
-    return min;
+    for (const m of this.msgs.values()) return m.ms; // Map keeps insertion order: the first is the oldest appended (reload inserts in FIFO order)
+    return null;
   }
 
   /** Deferred messages whose time has come become ready; returns how many. */
@@ -382,7 +336,7 @@ export class Queue extends EventEmitter {
   flush(): number {
     let n = 0;
     for (const m of this.msgs.values()) {
-      if (m.state !== 'd') continue;
+      if (m.state !== 'd' || this.staged.has(m.id)) continue;
       m.nextAt = 0;
       m.gen++;
       this.ready.push([m.ms, m.seq, m, m.gen]);
@@ -406,6 +360,8 @@ export class Queue extends EventEmitter {
     return this.ready.size;
   }
 
+  // ---- take, settle, defer, hold ------------------------------------------------------------
+
   /** Up to `max` messages in FIFO order, marked in flight; with their envelopes and bodies. */
   async take(max: number, filter?: (m: MemMsg) => boolean): Promise<QueuedMessage[]> {
     this.promoteDue();
@@ -414,7 +370,7 @@ export class Queue extends EventEmitter {
     while (picked.length < max && this.ready.size) {
       const item = this.ready.pop()!;
       const m = item[2];
-      if (m.gen !== item[3] || (m.state !== 'r' && m.state !== 'd') || !this.msgs.has(m.id)) continue;
+      if (m.gen !== item[3] || (m.state !== 'r' && m.state !== 'd') || !this.live(m) || this.staged.has(m.id)) continue;
       if (filter && !filter(m)) {
         skipped.push(item);
         continue;
@@ -425,46 +381,78 @@ export class Queue extends EventEmitter {
     if (!picked.length) return [];
     const prev = picked.map((m) => m.state);
     for (const m of picked) this.move(m, 'f');
-    const [now] = this.common();
+    const now = this.settings.now();
     const histId = this.histIds.next(now, picked.length);
-    let res: unknown[];
+    const ids = picked.map((m) => m.id);
+    let w: WriteResult;
     try {
-      res = await this.write('other', 'takeMessages', (reader) => [now, histId, this.settings.historyMaxLength, reader ? 1 : 0, ...picked.map((m) => m.id)], picked.map((m) => m.id));
+      w = await this.write('other', 'takeMessages', now, histId, (reader) => [reader ? 1 : 0, ...ids], ids);
     } catch (err) {
       picked.forEach((m, i) => this.move(m, prev[i]!));
       throw err;
     }
-    const txn = Number(res[1]);
+    const txn = Number(w.res[1]);
+    const rows = (w.res.slice(3) as [Buffer | string, number, Buffer | string, Buffer[]][]).map(([id, attempt, remaining, fields]) => ({ id: id.toString(), attempt: Number(attempt), remaining: remaining.toString(), fields }));
+    if (!w.fromReader && rows.length) await this.readBodies(w.from, rows);
     const out: QueuedMessage[] = [];
     const [hms, hseq] = parseEntryId(histId);
     let k = 0;
     const takenIds = new Set<string>();
-    for (const row of res.slice(3) as [Buffer, number, Buffer, Buffer[]][]) {
-      const id = row[0].toString();
-      takenIds.add(id);
-      const f = new Map<string, Buffer>();
-      for (let i = 0; i + 1 < row[3].length; i += 2) f.set(row[3][i]!.toString(), row[3][i + 1]!);
-      const remaining = row[2].length ? (JSON.parse(row[2].toString()) as string[]) : undefined;
-      const m = this.msgs.get(id);
-      if (m) m.attempts = Number(row[1]) - 1;
+    const lost: string[] = [];
+    for (const row of rows) {
+      const m = this.msgs.get(row.id);
+      this.event('attempted', row.id, `${hms}-${hseq + k++}`, txn, { attempt: row.attempt });
+      if (!m) continue; // settled while the take was on its way (a purge): nothing to deliver
+      takenIds.add(row.id);
+      if (!row.fields.length) {
+        lost.push(row.id);
+        continue;
+      }
+      m.attempts = row.attempt - 1;
+      const f = liveFields(row.fields);
+      this.owned.add(row.id);
       out.push({
         queue: this.name,
         domain: this.domain,
-        id,
-        entryId: m?.entryId ?? '',
-        attempt: Number(row[1]),
-        envelope: { from: f.get('f')?.toString() ?? '', to: remaining ?? (JSON.parse(f.get('r')?.toString() ?? '[]') as string[]) },
+        id: row.id,
+        entryId: m.entryId,
+        attempt: row.attempt,
+        envelope: { from: f.get('f')?.toString() ?? '', to: row.remaining ? (JSON.parse(row.remaining) as string[]) : (JSON.parse(f.get('r')?.toString() ?? '[]') as string[]) },
         raw: f.get('raw') ?? Buffer.alloc(0),
         meta: JSON.parse(f.get('meta')?.toString() ?? '{}') as Record<string, unknown>,
         acceptedAt: Number(f.get('a')?.toString() ?? 0),
       });
-      this.event('attempted', id, `${hms}-${hseq + k++}`, txn, { attempt: Number(row[1]) });
     }
     // Those the node did not take (held or settled meanwhile) go back to what they were.
     picked.forEach((m, i) => {
       if (!takenIds.has(m.id) && m.state === 'f') this.move(m, prev[i]!);
     });
+    // Taken but unreadable: put back on every replica, so that nothing stays in flight without an owner.
+    for (const id of lost) void this.requeue(id, { reason: 'message body could not be read after the take' }).catch((err: unknown) => this.log.warn({ err, messageId: id }, 'requeue after a lost take failed; the next reload puts it back'));
     return out;
+  }
+
+  /** The reader's reply was lost but another replica applied the take: read the bodies from that one. */
+  private async readBodies(from: Replica, rows: { id: string; fields: Buffer[] }[]): Promise<void> {
+    try {
+      const c = from.node.client;
+      const states = await c.hmgetBuffer(this.keys[3], ...rows.map((r) => r.id));
+      const pipe = c.pipeline();
+      const asked: number[] = [];
+      states.forEach((s, i) => {
+        if (!s) return;
+        const e = decodeState(s).e;
+        pipe.xrangeBuffer(this.keys[0], e, e);
+        asked.push(i);
+      });
+      const res = (await pipe.exec()) ?? [];
+      res.forEach(([err, entries], j) => {
+        const entry = (entries as [Buffer, Buffer[]][] | undefined)?.[0];
+        if (!err && entry) rows[asked[j]!]!.fields = entry[1];
+      });
+    } catch (err) {
+      this.log.warn({ err, node: from.node.id }, 'could not read the bodies of a take');
+    }
   }
 
   private need(msgId: string): MemMsg {
@@ -496,9 +484,9 @@ export class Queue extends EventEmitter {
   private async settleBatch(batch: { msgId: string; outcome: SettleOutcome; details: string }[]): Promise<(number | Error)[]> {
     const now = this.settings.now();
     const histId = this.histIds.next(now, batch.length);
-    const args: Arg[] = [now, histId, this.settings.historyMaxLength, batch.length];
+    const args: Arg[] = [batch.length];
     for (const b of batch) args.push(b.msgId, b.outcome, b.details);
-    const res = await this.write('other', 'settleMessages', () => args, batch.map((b) => b.msgId));
+    const { res } = await this.write('other', 'settleMessages', now, histId, () => args, batch.map((b) => b.msgId));
     const txn = Number(res[1]);
     const [hms, hseq] = parseEntryId(histId);
     let k = 0;
@@ -523,9 +511,9 @@ export class Queue extends EventEmitter {
 
   private async reschedule(kind: 'deferred' | 'requeued', msgId: string, nextAt: number, details: Record<string, unknown>, remaining?: string[]): Promise<number> {
     const m = this.need(msgId);
-    const [now, histId] = this.common();
-    const args = [now, histId, this.settings.historyMaxLength, msgId, nextAt, JSON.stringify(details), remaining ? JSON.stringify(remaining) : '', kind];
-    const res = await this.write('other', 'deferMessage', () => args, [msgId]);
+    const now = this.settings.now();
+    const histId = this.histIds.next(now);
+    const { res } = await this.write('other', 'deferMessage', now, histId, () => [msgId, nextAt, JSON.stringify(details), remaining ? JSON.stringify(remaining) : '', kind], [msgId]);
     const txn = this.check(res, msgId);
     m.nextAt = nextAt;
     if (kind === 'deferred') m.attempts = Number(res[2]);
@@ -546,9 +534,10 @@ export class Queue extends EventEmitter {
 
   private async setHold(msgId: string, kind: 'held' | 'released', actor: string, reason: string): Promise<void> {
     const m = this.need(msgId);
-    const [now, histId] = this.common();
+    const now = this.settings.now();
+    const histId = this.histIds.next(now);
     const details = { actor, reason };
-    const res = await this.write('other', 'holdMessage', () => [now, histId, this.settings.historyMaxLength, msgId, kind, JSON.stringify(details)], [msgId]);
+    const { res } = await this.write('other', 'holdMessage', now, histId, () => [msgId, kind, JSON.stringify(details)], [msgId]);
     const txn = this.check(res, msgId);
     if (kind === 'released') m.nextAt = 0;
     this.move(m, kind === 'held' ? 'h' : 'r');
@@ -559,16 +548,50 @@ export class Queue extends EventEmitter {
     await this.settle(msgId, 'purged', { actor, reason });
   }
 
+  /** A queue-level event (a forced recovery), with its actor and reason, in the history. */
+  async mark(kind: LifecycleKind, details: Record<string, unknown>): Promise<void> {
+    const now = this.settings.now();
+    const histId = this.histIds.next(now);
+    const { res } = await this.write('other', 'markQueue', now, histId, () => [kind, JSON.stringify(details)], []);
+    this.event(kind, '', histId, Number(res[1]), details);
+  }
+
   /** The projection's view of one message. */
   get(msgId: string): MemMsg | undefined {
     return this.msgs.get(msgId);
   }
 
-  /** Drops the projection (before a reload from a replica). */
-  resetProjection(): void {
+  // ---- reload -------------------------------------------------------------------------------
+
+  /**
+   * Starts a reload of the projection from a replica proven current, whose transaction number
+   * is `txn`. Returns the ids this process holds in flight (they stay in flight).
+   */
+  beginReload(txn: number, lastEntry: string | undefined, lastHist: string | undefined): ReadonlySet<string> {
+    this.set.txn = txn;
+    this.entryIds.advance(lastEntry ?? '0-0');
+    this.histIds.advance(lastHist ?? '0-0');
     this.msgs.clear();
     this.ready.clear();
     this.timers.clear();
     Object.assign(this.depth, { ready: 0, deferred: 0, held: 0, inflight: 0, bytes: 0, oldest: null });
+    return this.owned;
+  }
+
+  /** Ends a reload: what is in flight without an owner goes back to ready; unknown appends are withdrawn. */
+  async endReload(orphans: string[], reason: string): Promise<void> {
+    for (const id of [...this.owned]) if (this.msgs.get(id)?.state !== 'f') this.owned.delete(id);
+    for (const id of [...this.staged]) if (!this.msgs.has(id)) this.staged.delete(id);
+    for (const id of this.unknown) if (this.msgs.has(id)) this.withdraw(id, { reason: 'the sender was told to retry: the replicas did not answer the append' });
+    this.unknown.clear();
+    for (const id of orphans) {
+      await this.requeue(id, { reason }).catch((err: unknown) => this.log.warn({ err, messageId: id }, 'requeue failed'));
+    }
+    if (this.depth.ready) this.emit('ready');
+  }
+
+  stop(): void {
+    clearTimeout(this.withdrawTimer);
+    for (const id of this.withdrawals.keys()) this.log.error({ messageId: id }, 'withdraw pending at shutdown');
   }
 }

@@ -110,15 +110,14 @@ export class ProducerWorker {
       byDomain.set(d, [...(byDomain.get(d) ?? []), rcpt]);
     }
     const id = `job-${job.id}`;
-    const done: { domain: string; queue: string; id: string }[] = [];
+    const meta = { source: 'producer', producerQueue: job.queueName, job: job.id, size: raw.length };
+    const copies = [...byDomain].map(([domain, to]) => ({ id, domain, envelope: { from: data.from, to }, raw, meta }));
+    let done: { domain: string; queue: string; id: string }[];
     try {
-      for (const [domain, to] of byDomain) {
-        const r = await this.queues.append({ id, domain, envelope: { from: data.from, to }, raw, meta: { source: 'producer', producerQueue: job.queueName, job: job.id, size: raw.length } });
-        done.push({ domain, queue: r.queue, id });
-      }
+      // all copies or none, the same path as SMTP: what this run stored is withdrawn if the job is retried
+      const stored = await this.queues.store(copies, { job: job.id });
+      done = copies.map((c, i) => ({ domain: c.domain, queue: stored[i]!.queue, id }));
     } catch (err) {
-      // withdraw what this run appended so that the retry cannot deliver twice
-      for (const d of done) await this.queues.settle(d.domain, d.id, 'withdrawn', { reason: 'producer job retried', job: job.id }).catch(() => {});
       if (err instanceof QueueError && err.code === 'BAD_INPUT') throw new UnrecoverableError(`job ${job.id}: ${err.message}`);
       throw err; // retried by BullMQ with the job's backoff
     }

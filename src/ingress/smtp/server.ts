@@ -25,7 +25,7 @@ import { addedHeaders, ContentScanner } from './hygiene.ts';
 import { AuthGuard, ConnectionLimiter, DataDeadlines } from './limits.ts';
 import { RelayPolicy } from './policy.ts';
 import { ENHANCED_PREFIX, LIBRARY_REPLIES, REPLIES, reply, SmtpReply } from './replies.ts';
-import { storeMessage, Withdrawals, type Stored } from './store.ts';
+import { storeMessage, type Stored } from './store.ts';
 import { loadTls, type TlsPair } from './tls.ts';
 import { ConfigUserDirectory } from './users.ts';
 
@@ -122,7 +122,6 @@ export class SmtpIngress extends EventEmitter {
   private readonly limiter: ConnectionLimiter;
   private readonly authGuard: AuthGuard;
   private readonly deadlines: DataDeadlines;
-  private readonly withdrawals: Withdrawals;
   private readonly localDomains: ReadonlySet<string>;
   private readonly sessions = new WeakMap<SMTPServerSession, SessionState>();
   private readonly servers = new Map<ListenerName, GatewayServer>();
@@ -149,7 +148,6 @@ export class SmtpIngress extends EventEmitter {
     this.limiter = new ConnectionLimiter(s.maxConnections, s.maxConnectionsPerClient);
     this.authGuard = new AuthGuard(s.auth);
     this.deadlines = new DataDeadlines(s.dataTimeout, s.minDataRate);
-    this.withdrawals = new Withdrawals(opts.queues, this.log);
     this.localDomains = new Set(opts.config.domains.local);
   }
 
@@ -212,8 +210,6 @@ export class SmtpIngress extends EventEmitter {
     }
     await Promise.all(closed);
     this.deadlines.stop();
-    await this.withdrawals.retry();
-    this.withdrawals.stop();
     this.log.info(this.stats, 'stopped');
   }
 
@@ -471,7 +467,7 @@ export class SmtpIngress extends EventEmitter {
       smtpUtf8: !!session.envelope.smtpUtf8,
       receivedAt: now.getTime(),
     };
-    const stored = await storeMessage(this.queues, this.withdrawals, { submissionId, from: st.from, to, raw, meta }, this.log, this.localDomains);
+    const stored = await storeMessage(this.queues, { submissionId, from: st.from, to, raw, meta }, this.log, this.localDomains);
     this.stats.accepted++;
     this.stats.copies += stored.copies.length;
     const copies = stored.copies.length === 1 ? stored.copies[0]!.domain : stored.copies.map((c) => `${c.domain}/${c.id}`);

@@ -1,0 +1,20 @@
+--[[
+  A queue-level record: the write set after a replica left it, or an operator's action on the
+  queue (a forced recovery), as one event in the history with its actor and reason. No message
+  changes.
+
+  KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
+  ARGV: 1-5 as in includes/queueWrite.lua, 6 event kind, 7 details (JSON)
+  Returns: { 0, txn }
+           { -1, nodeTxn }
+           { -5, txn, lastEntry, lastHist } a history id not above the queue's highest
+]]
+--@include "queueWrite"
+
+local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
+if _ == nil then return { -1, nodeTxn } end
+if not histAbove(KEYS[3]) then return idsRefused(KEYS[3]) end
+
+local txn = bumpTxn(KEYS[3])
+addEvent(KEYS[2], ARGV[3], ARGV[4], ARGV[6], '', txn, ARGV[2], ARGV[7])
+return { 0, txn }

@@ -1,0 +1,111 @@
+// The one codec for what the Lua scripts write and the gateway reads: key names, the state
+// record of a live message, the meta hash fields, live and history stream entries. The scripts'
+// side of the same layout is described in lua/includes/queueWrite.lua.
+
+export type MsgState = 'r' | 'd' | 'h' | 'f';
+
+/** The keys of one queue, all under one hash tag: live stream, history stream, meta and state hashes. */
+export type QueueKeys = [live: string, hist: string, meta: string, state: string];
+
+export function queueKeys(queueName: string): QueueKeys {
+  const tag = `sg:{${queueName}}`;
+  return [`${tag}:live`, `${tag}:hist`, `${tag}:meta`, `${tag}:state`];
+}
+
+/** Per live message, in the state hash: entry id, state, attempts, next attempt ms, bytes, remaining recipients. */
+export interface StateRecord {
+  e: string;
+  s: MsgState;
+  a: number;
+  n: number;
+  b: number;
+  r?: string[];
+}
+
+export function decodeState(json: string | Buffer): StateRecord {
+  return JSON.parse(json.toString()) as StateRecord;
+}
+
+/** What recovery reads of a replica's meta hash: its transaction number, the write set of its last write, the highest ids. */
+export interface MetaRecord {
+  txn: number;
+  /** Node ids of the replicas its last write went to; undefined for a record older than the field. */
+  members: string[] | undefined;
+  lastEntry: string | undefined;
+  lastHist: string | undefined;
+}
+
+export const META_FIELDS = ['txn', 'members', 'lastEntry', 'lastHist'] as const;
+
+/** Decodes HMGET meta txn members lastEntry lastHist; undefined when the hash does not exist (an empty replica). */
+export function decodeMeta(values: (string | null)[]): MetaRecord | undefined {
+  const [txn, members, lastEntry, lastHist] = values;
+  if (txn == null) return undefined;
+  return { txn: Number(txn), members: members == null ? undefined : members.split(',').filter(Boolean), lastEntry: lastEntry ?? undefined, lastHist: lastHist ?? undefined };
+}
+
+/** Live stream entry fields, in the order appendMessages writes them: m f r a meta raw. */
+export const LIVE_MSG_ID_INDEX = 1;
+
+export function liveFields(fields: Buffer[]): Map<string, Buffer> {
+  const f = new Map<string, Buffer>();
+  for (let i = 0; i + 1 < fields.length; i += 2) f.set(fields[i]!.toString(), fields[i + 1]!);
+  return f;
+}
+
+/** One history stream entry: t kind, m message id, x txn, at ms, d details (JSON). */
+export interface HistoryEntry {
+  histId: string;
+  kind: string;
+  messageId: string;
+  txn: number;
+  at: number;
+  details: Record<string, unknown>;
+}
+
+export function decodeHistory([histId, f]: [string, string[]]): HistoryEntry {
+  const get = (k: string) => f[f.indexOf(k) + 1]!;
+  return { histId, kind: get('t'), messageId: get('m'), txn: Number(get('x')), at: Number(get('at')), details: JSON.parse(get('d')) as Record<string, unknown> };
+}
+
+export const parseEntryId = (id: string): [number, number] => {
+  const dash = id.indexOf('-');
+  return [Number(id.slice(0, dash)), Number(id.slice(dash + 1))];
+};
+
+/** Strictly increasing stream ids "ms-seq" chosen by the gateway, identical on both replicas. */
+export class IdGen {
+  private ms: number;
+  private seq: number;
+  constructor(ms = 0, seq = -1) {
+    this.ms = ms;
+    this.seq = seq;
+  }
+
+  /** Continues after the highest of the given ids (absent ones ignored). */
+  static after(...ids: (string | undefined)[]): IdGen {
+    const g = new IdGen();
+    for (const id of ids) if (id) g.advance(id);
+    return g;
+  }
+
+  /** Moves past `id` if it is above the last id handed out. */
+  advance(id: string): void {
+    const [ms, seq] = parseEntryId(id);
+    if (ms > this.ms || (ms === this.ms && seq > this.seq)) {
+      this.ms = ms;
+      this.seq = seq;
+    }
+  }
+
+  /** Reserves `n` consecutive ids and returns the first. The clock going back never makes ids go back. */
+  next(now: number, n = 1): string {
+    if (now > this.ms) {
+      this.ms = now;
+      this.seq = -1;
+    }
+    const first = this.seq + 1;
+    this.seq += n;
+    return `${this.ms}-${first}`;
+  }
+}
