@@ -89,6 +89,19 @@ export function registerQueueCommands(program: Command): void {
       });
   }
   queue
+    .command('recover')
+    .description('open a queue that no replica can be proven current for, from the named node (its copy becomes the truth; audited)')
+    .argument('<domain>', 'destination domain (the queue)')
+    .requiredOption('--from <node>', 'the node to recover from (host:port or its name, as `queue list` shows)')
+    .requiredOption('-r, --reason <text>', 'why (kept in the queue history)')
+    .option('--actor <name>', 'who (default: $USER)')
+    .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+    .addOption(configOption())
+    .action(async (domain: string, opts: { config?: string; from: string; reason: string; actor?: string; token?: string }) => {
+      const r = (await call(opts, 'POST', `/api/queues/${encodeURIComponent(domain)}/recover`, { from: opts.from, reason: opts.reason, actor: opts.actor ?? process.env.USER ?? 'cli' })) as { messages: number; txn: number };
+      console.log(`recover: ${domain} from ${opts.from}: ${r.messages} messages, transaction ${r.txn}`);
+    });
+  queue
     .command('flush')
     .description('try every deferred message of a queue now')
     .argument('<domain>', 'destination domain (the queue)')

@@ -132,6 +132,20 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     return { ok: true, verb: 'flush', flushed };
   });
 
+  app.post<{ Params: { domain: string }; Body: { from: string; reason: string; actor?: string } }>(
+    '/api/queues/:domain/recover',
+    {
+      schema: { params: domainParam, body: { ...action, properties: { ...action.properties, from: { type: 'string', minLength: 1, maxLength: 200 } }, required: ['from', 'reason'] } },
+      preHandler: authorize,
+    },
+    async (req) => {
+      const actor = req.body.actor ?? 'ops-api';
+      const r = await queues.forceRecover(req.params.domain, req.body.from, actor, req.body.reason);
+      log.warn({ verb: 'recover', queue: req.params.domain, from: req.body.from, actor, reason: req.body.reason, ...r }, 'admin action');
+      return { ok: true, verb: 'recover', ...r };
+    },
+  );
+
   app.get('/api/suspended', async () => ({ suspended: opts.relay?.suspended() ?? [] }));
   for (const verb of ['suspend', 'resume'] as const) {
     app.post<{ Params: { domain: string }; Body: { reason: string; actor?: string } }>(
