@@ -61,4 +61,5 @@ redis.call('HSET', KEYS[3], 'lastEntry', ARGV[8 + (n - 1) * 7])
 if oldest then
   redis.call('HSET', KEYS[3], 'ready', c.r, 'deferred', c.d, 'bytes', bytes, 'appended', appended, 'oldest', oldest)
 end
+done()
 return out

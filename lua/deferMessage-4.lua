@@ -35,4 +35,5 @@ if ARGV[9] ~= '' then st.r = cjson.decode(ARGV[9]) end
 redis.call('HSET', KEYS[4], msgId, cjson.encode(st))
 local txn = bumpTxn(KEYS[3])
 addEvent(KEYS[2], ARGV[3], ARGV[4], ARGV[10], msgId, txn, ARGV[2], ARGV[8])
+done()
 return { 0, txn, st.a }

@@ -32,4 +32,5 @@ if not hold then st.n = 0 end
 redis.call('HSET', KEYS[4], msgId, cjson.encode(st))
 local txn = bumpTxn(KEYS[3])
 addEvent(KEYS[2], ARGV[3], ARGV[4], ARGV[7], msgId, txn, ARGV[2], ARGV[8])
+done()
 return { 0, txn }

@@ -17,4 +17,5 @@ if not histAbove(KEYS[3]) then return idsRefused(KEYS[3]) end
 
 local txn = bumpTxn(KEYS[3])
 addEvent(KEYS[2], ARGV[3], ARGV[4], ARGV[6], '', txn, ARGV[2], ARGV[7])
+done()
 return { 0, txn }

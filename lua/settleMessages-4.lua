@@ -39,4 +39,5 @@ for i = 0, tonumber(ARGV[6]) - 1 do
   end
 end
 for _, e in ipairs(gone) do fixOldest(KEYS[1], KEYS[3], e) end
+done()
 return out

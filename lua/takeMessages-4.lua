@@ -45,4 +45,5 @@ for i = 7, #ARGV do
   end
 end
 out[3] = taken
+done()
 return out

@@ -65,10 +65,18 @@ local function histIds(first)
   end
 end
 
+-- The last history id this call wrote: kept in the meta hash by done().
+local lastHistId = nil
+
 local function addEvent(histKey, histId, histMax, kind, msgId, txn, now, details)
   redis.call('XADD', histKey, 'MAXLEN', '=', histMax, histId,
     't', kind, 'm', msgId, 'x', txn, 'at', now, 'd', details)
-  redis.call('HSET', KEYS[3], 'lastHist', histId)
+  lastHistId = histId
+end
+
+-- Every script that added events ends with done(): the highest history id goes to the meta hash.
+local function done()
+  if lastHistId then redis.call('HSET', KEYS[3], 'lastHist', lastHistId) end
 end
 
 local COUNTER = { r = 'ready', d = 'deferred', h = 'held', f = 'inflight' }

@@ -8,6 +8,8 @@ interface QueueRow {
   status: string;
   depth: { ready: number; deferred: number; held: number; inflight: number; bytes: number; oldest: number | null };
   replicas: { node: string; sync: string; active: string; standby: string | null; txn: number }[];
+  /** Why the queue is closed, when no replica can be proven current. */
+  closed?: string;
 }
 
 async function call(opts: { config?: string; token?: string }, method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> {
@@ -46,6 +48,7 @@ export function registerQueueCommands(program: Command): void {
       for (const q of r.queues) {
         const reps = q.replicas.map((x) => `${x.node}:${x.sync}/${x.active}`).join(' ');
         console.log([q.domain.padEnd(30), String(q.depth.ready).padStart(8), String(q.depth.deferred).padStart(8), String(q.depth.held).padStart(6), String(q.depth.inflight).padStart(7), age(q.depth.oldest).padStart(8), ` ${q.status.padEnd(9)} ${reps}`].join(' '));
+        if (q.closed) console.log(`   closed: ${q.closed} (streamgate queue recover ${q.domain} --from NODE --reason ...)`);
       }
       const t = r.totals;
       console.log(`-- ${t.queues} queues, ${t.ready + t.deferred + t.held + t.inflight} messages, ${Math.round(t.bytes / 1024)} KB`);
