@@ -394,3 +394,54 @@ describe('counters', () => {
     });
   });
 });
+
+describe('a write lost on the path in use', () => {
+  for (const lost of ['reply', 'request'] as const) {
+    it(`(the ${lost} lost) is settled on the node's standby path: the write succeeds and nothing is copied again`, async () => {
+      const { startRedis } = await import('../helpers/redis.ts');
+      const { createServer, connect } = await import('node:net');
+      const r0 = await startRedis({ bind: ['127.0.0.1', '127.0.0.2'] });
+      const others = await startRedisPool(2);
+      let drop = false;
+      const sockets = new Set<import('node:net').Socket>();
+      // the active path goes through a proxy that can stall one way (then the connection breaks)
+      const proxy = createServer((c) => {
+        const up = connect(r0.port, '127.0.0.1');
+        sockets.add(c).add(up);
+        c.on('data', (d) => drop && lost === 'request' ? undefined : up.write(d));
+        up.on('data', (d) => drop && lost === 'reply' ? undefined : c.write(d));
+        c.on('error', () => up.destroy());
+        up.on('error', () => c.destroy());
+        c.on('close', () => up.destroy());
+      });
+      await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+      const pport = (proxy.address() as { port: number }).port;
+      const nodes = [{ url: `redis://127.0.0.1:${pport}`, standby: `redis://127.0.0.2:${r0.port}` }, ...others.map((r) => r.url)];
+      const qm = new QueueManager(testConfig({ redis: { nodes }, queue: { ...fast, heartbeat: { every: '200ms', missed: 5 } } }), silentLogger, { gatewayId: 'gw-lost' });
+      try {
+        await qm.start();
+        const node = qm.nodes[0]!;
+        await waitFor(() => node.status().standby === 'Ready', { what: 'standby ready' });
+        let q: Queue | undefined;
+        for (let i = 0; i < 50 && !q; i++) {
+          const c = await qm.queueFor(`lost${i}.test`);
+          if (c.replicas.some((r) => r.node === node)) q = c;
+        }
+        await qm.append(msg(q!.domain, 0));
+        drop = true;
+        const r = await qm.append(msg(q!.domain, 1));
+        assert.equal(r.duplicate, false);
+        assert.ok(q!.replicas.every((x) => x.sync === 'Sync'), JSON.stringify(q!.table()));
+        for (const s of sockets) s.destroy(); // the stalled connection ends as a broken one does
+        drop = false;
+        await waitFor(async () => (await node.client.ping()) === 'PONG', { what: 'the node answers again' });
+        await assertQueueConsistent(q!);
+        assert.equal(q!.msgs.size, 2);
+      } finally {
+        proxy.close();
+        await qm.stop();
+        await Promise.all([r0.stop(), ...others.map((r) => r.stop())]);
+      }
+    });
+  }
+});
