@@ -32,7 +32,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     const queues = new QueueManager(config, log);
     await queues.start();
     parts.push({ name: 'queue', stop: () => queues.stop() });
-    log.info({ gateway: config.gateway.id, nodes: queues.nodes.map((n) => n.id), queues: queues.queues.size }, 'queues ready');
+    log.info({ gateway: config.gateway.id, nodes: queues.nodes.map((n) => n.id), queues: queues.domains().length }, 'queues ready');
 
     // Cassandra mailboxes, local delivery, the user directory and POP3. Starts even while
     // Cassandra is down (logged): mail for local domains then defers until it answers.

@@ -41,7 +41,7 @@ export class EventPublisher {
   async start(): Promise<void> {
     this.queues.on('event', this.onEvent);
     let caught = 0;
-    for (const domain of this.queues.queues.keys()) caught += await this.catchUp(domain);
+    for (const domain of this.queues.domains()) caught += await this.catchUp(domain);
     if (caught) this.log.info({ events: caught }, 'events sent again after the cursor');
   }
 
@@ -52,7 +52,7 @@ export class EventPublisher {
     for (;;) {
       const rows = await this.queues.historySince(domain, cursor, BATCH);
       if (!rows.length) break;
-      const q = this.queues.queues.get(domain)!;
+      const q = this.queues.view(domain)!;
       await this.send(
         rows.map((r) => ({ id: `${this.queues.gatewayId}/${domain}/${r.histId}`, queue: q.name, domain, kind: r.kind as LifecycleEvent['kind'], messageId: r.messageId, txn: r.txn, at: r.at, details: r.details })),
       );
@@ -96,7 +96,7 @@ export class EventPublisher {
     this.recovering = true;
     try {
       this.degraded = false;
-      for (const domain of this.queues.queues.keys()) await this.catchUp(domain);
+      for (const domain of this.queues.domains()) await this.catchUp(domain);
       clearInterval(this.retry);
       this.log.info('events flowing again');
     } catch {

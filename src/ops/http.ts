@@ -32,11 +32,11 @@ export function metricsRegistry(queues: QueueManager): Registry {
     depth.reset();
     replica.reset();
     const now = queues.now();
-    for (const q of queues.queues.values()) {
+    for (const q of queues.views()) {
       for (const s of ['ready', 'deferred', 'held', 'inflight'] as const) depth.set({ queue: q.domain, state: s }, q.depth[s]);
       bytes.set({ queue: q.domain }, q.depth.bytes);
       oldest.set({ queue: q.domain }, q.depth.oldest === null ? 0 : Math.max(0, (now - q.depth.oldest) / 1000));
-      for (const r of q.replicas) replica.set({ queue: q.domain, node: r.node.id }, r.sync === 'Sync' && r.node.up ? 1 : 0);
+      for (const r of q.table().replicas) replica.set({ queue: q.domain, node: r.node }, r.sync === 'Sync' && r.up ? 1 : 0);
     }
     for (const n of queues.nodes) {
       const s = n.status();
@@ -91,20 +91,20 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     return reply.type(registry.contentType).send(await registry.metrics());
   });
 
-  app.get('/api/queues', async () => ({ totals: queues.totals(), queues: [...queues.queues.values()].map((q) => ({ ...q.table(), depth: q.depth })) }));
+  app.get('/api/queues', async () => ({ totals: queues.totals(), queues: [...queues.views()].map((q) => ({ ...q.table(), depth: q.depth })) }));
 
   const domainParam = { type: 'object', properties: { domain: { type: 'string', pattern: '^[A-Za-z0-9.-]{1,253}$' } }, required: ['domain'] } as const;
   const msgParams = { type: 'object', properties: { domain: domainParam.properties.domain, id: { type: 'string', minLength: 1, maxLength: 200 } }, required: ['domain', 'id'] } as const;
 
   app.get<{ Params: { domain: string } }>('/api/queues/:domain', { schema: { params: domainParam } }, async (req) => {
-    const q = queues.queues.get(req.params.domain.toLowerCase());
+    const q = queues.view(req.params.domain);
     if (!q) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
     return { ...q.table(), depth: q.depth };
   });
 
   app.get<{ Params: { domain: string; id: string } }>('/api/queues/:domain/messages/:id', { schema: { params: msgParams } }, async (req) => {
     const events = await queues.history(req.params.domain, req.params.id);
-    const q = queues.queues.get(req.params.domain.toLowerCase());
+    const q = queues.view(req.params.domain);
     const m = q?.get(req.params.id);
     if (!events.length && !m) throw new QueueError('NOT_FOUND', `no message ${req.params.id} in queue ${req.params.domain}`);
     return { id: req.params.id, live: m ? { state: { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' }[m.state], attempts: m.attempts, nextAttemptAt: m.nextAt || null } : null, events };
@@ -125,7 +125,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   }
 
   app.post<{ Params: { domain: string } }>('/api/queues/:domain/flush', { schema: { params: domainParam }, preHandler: authorize }, async (req) => {
-    const q = queues.queues.get(req.params.domain.toLowerCase());
+    const q = queues.view(req.params.domain);
     if (!q) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
     const flushed = q.flush();
     log.info({ verb: 'flush', queue: q.domain, flushed }, 'admin action');

@@ -13,7 +13,7 @@ import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
 import { RedisNode } from './node.ts';
 import { provenSource, type ReplicaView } from './proof.ts';
-import { Queue, type Depth, type MemMsg, type Replica } from './queue.ts';
+import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
 import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, parseEntryId, type HistoryEntry, type MetaRecord } from './records.ts';
 
 export type { HistoryEntry } from './records.ts';
@@ -36,6 +36,7 @@ interface PlacementRecord {
 
 export class QueueManager extends EventEmitter {
   readonly nodes: RedisNode[];
+  /** The queues and their internals: for the queue layer and its tests. Other parts use view(), views() and the methods below. */
   readonly queues = new Map<string, Queue>();
   readonly gatewayId: string;
   readonly now: () => number;
@@ -190,7 +191,7 @@ export class QueueManager extends EventEmitter {
   }
 
   /** What each replica of a queue (and each node its records name) says about it. */
-  private async views(q: Queue): Promise<ReplicaView[]> {
+  private async replicaViews(q: Queue): Promise<ReplicaView[]> {
     const nodes = new Set(q.replicas.map((r) => r.node));
     const read = async (node: RedisNode): Promise<ReplicaView> => {
       if (!node.up) return { node, reachable: false, meta: undefined };
@@ -218,7 +219,7 @@ export class QueueManager extends EventEmitter {
    * process holds in flight.
    */
   async loadQueue(q: Queue, running = true): Promise<number> {
-    const views = await this.views(q);
+    const views = await this.replicaViews(q);
     const verdict = provenSource(views, q.replicas.map((r) => r.node));
     if (verdict.reason) {
       q.set.close(verdict.reason);
@@ -415,6 +416,25 @@ export class QueueManager extends EventEmitter {
   }
   purge(domain: string, msgId: string, actor: string, reason: string): Promise<void> {
     return this.must(domain).purge(msgId, actor, reason);
+  }
+
+  /** What the relay, ops and events see of one queue; undefined when there is none. */
+  view(domain: string): QueueView | undefined {
+    return this.queues.get(domain.toLowerCase());
+  }
+
+  /** Every queue, as the relay, ops and events see it. */
+  views(): IterableIterator<QueueView> {
+    return this.queues.values();
+  }
+
+  /** The destination domains that have a queue. */
+  domains(): string[] {
+    return [...this.queues.keys()];
+  }
+
+  requeue(domain: string, msgId: string, details?: Record<string, unknown>): Promise<void> {
+    return this.must(domain).requeue(msgId, details);
   }
 
   depth(domain: string): Depth {

@@ -56,6 +56,20 @@ export interface QueueSettings {
   now: () => number;
 }
 
+/** The narrow view of a queue that other parts use (through QueueManager.view / views). */
+export interface QueueView {
+  readonly domain: string;
+  readonly name: string;
+  readonly depth: Readonly<Depth>;
+  /** Messages that could be taken now. */
+  readonly readyCount: number;
+  promoteDue(now?: number): number;
+  nextDueAt(): number | undefined;
+  flush(): number;
+  get(msgId: string): Readonly<MemMsg> | undefined;
+  table(): ReturnType<Queue['table']>;
+}
+
 export type SettleOutcome = 'delivered' | 'bounced' | 'expired' | 'purged' | 'withdrawn';
 
 type ReadyItem = [ms: number, seq: number, msg: MemMsg, gen: number];
@@ -64,7 +78,7 @@ type TimerItem = [nextAt: number, msg: MemMsg, gen: number];
 const COUNTER: Record<MsgState, keyof Depth> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
 const WITHDRAW_RETRY_MS = 1000;
 
-export class Queue extends EventEmitter {
+export class Queue extends EventEmitter implements QueueView {
   readonly name: string;
   readonly domain: string;
   readonly keys: QueueKeys;

@@ -131,7 +131,7 @@ export class ReplicaSet extends EventEmitter {
       ...(this.closedReason ? { closed: this.closedReason } : {}),
       replicas: this.replicas.map((r) => {
         const s = r.node.status();
-        return { node: r.node.id, active: s.active, standby: s.standby ?? null, path: s.path, sync: r.sync, txn: r.txn, lastHeartbeat: s.lastHeartbeat };
+        return { node: r.node.id, up: s.up, active: s.active, standby: s.standby ?? null, path: s.path, sync: r.sync, txn: r.txn, lastHeartbeat: s.lastHeartbeat };
       }),
     };
   }

@@ -105,7 +105,7 @@ export class Relay {
     this.sweepTimer = setInterval(() => this.sweep(), this.sweepMs);
     this.sweepTimer.unref();
     this.sweep();
-    this.log.info({ queues: this.qm.queues.size, local: !!this.local }, 'relay started');
+    this.log.info({ queues: this.qm.domains().length, local: !!this.local }, 'relay started');
   }
 
   /** Stops taking messages, lets deliveries in progress finish (up to drainMs), closes connections. */
@@ -175,7 +175,7 @@ export class Relay {
   private sweep(): void {
     if (this.stopping) return;
     const now = this.now();
-    for (const q of this.qm.queues.values()) {
+    for (const q of this.qm.views()) {
       const d = this.state(q.domain);
       if (!this.paused.has(d.domain) && (d.wakeAt <= now || (q.readyCount > 0 && !d.gate))) this.pump(d);
     }
@@ -240,7 +240,7 @@ export class Relay {
   }
 
   private async pumpLoop(d: DomainState): Promise<void> {
-    const q = this.qm.queues.get(d.domain);
+    const q = this.qm.view(d.domain);
     if (!q) return;
     do {
       d.again = false;
@@ -365,8 +365,7 @@ export class Relay {
   // ---- settling -----------------------------------------------------------------------------
 
   private async requeue(msg: QueuedMessage, reason: string): Promise<void> {
-    const q = this.qm.queues.get(msg.domain);
-    if (q) await q.requeue(msg.id, { reason });
+    if (this.qm.view(msg.domain)) await this.qm.requeue(msg.domain, msg.id, { reason });
   }
 
   private details(msg: QueuedMessage, a: Attempt, ms: number): Record<string, unknown> {
