@@ -49,7 +49,7 @@
 //   depth       on each in-sync replica XLEN(live) = HLEN(state) = ready+deferred+held+inflight
 //               (meta), equal to the depth the ops API shows
 // The drain wait ends early when nothing moves (no delivery, no change in depth or in which
-// queues are whole) for 15 s.
+// queues are whole) for BENCH_STALL seconds (default 15).
 //
 //   npm run bench:faults     BENCH_SEED (default: random, printed; the schedules derive from it)
 //                            BENCH_ROUNDS=gateway-kill,mixed (default: all)  BENCH_N=1200 per round
@@ -80,7 +80,7 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 16);
 const DRAIN_SECONDS = Number(process.env.BENCH_DRAIN ?? 60);
 /** The drain wait also ends when nothing has moved for this long. */
-const STALL_SECONDS = 15;
+const STALL_SECONDS = Number(process.env.BENCH_STALL ?? 15);
 const DOMAINS = 8;
 const SPARE_CANDIDATES = 24;
 const GATEWAY_ID = 'faults';
