@@ -556,6 +556,8 @@ async function check(rig: Rig, row: Row, sent: Sent[]): Promise<void> {
     row.failed.push('the ops API did not answer after the drain');
   } else {
     for (const q of a.queues) {
+      const d = q.depth;
+      if (liveOf(d)) notes.push(`${q.domain} still holds ${liveOf(d)}: ready ${d.ready}, deferred ${d.deferred}, held ${d.held}, in flight ${d.inflight}`);
       if (q.status !== 'whole') {
         wholeBad++;
         notes.push(`${q.domain} is ${q.status}: ${q.replicas.map((r) => `${r.node} ${r.sync} txn ${r.txn}`).join(', ')}`);
