@@ -23,18 +23,19 @@
 // stopped and removed at the end, also when the benchmark fails.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, createWriteStream, mkdtempSync, rmSync } from 'node:fs';
-import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
+import { SmtpSession as Session } from './lib/smtpSession.ts';
 
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 32);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const RATE = Number(process.env.BENCH_RATE ?? 1000);
 const RATE_SECONDS = Number(process.env.BENCH_RATE_SECONDS ?? 10);
 const DOMAIN = 'relay.bench.test';
+const FROM = 'load@src.bench.test';
 const NODE = process.execPath;
 
 // ---- the gateway child -------------------------------------------------------------------------
@@ -76,80 +77,6 @@ if (process.argv[2] === 'serve') {
 
 // ---- the load generator ------------------------------------------------------------------------
 
-interface Reply {
-  code: number;
-  text: string;
-}
-
-/** One SMTP session: a connection, PIPELINING for the envelope, replies read in order. */
-class Session {
-  private readonly socket: Socket;
-  private buf = '';
-  private readonly waiting: ((r: Reply) => void)[] = [];
-  private readonly early: Reply[] = [];
-
-  private constructor(socket: Socket) {
-    this.socket = socket;
-    socket.setNoDelay(true);
-    socket.on('data', (d: Buffer) => {
-      this.buf += d.toString('latin1');
-      for (let eol = this.buf.indexOf('\r\n'); eol >= 0; eol = this.buf.indexOf('\r\n')) {
-        const line = this.buf.slice(0, eol);
-        this.buf = this.buf.slice(eol + 2);
-        if (line[3] === '-') continue;
-        const r = { code: Number(line.slice(0, 3)), text: line };
-        const w = this.waiting.shift();
-        if (w) w(r);
-        else this.early.push(r);
-      }
-    });
-    socket.on('error', () => {});
-  }
-
-  static async open(port: number): Promise<Session> {
-    const socket = connect(port, '127.0.0.1');
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', reject);
-    });
-    const s = new Session(socket);
-    const greet = await s.reply();
-    if (greet.code !== 220) throw new Error(`greeting: ${greet.text}`);
-    s.socket.write('EHLO load.bench.test\r\n');
-    const ehlo = await s.reply();
-    if (ehlo.code !== 250) throw new Error(`EHLO: ${ehlo.text}`);
-    return s;
-  }
-
-  private reply(): Promise<Reply> {
-    const r = this.early.shift();
-    if (r) return Promise.resolve(r);
-    return new Promise((resolve) => this.waiting.push(resolve));
-  }
-
-  /** One message; resolves with its final reply and the latency from the end of data. */
-  async send(seq: number, body: Buffer): Promise<{ reply: Reply; ms: number }> {
-    this.socket.write(`MAIL FROM:<load@src.bench.test>\r\nRCPT TO:<r${seq}@${DOMAIN}>\r\nDATA\r\n`);
-    const [mail, rcpt, data] = [await this.reply(), await this.reply(), await this.reply()];
-    if (mail.code !== 250 || rcpt.code !== 250 || data.code !== 354) {
-      if (data.code === 354) {
-        this.socket.write('.\r\n');
-        await this.reply();
-      }
-      return { reply: [mail, rcpt, data].find((r) => r.code >= 400)!, ms: 0 };
-    }
-    const t0 = performance.now();
-    this.socket.write(body);
-    const reply = await this.reply();
-    return { reply, ms: performance.now() - t0 };
-  }
-
-  close(): void {
-    this.socket.end('QUIT\r\n');
-    this.socket.destroy();
-  }
-}
-
 function message(size: number, tag: string): Buffer {
   const head = `From: load@src.bench.test\r\nTo: someone@${DOMAIN}\r\nSubject: bench ${tag}\r\nMessage-ID: <${tag}@src.bench.test>\r\n\r\n`;
   const line = `${'abcdefghijklmnopqrstuvwxyz0123456789'.repeat(2).slice(0, 76)}\r\n`;
@@ -186,7 +113,7 @@ async function closedLoop(port: number, sessions: Session[], seconds: number): P
     sessions.map(async (s) => {
       while (performance.now() < end) {
         const seq = seqBase++;
-        const { reply, ms } = await s.send(seq, bodyFor(seq));
+        const { reply, ms } = await s.send(FROM, `r${seq}@${DOMAIN}`, bodyFor(seq));
         if (reply.code === 250) {
           res.accepted++;
           res.latencies.push(ms);
@@ -213,7 +140,7 @@ async function openLoop(sessions: Session[], rate: number, seconds: number): Pro
   let dispatched = 0;
   const run = (s: Session, job: { seq: number; due: number }) => {
     inflight++;
-    void s.send(job.seq, bodyFor(job.seq)).then(({ reply, ms }) => {
+    void s.send(FROM, `r${job.seq}@${DOMAIN}`, bodyFor(job.seq)).then(({ reply, ms }) => {
       inflight--;
       if (reply.code === 250) {
         res.accepted++;
