@@ -299,9 +299,11 @@ export class SmtpPool {
       try {
         await new Promise<void>((resolve, reject) => {
           smtp.once('error', reject);
-          smtp.connect(() => {
+          // a close before the greeting comes to this callback as its argument, not as 'error'
+          smtp.connect((err?: Error) => {
             smtp.removeListener('error', reject);
-            resolve();
+            if (err) reject(err);
+            else resolve();
           });
         });
       } catch (err) {

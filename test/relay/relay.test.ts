@@ -128,6 +128,29 @@ describe('relay', () => {
     }
   });
 
+  it('gives a connection dropped before its greeting back to the pool: the attempt is deferred, nothing stays in flight', async () => {
+    const s = await sink();
+    const h = await harness('gw-drop', {
+      routes: { 'drop.test': `smtp://127.0.0.1:${s.port}` },
+      relay: { limits: { destinations: { 'drop.test': { connections: 2 } } }, deadDestination: { failures: 100 }, retry: { schedule: ['5m'], jitter: 0 } },
+    });
+    try {
+      s.failConnections(4, 'drop');
+      for (let i = 0; i < 6; i++) await h.append('drop.test', [`r${i}@drop.test`], `drop-${i}`);
+      await waitFor(() => h.qm.depth('drop.test').inflight === 0 && h.qm.depth('drop.test').ready === 0, { what: 'every message attempted', timeout: 15_000 });
+      assert.equal(s.failedConnections, 4);
+      const deferred = h.qm.depth('drop.test').deferred;
+      assert.equal(s.messages.length + deferred, 6, `delivered ${s.messages.length}, deferred ${deferred}`);
+      assert.ok(deferred > 0, 'the dropped connections deferred their messages');
+      h.clock.t += 5 * MIN;
+      h.relay.poke();
+      await waitFor(() => s.messages.length === 6, { what: 'all delivered on the retry' });
+      await idle(h, 'drop.test');
+    } finally {
+      await h.stop();
+    }
+  });
+
   it('settles partial recipient failures per recipient, with a DSN for the bounced one', async () => {
     const s = await sink();
     const h = await harness('gw-partial', { routes: { 'part.test': `smtp://127.0.0.1:${s.port}` } });
