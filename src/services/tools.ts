@@ -20,8 +20,9 @@ const TOOLS: Record<string, Tool> = {
   mvn: { packages: ['maven'] },
   'docker-compose': { packages: ['docker-compose'] },
   // swaks speaks STARTTLS only with Perl's Net::SSLeay, which Debian lists as a Recommends of swaks
-  // (not installed by --no-install-recommends): named, and checked, on its own.
-  swaks: { packages: ['swaks', 'libnet-ssleay-perl'], works: () => spawnSync('perl', ['-MNet::SSLeay', '-e', '1'], { stdio: 'ignore' }).status === 0 },
+  // (not installed by --no-install-recommends): named, and checked, on its own, with what it
+  // depends on through a virtual package (perl-openssl-abi-3, provided by perl-openssl-defaults).
+  swaks: { packages: ['swaks', 'libnet-ssleay-perl', 'perl-openssl-defaults'], works: () => spawnSync('perl', ['-MNet::SSLeay', '-e', '1'], { stdio: 'ignore' }).status === 0 },
 };
 
 const toolFor = (cmd: string): Tool => TOOLS[cmd] ?? { packages: [cmd] };
