@@ -4,6 +4,7 @@ import type { Config } from '../config/schema.ts';
 import { servicesDown, servicesStatus, servicesUp, type ServiceStatus } from '../services/index.ts';
 import { registerMailboxCommands } from './mailboxCommands.ts';
 import { registerQueueCommands } from './queueCommands.ts';
+import { registerSendmailCommand } from './sendmail.ts';
 import { configOption, contextFrom, loggerFor } from './main.ts';
 
 /** Progress of `start` and `services up`: plain lines on standard error, beside the log. */
@@ -114,4 +115,5 @@ export function registerCommands(program: Command): void {
 
   registerMailboxCommands(program);
   registerQueueCommands(program);
+  registerSendmailCommand(program);
 }

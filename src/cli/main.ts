@@ -34,6 +34,7 @@ export function buildProgram(): Command {
     .description('store-and-forward mail gateway: SMTP in, replicated Redis Stream queues, relay out, Cassandra mailboxes')
     .version(version())
     .showHelpAfterError('(run with --help for usage)')
+    .enablePositionalOptions() // `sendmail` reads its own, sendmail's, options
     .exitOverride();
   registerCommands(program);
   for (const cmd of program.commands) cmd.exitOverride();

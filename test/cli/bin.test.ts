@@ -36,7 +36,7 @@ describe('the installed streamgate command', { timeout: 120_000 }, () => {
       const help = await runCommand(bin, ['--help']);
       assert.equal(help.code, 0, help.stderr);
       assert.match(help.stdout, /^Usage: streamgate \[options\] \[command\]/);
-      for (const cmd of ['start', 'services', 'config', 'user', 'mailbox', 'schema', 'queue']) assert.match(help.stdout, new RegExp(`^  ${cmd}\\b`, 'm'));
+      for (const cmd of ['start', 'services', 'config', 'user', 'mailbox', 'schema', 'queue', 'sendmail']) assert.match(help.stdout, new RegExp(`^  ${cmd}\\b`, 'm'));
 
       const version = await runCommand(bin, ['--version']);
       assert.deepEqual([version.code, version.stdout.trim()], [0, VERSION]);
