@@ -5,6 +5,12 @@
 // CLI's run() itself: the CLI's own entry-point check (import.meta.main) is false when this file,
 // reached through a symlink or not, is the entry point. Called by the name `sendmail` (a link so
 // named, for programs that run sendmail), it is `streamgate sendmail`.
+//
+// The Node it needs is checked here, not declared in package.json's `engines`: npm runs on
+// whatever Node is first on the path (often an older system Node, while the project brings its
+// own Node 24), and would print an EBADENGINE warning at every install and at a clone's first
+// `npx streamgate`, though the command then runs on the project's Node. This says it once, when
+// it matters.
 import { existsSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';

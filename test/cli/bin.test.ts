@@ -3,7 +3,8 @@
 // a Node older than 24, which gets one line saying what to install.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { buildCli, install, ROOT, runCommand, type Installed } from '../helpers/cli.ts';
@@ -62,11 +63,18 @@ describe('the installed streamgate command', { timeout: 120_000 }, () => {
     });
   }
 
-  test('npx streamgate in the project, without a warning', async (t) => {
+  test('npx streamgate in the project, without a warning, whatever Node npm itself runs on', async (t) => {
     const npx = await runCommand('sh', ['-c', 'command -v npx']);
     if (npx.code !== 0) return t.skip('npx is not on the path');
-    const r = await runCommand('npx', ['--no-install', 'streamgate', '--version'], { cwd: ROOT });
-    assert.deepEqual([r.code, r.stdout.trim(), r.stderr], [0, VERSION, '']);
+    // an empty npm cache: npx first links the project into its cache, which is where npm, on the
+    // system's Node, would check the package's engines and warn
+    const cache = mkdtempSync(join(tmpdir(), 'sg-npm-cache-'));
+    try {
+      const r = await runCommand('npx', ['--no-install', 'streamgate', '--version'], { cwd: ROOT, env: { npm_config_cache: cache }, node: olderNode() });
+      assert.deepEqual([r.code, r.stdout.trim(), r.stderr], [0, VERSION, '']);
+    } finally {
+      rmSync(cache, { recursive: true, force: true });
+    }
   });
 
   test('an older Node gets one line naming the Node it needs, and exit 1', async (t) => {

@@ -50,9 +50,12 @@ export interface Ran {
   stderr: string;
 }
 
-/** Runs a command without blocking this process (a gateway in this process may have to answer it). */
-export function runCommand(cmd: string, args: string[], opts: { input?: string | Buffer; env?: NodeJS.ProcessEnv; cwd?: string } = {}): Promise<Ran> {
-  const env = { ...process.env, ...opts.env, PATH: `${dirname(process.execPath)}:${process.env.PATH ?? ''}` };
+/**
+ * Runs a command without blocking this process (a gateway in this process may have to answer it),
+ * with `node` (default: this Node) first on the path.
+ */
+export function runCommand(cmd: string, args: string[], opts: { input?: string | Buffer; env?: NodeJS.ProcessEnv; cwd?: string; node?: string } = {}): Promise<Ran> {
+  const env = { ...process.env, ...opts.env, PATH: `${dirname(opts.node ?? process.execPath)}:${process.env.PATH ?? ''}` };
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { cwd: opts.cwd ?? tmpdir(), env, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
