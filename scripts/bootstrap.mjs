@@ -17,9 +17,14 @@ const lock = join(root, 'package-lock.json');
 const node24 = join(root, 'node_modules', '.bin', 'node');
 const stale = !existsSync(stamp) || !existsSync(node24) || (existsSync(lock) && statSync(lock).mtimeMs > statSync(stamp).mtimeMs + 1000);
 if (stale) {
-  say('installing npm packages');
+  say('installing npm packages, the project\'s own Node.js 24 among them');
   try {
-    run('npm', ['install', '--no-audit', '--no-fund']); // not `npm ci`: the lock's optional packages for other platforms are not all on every registry mirror
+    // Not `npm ci`: the lock's optional packages for other platforms are not all on every registry
+    // mirror. --loglevel=error: this npm runs on whatever Node is first on the path, often an older
+    // system Node, while it installs the project's own Node 24; it would print an EBADENGINE
+    // warning for every package that wants a newer Node, which nobody can act on (the Node that
+    // runs the project is checked just below). Errors still show.
+    run('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error']);
   } catch {
     say('npm could not install the packages; check the network to the npm registry and run `npm install`');
     process.exit(1);
@@ -31,6 +36,7 @@ if (!/^v24\./.test(version)) {
   process.exit(1);
 }
 if (!process.argv.includes('--no-build')) {
+  say('compiling src/ to dist/');
   run(node24, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.build.json']);
   run(node24, [join(root, 'scripts', 'copy-assets.mjs')]);
 }

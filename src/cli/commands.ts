@@ -1,9 +1,32 @@
 // The CLI's commands. Each later part adds its own here (queue, user, mailbox, schema).
 import type { Command } from 'commander';
+import type { Config } from '../config/schema.ts';
 import { servicesDown, servicesStatus, servicesUp, type ServiceStatus } from '../services/index.ts';
 import { registerMailboxCommands } from './mailboxCommands.ts';
 import { registerQueueCommands } from './queueCommands.ts';
+import { registerSendmailCommand } from './sendmail.ts';
 import { configOption, contextFrom, loggerFor } from './main.ts';
+
+/** Progress of `start` and `services up`: plain lines on standard error, beside the log. */
+const say = (line: string) => console.error(`streamgate: ${line}`);
+
+/** The one summary `start` ends its start with: where everything listens. */
+function listeners(config: Config, seconds: number, ownServices: boolean): string {
+  const at = (l: { host: string; port: number }) => (l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`);
+  const rows: [string, string][] = [
+    ['SMTP', `${at(config.smtp.listen)}  (inbound MTAs; \`streamgate sendmail\` submits here)`],
+    ['submission', `${at(config.submission.listen)}  (${config.submission.implicitTls ? 'TLS' : 'STARTTLS'}, then AUTH)`],
+    ['POP3', at(config.pop3.listen)],
+    ['ops', `http://${at(config.ops.listen)}/  (dashboard, API, /metrics)`],
+    ['Redis', config.redis.nodes.map((n) => n.url.replace(/^rediss?:\/\/([^@/]*@)?/, '')).join(', ')],
+    ['Cassandra', config.cassandra.contactPoints.join(', ')],
+  ];
+  return [
+    `streamgate: ready in ${seconds.toFixed(1)} s`,
+    ...rows.map(([name, where]) => `  ${name.padEnd(11)} ${where}`),
+    `streamgate: Ctrl-C stops the gateway${ownServices ? ' and the local services it started' : ''}`,
+  ].join('\n');
+}
 
 function printServices(rows: ServiceStatus[]): void {
   for (const r of rows) {
@@ -21,6 +44,7 @@ export function registerCommands(program: Command): void {
     .action(async (opts: { config?: string; withServices?: boolean }) => {
       const { config } = contextFrom(opts);
       const log = loggerFor(config);
+      const t0 = Date.now();
       // Signals are taken from the first moment: one that comes while the gateway is still
       // starting stops it as soon as it is up, with the local services it started.
       let signalled: (signal: string) => void = () => {};
@@ -31,23 +55,26 @@ export function registerCommands(program: Command): void {
       let ownServices = false;
       const downServices = async () => {
         if (!ownServices) return;
-        for (const r of await servicesDown(config)) log.info({ service: r.name, address: r.address, state: r.state }, 'service stopped');
+        const rows = await servicesDown(config);
+        say(`local services stopped: ${rows.filter((r) => r.state === 'stopped').map((r) => `${r.name} ${r.address}`).join(', ') || 'no local services'}`);
       };
       try {
         if (opts.withServices) {
-          const rows = await servicesUp(config, { say: (line) => log.info(line) });
+          const rows = await servicesUp(config, { say });
           ownServices = rows.some((r) => r.state === 'started');
-          for (const r of rows) log.info({ service: r.name, address: r.address, state: r.state, pid: r.pid, ms: r.ms }, 'service ready');
         }
+        say('starting the gateway');
         const { startGateway } = await import('../app.ts'); // the whole gateway, loaded only to run it
         const gateway = await startGateway(config, log);
+        await new Promise<void>((resolve) => log.flush(() => resolve())); // the summary comes after the log's start lines
+        console.error(listeners(config, (Date.now() - t0) / 1000, ownServices));
         const signal = await stopRequested;
-        log.info({ signal }, 'stopping');
+        say(`stopping (${signal})`);
         await gateway.stop().catch((err: unknown) => log.error({ err }, 'stop failed'));
       } finally {
         await downServices();
       }
-      log.info('stopped');
+      say('stopped');
       log.flush?.();
     });
 
@@ -59,7 +86,7 @@ export function registerCommands(program: Command): void {
     .option('--no-cassandra', 'start the Redis nodes only')
     .action(async (opts: { config?: string; cassandra: boolean }) => {
       const { config } = contextFrom(opts);
-      printServices(await servicesUp(config, { cassandra: opts.cassandra }));
+      printServices(await servicesUp(config, { cassandra: opts.cassandra, say }));
     });
   services
     .command('down')
@@ -88,4 +115,5 @@ export function registerCommands(program: Command): void {
 
   registerMailboxCommands(program);
   registerQueueCommands(program);
+  registerSendmailCommand(program);
 }

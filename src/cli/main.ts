@@ -1,4 +1,6 @@
 // The `streamgate` command. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { ConfigError, loadConfig } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
@@ -22,11 +24,17 @@ export function contextFrom(opts: { config?: string }): Context {
 
 export const configOption = () => new Option('-c, --config <path>', 'configuration file (default: $STREAMGATE_CONFIG)');
 
+/** The package's version, from package.json two folders up (from src/cli and from dist/cli alike). */
+function version(): string {
+  return (JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+}
+
 export function buildProgram(): Command {
   const program = new Command('streamgate')
     .description('store-and-forward mail gateway: SMTP in, replicated Redis Stream queues, relay out, Cassandra mailboxes')
-    .version(process.env.npm_package_version ?? '0.1.0')
+    .version(version())
     .showHelpAfterError('(run with --help for usage)')
+    .enablePositionalOptions() // `sendmail` reads its own, sendmail's, options
     .exitOverride();
   registerCommands(program);
   for (const cmd of program.commands) cmd.exitOverride();

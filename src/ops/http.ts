@@ -2,7 +2,7 @@
 // management table, a message's history, and hold / release / purge with actor and reason.
 // Reads are open on the ops listener (bind it to a management network); writes need a bearer
 // token from ops.tokens. Errors carry stable codes: { error: { code, message } }.
-import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -58,7 +58,7 @@ export interface OpsOptions {
 export async function startOps(opts: OpsOptions): Promise<{ port: number; stop(): Promise<void> }> {
   const { config, queues } = opts;
   const log = opts.log.child({ component: 'ops' });
-  const app = Fastify({ loggerInstance: log, disableRequestLogging: true });
+  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }) });
   const registry = metricsRegistry(queues) as Registry & { collectQueues(): void };
   const tokens = config.ops.tokens.map((t) => Buffer.from(t));
 

@@ -1,5 +1,6 @@
 // `streamgate services up|down|status`: the embedded default. Starts, on this machine, what the
 // configuration names on loopback: a redis-server per pool node and one Cassandra node.
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
 import { cassandraAnswers, startCassandra, stopCassandra, type CassandraNodeOptions } from './cassandra.ts';
@@ -56,21 +57,59 @@ export interface UpOptions {
   say?: (line: string) => void;
 }
 
+const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+/** What Cassandra's system.log says it is doing: the message of its last line. */
+function cassandraPhase(dataDir: string): string | undefined {
+  const file = join(dataDir, 'logs', 'system.log');
+  try {
+    const size = statSync(file).size;
+    const buf = Buffer.alloc(Math.min(size, 4096));
+    const fd = openSync(file, 'r');
+    try {
+      readSync(fd, buf, 0, buf.length, size - buf.length);
+    } finally {
+      closeSync(fd);
+    }
+    const last = buf.toString('utf8').trimEnd().split('\n').pop() ?? '';
+    const msg = last.slice(last.indexOf(' - ') + 3).trim(); // "INFO  [main] <date> File.java:12 - message"
+    return msg.length > 100 ? `${msg.slice(0, 97)}...` : msg || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Starts what is not running and waits until each answers. `say` gets plain progress lines:
+ * Redis starting and ready, Cassandra's steps (jars, JVM, what its log says every few seconds).
+ */
 export async function servicesUp(config: Config, opts: UpOptions = {}): Promise<ServiceStatus[]> {
   const say = opts.say ?? console.error;
   const wantCassandra = opts.cassandra !== false;
   const redis = localRedisNodes(config);
   const cass = wantCassandra ? localCassandra(config) : undefined;
   ensureTools([...(redis.length ? ['redis-server'] : []), ...(cass ? ['java', 'mvn'] : [])], say);
+  const t0 = Date.now();
+  if (redis.length) say(`redis ×${redis.length} starting on ${redis.map((o) => `${o.host}:${o.port}`).join(', ')}`);
   const started = await Promise.all(
     redis.map(async (o): Promise<ServiceStatus> => {
       const r = await startRedis(o);
       return { name: 'redis', address: `${o.host}:${o.port}`, state: r.alreadyRunning ? 'running' : 'started', pid: r.pid, ms: r.ms };
     }),
   );
+  if (redis.length) say(`redis ×${redis.length} ready in ${seconds(Date.now() - t0)}${started.every((r) => r.state === 'running') ? ' (already running)' : ''}`);
   if (cass) {
-    const r = await startCassandra({ ...cass, log: { info: (o, m) => say(`${m ?? ''} ${JSON.stringify(o)}`), warn: (o, m) => say(`${m ?? ''} ${JSON.stringify(o)}`) } });
-    started.push({ name: 'cassandra', address: `${cass.host}:${cass.nativePort}`, state: r.alreadyRunning ? 'running' : 'started', pid: r.pid, ms: r.ms });
+    const t1 = Date.now();
+    say(`cassandra starting on ${cass.host}:${cass.nativePort} (about a minute)`);
+    const line = (o: { pid?: unknown; ms?: unknown }, m?: string) => say(`${m ?? ''}${typeof o.ms === 'number' ? ` in ${seconds(o.ms)}` : ''}${o.pid ? ` (pid ${String(o.pid)})` : ''}`);
+    const ticker = setInterval(() => say(`cassandra starting, ${seconds(Date.now() - t1)}: ${cassandraPhase(cass.dataDir!) ?? 'JVM starting'}`), 10_000);
+    try {
+      const r = await startCassandra({ ...cass, log: { info: line, warn: line } });
+      if (r.alreadyRunning) say(`cassandra already running (pid ${r.pid})`);
+      started.push({ name: 'cassandra', address: `${cass.host}:${cass.nativePort}`, state: r.alreadyRunning ? 'running' : 'started', pid: r.pid, ms: r.ms });
+    } finally {
+      clearInterval(ticker);
+    }
   }
   return started;
 }

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { alive } from '../../src/services/pidfile.ts';
+import { alive, readPid } from '../../src/services/pidfile.ts';
 import { redisAnswers } from '../../src/services/redis.ts';
 import { cassandraAnswers } from '../../src/services/cassandra.ts';
 import { freePort, waitFor } from '../helpers/waitFor.ts';
@@ -79,22 +79,32 @@ describe('streamgate services', () => {
     assert.equal(after.status, 1);
   });
 
-  it('start --with-services brings up everything, serves, and leaves nothing behind on SIGINT', async () => {
+  it('start --with-services says what it does, ends its start with where everything listens, and leaves nothing behind on SIGINT', async () => {
     const child = spawn(process.execPath, [MAIN, 'start', '--with-services', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
+    let err = '';
     child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (err += d));
     try {
-      await waitFor(() => /"gateway ready"/.test(out), { timeout: 240_000, what: 'gateway ready' });
+      await waitFor(() => /^streamgate: Ctrl-C stops/m.test(err), { timeout: 240_000, what: 'start summary' });
+      assert.match(err, /^streamgate: redis ×3 starting on /m);
+      assert.match(err, /^streamgate: redis ×3 ready in [\d.]+ s$/m);
+      assert.match(err, new RegExp(`^streamgate: cassandra starting on 127\\.0\\.0\\.1:${cql}`, 'm'));
+      assert.match(err, /^streamgate: cassandra answers CQL in [\d.]+ s \(pid \d+\)$/m);
+      assert.match(err, /^streamgate: ready in [\d.]+ s\n {2}SMTP {8}127\.0\.0\.1:\d+ .*\n {2}submission .*\n {2}POP3 .*\n {2}ops {9}http:\/\/127\.0\.0\.1:\d+\/ .*\n {2}Redis .*\n {2}Cassandra /m);
+      assert.doesNotMatch(out + err, /Deprecation|EBADENGINE|\(node:\d+\) /, 'no warnings nobody can act on');
       for (const p of ports) assert.equal(await redisAnswers('127.0.0.1', p), true);
       assert.equal(await cassandraAnswers('127.0.0.1', cql), true);
-      const pids = [...out.matchAll(/"pid":(\d+)[^\n]*"service ready"|"service ready"[^\n]*"pid":(\d+)/g)].map((m) => Number(m[1] ?? m[2]));
+      const services = join(dir, 'data', 'services');
+      const pids = [...ports.map((p) => join(services, `redis-${p}`, 'redis.pid')), join(services, `cassandra-${cql}`, 'cassandra.pid')].map((f) => readPid(f));
+      assert.equal(pids.filter((pid) => pid && alive(pid)).length, 4);
       child.kill('SIGINT');
       const code = await new Promise((r) => child.once('exit', r));
-      assert.equal(code, 0, out);
+      assert.equal(code, 0, err);
+      assert.match(err, /^streamgate: local services stopped: redis .*cassandra .*\nstreamgate: stopped$/m);
       for (const p of ports) assert.equal(await redisAnswers('127.0.0.1', p), false, `redis ${p} stopped`);
       assert.equal(await cassandraAnswers('127.0.0.1', cql), false);
-      for (const pid of pids) assert.equal(alive(pid), false);
+      for (const pid of pids) assert.equal(alive(pid!), false);
     } finally {
       if (child.exitCode === null) child.kill('SIGKILL');
     }

@@ -4,18 +4,13 @@
 // message is deferred, and delivered once Cassandra answers again.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { startGateway, type Gateway } from '../../src/app.ts';
+import type { Gateway } from '../../src/app.ts';
 import type { Config } from '../../src/config/schema.ts';
-import { silentLogger } from '../../src/log.ts';
-import { MailStore } from '../../src/mailbox/store.ts';
+import type { MailStore } from '../../src/mailbox/store.ts';
 import { cassandraForTests } from '../helpers/cassandra.ts';
-import { testConfig } from '../helpers/config.ts';
-import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
-import { startSmtpSink, type SmtpSink } from '../helpers/smtpSink.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import type { SmtpSink } from '../helpers/smtpSink.ts';
 import { freePort, waitFor } from '../helpers/waitFor.ts';
 import { addUser } from './fixture.ts';
 import { TcpProxy } from './proxy.ts';
@@ -29,47 +24,25 @@ function run(cmd: string, args: string[]): Promise<{ code: number; out: string }
 }
 
 describe('through the whole gateway', { timeout: 180_000 }, () => {
-  let pool: TestRedis[];
+  let t: TestGateway;
   let proxy: TcpProxy;
   let gw: Gateway;
   let config: Config;
   let store: MailStore;
-  let dataDir: string;
   let sink: SmtpSink;
 
   before(async () => {
-    sink = await startSmtpSink();
     const node = await cassandraForTests();
-    pool = await startRedisPool(3);
     proxy = new TcpProxy(await freePort(), { host: node.host, port: node.port });
     await proxy.open();
-    dataDir = mkdtempSync(join(tmpdir(), 'sg-gw-'));
-    config = testConfig({
-      gateway: { dataDir, hostname: 'mx.gw.test' },
-      redis: { nodes: pool.map((r) => r.url) },
-      domains: { local: [D] },
-      smtp: { listen: `127.0.0.1:${await freePort()}` },
-      submission: { listen: `127.0.0.1:${await freePort()}` },
-      pop3: { listen: `127.0.0.1:${await freePort()}`, auth: { delay: '0s' } },
-      ops: { listen: `127.0.0.1:${await freePort()}` },
-      cassandra: { contactPoints: [proxy.address], keyspace: `sg_gw_${Date.now().toString(36)}` },
-      relay: { retry: { schedule: ['1s'], jitter: 0 } },
-      routes: { 'remote.test': `smtp://127.0.0.1:${sink.port}` },
-    });
-    gw = await startGateway(config, silentLogger);
-    store = new MailStore(config, silentLogger);
-    await waitFor(() => store.connect().then(() => true), { timeout: 30_000, what: 'schema' });
+    t = await startTestGateway('gw', { domain: D, hostname: 'mx.gw.test', contactPoint: proxy.address });
+    ({ gw, config, store, sink } = t);
     await addUser(store, `anne@${D}`, 'anne-pw');
     await addUser(store, `bob@${D}`, 'bob-pw');
   });
   after(async () => {
-    await gw?.stop();
-    await store?.client.execute(`DROP KEYSPACE IF EXISTS ${config.cassandra.keyspace}`).catch(() => {});
-    await store?.close();
+    await t?.stop();
     await proxy?.close();
-    await Promise.all((pool ?? []).map((r) => r.stop()));
-    await sink?.close();
-    rmSync(dataDir, { recursive: true, force: true });
   });
 
   const pop3 = (user: string, pw: string, path = '') => run('curl', ['-sS', '-u', `${user}:${pw}`, `pop3://127.0.0.1:${config.pop3.listen.port}/${path}`]);
