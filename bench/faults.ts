@@ -173,6 +173,18 @@ class Rig {
 
   async start(domains: string[]): Promise<void> {
     [this.redis, this.events, this.sink] = await Promise.all([startRedisPool(3), startRedis(), startSmtpSink({ hideStartTls: true })]);
+    // A free port may be taken by another process before the gateway binds it: fresh ones, a few times.
+    for (let tries = 1; ; tries++) {
+      try {
+        await this.configureAndStart(domains);
+        return;
+      } catch (err) {
+        if (tries >= 3 || !/EADDRINUSE/.test((err as Error).message)) throw err;
+      }
+    }
+  }
+
+  private async configureAndStart(domains: string[]): Promise<void> {
     [this.smtpPort, this.opsPort] = [await freePort(), await freePort()];
     const config = {
       gateway: { id: GATEWAY_ID, hostname: 'gw.faults.test', dataDir: join(this.dir, 'data') },
@@ -196,7 +208,7 @@ class Rig {
         idleTimeout: '500ms',
         connectionLease: '3s',
       },
-      events: { redis: this.events.url },
+      events: { redis: this.events!.url },
     };
     writeFileSync(join(this.dir, 'gateway.yaml'), toYaml(config));
     await this.startGateway();

@@ -33,8 +33,11 @@ export class Dispatcher {
   private readonly limits: SharedLimits;
   private readonly classifier: Classifier;
   private readonly log: Logger;
+  /** Told when a destination resumed, or its probe failed: queues waiting on it look again. */
+  private readonly onDestination: (dest: string) => void;
 
-  constructor(opts: { config: Config; limits: SharedLimits; classifier: Classifier; now: () => number; log: Logger }) {
+  constructor(opts: { config: Config; limits: SharedLimits; classifier: Classifier; now: () => number; log: Logger; onDestination?: (dest: string) => void }) {
+    this.onDestination = opts.onDestination ?? (() => {});
     this.config = opts.config;
     this.limits = opts.limits;
     this.classifier = opts.classifier;
@@ -120,8 +123,12 @@ export class Dispatcher {
             if (this.dead.failure(key)) {
               const s = this.dead.state(key);
               this.log.warn({ dest: key, until: s.state === 'suspended' ? s.until : undefined, reply: r.reply }, 'destination suspended');
+              if (probe) this.onDestination(key);
             }
-          } else if (this.dead.success(key)) this.log.info({ dest: key }, 'destination resumed');
+          } else if (this.dead.success(key)) {
+            this.log.info({ dest: key }, 'destination resumed');
+            this.onDestination(key);
+          }
           return r;
         },
         { signal },

@@ -54,6 +54,8 @@ interface Attempt {
   reply?: string | undefined;
 }
 
+/** While another queue's probe is out, a queue waiting on the same destination looks again after this long. */
+const PROBE_RECHECK_MS = 1000;
 const TAKE_MAX = 100;
 const LOCAL_CONCURRENCY = 32;
 
@@ -95,7 +97,16 @@ export class Relay {
     this.mx = new MxResolver({ resolver: opts.resolver, now: this.now });
     const classifier = opts.classifier ?? Classifier.fromFile(config.relay.bounceRules);
     const limits = (this.limits = new SharedLimits({ pick: () => qm.nodes.find((n) => n.up), gatewayId: qm.gatewayId, leaseMs: config.relay.connectionLease, log: this.log }));
-    this.dispatcher = new Dispatcher({ config, limits, classifier, now: this.now, log: this.log });
+    this.dispatcher = new Dispatcher({ config, limits, classifier, now: this.now, log: this.log, onDestination: (dest) => this.onDestination(dest) });
+  }
+
+  /** A destination resumed or was suspended again: every queue waiting on it looks again now. */
+  private onDestination(dest: string): void {
+    for (const d of this.domains.values()) {
+      if (!d.gate || !d.dests.includes(dest)) continue;
+      d.wakeAt = 0;
+      this.pump(d);
+    }
   }
 
   start(): void {
@@ -208,6 +219,8 @@ export class Relay {
       if (s.state === 'up') return { open: true, probe: false, until: 0 };
       if (s.state === 'probe') probe = true;
       if (s.state === 'suspended') until = Math.min(until, s.until);
+      // a probe is out: its outcome wakes this queue (onDestination); look again in a while all the same
+      if (s.state === 'probing') until = Math.min(until, now + PROBE_RECHECK_MS);
     }
     if (probe) return { open: true, probe: true, until: 0 };
     return { open: false, probe: false, until, reason: 'suspended' };

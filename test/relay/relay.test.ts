@@ -374,6 +374,29 @@ describe('relay', () => {
     }
   });
 
+  it('wakes every queue waiting on a destination when its probe resumes it', async () => {
+    const s = await sink({ dataDelayMs: 300 }); // the probe takes its time: the other queues see it out
+    const domains = ['p0.test', 'p1.test', 'p2.test', 'p3.test'];
+    const h = await harness('gw-probe', {
+      routes: Object.fromEntries(domains.map((d) => [d, `smtp://127.0.0.1:${s.port}`])),
+      relay: { deadDestination: { failures: 2, suspend: '1m' }, retry: { schedule: ['30m'], jitter: 0 } },
+    });
+    try {
+      s.failConnections(Infinity, '421');
+      for (const d of domains) for (let i = 0; i < 3; i++) await h.append(d, [`r${i}@${d}`], `${d}-${i}`);
+      const dest = `127.0.0.1:${s.port}`;
+      await waitFor(() => h.relay.status().suspended.some((x) => x.dest === dest) && domains.every((d) => h.qm.depth(d).inflight === 0), { what: 'suspended' });
+      s.failConnections(0);
+      h.clock.t += MIN;
+      h.relay.poke();
+      const deferred = domains.reduce((n, d) => n + h.qm.depth(d).deferred, 0);
+      await waitFor(() => s.messages.length === 12 - deferred, { what: `every queue delivers once the probe resumed the destination (${s.messages.length} of ${12 - deferred})`, timeout: 5000 });
+      assert.equal(h.relay.status().suspended.length, 0);
+    } finally {
+      await h.stop();
+    }
+  });
+
   it('routes by MX with fallback, caches answers for their TTL, uses the implicit MX, bounces a null MX', async () => {
     const s = await sink();
     const h = await harness('gw-mx', { relay: { mxPort: s.port } });
