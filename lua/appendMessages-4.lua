@@ -4,7 +4,7 @@
   the batch is one transaction.
 
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
-  ARGV: 1-5 as in includes/queueWrite.lua, 6 maximum live length of the queue, 7 count n,
+  ARGV: 1-6 as in includes/queueWrite.lua, 7 maximum live length of the queue, 8 count n,
         then n groups of 7: entry id ("ms-seq", caller-chosen, increasing), message id,
         envelope sender, recipients (JSON array), metadata (JSON object, kept in the entry and
         in the `accepted` event), raw message, first attempt time ms (0 = ready now)
@@ -12,28 +12,31 @@
              code 0  appended
              code 1  already queued under that message id (entryId is the existing one)
              code -4 queue at its maximum length (not appended)
+           { -6, epoch } the queue belongs to a newer owner (epoch): nothing changed
            { -1, nodeTxn } expected txn differs from the node's (nothing changed)
            { -5, txn, lastEntry, lastHist } an entry or history id not above the queue's highest
                            (nothing but txn changed)
 ]]
 --@include "queueWrite"
 
+local newer = fencedBy(KEYS[3])
+if newer then return { -6, newer } end
 local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
 if _ == nil then return { -1, nodeTxn } end
 
-local n = tonumber(ARGV[7])
-if not histAbove(KEYS[3]) or not above(ARGV[8], redis.call('HGET', KEYS[3], 'lastEntry')) then
+local n = tonumber(ARGV[8])
+if not histAbove(KEYS[3]) or not above(ARGV[9], redis.call('HGET', KEYS[3], 'lastEntry')) then
   return idsRefused(KEYS[3])
 end
 local txn = bumpTxn(KEYS[3])
 local nextHistId = histIds(ARGV[3])
-local maxLen = tonumber(ARGV[6])
+local maxLen = tonumber(ARGV[7])
 local m = redis.call('HMGET', KEYS[3], 'ready', 'deferred', 'held', 'inflight', 'bytes', 'appended', 'oldest')
 local c = { r = tonumber(m[1]) or 0, d = tonumber(m[2]) or 0, h = tonumber(m[3]) or 0, f = tonumber(m[4]) or 0 }
 local bytes, appended, oldest = tonumber(m[5]) or 0, tonumber(m[6]) or 0, m[7]
 local out = { 0, txn }
 for i = 0, n - 1 do
-  local b = 8 + i * 7
+  local b = 9 + i * 7
   local entryId, msgId = ARGV[b], ARGV[b + 1]
   local existing = redis.call('HGET', KEYS[4], msgId)
   if existing then
@@ -57,7 +60,7 @@ for i = 0, n - 1 do
     out[#out + 1] = entryId
   end
 end
-redis.call('HSET', KEYS[3], 'lastEntry', ARGV[8 + (n - 1) * 7])
+redis.call('HSET', KEYS[3], 'lastEntry', ARGV[9 + (n - 1) * 7])
 if oldest then
   redis.call('HSET', KEYS[3], 'ready', c.r, 'deferred', c.d, 'bytes', bytes, 'appended', appended, 'oldest', oldest)
 end

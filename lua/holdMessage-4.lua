@@ -2,25 +2,28 @@
   Holds a message (it is not delivered until released) or releases it (ready at once).
 
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
-  ARGV: 1-5 as in includes/queueWrite.lua,
-        6 message id, 7 "held" or "released", 8 details (JSON: actor, reason)
+  ARGV: 1-6 as in includes/queueWrite.lua,
+        7 message id, 8 "held" or "released", 9 details (JSON: actor, reason)
   Returns: { 0, txn }
            { -2, txn }  no such live message
            { -3, txn }  wrong state: holding an in-flight or held message, releasing one not held
+           { -6, epoch } the queue belongs to a newer owner (epoch): nothing changed
            { -1, nodeTxn }
            { -5, txn, lastEntry, lastHist } a history id not above the queue's highest
 ]]
 --@include "queueWrite"
 
+local newer = fencedBy(KEYS[3])
+if newer then return { -6, newer } end
 local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
 if _ == nil then return { -1, nodeTxn } end
 if not histAbove(KEYS[3]) then return idsRefused(KEYS[3]) end
 
-local msgId = ARGV[6]
+local msgId = ARGV[7]
 local raw = redis.call('HGET', KEYS[4], msgId)
 if not raw then return { -2, bumpTxn(KEYS[3]) } end
 local st = cjson.decode(raw)
-local hold = ARGV[7] == 'held'
+local hold = ARGV[8] == 'held'
 if (hold and (st.s == 'h' or st.s == 'f')) or (not hold and st.s ~= 'h') then
   return { -3, bumpTxn(KEYS[3]) }
 end
@@ -31,6 +34,6 @@ st.s = to
 if not hold then st.n = 0 end
 redis.call('HSET', KEYS[4], msgId, cjson.encode(st))
 local txn = bumpTxn(KEYS[3])
-addEvent(KEYS[2], ARGV[3], ARGV[4], ARGV[7], msgId, txn, ARGV[2], ARGV[8])
+addEvent(KEYS[2], ARGV[3], ARGV[4], ARGV[8], msgId, txn, ARGV[2], ARGV[9])
 done()
 return { 0, txn }

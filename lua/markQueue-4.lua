@@ -4,18 +4,21 @@
   changes.
 
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
-  ARGV: 1-5 as in includes/queueWrite.lua, 6 event kind, 7 details (JSON)
+  ARGV: 1-6 as in includes/queueWrite.lua, 7 event kind, 8 details (JSON)
   Returns: { 0, txn }
+           { -6, epoch } the queue belongs to a newer owner (epoch): nothing changed
            { -1, nodeTxn }
            { -5, txn, lastEntry, lastHist } a history id not above the queue's highest
 ]]
 --@include "queueWrite"
 
+local newer = fencedBy(KEYS[3])
+if newer then return { -6, newer } end
 local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
 if _ == nil then return { -1, nodeTxn } end
 if not histAbove(KEYS[3]) then return idsRefused(KEYS[3]) end
 
 local txn = bumpTxn(KEYS[3])
-addEvent(KEYS[2], ARGV[3], ARGV[4], ARGV[6], '', txn, ARGV[2], ARGV[7])
+addEvent(KEYS[2], ARGV[3], ARGV[4], ARGV[7], '', txn, ARGV[2], ARGV[8])
 done()
 return { 0, txn }

@@ -3,15 +3,18 @@
   entry and its state go; the event stays in the history stream. One transaction.
 
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
-  ARGV: 1-5 as in includes/queueWrite.lua, 6 count n,
+  ARGV: 1-6 as in includes/queueWrite.lua, 7 count n,
         then n groups of 3: message id, outcome (delivered|bounced|expired|purged|withdrawn),
         details (JSON object: reply, mx, rcpts, actor, reason, ...)
   Returns: { 0, txn, code1, code2, ... } with per message code 0 settled, -2 no such live message
+           { -6, epoch } the queue belongs to a newer owner (epoch): nothing changed
            { -1, nodeTxn } expected txn differs from the node's (nothing changed)
            { -5, txn, lastEntry, lastHist } a history id not above the queue's highest
 ]]
 --@include "queueWrite"
 
+local newer = fencedBy(KEYS[3])
+if newer then return { -6, newer } end
 local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
 if _ == nil then return { -1, nodeTxn } end
 if not histAbove(KEYS[3]) then return idsRefused(KEYS[3]) end
@@ -20,8 +23,8 @@ local txn = bumpTxn(KEYS[3])
 local nextHistId = histIds(ARGV[3])
 local out = { 0, txn }
 local gone = {}
-for i = 0, tonumber(ARGV[6]) - 1 do
-  local b = 7 + i * 3
+for i = 0, tonumber(ARGV[7]) - 1 do
+  local b = 8 + i * 3
   local msgId, outcome = ARGV[b], ARGV[b + 1]
   local raw = redis.call('HGET', KEYS[4], msgId)
   if raw then

@@ -2,27 +2,30 @@
   Marks ready (or due deferred) messages in flight for a delivery attempt and returns them.
 
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
-  ARGV: 1-5 as in includes/queueWrite.lua, 6 return entries (1 on the node that serves reads,
+  ARGV: 1-6 as in includes/queueWrite.lua, 7 return entries (1 on the node that serves reads,
         0 on the other), 7.. message ids
   Returns: { 0, txn, taken, { msgId, attempt, remaining recipients (JSON) or '', entryFields }... }
-           (entryFields empty where ARGV[6] is 0: the caller reads them from another reply, or
+           (entryFields empty where ARGV[7] is 0: the caller reads them from another reply, or
            from this node if that reply is lost)
+           { -6, epoch } the queue belongs to a newer owner (epoch): nothing changed
            { -1, nodeTxn }
            { -5, txn, lastEntry, lastHist } a history id not above the queue's highest
   Messages that are not ready or deferred (held, in flight, gone) are skipped.
 ]]
 --@include "queueWrite"
 
+local newer = fencedBy(KEYS[3])
+if newer then return { -6, newer } end
 local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
 if _ == nil then return { -1, nodeTxn } end
 if not histAbove(KEYS[3]) then return idsRefused(KEYS[3]) end
 
 local txn = bumpTxn(KEYS[3])
 local nextHistId = histIds(ARGV[3])
-local withEntries = ARGV[6] == '1'
+local withEntries = ARGV[7] == '1'
 local out = { 0, txn, 0 }
 local taken = 0
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local msgId = ARGV[i]
   local raw = redis.call('HGET', KEYS[4], msgId)
   if raw then

@@ -6,13 +6,15 @@
 --           grows by one per event)   ARGV[4] history max length (exact)
 --   ARGV[5] the write set: ids of the replicas this write is sent to, comma-separated. Kept in the
 --           meta hash (`members`): recovery proves a replica current from it (DESIGN, invariant 9).
+--   ARGV[6] the writer's ownership epoch (DESIGN, invariant 10): a queue whose meta hash holds a
+--           higher one belongs to a newer owner, and the write is refused (-6) with no change.
 -- Return value of every script: { code, txn, ... }. code 0 ok; see each script for the others.
 -- -1 (txn mismatch) is the only refusal that leaves the transaction number as it is; every other
 -- outcome, an error or a no-op included, counts as a transaction, so that writes the caller has
 -- pipelined behind it keep their expected numbers on both replicas.
 -- Every precondition is checked before the first write: a script either applies whole, or changes
 -- nothing but the transaction number.
--- Meta hash fields: txn, members, lastEntry (highest live entry id ever generated), lastHist
+-- Meta hash fields: txn, members, epoch, lastEntry (highest live entry id ever generated), lastHist
 -- (highest history id ever written), the counters ready deferred held inflight bytes appended,
 -- oldest (first live entry id), and one count per settle outcome.
 
@@ -24,8 +26,15 @@ local function checkTxn(metaKey, expected)
   return cur
 end
 
+-- The epoch of a newer owner when there is one (the write is then refused), else nil.
+local function fencedBy(metaKey)
+  local epoch = tonumber(redis.call('HGET', metaKey, 'epoch') or '0')
+  if epoch > tonumber(ARGV[6]) then return epoch end
+  return nil
+end
+
 local function bumpTxn(metaKey)
-  redis.call('HSET', metaKey, 'members', ARGV[5])
+  redis.call('HSET', metaKey, 'members', ARGV[5], 'epoch', ARGV[6])
   return redis.call('HINCRBY', metaKey, 'txn', 1)
 end
 

@@ -80,6 +80,7 @@ export const configSchema = z
       .strictObject({
         id: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected letters, digits, "_", "." or "-"').default('gw1'),
         hostname: z.string().default('localhost'), // name used in banners, Received headers, DSNs
+        lease: duration('10s'), // membership lease on the pool, renewed every third of it; a process whose id is held by a live member refuses to start
         dataDir: z.string().default('.streamgate'), // local state: generated TLS pair, service data, pid files
       })
       .prefault({}),

@@ -7,7 +7,9 @@ export type QueueErrorCode =
   | 'WRONG_STATE' // e.g. holding a message in flight, releasing one not held
   | 'DIVERGED' // a replica's transaction number differs: it is being resynced
   | 'BAD_INPUT'
-  | 'NODE_POLICY'; // a node whose maxmemory-policy is not noeviction
+  | 'NODE_POLICY' // a node whose maxmemory-policy is not noeviction
+  | 'MEMBER_CONFLICT' // the gateway id is held by a live member of the pool
+  | 'FENCED'; // the queue belongs to a newer owner: this process no longer writes it
 
 export class QueueError extends Error {
   override name = 'QueueError';
@@ -25,4 +27,5 @@ export const SCRIPT_CODES: Record<number, QueueErrorCode> = {
   [-2]: 'NOT_FOUND',
   [-3]: 'WRONG_STATE',
   [-4]: 'QUEUE_FULL',
+  [-6]: 'FENCED',
 };

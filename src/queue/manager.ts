@@ -12,8 +12,10 @@ import { copyQueue, type CopyStats } from './copy.ts';
 import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
 import { RedisNode } from './node.ts';
+import { Membership } from './membership.ts';
 import { provenSource, type ReplicaView } from './proof.ts';
 import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
+import type { Owner } from './replicas.ts';
 import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, parseEntryId, type HistoryEntry, type MetaRecord } from './records.ts';
 
 export type { HistoryEntry } from './records.ts';
@@ -46,6 +48,10 @@ export class QueueManager extends EventEmitter {
   private readonly log: Logger;
   /** Figures of the last recovery, for logs and benchmarks. */
   lastRecovery = { queues: 0, messages: 0, ms: 0 };
+  /** This process's ownership epoch and whether it was fenced (see membership.ts). */
+  readonly owner: Owner = { epoch: 0, fenced: undefined };
+  private membership: Membership | undefined;
+  private fenceReported = false;
 
   private readonly config: Config;
 
@@ -72,6 +78,7 @@ export class QueueManager extends EventEmitter {
       historyMaxLength: q.historyMaxLength,
       memoryHighWater: q.memoryHighWater,
       now: this.now,
+      owner: this.owner,
     };
   }
 
@@ -92,7 +99,17 @@ export class QueueManager extends EventEmitter {
     const up = this.nodes.filter((n) => n.up);
     this.log.info({ nodes: this.nodes.map((n) => n.status()) }, 'nodes');
     if (up.length === 0) throw new QueueError('QUEUE_UNAVAILABLE', `no redis node answers (${this.nodes.map((n) => n.id).join(', ')})`);
-    await this.recover();
+    try {
+      this.membership = new Membership(this.nodes, this.gatewayId, { leaseMs: this.config.gateway.lease, timeoutMs: this.config.queue.timeout }, this.log);
+      await this.membership.join();
+      this.owner.epoch = this.membership.epoch;
+      this.membership.on('lost', (reason: string) => this.fence(reason));
+      await this.recover();
+    } catch (err) {
+      await this.membership?.leave();
+      await Promise.all(this.nodes.map((n) => n.stop()));
+      throw err;
+    }
     this.repairTimer = setInterval(() => this.repairAll(), this.config.queue.heartbeat.every);
     this.repairTimer.unref();
   }
@@ -104,7 +121,18 @@ export class QueueManager extends EventEmitter {
       while (q.repairing) await sleep(20);
       q.stop();
     }
+    if (!this.owner.fenced) await this.membership?.leave();
     await Promise.all(this.nodes.map((n) => n.stop()));
+  }
+
+  /** A newer owner has this process's queues: it writes nothing more ('fenced' tells the gateway to stop). */
+  private fence(reason: string): void {
+    this.owner.fenced ??= reason;
+    if (this.fenceReported) return;
+    this.fenceReported = true;
+    clearInterval(this.repairTimer);
+    this.log.error({ gateway: this.gatewayId, reason }, 'fenced: this process no longer owns its queues');
+    this.emit('fenced', this.owner.fenced);
   }
 
   private onNodeDown(node: RedisNode): void {
@@ -133,6 +161,7 @@ export class QueueManager extends EventEmitter {
     q.on('event', (ev: LifecycleEvent) => this.emit('event', ev));
     q.on('ready', () => this.emit('ready', q.domain));
     q.on('table', () => this.emit('health'));
+    q.on('fenced', (reason: string) => this.fence(reason));
     return q;
   }
 
@@ -184,10 +213,22 @@ export class QueueManager extends EventEmitter {
       const q = this.newQueue(domain, replicas);
       this.queues.set(domain, q);
       q.placementEpoch = rec.epoch;
+      await this.claim(q);
       messages += await this.loadQueue(q, false);
     }
     this.lastRecovery = { queues: records.size, messages, ms: Date.now() - t0 };
     if (records.size) this.log.info(this.lastRecovery, 'recovered');
+  }
+
+  /** Puts this process's epoch on every replica that answers: an older owner's writes are refused from now on. */
+  private async claim(q: Queue): Promise<void> {
+    await Promise.all(
+      q.replicas.map(async (r) => {
+        if (!r.node.up) return;
+        const res = (await withDeadline(r.node.client.claimQueue!(...q.keys, this.owner.epoch) as Promise<[number, number]>, this.config.queue.timeout, `claim of ${q.name}`).catch(() => undefined));
+        if (res && Number(res[0]) === -6) throw new QueueError('MEMBER_CONFLICT', `queue ${q.name} is held by a newer owner (epoch ${res[1]}, this process ${this.owner.epoch})`);
+      }),
+    );
   }
 
   /** What each replica of a queue (and each node its records name) says about it. */
@@ -308,7 +349,7 @@ export class QueueManager extends EventEmitter {
   // ---- repair -------------------------------------------------------------------------------
 
   private repairAll(): void {
-    if (this.stopped) return;
+    if (this.stopped || this.owner.fenced) return;
     for (const q of this.queues.values()) {
       if (!q.repairing && q.replicas.some((r) => r.sync !== 'Sync' || !r.node.up)) {
         q.repairing = true;

@@ -18,7 +18,7 @@ import { QueueError, SCRIPT_CODES } from './errors.ts';
 import { Batcher } from './batcher.ts';
 import { MinHeap } from './heap.ts';
 import { decodeState, IdGen, liveFields, parseEntryId, queueKeys, type MsgState, type QueueKeys } from './records.ts';
-import { ReplicaSet, UnknownOutcomeError, type Arg, type Replica, type WriteResult } from './replicas.ts';
+import { ReplicaSet, UnknownOutcomeError, type Arg, type Owner, type Replica, type WriteResult } from './replicas.ts';
 
 export type { MsgState } from './records.ts';
 export type { Replica, SyncState } from './replicas.ts';
@@ -54,6 +54,7 @@ export interface QueueSettings {
   historyMaxLength: number;
   memoryHighWater: number;
   now: () => number;
+  owner: Owner;
 }
 
 /** The narrow view of a queue that other parts use (through QueueManager.view / views). */
@@ -110,6 +111,7 @@ export class Queue extends EventEmitter implements QueueView {
     this.log = log.child({ queue: this.name });
     this.set = new ReplicaSet(this.name, this.keys, replicas, settings, this.log);
     this.set.on('table', () => this.emit('table'));
+    this.set.on('fenced', (reason: string) => this.emit('fenced', reason));
   }
 
   // ---- the replica set, as others see it ----------------------------------------------------

@@ -24,6 +24,14 @@ export interface Replica {
 
 export type Arg = string | number | Buffer;
 
+/** This process's ownership (DESIGN, invariant 10), shared by all its queues. */
+export interface Owner {
+  /** The epoch every write carries; the scripts refuse it on a queue claimed with a newer one. */
+  epoch: number;
+  /** Set once a write was refused for a newer owner (or the gateway id was taken): nothing is written after. */
+  fenced: string | undefined;
+}
+
 export interface WriteResult {
   /** The reply of a replica that applied the write. */
   res: unknown[];
@@ -63,9 +71,10 @@ export class ReplicaSet extends EventEmitter {
   private readonly writeConcern: 'all' | 'one';
   private readonly timeoutMs: number;
   private readonly now: () => number;
+  private readonly owner: Owner;
   private readonly log: Logger;
 
-  constructor(name: string, keys: QueueKeys, replicas: Replica[], opts: { writeConcern: 'all' | 'one'; timeoutMs: number; now: () => number }, log: Logger) {
+  constructor(name: string, keys: QueueKeys, replicas: Replica[], opts: { writeConcern: 'all' | 'one'; timeoutMs: number; now: () => number; owner: Owner }, log: Logger) {
     super();
     this.name = name;
     this.keys = keys;
@@ -73,6 +82,7 @@ export class ReplicaSet extends EventEmitter {
     this.writeConcern = opts.writeConcern;
     this.timeoutMs = opts.timeoutMs;
     this.now = opts.now;
+    this.owner = opts.owner;
     this.log = log;
   }
 
@@ -145,6 +155,7 @@ export class ReplicaSet extends EventEmitter {
    */
   async write(kind: 'append' | 'other', script: string, now: number, histId: string, histMax: number, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
     while (this.gate) await this.gate;
+    if (this.owner.fenced) throw new QueueError('FENCED', `queue ${this.name}: ${this.owner.fenced}`);
     if (kind === 'append' && !this.appendable) {
       throw new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name} is not writable at write concern ${this.writeConcern} (${this.status})`);
     }
@@ -155,11 +166,12 @@ export class ReplicaSet extends EventEmitter {
     if (this.dirty) for (const id of msgIds) this.dirty.add(id);
     this.pending++;
     try {
-      const settled = await Promise.allSettled(targets.map((r, i) => this.send(r, script, [...this.keys, expected, now, histId, histMax, members, ...specific(i === 0)], i === 0, expected)));
+      const settled = await Promise.allSettled(targets.map((r, i) => this.send(r, script, [...this.keys, expected, now, histId, histMax, members, this.owner.epoch, ...specific(i === 0)], i === 0, expected)));
       let first: WriteResult | undefined;
       let ok = 0;
       let oom = false;
       let unknown = false;
+      let newer: number | undefined;
       settled.forEach((s, i) => {
         const r = targets[i]!;
         if (s.status === 'rejected') {
@@ -179,6 +191,10 @@ export class ReplicaSet extends EventEmitter {
         const res = s.value;
         const code = Number(res[0]);
         const txn = Number(res[1]);
+        if (code === -6) {
+          newer = txn;
+          return;
+        }
         if (code === -1) {
           this.markNG(r, `transaction number ${txn} on the node, ${expected} expected`);
           return;
@@ -191,6 +207,12 @@ export class ReplicaSet extends EventEmitter {
         ok++;
         first ??= { res, fromReader: i === 0, from: r, ok: 0, targets: targets.length };
       });
+      if (newer !== undefined) {
+        // A newer owner claimed the queue: this process writes nothing more, anywhere.
+        this.owner.fenced ??= `claimed by a newer owner (epoch ${newer}, this process ${this.owner.epoch})`;
+        this.emit('fenced', this.owner.fenced);
+        throw new QueueError('FENCED', `queue ${this.name}: ${this.owner.fenced}`);
+      }
       if (!first) {
         if (oom) throw new QueueError('STORAGE_FULL', `queue ${this.name}: redis is out of memory`);
         if (unknown || ok > 0) throw new UnknownOutcomeError(`queue ${this.name}: no reply from the replicas; the write may have been applied`);

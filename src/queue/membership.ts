@@ -1,0 +1,125 @@
+// A gateway's membership of the pool (DESIGN, invariant 10). The process holds a lease on its
+// gateway id on every node it reaches, renewed at a third of the lease time; it holds the id
+// while a majority of the pool's nodes say so, so the loss of any one node changes nothing. A
+// process that finds its id held by a member that still renews refuses to join; one whose holder
+// stopped renewing (dead, or paused) takes it over. Each join draws a new ownership epoch, higher
+// than any drawn before on a majority of the nodes: the queue scripts refuse a write carrying an
+// older epoch than the one the queue was claimed with, so a paused or partitioned process that
+// wakes after its queues were taken over cannot write a single entry to them.
+import { EventEmitter } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from '../log.ts';
+import { withDeadline } from './deadline.ts';
+import { QueueError } from './errors.ts';
+import type { RedisNode } from './node.ts';
+
+interface LeaseAnswer {
+  node: RedisNode;
+  held: boolean;
+  ttl: number;
+  holder: string | undefined;
+}
+
+export class Membership extends EventEmitter {
+  /** Who holds the lease: host, pid and a random part (never a secret). */
+  readonly token = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
+  /** This process's ownership epoch; 0 until it joined. */
+  epoch = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private lostAt: number | undefined;
+  private readonly key: string;
+  private readonly majority: number;
+  private readonly nodes: RedisNode[];
+  private readonly id: string;
+  private readonly leaseMs: number;
+  private readonly timeoutMs: number;
+  private readonly log: Logger;
+
+  constructor(nodes: RedisNode[], id: string, opts: { leaseMs: number; timeoutMs: number }, log: Logger) {
+    super();
+    this.nodes = nodes;
+    this.id = id;
+    this.leaseMs = opts.leaseMs;
+    this.timeoutMs = opts.timeoutMs;
+    this.log = log;
+    this.key = `sg:member:{${id}}`;
+    this.majority = Math.floor(nodes.length / 2) + 1;
+  }
+
+  private async onAll(op: 'acquire' | 'renew' | 'take' | 'release'): Promise<LeaseAnswer[]> {
+    const up = this.nodes.filter((n) => n.up);
+    const res = await Promise.allSettled(up.map((n) => withDeadline(n.client.memberLease!(this.key, op, this.token, this.leaseMs) as Promise<[number, number, string?]>, this.timeoutMs, `lease on ${n.id}`)));
+    const out: LeaseAnswer[] = [];
+    res.forEach((r, i) => {
+      if (r.status === 'fulfilled') out.push({ node: up[i]!, held: Number(r.value[0]) === 1, ttl: Number(r.value[1]), holder: r.value[2] });
+    });
+    return out;
+  }
+
+  private granted(answers: LeaseAnswer[]): boolean {
+    return answers.filter((a) => a.held).length >= this.majority;
+  }
+
+  /** Takes the gateway id (or refuses: MEMBER_CONFLICT), draws the epoch, starts renewing. */
+  async join(): Promise<void> {
+    let answers = await this.onAll('acquire');
+    if (!this.granted(answers)) {
+      const others = answers.filter((a) => !a.held);
+      if (!others.length) throw new QueueError('QUEUE_UNAVAILABLE', `gateway id ${this.id}: ${answers.length} of ${this.nodes.length} redis nodes answer, ${this.majority} needed to hold it`);
+      // Held by another process: is it still renewing? Its lease's time left says so.
+      const wait = Math.floor(this.leaseMs / 3) + 500;
+      const before = Math.max(...others.map((a) => a.ttl));
+      await sleep(wait);
+      answers = await this.onAll('acquire');
+      const again = answers.filter((a) => !a.held);
+      if (!this.granted(answers)) {
+        const after = Math.max(0, ...again.map((a) => a.ttl));
+        if (again.length && after > before - wait / 2) {
+          throw new QueueError('MEMBER_CONFLICT', `gateway id ${this.id} is held by a live member (${again[0]!.holder}); give this process another gateway.id`);
+        }
+        this.log.warn({ gateway: this.id, holder: others[0]!.holder }, 'taking over the gateway id of a member that stopped renewing its lease');
+        answers = await this.onAll('take');
+        if (!this.granted(answers)) throw new QueueError('QUEUE_UNAVAILABLE', `gateway id ${this.id}: could not take the lease on ${this.majority} redis nodes`);
+      }
+    }
+    this.epoch = await this.drawEpoch();
+    this.timer = setInterval(() => void this.renew(), Math.max(100, Math.floor(this.leaseMs / 3)));
+    this.timer.unref();
+    this.log.info({ gateway: this.id, epoch: this.epoch, token: this.token }, 'joined the pool');
+  }
+
+  private async drawEpoch(): Promise<number> {
+    const up = this.nodes.filter((n) => n.up);
+    const draw = await Promise.allSettled(up.map((n) => withDeadline(n.client.ownerEpoch!('sg:epoch', 'draw') as Promise<number>, this.timeoutMs, `epoch on ${n.id}`)));
+    const got = draw.flatMap((r, i) => (r.status === 'fulfilled' ? [{ node: up[i]!, value: Number(r.value) }] : []));
+    if (got.length < this.majority) throw new QueueError('QUEUE_UNAVAILABLE', `gateway id ${this.id}: ${got.length} redis nodes answered the epoch draw, ${this.majority} needed`);
+    const epoch = Math.max(...got.map((g) => g.value));
+    await Promise.allSettled(got.map((g) => g.node.client.ownerEpoch!('sg:epoch', 'raise', epoch)));
+    return epoch;
+  }
+
+  private async renew(): Promise<void> {
+    const answers = await this.onAll('renew').catch(() => []);
+    const taken = answers.filter((a) => !a.held);
+    if (taken.length >= this.majority) {
+      clearInterval(this.timer);
+      this.log.error({ gateway: this.id, holder: taken[0]!.holder }, 'another process took this gateway id');
+      this.emit('lost', `another process (${taken[0]!.holder}) took gateway id ${this.id}`);
+      return;
+    }
+    if (this.granted(answers)) {
+      this.lostAt = undefined;
+      return;
+    }
+    this.lostAt ??= Date.now();
+    if (Date.now() - this.lostAt > this.leaseMs) this.log.warn({ gateway: this.id, answers: answers.length }, 'the lease is held on fewer than a majority of the nodes');
+  }
+
+  /** Gives the id back (a clean stop). */
+  async leave(): Promise<void> {
+    clearInterval(this.timer);
+    if (this.epoch) await this.onAll('release').catch(() => {});
+  }
+}
