@@ -68,8 +68,11 @@ export function registerCommands(program: Command): void {
         const gateway = await startGateway(config, log);
         await new Promise<void>((resolve) => log.flush(() => resolve())); // the summary comes after the log's start lines
         console.error(listeners(config, (Date.now() - t0) / 1000, ownServices));
-        const signal = await stopRequested;
+        const fenced = new Promise<string>((resolve) => gateway.queues.once('fenced', (reason: string) => resolve(`fenced: ${reason}`)));
+        const signal = await Promise.race([stopRequested, fenced]);
         say(`stopping (${signal})`);
+        // A fenced process stops with status 1: a newer member owns its queues (a supervisor may start it again, as a new member).
+        if (signal.startsWith('fenced')) process.exitCode = 1;
         await gateway.stop().catch((err: unknown) => log.error({ err }, 'stop failed'));
       } finally {
         await downServices();
