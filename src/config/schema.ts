@@ -74,7 +74,7 @@ export const configSchema = z
     gateway: z
       .strictObject({
         id: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected letters, digits, "_", "." or "-"').default('gw1'),
-        hostname: z.string().default('localhost'), // name used in banners, Received headers, DSNs
+        hostname: z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, 'expected a host name').default('localhost'), // name used in banners, Received headers, DSNs
         dataDir: z.string().default('.streamgate'), // local state: generated TLS pair, service data, pid files
       })
       .prefault({}),
@@ -99,6 +99,8 @@ export const configSchema = z
         minDataRate: size('1KB'), // bytes per second while DATA arrives; 0: dataTimeout is the whole budget
         maxCommandLength: z.number().int().min(512).default(2048), // octets per command line (RFC 5321: 512 + extensions; AUTH needs more)
         maxLineLength: z.number().int().nonnegative().default(1000), // octets per message line incl. CRLF (RFC 5321 4.5.3.1.6); 0 = no limit (552 5.6.0 beyond)
+        maxHeaderSize: size('100KB'), // octets of a message's header section (Postfix header_size_limit); 0 = no limit (552 5.3.4 beyond)
+        maxHops: z.number().int().nonnegative().default(50), // Received headers at which a message is refused as a loop (Postfix hopcount_limit; 554 5.4.0); 0 = no limit
         // while the queues cannot be written: refuse = answer new connections 421 4.3.2;
         // close = stop listening (a load balancer moves traffic elsewhere) until they can
         whenUnwritable: z.enum(['refuse', 'close']).default('refuse'),

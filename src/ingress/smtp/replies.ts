@@ -47,6 +47,8 @@ export const REPLIES = {
   bareLf: [550, '5.5.2', 'Message contains a bare LF (line feed without carriage return), refused as a possible SMTP smuggling attempt'],
   bareCr: [550, '5.5.2', 'Message contains a bare CR (carriage return without line feed), refused as a possible SMTP smuggling attempt'],
   nulByte: [550, '5.6.0', 'Message contains a NUL byte'],
+  headerTooBig: [552, '5.3.4', 'Message header exceeds {0} octets'],
+  tooManyHops: [554, '5.4.0', 'Too many hops: {0} or more Received headers, message is looping'],
 
   // ---- storing ----
   queueUnavailable: [451, '4.3.0', 'Queue temporarily unavailable, message not accepted, try again later'],

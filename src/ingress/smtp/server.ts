@@ -21,7 +21,7 @@ import type { Config } from '../../config/schema.ts';
 import type { Logger } from '../../log.ts';
 import { newMessageId, type UserDirectory } from '../../message/types.ts';
 import type { QueueManager } from '../../queue/manager.ts';
-import { addedHeaders, ContentScanner } from './hygiene.ts';
+import { addedHeaders, ContentScanner, faultReply, SMUGGLING } from './hygiene.ts';
 import { AuthGuard, ConnectionLimiter, DataDeadlines } from './limits.ts';
 import { RelayPolicy } from './policy.ts';
 import { ENHANCED_PREFIX, LIBRARY_REPLIES, REPLIES, reply, SmtpReply } from './replies.ts';
@@ -375,7 +375,7 @@ export class SmtpIngress extends EventEmitter {
   private onData(listener: ListenerName, stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
     const st = this.state(session);
     const log = this.log;
-    const scanner = new ContentScanner(this.config.smtp.maxLineLength);
+    const scanner = new ContentScanner(this.config.smtp);
     const chunks: Buffer[] = [];
     let kept = 0;
     let done = false;
@@ -412,8 +412,8 @@ export class SmtpIngress extends EventEmitter {
       if (stream.sizeExceeded) return finish(reply('messageTooBig', this.config.smtp.maxMessageSize));
       const fault = scanner.end();
       if (fault) {
-        const r = reply(fault, this.config.smtp.maxLineLength);
-        if (fault !== 'lineTooLong') {
+        const r = faultReply(fault, this.config.smtp);
+        if (SMUGGLING.has(fault)) {
           // A possible smuggling attempt: answer, then hang up, so that nothing the client
           // pipelined after this message is read as a command.
           const conn = this.connection(session, listener);
