@@ -97,7 +97,7 @@ export const configSchema = z
         // (Postfix's per-request deadline): a client that trickles slower is cut off (421 4.4.2)
         dataTimeout: duration('10m'),
         minDataRate: size('1KB'), // bytes per second while DATA arrives; 0: dataTimeout is the whole budget
-        maxCommandLength: z.number().int().min(512).default(2048), // octets per command line (RFC 5321: 512 + extensions; AUTH needs more)
+        maxCommandLength: z.number().int().min(512).default(2048), // octets per command line (RFC 5321: 512 + extensions; AUTH needs more); beyond: 500 5.5.2
         maxLineLength: z.number().int().nonnegative().default(1000), // octets per message line incl. CRLF (RFC 5321 4.5.3.1.6); 0 = no limit (552 5.6.0 beyond)
         maxHeaderSize: size('100KB'), // octets of a message's header section (Postfix header_size_limit); 0 = no limit (552 5.3.4 beyond)
         maxHops: z.number().int().nonnegative().default(50), // Received headers at which a message is refused as a loop (Postfix hopcount_limit; 554 5.4.0); 0 = no limit

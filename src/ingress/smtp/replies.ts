@@ -19,6 +19,7 @@ export const REPLIES = {
   commandTimeout: [421, '4.4.2', 'Timeout waiting for a command, closing connection'],
   dataTooSlow: [421, '4.4.2', 'Message data arriving too slowly, closing connection'],
   commandTooLong: [421, '4.5.2', 'Command line too long, closing connection'],
+  tooManyErrors: [421, '4.7.0', 'Too many errors, closing connection'],
   shuttingDown: [421, '4.3.2', 'Server shutting down, try again later'],
   tooManyUnrecognized: [421, '4.5.2', 'Too many unrecognized commands, closing connection'],
   tooManyUnauthenticated: [421, '4.7.0', 'Too many commands without authentication, closing connection'],
@@ -30,6 +31,12 @@ export const REPLIES = {
   authTooManyFailures: [421, '4.7.0', 'Too many failed authentication attempts, try again later'],
   authUnavailable: [454, '4.7.0', 'Temporary authentication failure, try again later'],
   authzidMismatch: [535, '5.7.8', 'Authorization identity must be empty or equal the user name'],
+
+  // ---- command syntax (the session goes on) ----
+  commandLineTooLong: [500, '5.5.2', 'Command line too long (at most {0} octets)'],
+  pathTooLong: [501, '5.1.3', 'Path too long (at most {0} octets)'],
+  notUtf8: [553, '5.6.7', 'Address is not valid UTF-8'],
+  badParameter: [555, '5.5.4', 'Unsupported or malformed {1} parameter {0}'],
 
   // ---- envelope ----
   storageUnavailable: [451, '4.3.0', 'Queue storage temporarily unavailable, try again later'],

@@ -21,6 +21,7 @@ import type { Config } from '../../config/schema.ts';
 import type { Logger } from '../../log.ts';
 import { newMessageId, type UserDirectory } from '../../message/types.ts';
 import type { QueueManager } from '../../queue/manager.ts';
+import { hardCommandLength, screenCommand } from './commands.ts';
 import { addedHeaders, ContentScanner, faultReply, SMUGGLING } from './hygiene.ts';
 import { AuthGuard, ConnectionLimiter, DataDeadlines } from './limits.ts';
 import { RelayPolicy } from './policy.ts';
@@ -59,6 +60,20 @@ interface SessionState {
 class GatewayConnection extends SMTPConnection {
   private corked: Socket | TLSSocket | undefined;
 
+  private get rules(): ConnectionRules {
+    return (this._server as GatewayServer).rules;
+  }
+
+  /** Every command line passes the ingress's checks (commands.ts) before smtp-server reads it. */
+  override _onCommand(command: Buffer, callback?: () => void): void {
+    const next = callback ?? (() => {});
+    if (this._nextHandler || this._upgrading || !this._ready) return super._onCommand(command, next);
+    const refused = this.rules.screen(command, this.session);
+    if (!refused) return super._onCommand(command, next);
+    this.send(refused.responseCode, refused.message);
+    setImmediate(next);
+  }
+
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     // Replies written in one turn of the event loop (those to pipelined commands) leave in one
     // segment: the socket is corked until the turn ends (RFC 2920 lets a server group them).
@@ -85,9 +100,21 @@ class GatewayConnection extends SMTPConnection {
   }
 }
 
+/** What the ingress applies to each connection of a listener, besides smtp-server's hooks. */
+interface ConnectionRules {
+  /** A reply refusing a command line (the session goes on), or undefined to let it through. */
+  screen(line: Buffer, session: SMTPServerSession): SmtpReply | undefined;
+}
+
 /** smtp-server with GatewayConnection, and a way to find a session's connection. */
 class GatewayServer extends SMTPServer {
   readonly bySession = new WeakMap<SMTPServerSession, SMTPConnection>();
+  readonly rules: ConnectionRules;
+
+  constructor(options: SMTPServerOptions, rules: ConnectionRules) {
+    super(options);
+    this.rules = rules;
+  }
 
   override connect(socket: Socket | TLSSocket, socketOptions?: SMTPConnectionOptions | null): void {
     const connection = new GatewayConnection(this, socket, socketOptions);
@@ -163,7 +190,7 @@ export class SmtpIngress extends EventEmitter {
     ];
     try {
       for (const [name, addr] of listeners) {
-        const srv = new GatewayServer(this.options(name));
+        const srv = new GatewayServer(this.options(name), this.rules(name));
         srv.on('error', (err: Error & { code?: string }) => {
           if (err.code && ['ECONNRESET', 'EPIPE', 'ETIMEDOUT'].includes(err.code)) return;
           this.log.warn({ err, listener: name }, 'connection error');
@@ -271,7 +298,9 @@ export class SmtpIngress extends EventEmitter {
       hideREQUIRETLS: true,
       socketTimeout: s.commandTimeout,
       closeTimeout: 2000,
-      maxCommandLength: s.maxCommandLength,
+      // lines up to smtp.maxCommandLength reach the hooks, longer ones get 500 5.5.2 (commands.ts)
+      // and the session goes on; only a line that never ends is cut off at this hard limit (421)
+      maxCommandLength: hardCommandLength(s.maxCommandLength),
       logger: this.libraryLog.child({ listener }) as unknown as SMTPServerOptions['logger'],
       onConnect: (session, cb) => hook(this.log, 'connect', () => this.onConnect(listener, session), cb),
       onMailFrom: (address, session, cb) => hook(this.log, 'mail', () => this.onMailFrom(address, session), cb),
@@ -287,6 +316,13 @@ export class SmtpIngress extends EventEmitter {
       authOptional: false,
       authRequiredMessage: `${REPLIES.authRequired[1]} ${REPLIES.authRequired[2]}`,
       onAuth: (auth, session, cb) => hook(this.log, 'auth', () => this.onAuth(auth, session), cb),
+    };
+  }
+
+  private rules(_listener: ListenerName): ConnectionRules {
+    const s = this.config.smtp;
+    return {
+      screen: (line) => screenCommand(line, s.maxCommandLength),
     };
   }
 

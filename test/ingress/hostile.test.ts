@@ -1,0 +1,73 @@
+// Hostile clients at the SMTP edge: malformed command lines, floods, loops, trickles, memory.
+// Every refusal is a precise reply, and nothing is stored.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { RawClient, session, startHarness, startIngress, uniqueDomain, type Harness } from './helpers.ts';
+
+/** Writes raw bytes as one command line and reads the reply. */
+async function rawCmd(c: RawClient, line: Buffer): Promise<{ code: number; text: string }> {
+  c.write(Buffer.concat([line, Buffer.from('\r\n')]));
+  const r = await c.read();
+  assert.ok(r, 'a reply');
+  return r;
+}
+
+describe('hostile SMTP clients', () => {
+  let h: Harness;
+  before(async () => {
+    h = await startHarness('hostile');
+  });
+  after(async () => {
+    await h.stop();
+  });
+
+  const relayTo = (domain: string, smtp: Record<string, unknown> = {}, more: Record<string, unknown> = {}) => ({ domains: { local: [], relay: [domain] }, networks: { trusted: [] }, smtp, ...more });
+
+  it('refuses addresses that are not valid UTF-8 under SMTPUTF8 (553 5.6.7), storing nothing', async () => {
+    const d = uniqueDomain('utf8');
+    const ing = await startIngress(h, relayTo(d));
+    const c = await session(ing.address('mx').port);
+    const bad = Buffer.from([0xff, 0xfe]);
+    const from = await rawCmd(c, Buffer.concat([Buffer.from('MAIL FROM:<'), bad, Buffer.from('@src.test> SMTPUTF8')]));
+    assert.deepEqual([from.code, from.text], [553, '5.6.7 Address is not valid UTF-8']);
+    assert.equal((await c.cmd('MAIL FROM:<ok@src.test> SMTPUTF8')).code, 250);
+    const rcpt = await rawCmd(c, Buffer.concat([Buffer.from('RCPT TO:<'), bad, Buffer.from(`@${d}>`)]));
+    assert.deepEqual([rcpt.code, rcpt.text], [553, '5.6.7 Address is not valid UTF-8']);
+    assert.equal((await c.cmd('DATA')).code, 503, 'no recipient was taken');
+    c.close();
+    assert.equal(h.qm.queues.has(d), false);
+  });
+
+  it('answers unknown or malformed MAIL/RCPT parameters with 555 5.5.4', async () => {
+    const d = uniqueDomain('params');
+    const ing = await startIngress(h, relayTo(d));
+    const c = await session(ing.address('mx').port);
+    for (const p of ['X-FOO=bar', '=x', 'SMTPUTF8=yes', 'RET=BOGUS', 'BODY']) {
+      const r = await c.cmd(`MAIL FROM:<a@src.test> ${p}`);
+      assert.equal(r.code, 555, `MAIL ${p}: ${r.text}`);
+      assert.match(r.text, /^5\.5\.4 Unsupported or malformed MAIL FROM parameter /);
+    }
+    assert.equal((await c.cmd('MAIL FROM:<a@src.test> SIZE=100 BODY=8BITMIME')).code, 250);
+    for (const p of ['NOTIFY=BOGUS', 'NOTIFY=NEVER,SUCCESS', 'SMTPUTF8', 'X-FOO=bar', '=x', 'ORCPT=bad']) {
+      const r = await c.cmd(`RCPT TO:<r@${d}> ${p}`);
+      assert.equal(r.code, 555, `RCPT ${p}: ${r.text}`);
+      assert.match(r.text, /^5\.5\.4 Unsupported or malformed RCPT TO parameter /);
+    }
+    assert.equal((await c.cmd(`RCPT TO:<r@${d}> NOTIFY=FAILURE,DELAY ORCPT=rfc822;r@${d}`)).code, 250);
+    c.close();
+  });
+
+  it('answers an over-long command line with 500 5.5.2 and an over-long path with 501 5.1.3, keeping the session', async () => {
+    const d = uniqueDomain('long');
+    const ing = await startIngress(h, relayTo(d, { maxCommandLength: 600 }));
+    const c = await session(ing.address('mx').port);
+    assert.equal((await c.cmd(`NOOP ${'z'.repeat(500)}`)).code, 250);
+    const r = await c.cmd(`NOOP ${'z'.repeat(700)}`);
+    assert.deepEqual([r.code, r.text], [500, '5.5.2 Command line too long (at most 600 octets)']);
+    const path = await c.cmd(`MAIL FROM:<${'p'.repeat(250)}@src.test>`);
+    assert.deepEqual([path.code, path.text], [501, '5.1.3 Path too long (at most 256 octets)']);
+    assert.equal((await c.cmd('MAIL FROM:<a@src.test>')).code, 250, 'the session goes on');
+    assert.equal(c.closed, false);
+    c.close();
+  });
+});
