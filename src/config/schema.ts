@@ -40,6 +40,8 @@ const cidr = z.string().regex(/^[0-9a-fA-F:.]+(\/\d{1,3})?$/, 'expected an addre
 const consistency = z.enum(['any', 'one', 'two', 'three', 'quorum', 'all', 'local_quorum', 'each_quorum', 'local_one']);
 const count = (def: number) => z.number().int().nonnegative().default(def);
 
+const opsToken = z.string().min(16, 'expected a token of at least 16 characters');
+
 const redisNode = z.union([
   redisUrl.transform((url) => ({ url, standby: undefined as string | undefined })),
   z.strictObject({ url: redisUrl, standby: redisUrl.optional() }),
@@ -132,7 +134,13 @@ export const configSchema = z
     ops: z
       .strictObject({
         listen: listen('127.0.0.1:8025'),
-        tokens: z.array(z.string().min(16, 'expected a token of at least 16 characters')).default([]),
+        // bearer tokens: "token" (role admin) or { token, role: read | admin }; read: every GET,
+        // admin: every call. No token: only the dashboard page and ops.open answer (401).
+        tokens: z.array(z.union([opsToken.transform((token) => ({ token, role: 'admin' as const })), z.strictObject({ token: opsToken, role: z.enum(['read', 'admin']) })])).default([]),
+        open: z.array(z.enum(['health', 'metrics'])).default(['health']), // answered without a token
+        // names the Host header may carry besides gateway.hostname, "localhost" and IP literals
+        // (any other name is refused, 403: no DNS rebinding from a page in an operator's browser)
+        hosts: z.array(z.string().regex(/^[A-Za-z0-9.-]+$/, 'expected a host name')).default([]),
       })
       .prefault({}),
     redis: z
