@@ -172,6 +172,9 @@ export const configSchema = z
       .strictObject({
         local: z.array(domain).default(['example.test']), // delivered into Cassandra mailboxes
         relay: z.array(domain).default([]), // accepted from anyone and relayed
+        // the mailbox that mail for <postmaster> and postmaster@ every local domain goes to
+        // (RFC 5321 4.5.1: always accepted); "" = postmaster@ the first local domain
+        postmaster: z.union([z.literal(''), z.string().email('expected an e-mail address')]).default(''),
       })
       .prefault({}),
     networks: z.strictObject({ trusted: z.array(cidr).default(['127.0.0.0/8', '::1/128']) }).prefault({}),

@@ -71,3 +71,45 @@ describe('hostile SMTP clients', () => {
     c.close();
   });
 });
+
+describe('postmaster (RFC 5321 4.5.1)', () => {
+  let h: Harness;
+  before(async () => {
+    h = await startHarness('postmaster');
+  });
+  after(async () => {
+    await h.stop();
+  });
+
+  it('accepts <postmaster> and postmaster@ every local domain, for the configured mailbox', async () => {
+    const a = uniqueDomain('pm-a');
+    const b = uniqueDomain('pm-b');
+    const ing = await startIngress(h, { domains: { local: [a, b], relay: [], postmaster: `admin@${a}` }, networks: { trusted: [] } });
+    const c = await session(ing.address('mx').port);
+    assert.equal((await c.cmd('MAIL FROM:<someone@src.test>')).code, 250);
+    for (const rcpt of ['<postmaster>', '<POSTMASTER>', `<postmaster@${a}>`, `<PostMaster@${b.toUpperCase()}>`]) {
+      const r = await c.cmd(`RCPT TO:${rcpt}`);
+      assert.equal(r.code, 250, `${rcpt}: ${r.text}`);
+    }
+    assert.equal((await c.cmd(`RCPT TO:<nobody@${a}>`)).code, 550, 'other unknown users are still refused');
+    assert.equal((await c.cmd('DATA')).code, 354);
+    assert.equal((await c.cmd('Subject: to the postmaster\r\n\r\nhello\r\n.')).code, 250);
+    c.close();
+    const [m] = await h.qm.take(a, 5);
+    assert.deepEqual(m!.envelope.to, [`admin@${a}`]);
+    assert.equal(h.qm.queues.has(b), false);
+  });
+
+  it('without a configured mailbox, postmaster@ the first local domain', async () => {
+    const a = uniqueDomain('pm-default');
+    const ing = await startIngress(h, { domains: { local: [a], relay: [] }, networks: { trusted: [] } });
+    const c = await session(ing.address('mx').port);
+    await c.cmd('MAIL FROM:<someone@src.test>');
+    assert.equal((await c.cmd('RCPT TO:<postmaster>')).code, 250);
+    await c.cmd('DATA');
+    assert.equal((await c.cmd('Subject: x\r\n\r\nhello\r\n.')).code, 250);
+    c.close();
+    const [m] = await h.qm.take(a, 5);
+    assert.deepEqual(m!.envelope.to, [`postmaster@${a}`]);
+  });
+});

@@ -107,12 +107,30 @@ export class RelayPolicy {
   readonly relay: DomainSet;
   readonly trusted: Networks;
   private readonly users: UserDirectory;
+  private readonly postmasterAddress: string;
 
   constructor(config: Config, users: UserDirectory) {
+    this.postmasterAddress = config.domains.postmaster;
     this.local = new DomainSet(config.domains.local);
     this.relay = new DomainSet(config.domains.relay);
     this.trusted = new Networks(config.networks.trusted);
     this.users = users;
+  }
+
+  /**
+   * RFC 5321 4.5.1: <postmaster> and postmaster@ every local domain are accepted, without a user
+   * check, for the mailbox of domains.postmaster (default postmaster@ the first local domain).
+   */
+  private postmaster(raw: string): Address | undefined {
+    const at = raw.lastIndexOf('@');
+    if ((at < 0 ? raw : raw.slice(0, at)).toLowerCase() !== 'postmaster') return undefined;
+    if (at >= 0) {
+      const a = normalizeAddress(raw);
+      if (!a || !this.local.has(a.domain)) return undefined;
+    }
+    const first = this.local.first;
+    const target = this.postmasterAddress || (first ? `postmaster@${first}` : '');
+    return target ? normalizeAddress(target) : undefined;
   }
 
   /** The envelope sender ("" is the null sender). Throws an SmtpReply when refused. */
@@ -125,20 +143,15 @@ export class RelayPolicy {
   }
 
   /**
-   * Decides one RCPT TO. Returns the address as it will be queued, or throws an SmtpReply:
+   * Decides one RCPT TO. Returns the address as it will be queued (postmaster's mailbox for
+   * postmaster), or throws an SmtpReply:
    * 553 5.6.7, 501 5.1.3, 550 5.7.1 (relay or routing), 550 5.1.1 (unknown local user),
    * 451 4.3.0 (the user directory did not answer).
    */
   async recipient(raw: string, facts: ClientFacts): Promise<Address> {
-    let input = raw;
-    // RFC 5321 4.1.1.3: "postmaster" without a domain must be accepted; it is the postmaster
-    // of the first local domain.
-    if (!input.includes('@') && input.toLowerCase() === 'postmaster') {
-      const first = this.local.first;
-      if (!first) throw reply('unknownUser', raw);
-      input = `postmaster@${first}`;
-    }
-    const a = normalizeAddress(input);
+    const postmaster = this.postmaster(raw);
+    if (postmaster) return postmaster;
+    const a = normalizeAddress(raw);
     if (!a) throw reply('badRecipient', raw);
     if (!facts.smtpUtf8 && NON_ASCII.test(a.local)) throw reply('utf8Required', raw);
     const privileged = facts.trusted || facts.authenticated;
