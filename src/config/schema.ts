@@ -113,6 +113,10 @@ export const configSchema = z
       .strictObject({
         listen: listen('127.0.0.1:2587'),
         implicitTls: z.boolean().default(false), // true: TLS from the first byte (port 465 style)
+        // who may use which envelope sender (Postfix smtpd_sender_login_maps): sender address or
+        // "@domain" → the logins that own it. A login owns its own address; any other sender of an
+        // authenticated session gets 553 5.7.1
+        senderLogins: z.record(z.string().regex(/^[^\s@]*@[^\s@]+$/, 'expected an address or "@domain"'), z.array(z.string().email('expected a login (an e-mail address)'))).default({}),
       })
       .prefault({}),
     tls,

@@ -2,6 +2,8 @@
 // Every refusal is a precise reply, and nothing is stored.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import nodemailer from 'nodemailer';
+import { hashPassword } from '../../src/message/password.ts';
 import { RawClient, session, startHarness, startIngress, uniqueDomain, type Harness } from './helpers.ts';
 
 /** Writes raw bytes as one command line and reads the reply. */
@@ -111,5 +113,59 @@ describe('postmaster (RFC 5321 4.5.1)', () => {
     c.close();
     const [m] = await h.qm.take(a, 5);
     assert.deepEqual(m!.envelope.to, [`postmaster@${a}`]);
+  });
+});
+
+describe('submission: who may send as whom, and AUTH never offered in the clear', () => {
+  let h: Harness;
+  let port: number;
+  let dest: string;
+  const password = 'correct horse battery staple';
+  before(async () => {
+    h = await startHarness('sender-login');
+    dest = uniqueDomain('sl-dest');
+    const hash = await hashPassword(password);
+    const ing = await startIngress(h, {
+      domains: { local: ['sl.test'], relay: [] },
+      networks: { trusted: [] },
+      users: [{ address: 'app@sl.test', passwordHash: hash }, { address: 'anne@sl.test', passwordHash: hash }],
+      submission: { senderLogins: { 'noreply@sl.test': ['app@sl.test'], '@brand.test': ['APP@sl.test'] } },
+    });
+    port = ing.address('submission').port;
+  });
+  after(async () => {
+    await h.stop();
+  });
+
+  it('an authenticated user sends only as an address it owns (553 5.7.1 otherwise)', async () => {
+    const transport = nodemailer.createTransport({ host: '127.0.0.1', port, requireTLS: true, tls: { rejectUnauthorized: false }, auth: { user: 'app@sl.test', pass: password } });
+    try {
+      for (const from of ['app@sl.test', 'App@SL.test', 'noreply@sl.test', 'billing@brand.test']) {
+        const info = await transport.sendMail({ envelope: { from, to: [`r@${dest}`] }, raw: 'Subject: x\r\n\r\nx\r\n' });
+        assert.match(info.response, /^250 /, from);
+      }
+      for (const from of ['anne@sl.test', 'ceo@bank.test']) {
+        await assert.rejects(transport.sendMail({ envelope: { from, to: [`r@${dest}`] }, raw: 'Subject: x\r\n\r\nx\r\n' }), (err: Error & { response?: string }) => {
+          assert.equal(err.response, `553 5.7.1 <${from}>: Sender address rejected: not owned by user app@sl.test`);
+          return true;
+        });
+      }
+    } finally {
+      transport.close();
+    }
+    assert.equal((await h.qm.take(dest, 10)).length, 4);
+  });
+
+  it('does not offer AUTH before STARTTLS', async () => {
+    const c = await RawClient.open(port);
+    await c.read();
+    const ehlo = await c.cmd('EHLO client.test');
+    assert.ok(ehlo.lines.some((l) => l.includes('STARTTLS')));
+    assert.equal(ehlo.lines.some((l) => /AUTH/.test(l)), false, ehlo.lines.join(' | '));
+    assert.equal((await c.cmd('STARTTLS')).code, 220);
+    await c.startTls();
+    const after = await c.cmd('EHLO client.test');
+    assert.ok(after.lines.some((l) => /AUTH PLAIN LOGIN/.test(l)));
+    c.close();
   });
 });

@@ -11,7 +11,7 @@
 import { BlockList, isIP } from 'node:net';
 import { domainToASCII } from 'node:url';
 import type { Config } from '../../config/schema.ts';
-import type { UserDirectory } from '../../message/types.ts';
+import { domainOf, type UserDirectory } from '../../message/types.ts';
 import { reply } from './replies.ts';
 
 export interface Address {
@@ -108,9 +108,14 @@ export class RelayPolicy {
   readonly trusted: Networks;
   private readonly users: UserDirectory;
   private readonly postmasterAddress: string;
+  /** submission.senderLogins: sender address or "@domain" (lower case) → logins (lower case). */
+  private readonly senderLogins = new Map<string, Set<string>>();
 
   constructor(config: Config, users: UserDirectory) {
     this.postmasterAddress = config.domains.postmaster;
+    for (const [sender, logins] of Object.entries(config.submission.senderLogins)) {
+      this.senderLogins.set(sender.toLowerCase(), new Set(logins.map((l) => l.toLowerCase())));
+    }
     this.local = new DomainSet(config.domains.local);
     this.relay = new DomainSet(config.domains.relay);
     this.trusted = new Networks(config.networks.trusted);
@@ -131,6 +136,18 @@ export class RelayPolicy {
     const first = this.local.first;
     const target = this.postmasterAddress || (first ? `postmaster@${first}` : '');
     return target ? normalizeAddress(target) : undefined;
+  }
+
+  /**
+   * May this login use this envelope sender? Its own address, and what submission.senderLogins
+   * gives it (by address, then by "@domain"). The null sender is anyone's.
+   */
+  ownsSender(login: string, sender: string): boolean {
+    if (sender === '') return true;
+    const user = login.toLowerCase();
+    const address = sender.toLowerCase();
+    if (address === user) return true;
+    return !!(this.senderLogins.get(address)?.has(user) || this.senderLogins.get(`@${domainOf(address)}`)?.has(user));
   }
 
   /** The envelope sender ("" is the null sender). Throws an SmtpReply when refused. */

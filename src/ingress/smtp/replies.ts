@@ -46,6 +46,7 @@ export const REPLIES = {
   unknownUser: [550, '5.1.1', '<{0}>: Recipient address rejected: user unknown'],
   recipientCheckFailed: [451, '4.3.0', '<{0}>: Recipient check failed temporarily, try again later'],
   relayDenied: [550, '5.7.1', '<{0}>: Relay access denied'],
+  senderNotOwned: [553, '5.7.1', '<{0}>: Sender address rejected: not owned by user {1}'],
   routingDenied: [550, '5.7.1', '<{0}>: Sender-specified routing (%, !, quoted local part) is not allowed'],
 
   // ---- message content (DATA) ----

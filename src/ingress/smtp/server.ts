@@ -88,6 +88,11 @@ class GatewayConnection extends SMTPConnection {
         if (socket.writableCorked) socket.uncork();
       });
     }
+    if (Array.isArray(data) && code === 250 && !this.secure && this.rules.authOnlyOverTls) {
+      // the EHLO reply: AUTH is not offered before STARTTLS (Postfix smtpd_tls_auth_only), so
+      // that no client sends its password in the clear to find out it must not
+      data = data.filter((line) => !line.startsWith('AUTH '));
+    }
     if (typeof data === 'string') {
       if (ENHANCED_PREFIX.test(data)) return super.send(code, data, false);
       const name = LIBRARY_REPLIES.get(`${code} ${data}`);
@@ -104,6 +109,8 @@ class GatewayConnection extends SMTPConnection {
 interface ConnectionRules {
   /** A reply refusing a command line (the session goes on), or undefined to let it through. */
   screen(line: Buffer, session: SMTPServerSession): SmtpReply | undefined;
+  /** AUTH is left out of the EHLO reply until the connection is secure (submission). */
+  authOnlyOverTls: boolean;
 }
 
 /** smtp-server with GatewayConnection, and a way to find a session's connection. */
@@ -319,10 +326,11 @@ export class SmtpIngress extends EventEmitter {
     };
   }
 
-  private rules(_listener: ListenerName): ConnectionRules {
+  private rules(listener: ListenerName): ConnectionRules {
     const s = this.config.smtp;
     return {
       screen: (line) => screenCommand(line, s.maxCommandLength),
+      authOnlyOverTls: listener === 'submission',
     };
   }
 
@@ -397,6 +405,8 @@ export class SmtpIngress extends EventEmitter {
     if (!this.doorOpen) throw reply('storageUnavailable');
     if (st.listener === 'submission' && !session.user) throw reply('authRequired');
     st.from = this.policy.sender(address.address, { smtpUtf8: !!session.envelope.smtpUtf8 });
+    const user = typeof session.user === 'string' ? session.user : undefined;
+    if (user && !this.policy.ownsSender(user, st.from)) throw reply('senderNotOwned', st.from, user);
   }
 
   private async onRcptTo(address: SMTPServerAddress, session: SMTPServerSession): Promise<void> {
