@@ -107,6 +107,18 @@ export const configSchema = z
         // close = stop listening (a load balancer moves traffic elsewhere) until they can
         whenUnwritable: z.enum(['refuse', 'close']).default('refuse'),
         auth: authLimits,
+        // error replies (4xx/5xx) and junk commands, as Postfix's smtpd does
+        errors: z
+          .strictObject({
+            junkCommands: count(100), // NOOP, RSET, VRFY, HELP per connection before each one counts as an error (smtpd_junk_command_limit)
+            softLimit: count(10), // errors on a connection after which each command waits `sleep` (smtpd_soft_error_limit)
+            hardLimit: count(20), // errors on a connection, then 421 4.7.0 and disconnect (smtpd_hard_error_limit)
+            sleep: duration('1s'), // smtpd_error_sleep_time
+            perClient: count(100), // errors per client within `window`, then 421 4.7.0, also to new connections; 0: off
+            window: duration('10m'),
+          })
+          .prefault({}),
+        maxBytesInFlight: size('512MB'), // message bytes held by all DATA transfers together; beyond: 452 4.3.1
       })
       .prefault({}),
     submission: z
@@ -181,7 +193,14 @@ export const configSchema = z
         postmaster: z.union([z.literal(''), z.string().email('expected an e-mail address')]).default(''),
       })
       .prefault({}),
-    networks: z.strictObject({ trusted: z.array(cidr).default(['127.0.0.0/8', '::1/128']) }).prefault({}),
+    networks: z
+      .strictObject({
+        trusted: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
+        // IPv6 clients are counted per network of this many bits by every per-client limit
+        // (connections, failed logins, errors): a client owns a whole /64 and can rotate through it
+        ipv6Prefix: z.number().int().min(16).max(128).default(64),
+      })
+      .prefault({}),
     // Static routes: a domain, "*.domain" (its subdomains) or "*" (everything else, a smarthost)
     // → "local" (mailbox delivery) or smtp://host:port (smtps:// for TLS from the first byte).
     // The most specific match wins; unrouted domains go to their MX hosts.

@@ -3,7 +3,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
+import { Writable } from 'node:stream';
+import { SmtpIngress } from '../../src/ingress/smtp/server.ts';
+import { createLogger } from '../../src/log.ts';
 import { hashPassword } from '../../src/message/password.ts';
+import { testConfig } from '../helpers/config.ts';
+import { waitFor } from '../helpers/waitFor.ts';
 import { RawClient, session, startHarness, startIngress, uniqueDomain, type Harness } from './helpers.ts';
 
 /** Writes raw bytes as one command line and reads the reply. */
@@ -71,6 +76,157 @@ describe('hostile SMTP clients', () => {
     assert.equal((await c.cmd('MAIL FROM:<a@src.test>')).code, 250, 'the session goes on');
     assert.equal(c.closed, false);
     c.close();
+  });
+});
+
+describe('floods, loops, trickles and memory', () => {
+  let h: Harness;
+  before(async () => {
+    h = await startHarness('floods');
+  });
+  after(async () => {
+    await h.stop();
+  });
+
+  const relayTo = (domain: string, smtp: Record<string, unknown> = {}) => ({ domains: { local: [], relay: [domain] }, networks: { trusted: [] }, smtp });
+
+  /** Replies until the server closes the connection. */
+  async function repliesUntilClosed(c: RawClient): Promise<{ code: number; text: string }[]> {
+    const out: { code: number; text: string }[] = [];
+    for (;;) {
+      const r = await c.read(15_000);
+      if (!r) return out;
+      out.push(r);
+    }
+  }
+
+  it('junk commands: past smtpd_junk_command_limit each one is an error; past the soft limit replies slow down; at the hard limit 421 4.7.0', async () => {
+    const ing = await startIngress(h, relayTo(uniqueDomain('junk'), { errors: { sleep: '50ms' } }));
+    const c = await session(ing.address('mx').port);
+    const t0 = Date.now();
+    c.write('NOOP\r\nRSET\r\nVRFY x\r\n'.repeat(100));
+    const replies = await repliesUntilClosed(c);
+    const last = replies.at(-1)!;
+    assert.deepEqual([last.code, last.text], [421, '4.7.0 Too many errors, closing connection']);
+    // 100 junk commands are free, the next 20 are errors: the 20th ends the connection unanswered
+    assert.equal(replies.length, 120);
+    assert.equal(replies.filter((r) => r.code < 400).length, 119);
+    assert.ok(Date.now() - t0 >= 10 * 50, 'errors past the soft limit waited errors.sleep each');
+  });
+
+  it('a dictionary attack: 550s end in 421 4.7.0 per connection, then the client is refused', async () => {
+    const d = uniqueDomain('dict');
+    const ing = await startIngress(h, { domains: { local: [d], relay: [] }, networks: { trusted: [] }, smtp: { errors: { sleep: '20ms', perClient: 30, window: '1m' } } });
+    const port = ing.address('mx').port;
+    const c = await session(port);
+    await c.cmd('MAIL FROM:<a@src.test>');
+    c.write(Array.from({ length: 200 }, (_, i) => `RCPT TO:<guess${i}@${d}>\r\n`).join(''));
+    const replies = await repliesUntilClosed(c);
+    assert.equal(replies.filter((r) => r.code === 550).length, 20);
+    assert.deepEqual(replies.at(-1), { code: 421, lines: ['421 4.7.0 Too many errors, closing connection'], text: '4.7.0 Too many errors, closing connection' });
+    // the next connection from the same client gets the rest of its 30, then 421
+    const c2 = await session(port);
+    await c2.cmd('MAIL FROM:<a@src.test>');
+    c2.write(Array.from({ length: 50 }, (_, i) => `RCPT TO:<again${i}@${d}>\r\n`).join(''));
+    const second = await repliesUntilClosed(c2);
+    assert.equal(second.filter((r) => r.code === 550).length, 10);
+    assert.equal(second.at(-1)!.text, '4.7.0 Too many errors, closing connection');
+    const c3 = await RawClient.open(port);
+    assert.equal((await c3.read())!.text, '4.7.0 Too many errors, closing connection');
+    await c3.closedByServer();
+    assert.equal(h.qm.queues.has(d), false);
+  });
+
+  it('mail loops (smtp.maxHops, 554 5.4.0) and huge header sections (smtp.maxHeaderSize, 552 5.3.4)', async () => {
+    const d = uniqueDomain('loop');
+    const ing = await startIngress(h, relayTo(d, { maxHeaderSize: '8KB', maxHops: 5 }));
+    const c = await session(ing.address('mx').port);
+    const received = 'Received: from a.test by b.test; Thu, 1 Jan 2026 00:00:00 +0000\r\n';
+    for (const [head, code, text] of [
+      [received.repeat(5), 554, '5.4.0 Too many hops: 5 or more Received headers, message is looping'],
+      [`X-Long: ${'a'.repeat(70)}\r\n${' folded\r\n'.repeat(1000)}`, 552, '5.3.4 Message header exceeds 8192 octets'],
+      ['X: y\r\n'.repeat(2000), 552, '5.3.4 Message header exceeds 8192 octets'],
+      [received.repeat(4), 250, undefined],
+    ] as const) {
+      await c.cmd('MAIL FROM:<a@src.test>');
+      await c.cmd(`RCPT TO:<r@${d}>`);
+      await c.cmd('DATA');
+      const r = await c.cmd(`${head}Subject: x\r\n\r\n${received}body\r\n.`);
+      assert.equal(r.code, code, r.text);
+      if (text) assert.equal(r.text, text);
+    }
+    c.close();
+    assert.equal((await h.qm.take(d, 5)).length, 1);
+  });
+
+  it('a command trickled a byte at a time is cut off at smtp.commandTimeout (421 4.4.2)', async () => {
+    const ing = await startIngress(h, relayTo(uniqueDomain('trickle'), { commandTimeout: '1s' }));
+    const c = await session(ing.address('mx').port);
+    const t0 = Date.now();
+    const timer = setInterval(() => c.write('N'), 200);
+    try {
+      const r = await c.read(10_000);
+      assert.deepEqual([r?.code, r?.text], [421, '4.4.2 Timeout waiting for a command, closing connection']);
+      await c.closedByServer();
+      assert.ok(Date.now() - t0 < 4000, `closed after ${Date.now() - t0} ms`);
+    } finally {
+      clearInterval(timer);
+    }
+  });
+
+  it('bytes in flight: past smtp.maxBytesInFlight a transfer is refused at its end and DATA at once (452 4.3.1)', async () => {
+    const d = uniqueDomain('inflight');
+    const ing = await startIngress(h, relayTo(d, { maxBytesInFlight: '64KB' }));
+    const port = ing.address('mx').port;
+    const open = async () => {
+      const c = await session(port);
+      await c.cmd('MAIL FROM:<a@src.test>');
+      await c.cmd(`RCPT TO:<r@${d}>`);
+      return c;
+    };
+    const line = `${'x'.repeat(98)}\r\n`;
+    const a = await open();
+    assert.equal((await a.cmd('DATA')).code, 354);
+    a.write(`Subject: a\r\n\r\n${line.repeat(600)}`); // 60 KB, held
+    await waitFor(() => ing.bytesInFlight >= 60_000, { what: 'the first transfer is held' });
+    const b = await open();
+    assert.equal((await b.cmd('DATA')).code, 354);
+    b.write(`Subject: b\r\n\r\n${line.repeat(100)}`); // 10 KB more: over the budget
+    await waitFor(() => ing.bytesInFlight > 64 * 1024, { what: 'over the budget' });
+    const c = await open();
+    const refused = await c.cmd('DATA');
+    assert.deepEqual([refused.code, refused.text], [452, '4.3.1 Insufficient system resources: too much mail in transfer, try again later']);
+    const rb = await b.cmd('.');
+    assert.deepEqual([rb.code, rb.text], [452, '4.3.1 Insufficient system resources: too much mail in transfer, try again later']);
+    assert.equal((await a.cmd('.')).code, 250, 'the one within the budget is queued');
+    assert.equal(ing.bytesInFlight, 0);
+    for (const x of [a, b, c]) x.close();
+    assert.equal((await h.qm.take(d, 5)).length, 1);
+  });
+
+  it('a client without reverse DNS is not an error in the log', async () => {
+    const lines: string[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        lines.push(...chunk.toString().split('\n').filter(Boolean));
+        cb();
+      },
+    });
+    const config = testConfig({ ...h.base, smtp: { listen: '127.0.0.1:0' }, submission: { listen: '127.0.0.1:0' }, domains: { local: [], relay: [] } });
+    const ing = new SmtpIngress({ config, queues: h.qm, log: createLogger({ level: 'info', pretty: 'never', destination }) });
+    await ing.start();
+    try {
+      for (let i = 0; i < 3; i++) {
+        const c = await session(ing.address('mx').port, '127.0.0.2'); // no PTR record for it here
+        assert.equal((await c.cmd('QUIT')).code, 221);
+        await c.closedByServer();
+      }
+    } finally {
+      await ing.stop();
+    }
+    const levels = lines.map((l) => (JSON.parse(l) as { level: number }).level);
+    assert.ok(levels.length > 0);
+    assert.deepEqual(levels.filter((l) => l >= 50), [], lines.filter((l) => /"level":[56]0/.test(l)).join('\n'));
   });
 });
 

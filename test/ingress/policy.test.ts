@@ -24,6 +24,7 @@ describe('relay policy', () => {
       domains: { local: [loc], relay: [rel] },
       networks: { trusted: ['10.200.0.0/16'] },
       users: [{ address: `known@${loc}`, passwordHash: await hashPassword('x-123456') }, { address: `postmaster@${loc}`, passwordHash: await hashPassword('x-123456') }],
+      smtp: { errors: { softLimit: 1000, hardLimit: 1000 } }, // every refusal below on one connection
     });
     const refused: [rcpt: string, code: number, enhanced: string][] = [
       [`<victim@${foreign}>`, 550, '5.7.1'],

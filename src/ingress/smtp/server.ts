@@ -11,6 +11,7 @@
 // (QueueManager.writable is false), new connections get 421 4.3.2 (smtp.whenUnwritable: refuse)
 // or the listeners stop listening (close), and MAIL gets 451 4.3.0; the door opens again by itself
 // when the queues can be written (the manager's 'health' event, and a poll).
+import { reverse as dnsReverse } from 'node:dns/promises';
 import { EventEmitter } from 'node:events';
 import type { AddressInfo, Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -23,9 +24,10 @@ import { newMessageId, type UserDirectory } from '../../message/types.ts';
 import type { QueueManager } from '../../queue/manager.ts';
 import { hardCommandLength, screenCommand } from './commands.ts';
 import { addedHeaders, ContentScanner, faultReply, SMUGGLING } from './hygiene.ts';
-import { AuthGuard, ConnectionLimiter, DataDeadlines } from './limits.ts';
+import { ConnectionLimiter, clientKey } from '../../net/clients.ts';
+import { DataDeadlines, FailureGuard } from './limits.ts';
 import { RelayPolicy } from './policy.ts';
-import { ENHANCED_PREFIX, LIBRARY_REPLIES, REPLIES, reply, SmtpReply } from './replies.ts';
+import { ENHANCED_PREFIX, LIBRARY_REPLIES, REPLIES, reply, SmtpReply, type ReplyName } from './replies.ts';
 import { storeMessage, Withdrawals, type Stored } from './store.ts';
 import { loadTls, type TlsPair } from './tls.ts';
 import { ConfigUserDirectory } from './users.ts';
@@ -43,6 +45,8 @@ export interface IngressOptions {
 /** What the ingress keeps per SMTP session. */
 interface SessionState {
   listener: ListenerName;
+  /** The client as the per-client limits count it (net/clients.ts). */
+  client: string;
   trusted: boolean;
   authFailures: number;
   /** Envelope sender as queued. */
@@ -59,19 +63,65 @@ interface SessionState {
  */
 class GatewayConnection extends SMTPConnection {
   private corked: Socket | TLSSocket | undefined;
+  /** Error replies and junk commands on this connection since its last queued message. */
+  private errors = 0;
+  private junk = 0;
+  private deadline: NodeJS.Timeout | undefined;
 
   private get rules(): ConnectionRules {
     return (this._server as GatewayServer).rules;
   }
 
-  /** Every command line passes the ingress's checks (commands.ts) before smtp-server reads it. */
+  /**
+   * Every command line passes the ingress's checks (commands.ts) before smtp-server reads it; junk
+   * commands past errors.junkCommands count as errors; past errors.softLimit errors each command
+   * waits errors.sleep first; and each command must arrive whole within commandTimeout.
+   */
   override _onCommand(command: Buffer, callback?: () => void): void {
     const next = callback ?? (() => {});
-    if (this._nextHandler || this._upgrading || !this._ready) return super._onCommand(command, next);
-    const refused = this.rules.screen(command, this.session);
-    if (!refused) return super._onCommand(command, next);
-    this.send(refused.responseCode, refused.message);
-    setImmediate(next);
+    if (this._upgrading || !this._ready) return super._onCommand(command, next);
+    clearTimeout(this.deadline);
+    const done = () => {
+      this.armDeadline();
+      next();
+    };
+    if (this._nextHandler) return super._onCommand(command, done); // an AUTH exchange's line
+    if (JUNK.test(command.toString('latin1', 0, 5)) && ++this.junk > this.rules.errors.junkCommands) this.countError();
+    const run = () => {
+      if (this._closing || this._closed) return next();
+      const refused = this.rules.screen(command, this.session);
+      if (!refused) return super._onCommand(command, done);
+      this.send(refused.responseCode, refused.message);
+      setImmediate(done);
+    };
+    if (this.errors >= this.rules.errors.softLimit) setTimeout(run, this.rules.errors.sleep);
+    else run();
+  }
+
+  /** The per-command deadline (Postfix's per-record deadline): 421 4.4.2 when it passes. */
+  armDeadline(): void {
+    clearTimeout(this.deadline);
+    if (this._closing || this._closed) return;
+    this.deadline = setTimeout(() => {
+      if (this._closing || this._closed) return;
+      // waiting for a hook or in DATA (which has its own deadline): not the client's turn
+      if (this._handlerPending || this._dataStream) return this.armDeadline();
+      this.send(...REPLY_ARGS('commandTimeout'));
+      this.close();
+    }, this.rules.commandTimeout).unref();
+  }
+
+  disarm(): void {
+    clearTimeout(this.deadline);
+  }
+
+  /** One more error on this connection: 421 4.7.0 and closed at the connection's or the client's limit. */
+  private countError(): void {
+    this.errors++;
+    if (!this._closing && !this._closed && this.rules.failed(this.session, this.errors)) {
+      this.send(...REPLY_ARGS('tooManyErrors'));
+      this.close();
+    }
   }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
@@ -93,17 +143,22 @@ class GatewayConnection extends SMTPConnection {
       // that no client sends its password in the clear to find out it must not
       data = data.filter((line) => !line.startsWith('AUTH '));
     }
-    if (typeof data === 'string') {
-      if (ENHANCED_PREFIX.test(data)) return super.send(code, data, false);
-      const name = LIBRARY_REPLIES.get(`${code} ${data}`);
-      if (name) {
-        const [c, e, t] = REPLIES[name];
-        return super.send(c, `${e} ${t}`, false);
-      }
-    }
-    return super.send(code, data, context);
+    const name = typeof data === 'string' && !ENHANCED_PREFIX.test(data) ? LIBRARY_REPLIES.get(`${code} ${data}`) : undefined;
+    if (name) super.send(...REPLY_ARGS(name));
+    else super.send(code, data, typeof data === 'string' && ENHANCED_PREFIX.test(data) ? false : context);
+    if (code >= 400 && code !== 421) this.countError();
+    else if (code === 250 && typeof data === 'string' && data.startsWith(QUEUED)) this.errors = this.junk = 0;
   }
 }
+
+/** A catalogue reply as smtp-server's send() arguments. */
+const REPLY_ARGS = (name: ReplyName): [number, string, false] => {
+  const [code, enhanced, text] = REPLIES[name];
+  return [code, `${enhanced} ${text}`, false];
+};
+const QUEUED = `${REPLIES.queued[1]} `;
+/** Postfix's junk commands (smtpd_junk_command_limit), those smtp-server has. */
+const JUNK = /^(NOOP|RSET|VRFY|HELP)(\s|$)/i;
 
 /** What the ingress applies to each connection of a listener, besides smtp-server's hooks. */
 interface ConnectionRules {
@@ -111,6 +166,10 @@ interface ConnectionRules {
   screen(line: Buffer, session: SMTPServerSession): SmtpReply | undefined;
   /** AUTH is left out of the EHLO reply until the connection is secure (submission). */
   authOnlyOverTls: boolean;
+  errors: { junkCommands: number; softLimit: number; sleep: number };
+  /** Records an error of the session; true when its connection or client is over its limit. */
+  failed(session: SMTPServerSession, errorsOnConnection: number): boolean;
+  commandTimeout: number;
 }
 
 /** smtp-server with GatewayConnection, and a way to find a session's connection. */
@@ -129,6 +188,8 @@ class GatewayServer extends SMTPServer {
     this.connections.add(connection);
     connection.on('error', (err: Error) => this._onError(err));
     connection.on('connect', (data: Parameters<SMTPServer['_onClientConnect']>[0]) => this._onClientConnect(data));
+    socket.once('close', () => connection.disarm());
+    connection.armDeadline();
     connection.init();
   }
 }
@@ -154,7 +215,10 @@ export class SmtpIngress extends EventEmitter {
   /** The logger handed to smtp-server, which adds component: 'smtp-server' itself. */
   private readonly libraryLog: Logger;
   private readonly limiter: ConnectionLimiter;
-  private readonly authGuard: AuthGuard;
+  private readonly authGuard: FailureGuard;
+  private readonly errorGuard: FailureGuard;
+  /** Message bytes held by all DATA transfers (smtp.maxBytesInFlight). */
+  bytesInFlight = 0;
   private readonly deadlines: DataDeadlines;
   private readonly withdrawals: Withdrawals;
   private readonly localDomains: ReadonlySet<string>;
@@ -181,7 +245,8 @@ export class SmtpIngress extends EventEmitter {
     this.policy = new RelayPolicy(opts.config, this.users);
     const s = opts.config.smtp;
     this.limiter = new ConnectionLimiter(s.maxConnections, s.maxConnectionsPerClient);
-    this.authGuard = new AuthGuard(s.auth);
+    this.authGuard = new FailureGuard(s.auth);
+    this.errorGuard = new FailureGuard({ perConnection: s.errors.hardLimit, perClient: s.errors.perClient, window: s.errors.window, delay: s.errors.sleep });
     this.deadlines = new DataDeadlines(s.dataTimeout, s.minDataRate);
     this.withdrawals = new Withdrawals(opts.queues, this.log);
     this.localDomains = new Set(opts.config.domains.local);
@@ -309,6 +374,9 @@ export class SmtpIngress extends EventEmitter {
       // and the session goes on; only a line that never ends is cut off at this hard limit (421)
       maxCommandLength: hardCommandLength(s.maxCommandLength),
       logger: this.libraryLog.child({ listener }) as unknown as SMTPServerOptions['logger'],
+      // a client without a PTR record is common, not an error: smtp-server would log each one at
+      // error level with a stack trace (a flood of connections floods the log)
+      resolver: { reverse: (ip: string, cb: (err: Error | null, names: string[]) => void) => this.reverse(ip, cb) },
       onConnect: (session, cb) => hook(this.log, 'connect', () => this.onConnect(listener, session), cb),
       onMailFrom: (address, session, cb) => hook(this.log, 'mail', () => this.onMailFrom(address, session), cb),
       onRcptTo: (address, session, cb) => hook(this.log, 'rcpt', () => this.onRcptTo(address, session), cb),
@@ -329,9 +397,28 @@ export class SmtpIngress extends EventEmitter {
   private rules(listener: ListenerName): ConnectionRules {
     const s = this.config.smtp;
     return {
-      screen: (line) => screenCommand(line, s.maxCommandLength),
+      screen: (line, session) => screenCommand(line, s.maxCommandLength) ?? this.dataBudget(line, session),
       authOnlyOverTls: listener === 'submission',
+      errors: s.errors,
+      failed: (session, n) => this.errorGuard.fail(this.sessions.get(session)?.client ?? session.remoteAddress, n),
+      commandTimeout: s.commandTimeout,
     };
+  }
+
+  /** DATA while the transfers in progress hold smtp.maxBytesInFlight: 452 4.3.1. */
+  private dataBudget(line: Buffer, session: SMTPServerSession): SmtpReply | undefined {
+    if (this.bytesInFlight < this.config.smtp.maxBytesInFlight || !session.envelope.rcptTo.length) return undefined;
+    return /^DATA\s*$/i.test(line.toString('latin1', 0, 8)) ? reply('tooMuchInFlight') : undefined;
+  }
+
+  private reverse(ip: string, cb: (err: Error | null, names: string[]) => void): void {
+    dnsReverse(ip).then(
+      (names) => cb(null, names),
+      (err: NodeJS.ErrnoException) => {
+        this.log.debug({ client: ip, code: err.code }, 'no reverse DNS name');
+        cb(null, []);
+      },
+    );
   }
 
   private state(session: SMTPServerSession): SessionState {
@@ -345,15 +432,16 @@ export class SmtpIngress extends EventEmitter {
   }
 
   private async onConnect(listener: ListenerName, session: SMTPServerSession): Promise<void> {
-    const client = session.remoteAddress;
-    this.sessions.set(session, { listener, trusted: this.policy.trusted.has(client), authFailures: 0, from: '', rcpts: new Map() });
+    const client = clientKey(session.remoteAddress, this.config.networks.ipv6Prefix);
+    this.sessions.set(session, { listener, client, trusted: this.policy.trusted.has(session.remoteAddress), authFailures: 0, from: '', rcpts: new Map() });
     this.stats.connections++;
     const refuse = (r: SmtpReply) => {
       this.stats.refused++;
-      this.log.info({ session: session.id, client, listener, reply: r.toString() }, 'connection refused');
+      this.log.info({ session: session.id, client: session.remoteAddress, listener, reply: r.toString() }, 'connection refused');
       return r;
     };
     if (!this.doorOpen || this.stopping) throw refuse(reply(this.stopping ? 'shuttingDown' : 'doorClosed'));
+    if (this.errorGuard.blocked(client)) throw refuse(reply('tooManyErrors'));
     if (listener === 'submission' && this.authGuard.blocked(client)) {
       await sleep(this.config.smtp.auth.delay);
       throw refuse(reply('authTooManyFailures'));
@@ -364,8 +452,8 @@ export class SmtpIngress extends EventEmitter {
 
   private async onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<SMTPServerAuthenticationResponse> {
     const st = this.state(session);
-    const client = session.remoteAddress;
-    const log = this.log.child({ session: session.id, client });
+    const client = st.client;
+    const log = this.log.child({ session: session.id, client: session.remoteAddress });
     const delay = this.authGuard.delayFor(client);
     if (this.authGuard.blocked(client)) {
       await sleep(delay);
@@ -424,11 +512,13 @@ export class SmtpIngress extends EventEmitter {
     const scanner = new ContentScanner(this.config.smtp);
     const chunks: Buffer[] = [];
     let kept = 0;
+    let overBudget = false;
     let done = false;
     const finish = (err: Error | null, message?: string) => {
       if (done) return;
       done = true;
       untrack();
+      this.bytesInFlight -= kept;
       if (err instanceof SmtpReply) {
         this.stats.rejected++;
         log.info({ session: session.id, listener, client: session.remoteAddress, reply: err.toString() }, 'message refused');
@@ -447,15 +537,19 @@ export class SmtpIngress extends EventEmitter {
       },
     });
     stream.on('data', (chunk: Buffer) => {
-      if (done || stream.sizeExceeded || scanner.fault) return;
+      if (done || stream.sizeExceeded || scanner.fault || overBudget) return;
       scanner.push(chunk);
       chunks.push(chunk);
       kept += chunk.length;
+      this.bytesInFlight += chunk.length;
+      // past smtp.maxBytesInFlight this transfer keeps nothing more and is refused at its end
+      overBudget = this.bytesInFlight > this.config.smtp.maxBytesInFlight;
     });
     stream.once('error', (err: Error) => finish(Object.assign(reply('localError'), { cause: err })));
     stream.once('end', () => {
       if (done) return;
       if (stream.sizeExceeded) return finish(reply('messageTooBig', this.config.smtp.maxMessageSize));
+      if (overBudget) return finish(reply('tooMuchInFlight'));
       const fault = scanner.end();
       if (fault) {
         const r = faultReply(fault, this.config.smtp);
