@@ -141,7 +141,11 @@ export const configSchema = z
         // USER/PASS and AUTH PLAIN send the password in clear: tls-or-trusted = only under STLS or
         // from networks.trusted; always; never = never on an unencrypted connection (STLS first)
         plaintextAuth: z.enum(['tls-or-trusted', 'always', 'never']).default('tls-or-trusted'),
-        idleTimeout: duration('10m'), // RFC 1939 asks at least 10 minutes
+        maxConnections: z.number().int().positive().default(1000), // in total; beyond: -ERR [SYS/TEMP] and closed
+        maxConnectionsPerClient: z.number().int().positive().default(50), // per client address (IPv6: per networks.ipv6Prefix)
+        // the autologout timer (RFC 1939 asks at least 10 minutes): a whole command must arrive
+        // within it, however the bytes trickle in; then the connection is closed without a response
+        idleTimeout: duration('10m'),
         lockLease: duration('5m'), // a crashed session's mailbox lock expires after this
         pageSize: z.number().int().positive().default(100),
         auth: authLimits,
