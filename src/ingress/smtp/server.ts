@@ -194,6 +194,15 @@ class GatewayServer extends SMTPServer {
   }
 }
 
+/** The first chunks of a message, up to the end of its header section: what addedHeaders reads. */
+function headerChunks(chunks: Buffer[]): Buffer {
+  let n = 0;
+  while (n < chunks.length && !chunks[n]!.includes('\r\n\r\n')) n++;
+  // a blank line that straddles two chunks is found in none: then everything is read
+  const upTo = Math.min(n + 1, chunks.length);
+  return upTo === 1 ? chunks[0]! : Buffer.concat(chunks.slice(0, upTo));
+}
+
 /** The one adapter from async hook functions to smtp-server's callbacks. */
 function hook<T>(log: Logger, what: string, work: () => Promise<T>, cb: (err: Error | null, value?: T) => void): void {
   work().then(
@@ -576,7 +585,7 @@ export class SmtpIngress extends EventEmitter {
   private async store(listener: ListenerName, session: SMTPServerSession, st: SessionState, chunks: Buffer[], size: number): Promise<Stored> {
     // the header section is only read on submission (Date and Message-ID when missing)
     const submission = listener === 'submission';
-    const body = !submission ? Buffer.alloc(0) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+    const body = submission ? headerChunks(chunks) : Buffer.alloc(0);
     const submissionId = newMessageId();
     const to = session.envelope.rcptTo.map((r) => st.rcpts.get(r.address.toLowerCase()) ?? r.address);
     const tlsInfo = session.secure && session.tlsOptions ? { version: session.tlsOptions.version ?? 'TLS', cipher: session.tlsOptions.name } : undefined;
@@ -600,6 +609,7 @@ export class SmtpIngress extends EventEmitter {
     );
     const head = Buffer.from(headers, 'latin1');
     const raw = Buffer.concat([head, ...chunks], head.length + size);
+    chunks.length = 0; // one copy of the message in memory from here on, not two
     const meta: Record<string, unknown> = {
       submission: submissionId,
       listener,
