@@ -1,9 +1,11 @@
 // The SMTP ingress: two smtp-server listeners, the MX listener (`smtp.listen`, for inbound MTAs,
 // no AUTH) and the submission listener (`submission.listen`, AUTH PLAIN/LOGIN required and only
-// offered over TLS: STARTTLS, or TLS from the first byte with submission.implicitTls). Both
+// offered and taken over TLS: STARTTLS, or TLS from the first byte with submission.implicitTls). Both
 // advertise PIPELINING, 8BITMIME, SMTPUTF8, SIZE, ENHANCEDSTATUSCODES and STARTTLS.
 //
-// The hooks apply the relay policy (policy.ts), the limits (limits.ts), the content hygiene
+// Each command line passes commands.ts before smtp-server reads it; each connection counts its
+// errors and junk commands and has a per-command deadline (GatewayConnection, limits.ts). The hooks
+// apply the relay policy (policy.ts), the limits (limits.ts, net/clients.ts), the content hygiene
 // (hygiene.ts), then store the message on both replicas of every destination queue before the
 // reply (store.ts). Every refusal is a reply from the catalogue (replies.ts).
 //
