@@ -1,5 +1,5 @@
 // `streamgate queue ...`: a mailq / postsuper for the running gateway, through its ops API.
-// Write calls need a token: --token or STREAMGATE_OPS_TOKEN (one of ops.tokens).
+// Every call needs a token: --token or STREAMGATE_OPS_TOKEN (one of ops.tokens; writes need role admin).
 import type { Command } from 'commander';
 import { configOption, contextFrom } from './main.ts';
 

@@ -40,6 +40,8 @@ const cidr = z.string().regex(/^[0-9a-fA-F:.]+(\/\d{1,3})?$/, 'expected an addre
 const consistency = z.enum(['any', 'one', 'two', 'three', 'quorum', 'all', 'local_quorum', 'each_quorum', 'local_one']);
 const count = (def: number) => z.number().int().nonnegative().default(def);
 
+const opsToken = z.string().min(16, 'expected a token of at least 16 characters');
+
 const redisNode = z.union([
   redisUrl.transform((url) => ({ url, standby: undefined as string | undefined, name: undefined as string | undefined })),
   z.strictObject({
@@ -79,7 +81,7 @@ export const configSchema = z
     gateway: z
       .strictObject({
         id: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected letters, digits, "_", "." or "-"').default('gw1'),
-        hostname: z.string().default('localhost'), // name used in banners, Received headers, DSNs
+        hostname: z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, 'expected a host name').default('localhost'), // name used in banners, Received headers, DSNs
         lease: duration('10s'), // membership lease on the pool, renewed every third of it; a process whose id is held by a live member refuses to start
         dataDir: z.string().default('.streamgate'), // local state: generated TLS pair, service data, pid files
       })
@@ -103,18 +105,36 @@ export const configSchema = z
         // (Postfix's per-request deadline): a client that trickles slower is cut off (421 4.4.2)
         dataTimeout: duration('10m'),
         minDataRate: size('1KB'), // bytes per second while DATA arrives; 0: dataTimeout is the whole budget
-        maxCommandLength: z.number().int().min(512).default(2048), // octets per command line (RFC 5321: 512 + extensions; AUTH needs more)
+        maxCommandLength: z.number().int().min(512).default(2048), // octets per command line (RFC 5321: 512 + extensions; AUTH needs more); beyond: 500 5.5.2
         maxLineLength: z.number().int().nonnegative().default(1000), // octets per message line incl. CRLF (RFC 5321 4.5.3.1.6); 0 = no limit (552 5.6.0 beyond)
+        maxHeaderSize: size('100KB'), // octets of a message's header section (Postfix header_size_limit); 0 = no limit (552 5.3.4 beyond)
+        maxHops: z.number().int().nonnegative().default(50), // Received headers at which a message is refused as a loop (Postfix hopcount_limit; 554 5.4.0); 0 = no limit
         // while the queues cannot be written: refuse = answer new connections 421 4.3.2;
         // close = stop listening (a load balancer moves traffic elsewhere) until they can
         whenUnwritable: z.enum(['refuse', 'close']).default('refuse'),
         auth: authLimits,
+        // error replies (4xx/5xx) and junk commands, as Postfix's smtpd does
+        errors: z
+          .strictObject({
+            junkCommands: count(100), // NOOP, RSET, VRFY, HELP per connection before each one counts as an error (smtpd_junk_command_limit)
+            softLimit: count(10), // errors on a connection after which each command waits `sleep` (smtpd_soft_error_limit)
+            hardLimit: count(20), // errors on a connection, then 421 4.7.0 and disconnect (smtpd_hard_error_limit)
+            sleep: duration('1s'), // smtpd_error_sleep_time
+            perClient: count(100), // errors per client within `window`, then 421 4.7.0, also to new connections; 0: off
+            window: duration('10m'),
+          })
+          .prefault({}),
+        maxBytesInFlight: size('512MB'), // message bytes held by all DATA transfers together; beyond: 452 4.3.1
       })
       .prefault({}),
     submission: z
       .strictObject({
         listen: listen('127.0.0.1:2587'),
         implicitTls: z.boolean().default(false), // true: TLS from the first byte (port 465 style)
+        // who may use which envelope sender (Postfix smtpd_sender_login_maps): sender address or
+        // "@domain" → the logins that own it. A login owns its own address; any other sender of an
+        // authenticated session gets 553 5.7.1
+        senderLogins: z.record(z.string().regex(/^[^\s@]*@[^\s@]+$/, 'expected an address or "@domain"'), z.array(z.string().email('expected a login (an e-mail address)'))).default({}),
       })
       .prefault({}),
     tls,
@@ -127,7 +147,11 @@ export const configSchema = z
         // USER/PASS and AUTH PLAIN send the password in clear: tls-or-trusted = only under STLS or
         // from networks.trusted; always; never = never on an unencrypted connection (STLS first)
         plaintextAuth: z.enum(['tls-or-trusted', 'always', 'never']).default('tls-or-trusted'),
-        idleTimeout: duration('10m'), // RFC 1939 asks at least 10 minutes
+        maxConnections: z.number().int().positive().default(1000), // in total; beyond: -ERR [SYS/TEMP] and closed
+        maxConnectionsPerClient: z.number().int().positive().default(50), // per client address (IPv6: per networks.ipv6Prefix)
+        // the autologout timer (RFC 1939 asks at least 10 minutes): a whole command must arrive
+        // within it, however the bytes trickle in; then the connection is closed without a response
+        idleTimeout: duration('10m'),
         lockLease: duration('5m'), // a crashed session's mailbox lock expires after this
         pageSize: z.number().int().positive().default(100),
         auth: authLimits,
@@ -136,7 +160,13 @@ export const configSchema = z
     ops: z
       .strictObject({
         listen: listen('127.0.0.1:8025'),
-        tokens: z.array(z.string().min(16, 'expected a token of at least 16 characters')).default([]),
+        // bearer tokens: "token" (role admin) or { token, role: read | admin }; read: every GET,
+        // admin: every call. No token: only the dashboard page and ops.open answer (401).
+        tokens: z.array(z.union([opsToken.transform((token) => ({ token, role: 'admin' as const })), z.strictObject({ token: opsToken, role: z.enum(['read', 'admin']) })])).default([]),
+        open: z.array(z.enum(['health', 'metrics'])).default(['health']), // answered without a token
+        // names the Host header may carry besides gateway.hostname, "localhost" and IP literals
+        // (any other name is refused, 403: no DNS rebinding from a page in an operator's browser)
+        hosts: z.array(z.string().regex(/^[A-Za-z0-9.-]+$/, 'expected a host name')).default([]),
       })
       .prefault({}),
     redis: z
@@ -168,9 +198,19 @@ export const configSchema = z
       .strictObject({
         local: z.array(domain).default(['example.test']), // delivered into Cassandra mailboxes
         relay: z.array(domain).default([]), // accepted from anyone and relayed
+        // the mailbox that mail for <postmaster> and postmaster@ every local domain goes to
+        // (RFC 5321 4.5.1: always accepted); "" = postmaster@ the first local domain
+        postmaster: z.union([z.literal(''), z.string().email('expected an e-mail address')]).default(''),
       })
       .prefault({}),
-    networks: z.strictObject({ trusted: z.array(cidr).default(['127.0.0.0/8', '::1/128']) }).prefault({}),
+    networks: z
+      .strictObject({
+        trusted: z.array(cidr).default(['127.0.0.0/8', '::1/128']),
+        // IPv6 clients are counted per network of this many bits by every per-client limit
+        // (connections, failed logins, errors): a client owns a whole /64 and can rotate through it
+        ipv6Prefix: z.number().int().min(16).max(128).default(64),
+      })
+      .prefault({}),
     // Static routes: a domain, "*.domain" (its subdomains) or "*" (everything else, a smarthost)
     // → "local" (mailbox delivery) or smtp://host:port (smtps:// for TLS from the first byte).
     // The most specific match wins; unrouted domains go to their MX hosts.

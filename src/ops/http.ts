@@ -1,14 +1,19 @@
 // The ops HTTP API: health for load balancers, Prometheus metrics, queue depth and the replica
 // management table, a message's history, and hold / release / purge with actor and reason.
-// Reads are open on the ops listener (bind it to a management network); writes need a bearer
-// token from ops.tokens. Errors carry stable codes: { error: { code, message } }.
+// Every call but the dashboard page and ops.open needs a bearer token from ops.tokens: a read token
+// for GETs, an admin token for everything. The Host header must name this gateway (gateway.hostname,
+// ops.hosts, localhost or an IP literal), so that a page in an operator's browser cannot reach the
+// API by DNS rebinding. Both checks run in onRequest, before a body is read. Unknown JSON properties
+// are refused, not dropped. Errors carry stable codes: { error: { code, message } }.
 import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
+import { isIP } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
+import { MESSAGE_ID } from '../message/headers.ts';
 import { QueueError } from '../queue/errors.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import type { Relay } from '../relay/relay.ts';
@@ -58,17 +63,36 @@ export interface OpsOptions {
 export async function startOps(opts: OpsOptions): Promise<{ port: number; stop(): Promise<void> }> {
   const { config, queues } = opts;
   const log = opts.log.child({ component: 'ops' });
-  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }) });
+  // removeAdditional off: a body with a property the schema does not name is a 400, not trimmed
+  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), ajv: { customOptions: { removeAdditional: false } } });
   const registry = metricsRegistry(queues) as Registry & { collectQueues(): void };
-  const tokens = config.ops.tokens.map((t) => Buffer.from(t));
+  const tokens = config.ops.tokens.map((t) => ({ key: Buffer.from(t.token), role: t.role }));
+  const open = new Set(['/', ...config.ops.open.map((name) => `/${name}`)]);
+  const hosts = new Set(['localhost', config.gateway.hostname.toLowerCase(), ...config.ops.hosts.map((h) => h.toLowerCase())]);
 
-  const authorize = async (req: FastifyRequest, reply: FastifyReply) => {
+  /** The role of the request's bearer token, if it carries a known one. */
+  const roleOf = (req: FastifyRequest): 'read' | 'admin' | undefined => {
     const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
     const given = m ? Buffer.from(m[1]!) : undefined;
-    if (!given || !tokens.some((t) => t.length === given.length && timingSafeEqual(t, given))) {
-      return fail(reply, 401, 'SG_ERR_UNAUTHORIZED', tokens.length ? 'expected "Authorization: Bearer <token>" with a token from ops.tokens' : 'no ops.tokens are configured: write calls are disabled');
-    }
+    return given && tokens.find((t) => t.key.length === given.length && timingSafeEqual(t.key, given))?.role;
   };
+
+  app.addHook('onRequest', async (req, reply) => {
+    const host = (req.headers.host ?? '').toLowerCase().replace(/:\d+$/, '');
+    if (!hosts.has(host) && !isIP(host.replace(/^\[(.*)\]$/, '$1'))) {
+      return fail(reply, 403, 'SG_ERR_BAD_HOST', `expected a Host header naming this gateway (${[...hosts].join(', ')} or an IP address), got ${JSON.stringify(req.headers.host ?? '')}`);
+    }
+    const path = req.url.split('?')[0]!;
+    if (req.method === 'GET' && open.has(path)) return undefined;
+    const role = roleOf(req);
+    if (!role) {
+      return fail(reply, 401, 'SG_ERR_UNAUTHORIZED', tokens.length ? 'expected "Authorization: Bearer <token>" with a token from ops.tokens' : 'no ops.tokens are configured: the API is closed');
+    }
+    if (role !== 'admin' && req.method !== 'GET' && req.method !== 'HEAD') {
+      return fail(reply, 403, 'SG_ERR_FORBIDDEN', `${req.method} ${path} needs a token with role admin, got one with role ${role}`);
+    }
+    return undefined;
+  });
 
   app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, _req, reply) => {
     if (err instanceof QueueError) return fail(reply, STATUS[err.code] ?? 500, `SG_ERR_${err.code}`, err.message);
@@ -94,7 +118,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   app.get('/api/queues', async () => ({ totals: queues.totals(), queues: [...queues.views()].map((q) => ({ ...q.table(), depth: q.depth })) }));
 
   const domainParam = { type: 'object', properties: { domain: { type: 'string', pattern: '^[A-Za-z0-9.-]{1,253}$' } }, required: ['domain'] } as const;
-  const msgParams = { type: 'object', properties: { domain: domainParam.properties.domain, id: { type: 'string', minLength: 1, maxLength: 200 } }, required: ['domain', 'id'] } as const;
+  const msgParams = { type: 'object', properties: { domain: domainParam.properties.domain, id: { type: 'string', pattern: MESSAGE_ID.source } }, required: ['domain', 'id'] } as const;
 
   app.get<{ Params: { domain: string } }>('/api/queues/:domain', { schema: { params: domainParam } }, async (req) => {
     const q = queues.view(req.params.domain);
@@ -114,7 +138,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   for (const verb of ['hold', 'release', 'purge'] as const) {
     app.post<{ Params: { domain: string; id: string }; Body: { reason: string; actor?: string } }>(
       `/api/queues/:domain/messages/:id/${verb}`,
-      { schema: { params: msgParams, body: action }, preHandler: authorize },
+      { schema: { params: msgParams, body: action } },
       async (req) => {
         const actor = req.body.actor ?? 'ops-api';
         await queues[verb](req.params.domain, req.params.id, actor, req.body.reason);
@@ -124,7 +148,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     );
   }
 
-  app.post<{ Params: { domain: string } }>('/api/queues/:domain/flush', { schema: { params: domainParam }, preHandler: authorize }, async (req) => {
+  app.post<{ Params: { domain: string } }>('/api/queues/:domain/flush', { schema: { params: domainParam } }, async (req) => {
     const q = queues.view(req.params.domain);
     if (!q) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
     const flushed = q.flush();
@@ -136,7 +160,6 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     '/api/queues/:domain/recover',
     {
       schema: { params: domainParam, body: { ...action, properties: { ...action.properties, from: { type: 'string', minLength: 1, maxLength: 200 } }, required: ['from', 'reason'] } },
-      preHandler: authorize,
     },
     async (req) => {
       const actor = req.body.actor ?? 'ops-api';
@@ -150,7 +173,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   for (const verb of ['suspend', 'resume'] as const) {
     app.post<{ Params: { domain: string }; Body: { reason: string; actor?: string } }>(
       `/api/queues/:domain/${verb}`,
-      { schema: { params: domainParam, body: action }, preHandler: authorize },
+      { schema: { params: domainParam, body: action } },
       async (req, reply) => {
         if (!opts.relay) return fail(reply, 503, 'SG_ERR_NO_RELAY', 'this gateway runs no relay');
         const actor = req.body.actor ?? 'ops-api';

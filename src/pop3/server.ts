@@ -5,6 +5,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { MailboxDirectory } from '../mailbox/directory.ts';
 import type { MailStore } from '../mailbox/store.ts';
+import { ConnectionLimiter } from '../net/clients.ts';
 import { LoginLimiter } from './limiter.ts';
 import { Pop3Session } from './session.ts';
 export interface TlsPair {
@@ -38,6 +39,7 @@ export class Pop3Server {
   private readonly log: Logger;
   private readonly sessions = new Set<Pop3Session>();
   private readonly limiter: LoginLimiter;
+  private readonly connections: ConnectionLimiter;
   private readonly trusted: BlockList;
   private readonly secureContext: SecureContext | undefined;
   private server: Server | undefined;
@@ -47,6 +49,7 @@ export class Pop3Server {
     this.log = opts.log.child({ component: 'pop3' });
     const auth = opts.config.pop3.auth;
     this.limiter = new LoginLimiter({ perClient: auth.perClient, windowMs: auth.window });
+    this.connections = new ConnectionLimiter(opts.config.pop3.maxConnections, opts.config.pop3.maxConnectionsPerClient);
     this.trusted = trustedNetworks(opts.config.networks.trusted);
     this.secureContext = opts.tls ? createSecureContext({ key: opts.tls.key, cert: opts.tls.cert, minVersion: 'TLSv1.2' }) : undefined;
   }
@@ -89,8 +92,16 @@ export class Pop3Server {
       secureContext: this.secureContext,
       log: this.log,
     });
+    const over = this.connections.admit(session.id, session.client);
+    if (over) {
+      this.log.info({ client: socket.remoteAddress, limit: over }, 'connection refused');
+      return session.refuse(over === 'tooManyConnections' ? 'Too many connections; try again later.' : 'Too many connections from your address; try again later.');
+    }
     this.sessions.add(session);
-    void session.closed.then(() => this.sessions.delete(session));
+    void session.closed.then(() => {
+      this.sessions.delete(session);
+      this.connections.release(session.id);
+    });
     session.start();
   }
 

@@ -20,8 +20,9 @@ import { MailboxError } from '../mailbox/client.ts';
 import type { MailboxDirectory } from '../mailbox/directory.ts';
 import { INBOX, mailboxName, tryUserKey } from '../mailbox/ids.ts';
 import type { MailStore, MessageRef } from '../mailbox/store.ts';
+import { clientKey } from '../net/clients.ts';
 import type { LoginLimiter } from './limiter.ts';
-import { DotStuffer, LineSplitter, TOO_LONG, topLength } from './text.ts';
+import { DotStuffer, LineSplitter, TOO_LONG, TopCutter } from './text.ts';
 
 /** Longest command line accepted (RFC 2449 allows 255 octets; AUTH responses may be longer). */
 const MAX_LINE = 2048;
@@ -63,6 +64,8 @@ export class Pop3Session {
   private out: Socket;
   private readonly log: Logger;
   private readonly ip: string;
+  /** The client as the per-client limits count it (net/clients.ts). */
+  readonly client: string;
   private readonly lines = new LineSplitter(MAX_LINE);
   private readonly queue: (string | typeof TOO_LONG)[] = [];
   private busy = false;
@@ -83,22 +86,27 @@ export class Pop3Session {
   private resolveClosed!: () => void;
   private readonly onData = (data: Buffer) => this.receive(data);
   private readonly onSocketClose = () => {
+    clearTimeout(this.deadline);
     if (this.closing) return;
     this.closing = true;
     void this.onClose().finally(() => this.resolveClosed());
   };
+  /** The autologout timer (RFC 1939 3): the connection is closed without a response. */
   private readonly onIdle = () => {
     this.log.info('idle timeout');
     this.state = 'done';
-    this.out.end('-ERR Disconnected for inactivity.\r\n');
+    this.out.end();
     setTimeout(() => this.raw.destroy(), 2000).unref();
   };
+  /** Runs while a command is awaited; only a whole command line stops it (no trickling). */
+  private deadline: NodeJS.Timeout | undefined;
 
   constructor(socket: Socket, deps: SessionDeps) {
     this.deps = deps;
     this.raw = socket;
     this.out = socket;
     this.ip = plainIp(socket.remoteAddress);
+    this.client = clientKey(this.ip, deps.config.networks.ipv6Prefix);
     this.log = deps.log.child({ session: this.id, client: this.ip });
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
     socket.once('close', this.onSocketClose);
@@ -109,7 +117,21 @@ export class Pop3Session {
 
   start(): void {
     this.log.debug('session opened');
+    this.armDeadline();
     void this.send(`+OK ${this.deps.config.gateway.hostname} streamgate POP3 ready.`);
+  }
+
+  /** Turns the connection away with one line (a connection limit), without a session. */
+  refuse(text: string): void {
+    this.state = 'done';
+    this.out.end(`-ERR [SYS/TEMP] ${text}\r\n`);
+    setTimeout(() => this.raw.destroy(), 1000).unref();
+  }
+
+  private armDeadline(): void {
+    clearTimeout(this.deadline);
+    if (this.ended || this.closing) return;
+    this.deadline = setTimeout(this.onIdle, this.deps.config.pop3.idleTimeout).unref();
   }
 
   /** Ends the session without the UPDATE state (gateway shutdown). */
@@ -128,7 +150,10 @@ export class Pop3Session {
 
   private receive(data: Buffer): void {
     if (this.state === 'done') return;
-    this.queue.push(...this.lines.push(data));
+    const lines = this.lines.push(data);
+    if (lines.length === 0) return;
+    clearTimeout(this.deadline);
+    this.queue.push(...lines);
     if (this.queue.length > MAX_QUEUED) this.out.pause();
     if (!this.busy) void this.pump();
   }
@@ -148,6 +173,7 @@ export class Pop3Session {
       }
     } finally {
       this.busy = false;
+      if (this.queue.length === 0) this.armDeadline();
     }
   }
 
@@ -309,7 +335,7 @@ export class Pop3Session {
 
   private async authFailed(name: string | undefined): Promise<void> {
     this.failures++;
-    this.deps.limiter.fail(this.ip);
+    this.deps.limiter.fail(this.client);
     this.log.info({ user: name, failures: this.failures }, 'login failed');
     const delay = this.deps.config.pop3.auth.delay;
     if (delay > 0) await sleep(delay);
@@ -322,7 +348,7 @@ export class Pop3Session {
   }
 
   private async login(name: string, password: string): Promise<void> {
-    if (this.deps.limiter.blocked(this.ip)) {
+    if (this.deps.limiter.blocked(this.client)) {
       this.log.info({ user: name }, 'login refused: too many failures from this address');
       await this.send('-ERR [AUTH] Too many failed logins from your address; try again later.');
       this.finish();
@@ -567,19 +593,32 @@ export class Pop3Session {
     // clients read a maildrop in order: the next message's first pages are read while this one
     // is sent, as a disk's read-ahead does for Maildir files
     this.prefetchBody(p.n + 1);
+    await this.sendBody(p.n, `+OK ${p.msg.ref.size} octets`, it, first);
+  }
+
+  /**
+   * A multi-line answer with a message body, chunk by chunk as it is read, dot-stuffed; `cutter`
+   * ends it early (TOP). The first chunk is read before the status line, so that a failure can
+   * still be reported.
+   */
+  private async sendBody(n: number, status: string, it: AsyncIterator<Buffer>, first: Promise<IteratorResult<Buffer>>, cutter?: TopCutter): Promise<void> {
     let started = false;
     try {
-      let r = await first; // read before the +OK: a failure can still be reported
-      await this.send(`+OK ${p.msg.ref.size} octets`);
+      let r = await first;
+      await this.send(status);
       started = true;
       const stuffer = new DotStuffer();
       while (!r.done) {
-        await this.write(stuffer.push(r.value));
+        await this.write(stuffer.push(cutter ? cutter.push(r.value) : r.value));
+        if (cutter?.done) {
+          await it.return?.(undefined);
+          break;
+        }
         r = await it.next();
       }
       await this.write(stuffer.end());
     } catch (err) {
-      await this.bodyError(err, p.n, started);
+      await this.bodyError(err, n, started);
     }
   }
 
@@ -587,23 +626,8 @@ export class Pop3Session {
     if (args.length !== 2 || !/^\d{1,9}$/.test(args[1]!)) return this.badCommand('TOP takes a message number and a line count.');
     const p = await this.pick(args[0]);
     if (!p) return;
-    const lines = Number(args[1]);
-    let head = Buffer.alloc(0);
-    let len: number | undefined;
-    try {
-      for await (const chunk of this.deps.store.readBody(p.msg.ref)) {
-        head = Buffer.concat([head, chunk]);
-        len = topLength(head, lines, false);
-        if (len !== undefined) break;
-      }
-      len ??= topLength(head, lines, true)!;
-    } catch (err) {
-      return this.bodyError(err, p.n, false);
-    }
-    const stuffer = new DotStuffer();
-    await this.send('+OK');
-    await this.write(stuffer.push(head.subarray(0, len)));
-    await this.write(stuffer.end());
+    const it = this.deps.store.readBody(p.msg.ref)[Symbol.asyncIterator]();
+    await this.sendBody(p.n, '+OK', it, it.next(), new TopCutter(Number(args[1])));
   }
 
   private async dele(args: string[]): Promise<void> {

@@ -77,23 +77,43 @@ export class DotStuffer {
 }
 
 /**
- * How much of a message TOP sends: the header, the blank line and `lines` body lines. Returns the
- * byte count when `head` holds enough to know it, else undefined (read more). `complete` says
- * `head` is the whole message.
+ * What TOP sends of a message, chunk by chunk: the header, the blank line and `lines` body lines.
+ * Each chunk is looked at once, whatever the line count (a count of 999999999 costs what RETR does).
  */
-export function topLength(head: Buffer, lines: number, complete: boolean): number | undefined {
-  let bodyStart: number;
-  if (head[0] === 0x0d && head[1] === LF) bodyStart = 2;
-  else {
-    const h = head.indexOf('\r\n\r\n');
-    if (h < 0) return complete ? head.length : undefined;
-    bodyStart = h + 4;
+export class TopCutter {
+  /** True once the cut is reached: nothing more is to be sent. */
+  done = false;
+  private inBody = false;
+  private left: number;
+  /** Octets of the current line before this chunk, and whether the last of them was a CR. */
+  private carry = 0;
+  private lastCR = false;
+
+  constructor(lines: number) {
+    this.left = lines;
   }
-  let end = bodyStart;
-  for (let n = 0; n < lines; n++) {
-    const nl = head.indexOf(LF, end);
-    if (nl < 0) return complete ? head.length : undefined;
-    end = nl + 1;
+
+  /** The part of `chunk` to send. */
+  push(chunk: Buffer): Buffer {
+    if (this.done) return chunk.subarray(0, 0);
+    let start = 0;
+    for (let nl = chunk.indexOf(LF); nl >= 0; nl = chunk.indexOf(LF, nl + 1)) {
+      if (!this.inBody) {
+        const length = this.carry + (nl - start);
+        const cr = nl > start ? chunk[nl - 1] === 0x0d : this.lastCR;
+        this.inBody = length === 0 || (length === 1 && cr); // the blank line ends the header
+      } else {
+        this.left--;
+      }
+      this.carry = 0;
+      start = nl + 1;
+      if (this.inBody && this.left <= 0) {
+        this.done = true;
+        return chunk.subarray(0, nl + 1);
+      }
+    }
+    this.carry += chunk.length - start;
+    if (chunk.length > start) this.lastCR = chunk[chunk.length - 1] === 0x0d;
+    return chunk;
   }
-  return end;
 }

@@ -5,6 +5,7 @@
 // Its message id is derived from the original's, so appending it twice (a retry after a crash)
 // stores it once.
 import { randomBytes } from 'node:crypto';
+import { addressText, hostText, idToken, lineText } from '../message/headers.ts';
 import { domainOf, type NewMessage, type QueuedMessage } from '../message/types.ts';
 
 export type DsnAction = 'failed' | 'delayed';
@@ -58,7 +59,8 @@ export function buildDsn(input: DsnInput): NewMessage | undefined {
   const sender = input.original.envelope.from;
   if (!sender || !input.recipients.length) return undefined;
   const failed = input.recipients.some((r) => r.action === 'failed');
-  const host = input.reportingMta;
+  // every value below that reaches a header or a report field goes through message/headers.ts
+  const host = hostText(input.reportingMta);
   const boundary = `${input.now.toString(36)}.${randomBytes(8).toString('hex')}/${host}`;
   const id = `${input.original.id}-dsn-${input.tag}`;
 
@@ -81,13 +83,13 @@ export function buildDsn(input: DsnInput): NewMessage | undefined {
         input.willRetryUntil ? `until ${rfc5322Date(input.willRetryUntil)}.` : 'for a while.',
         '',
       ];
-  for (const r of input.recipients) human.push(`<${r.rcpt}>: ${r.diagnostic ?? r.status}`);
+  for (const r of input.recipients) human.push(`<${addressText(r.rcpt)}>: ${lineText(r.diagnostic ?? r.status)}`);
 
-  const perMessage = [`Reporting-MTA: dns; ${host}`, `X-Streamgate-Queue-ID: ${input.original.id}`, `Arrival-Date: ${rfc5322Date(input.original.acceptedAt)}`];
+  const perMessage = [`Reporting-MTA: dns; ${host}`, `X-Streamgate-Queue-ID: ${idToken(input.original.id)}`, `Arrival-Date: ${rfc5322Date(input.original.acceptedAt)}`];
   const blocks = input.recipients.map((r) => {
-    const b = [`Final-Recipient: rfc822; ${r.rcpt}`, `Action: ${r.action}`, `Status: ${r.status}`];
-    if (r.remoteMta) b.push(`Remote-MTA: dns; ${r.remoteMta.replace(/\[.*$/, '')}`);
-    if (r.diagnostic) b.push(`Diagnostic-Code: ${r.smtp ? 'smtp' : 'X-Streamgate'}; ${r.diagnostic.replace(/[\r\n]+/g, ' ')}`);
+    const b = [`Final-Recipient: rfc822; ${addressText(r.rcpt)}`, `Action: ${r.action}`, `Status: ${idToken(r.status)}`];
+    if (r.remoteMta) b.push(`Remote-MTA: dns; ${hostText(r.remoteMta.replace(/\[.*$/s, ''))}`);
+    if (r.diagnostic) b.push(`Diagnostic-Code: ${r.smtp ? 'smtp' : 'X-Streamgate'}; ${lineText(r.diagnostic)}`);
     if (r.lastAttempt) b.push(`Last-Attempt-Date: ${rfc5322Date(r.lastAttempt)}`);
     if (r.action === 'delayed' && input.willRetryUntil) b.push(`Will-Retry-Until: ${rfc5322Date(input.willRetryUntil)}`);
     return b.join('\r\n');
@@ -95,10 +97,10 @@ export function buildDsn(input: DsnInput): NewMessage | undefined {
 
   const head = [
     `From: Mail Delivery System <MAILER-DAEMON@${host}>`,
-    `To: <${sender}>`,
+    `To: <${addressText(sender)}>`,
     `Subject: ${failed ? 'Undelivered Mail Returned to Sender' : 'Delayed Mail (still being retried)'}`,
     `Date: ${rfc5322Date(input.now)}`,
-    `Message-ID: <${id}@${host}>`,
+    `Message-ID: <${idToken(id)}@${idToken(host)}>`,
     'Auto-Submitted: auto-replied',
     'MIME-Version: 1.0',
     `Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="${boundary}"`,

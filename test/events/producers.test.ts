@@ -84,6 +84,37 @@ describe('producers and lifecycle events (BullMQ)', () => {
     assert.equal(qm.queues.has('bad.test'), false);
   });
 
+  it('refuses a job id that could reach a header (CRLF in the DSN Message-ID), appending nothing', async () => {
+    // (BullMQ's own client refuses ":" in ids; other clients and direct writes do not)
+    const before = qm.totals();
+    const job = await submit.add('inject', { from: 'x@src.test', to: ['a@inject.test'], raw: 'Subject: x\n\nbody\n' }, { jobId: 'j1\r\nBcc victim@evil.test', attempts: 5 });
+    await assert.rejects(job.waitUntilFinished(qe, 10_000), /job id: expected 1 to 190 letters, digits/);
+    assert.equal((await submit.getJob(job.id!))!.attemptsMade, 1, 'not retried');
+    assert.deepEqual(qm.totals(), before);
+    assert.equal(qm.queues.has('inject.test'), false);
+  });
+
+  it('applies the SMTP DATA hygiene to producer messages: bare CR, bare LF, NUL, long lines, header limits', async () => {
+    const before = qm.totals();
+    const long = `Subject: x\r\n\r\n${'y'.repeat(1200)}\r\n`;
+    const hops = `${'Received: from a by b; Thu, 1 Jan 2026 00:00:00 +0000\r\n'.repeat(60)}Subject: loop\r\n\r\nx\r\n`;
+    const bigHeader = `Subject: x\r\n${'X-Filler: y\r\n'.repeat(10_000)}\r\nx\r\n`;
+    for (const [data, re] of [
+      [{ raw: 'Subject: a\r\rBcc: victim@evil.test\r\n\r\nbody\r\n' }, /bare CR/],
+      [{ rawBase64: Buffer.from('Subject: a\r\nX: b\nBcc: victim@evil.test\r\n\r\nbody\r\n').toString('base64') }, /bare LF/],
+      [{ rawBase64: Buffer.from('Subject: a\r\n\r\nbo\u0000dy\r\n').toString('base64') }, /NUL byte/],
+      [{ raw: long }, /line longer than 1000 octets/],
+      [{ raw: hops }, /too many hops/i],
+      [{ raw: bigHeader }, /header exceeds/i],
+    ] as const) {
+      const job = await submit.add('hygiene', { from: 'x@src.test', to: ['a@hygiene.test'], ...data }, { attempts: 5 });
+      await assert.rejects(job.waitUntilFinished(qe, 10_000), re);
+      assert.equal((await submit.getJob(job.id!))!.attemptsMade, 1, 'not retried');
+    }
+    assert.deepEqual(qm.totals(), before);
+    assert.equal(qm.queues.has('hygiene.test'), false);
+  });
+
   it('publishes every lifecycle event once, and catches up from its cursor after a restart', async () => {
     const domain = 'events.test';
     await qm.append({ id: 'e1', domain, envelope: { from: 'a@src.test', to: ['x@events.test'] }, raw: Buffer.from('x') });

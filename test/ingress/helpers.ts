@@ -192,6 +192,16 @@ export class RawClient {
   }
 }
 
+/** Opens a session up to the point after EHLO. */
+export async function session(port: number, localAddress?: string): Promise<RawClient> {
+  const c = localAddress ? await RawClient.openFrom(port, localAddress) : await RawClient.open(port);
+  const greet = await c.read();
+  if (greet?.code !== 220) throw new Error(`greeting: ${JSON.stringify(greet)}`);
+  const ehlo = await c.cmd('EHLO client.test');
+  if (ehlo.code !== 250) throw new Error(`EHLO: ${JSON.stringify(ehlo)}`);
+  return c;
+}
+
 /** The state and live entry of a message on every replica of its queue, read from the nodes. */
 export async function onReplicas(qm: QueueManager, domain: string, id: string): Promise<{ node: string; state: string | null; live: number }[]> {
   const q = qm.queues.get(domain);

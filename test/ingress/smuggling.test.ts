@@ -23,7 +23,7 @@ describe('content scanner', () => {
       const buf = Buffer.from(text, 'latin1');
       for (let i = 0; i <= buf.length; i++) {
         for (let j = i; j <= buf.length; j++) {
-          const s = new ContentScanner(10);
+          const s = new ContentScanner({ maxLineLength: 10, maxHeaderSize: 0, maxHops: 0 });
           s.push(buf.subarray(0, i));
           s.push(buf.subarray(i, j));
           s.push(buf.subarray(j));

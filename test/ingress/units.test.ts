@@ -3,7 +3,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { addedHeaders, headerNames, receivedHeader } from '../../src/ingress/smtp/hygiene.ts';
-import { AuthGuard, ConnectionLimiter, DataDeadlines } from '../../src/ingress/smtp/limits.ts';
+import { DataDeadlines, FailureGuard } from '../../src/ingress/smtp/limits.ts';
+import { ConnectionLimiter } from '../../src/net/clients.ts';
 import { DomainSet, hasRouting, Networks, normalizeAddress } from '../../src/ingress/smtp/policy.ts';
 import { REPLIES, reply } from '../../src/ingress/smtp/replies.ts';
 import { splitByDomain } from '../../src/ingress/smtp/store.ts';
@@ -67,7 +68,7 @@ describe('limits', () => {
 
   it('keeps AUTH failures per address for a window, per connection up to its limit', () => {
     let now = 1_000_000;
-    const g = new AuthGuard({ perConnection: 3, perClient: 4, window: 60_000, delay: 3000 }, () => now);
+    const g = new FailureGuard({ perConnection: 3, perClient: 4, window: 60_000, delay: 3000 }, () => now);
     assert.equal(g.delayFor('a'), 0);
     assert.equal(g.fail('a', 1), false);
     assert.equal(g.delayFor('a'), 3000);

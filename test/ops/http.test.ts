@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
+import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -14,6 +15,21 @@ import { startSmtpSink } from '../helpers/smtpSink.ts';
 import { waitFor } from '../helpers/waitFor.ts';
 
 const TOKEN = 'test-token-0123456789abcdef';
+const READER = 'read-token-0123456789abcdef';
+const auth = (token = TOKEN) => ({ headers: { authorization: `Bearer ${token}` } });
+
+/** A request with a Host header of the test's choosing (fetch sets its own). */
+function withHost(port: number, path: string, host: string, headers: Record<string, string> = {}): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ host: '127.0.0.1', port, path, headers: { ...headers, host } }, (res) => {
+      let body = '';
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
 
 /** The CLI as a child process; asynchronous, since the API it calls is served by this process. */
 function cli(args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
@@ -34,7 +50,7 @@ describe('ops HTTP API', () => {
   let base: string;
   before(async () => {
     pool = await startRedisPool(2);
-    const config = testConfig({ redis: { nodes: pool.map((r) => r.url) }, ops: { listen: '127.0.0.1:0', tokens: [TOKEN] } });
+    const config = testConfig({ redis: { nodes: pool.map((r) => r.url) }, ops: { listen: '127.0.0.1:0', tokens: [TOKEN, { token: READER, role: 'read' }] } });
     qm = new QueueManager(config, silentLogger, { gatewayId: 'gw-ops' });
     await qm.start();
     ops = await startOps({ config, queues: qm, log: silentLogger });
@@ -50,11 +66,11 @@ describe('ops HTTP API', () => {
   it('reports health, depth and the replica table', async () => {
     const h = await fetch(`${base}/health`);
     assert.equal(h.status, 200);
-    const q = (await (await fetch(`${base}/api/queues/ops.test`)).json()) as { depth: { ready: number }; replicas: { sync: string; active: string }[]; status: string };
+    const q = (await (await fetch(`${base}/api/queues/ops.test`, auth(READER))).json()) as { depth: { ready: number }; replicas: { sync: string; active: string }[]; status: string };
     assert.equal(q.depth.ready, 3);
     assert.equal(q.status, 'whole');
     assert.deepEqual(q.replicas.map((r) => [r.sync, r.active]), [['Sync', 'Run'], ['Sync', 'Run']]);
-    const all = (await (await fetch(`${base}/api/queues`)).json()) as { totals: { ready: number; queues: number } };
+    const all = (await (await fetch(`${base}/api/queues`, auth(READER))).json()) as { totals: { ready: number; queues: number } };
     assert.equal(all.totals.ready, 3);
   });
 
@@ -63,12 +79,14 @@ describe('ops HTTP API', () => {
     assert.equal(res.status, 200);
     assert.match(res.headers.get('content-type') ?? '', /text\/html/);
     const html = await res.text();
-    assert.match(html, /fetch\('\/api\/queues'\)/);
+    assert.match(html, /api\('\/api\/queues'\)/);
+    assert.match(html, /authorization: `Bearer \$\{token\}`/);
     assert.match(html, /setInterval\(refresh, 1000\)/);
   });
 
   it('exposes queue depth as a Prometheus gauge', async () => {
-    const text = await (await fetch(`${base}/metrics`)).text();
+    assert.equal((await fetch(`${base}/metrics`)).status, 401, 'metrics need a token unless ops.open lists them');
+    const text = await (await fetch(`${base}/metrics`, auth(READER))).text();
     assert.match(text, /streamgate_queue_depth\{queue="ops.test",state="ready"\} 3/);
     assert.match(text, /streamgate_queue_replica_in_sync\{queue="ops.test",node="127\.0\.0\.1:\d+"\} 1/);
   });
@@ -93,25 +111,58 @@ describe('ops HTTP API', () => {
     const bad = await post('/api/queues/ops.test/messages/ops2/hold', { why: 'x' }, TOKEN);
     assert.equal(bad.status, 400);
     assert.equal(((await bad.json()) as { error: { code: string } }).error.code, 'SG_ERR_BAD_REQUEST');
+    const extra = await post('/api/queues/ops.test/messages/ops2/hold', { reason: 'x', actr: 'typo' }, TOKEN);
+    assert.equal(extra.status, 400, 'an unknown property is refused, not dropped');
+    assert.match(((await extra.json()) as { error: { message: string } }).error.message, /additional properties/);
     const missing = await post('/api/queues/ops.test/messages/nope/hold', { reason: 'x' }, TOKEN);
     assert.equal(missing.status, 404);
     assert.equal(qm.depth('ops.test').held, 0);
 
-    const trace = (await (await fetch(`${base}/api/queues/ops.test/messages/ops0`)).json()) as { events: { kind: string; details: { actor?: string } }[] };
+    const trace = (await (await fetch(`${base}/api/queues/ops.test/messages/ops0`, auth())).json()) as { events: { kind: string; details: { actor?: string } }[] };
     assert.deepEqual(trace.events.map((e) => e.kind), ['accepted', 'held', 'released']);
     assert.equal(trace.events[1]!.details.actor, 'anne');
-    const purged = (await (await fetch(`${base}/api/queues/ops.test/messages/ops1`)).json()) as { live: unknown; events: { kind: string }[] };
+    const purged = (await (await fetch(`${base}/api/queues/ops.test/messages/ops1`, auth())).json()) as { live: unknown; events: { kind: string }[] };
     assert.equal(purged.live, null);
     assert.deepEqual(purged.events.map((e) => e.kind), ['accepted', 'purged']);
+  });
+
+  it('reads need a read or admin token, writes an admin token; /health is open', async () => {
+    for (const path of ['/api/queues', '/api/queues/ops.test', '/api/queues/ops.test/messages/ops2', '/api/suspended', '/metrics']) {
+      const res = await fetch(`${base}${path}`);
+      assert.equal(res.status, 401, path);
+      assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'SG_ERR_UNAUTHORIZED');
+      assert.equal((await fetch(`${base}${path}`, auth('wrong-token-0123456789abcdef'))).status, 401, path);
+      assert.equal((await fetch(`${base}${path}`, auth(READER))).status, 200, path);
+    }
+    assert.equal((await fetch(`${base}/health`)).status, 200);
+    const post = (token?: string, body = '{"reason":"x"}') =>
+      fetch(`${base}/api/queues/ops.test/messages/ops2/hold`, { method: 'POST', headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) }, body });
+    const reader = await post(READER);
+    assert.equal(reader.status, 403);
+    assert.equal(((await reader.json()) as { error: { code: string } }).error.code, 'SG_ERR_FORBIDDEN');
+    assert.equal((await post(undefined, '{not json')).status, 401, 'authentication comes before the body is read');
+    assert.equal(qm.depth('ops.test').held, 0);
+  });
+
+  it('answers only to its own names in the Host header (no DNS rebinding)', async () => {
+    const bearer = { authorization: `Bearer ${READER}` };
+    const rebound = await withHost(ops.port, '/api/queues', `evil.example:${ops.port}`, bearer);
+    assert.equal(rebound.status, 403);
+    assert.equal((JSON.parse(rebound.body) as { error: { code: string } }).error.code, 'SG_ERR_BAD_HOST');
+    assert.equal((await withHost(ops.port, '/health', 'evil.example')).status, 403);
+    for (const host of [`127.0.0.1:${ops.port}`, `localhost:${ops.port}`, 'localhost', `[::1]:${ops.port}`]) {
+      assert.equal((await withHost(ops.port, '/api/queues', host, bearer)).status, 200, host);
+    }
   });
 
   it('the queue CLI lists queues, shows a message, holds and flushes through the API', async () => {
     const file = join(mkdtempSync(join(tmpdir(), 'sg-ops-')), 'c.yaml');
     writeFileSync(file, `ops: { listen: "127.0.0.1:${ops.port}", tokens: ["${TOKEN}"] }\nredis: { nodes: [${pool.map((r) => `"${r.url}"`).join(', ')}] }\n`);
-    const list = await cli(['queue', 'list', '--config', file]);
+    assert.equal((await cli(['queue', 'list', '--config', file])).status, 1, 'reads need a token too');
+    const list = await cli(['queue', 'list', '--config', file], { STREAMGATE_OPS_TOKEN: READER });
     assert.equal(list.status, 0, list.stderr);
     assert.match(list.stdout, /^ops\.test\s+\d+\s+0\s+0\s+0\s+\d+s\s+whole/m);
-    const show = await cli(['queue', 'show', 'ops.test', 'ops2', '--config', file]);
+    const show = await cli(['queue', 'show', 'ops.test', 'ops2', '--config', file], { STREAMGATE_OPS_TOKEN: READER });
     assert.equal(show.status, 0, show.stderr);
     assert.equal(JSON.parse(show.stdout).live.state, 'ready');
     const noToken = await cli(['queue', 'hold', 'ops.test', 'ops2', '--reason', 'x', '--config', file]);
@@ -153,7 +204,7 @@ describe('ops API: suspend and resume a destination', () => {
       fetch(`http://127.0.0.1:${ops.port}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${TOKEN}` }, body: JSON.stringify(body) });
     try {
       assert.equal((await post('/api/queues/held-back.test/suspend', { reason: 'their MX is migrating', actor: 'anne' })).status, 200);
-      const listed = (await (await fetch(`http://127.0.0.1:${ops.port}/api/suspended`)).json()) as { suspended: { domain: string; actor: string }[] };
+      const listed = (await (await fetch(`http://127.0.0.1:${ops.port}/api/suspended`, auth())).json()) as { suspended: { domain: string; actor: string }[] };
       assert.deepEqual(listed.suspended.map((s) => [s.domain, s.actor]), [['held-back.test', 'anne']]);
       const raw = Buffer.from('Subject: s\r\n\r\nx\r\n');
       for (let i = 0; i < 3; i++) await qm.append({ id: `h${i}`, domain: 'held-back.test', envelope: { from: 'a@src.test', to: [`r${i}@held-back.test`] }, raw });

@@ -39,7 +39,7 @@ describe('queue recover', () => {
       ops = await startOps({ config, queues: qm, log: silentLogger });
       const file = join(mkdtempSync(join(tmpdir(), 'sg-rec-')), 'c.yaml');
       writeFileSync(file, `ops: { listen: "127.0.0.1:${ops.port}", tokens: ["${TOKEN}"] }\nredis: { nodes: [${pool.map((r) => `"${r.url}"`).join(', ')}] }\n`);
-      const list = await runCli(['queue', 'list', '--config', file]);
+      const list = await runCli(['queue', 'list', '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
       assert.equal(list.status, 0, list.stderr);
       assert.match(list.stdout, /^closed\.test\s.*unavailable/m);
       assert.match(list.stdout, /closed: no replica with a record answers \(unreachable: 127\.0\.0\.1:\d+; empty: 127\.0\.0\.1:\d+\).*queue recover closed\.test --from NODE/);
@@ -59,7 +59,7 @@ describe('queue recover', () => {
       const events = await qm.history(domain);
       const rec = events.find((e) => e.kind === 'recovered')!;
       assert.deepEqual({ actor: (rec.details as { actor: string }).actor, reason: (rec.details as { reason: string }).reason }, { actor: 'alice', reason: 'B is lost' });
-      const api = (await (await fetch(`http://127.0.0.1:${ops.port}/api/queues/${domain}`)).json()) as { status: string; closed?: string };
+      const api = (await (await fetch(`http://127.0.0.1:${ops.port}/api/queues/${domain}`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as { status: string; closed?: string };
       assert.equal(api.status, 'whole');
       assert.equal(api.closed, undefined);
     } finally {

@@ -38,8 +38,8 @@ export class Pop3Client {
     sock.on('error', () => {});
   }
 
-  static async connect(port: number, host = '127.0.0.1'): Promise<Pop3Client> {
-    const sock = netConnect({ port, host });
+  static async connect(port: number, host = '127.0.0.1', localAddress?: string): Promise<Pop3Client> {
+    const sock = netConnect({ port, host, localAddress });
     await new Promise<void>((ok, fail) => {
       sock.once('connect', ok);
       sock.once('error', fail);
@@ -140,6 +140,11 @@ export class Pop3Client {
   }
 
   /** Drops the connection without QUIT. */
+  /** Raw bytes, as they are. */
+  write(data: string): void {
+    this.sock.write(data);
+  }
+
   destroy(): void {
     this.sock.destroy();
   }

@@ -347,14 +347,72 @@ describe('pop3', { timeout: 300_000 }, () => {
       const c = await Pop3Client.connect(idle.address.port);
       assert.match(await c.login(u.address, PW), /^\+OK/);
       assert.match(await c.command('DELE 1'), /^\+OK/);
-      assert.equal(await c.line(), '-ERR Disconnected for inactivity.');
-      await c.closed;
+      await c.closed; // RFC 1939 3: the autologout timer closes the connection without a response
+      await assert.rejects(c.line(), /connection closed; unread: ""/);
       const again = await loginWhenFree(u.address);
       assert.match(await again.command('STAT'), /^\+OK 1 /);
       await again.quit();
     } finally {
       await idle.stop();
     }
+  });
+
+  test('a command trickled a byte at a time is cut off at pop3.idleTimeout', async () => {
+    const slow = await serverWith({ idleTimeout: '1s', auth: { perClient: 0, delay: '0s' } });
+    const c = await Pop3Client.connect(slow.address.port);
+    const t0 = Date.now();
+    const timer = setInterval(() => c.write('N'), 200);
+    try {
+      await c.closed;
+      assert.ok(Date.now() - t0 < 4000, `closed after ${Date.now() - t0} ms`);
+    } finally {
+      clearInterval(timer);
+      await slow.stop();
+    }
+  });
+
+  test('connections in total and per client (pop3.maxConnections, maxConnectionsPerClient)', async () => {
+    const capped = await serverWith({ maxConnections: 3, maxConnectionsPerClient: 2, auth: { perClient: 0, delay: '0s' } });
+    const p = capped.address.port;
+    try {
+      const a = await Pop3Client.connect(p);
+      const b = await Pop3Client.connect(p);
+      const c = await Pop3Client.connect(p);
+      assert.equal(c.greeting, '-ERR [SYS/TEMP] Too many connections from your address; try again later.');
+      await c.closed;
+      const d = await Pop3Client.connect(p, '127.0.0.1', '127.0.0.2');
+      assert.match(d.greeting, /^\+OK/, 'another client');
+      const e = await Pop3Client.connect(p, '127.0.0.1', '127.0.0.3');
+      assert.equal(e.greeting, '-ERR [SYS/TEMP] Too many connections; try again later.');
+      await e.closed;
+      await a.quit();
+      await waitFor(() => capped.sessionCount === 2, { what: 'a session ended' });
+      const f2 = await Pop3Client.connect(p);
+      assert.match(f2.greeting, /^\+OK/, 'room again');
+      for (const x of [b, d, f2]) await x.quit();
+    } finally {
+      await capped.stop();
+    }
+  });
+
+  test('TOP n with a huge line count costs no more than RETR', async () => {
+    const address = `top-${Date.now().toString(36)}@${D}`;
+    await addUser(f.store, address, PW);
+    const raw = Buffer.from(`Subject: short lines\r\n\r\n${'0123456\r\n'.repeat(150_000)}`); // 1.35 MB in 1 KB chunks
+    await f.delivery.deliver(queued({ to: [address], raw }));
+    const c = (await login(address)).c;
+    let t0 = performance.now();
+    const retr = await c.multi('RETR 1');
+    const retrMs = performance.now() - t0;
+    t0 = performance.now();
+    const top = await c.multi('TOP 1 999999999');
+    const topMs = performance.now() - t0;
+    assert.ok(retr.data.subarray(-raw.length).equals(raw) && top.data.equals(retr.data), 'the whole message either way');
+    assert.ok(topMs < retrMs * 3 + 500, `TOP ${Math.round(topMs)} ms, RETR ${Math.round(retrMs)} ms`);
+    const head = await c.multi('TOP 1 2');
+    const header = retr.data.toString().split('\r\n\r\n')[0]!;
+    assert.equal(head.data.toString(), `${header}\r\n\r\n0123456\r\n0123456\r\n`);
+    await c.quit();
   });
 
   test('server stop ends sessions without UPDATE and releases their locks', async () => {

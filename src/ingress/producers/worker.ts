@@ -2,16 +2,19 @@
 // message through the same append path as SMTP. The job id is the idempotency key: the message id
 // of every destination queue is derived from it, so a job run twice queues the message once.
 // A job that is not a valid message fails at once (UnrecoverableError) with a precise reason and
-// appends nothing; while the queues cannot take appends the worker pauses, and it resumes by itself.
+// appends nothing: its id must be one that can become a message id (message/headers.ts), and its
+// message passes the same hygiene as SMTP DATA (ingress/smtp/hygiene.ts); while the queues cannot take appends the worker pauses, and it resumes by itself.
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import MailComposer from 'nodemailer/lib/mail-composer/index.js';
 import { z } from 'zod';
 import type { Config } from '../../config/schema.ts';
 import type { Logger } from '../../log.ts';
+import { JOB_ID, JOB_ID_EXPECTED } from '../../message/headers.ts';
 import { domainOf } from '../../message/types.ts';
 import { QueueError } from '../../queue/errors.ts';
 import type { QueueManager } from '../../queue/manager.ts';
+import { checkMessage, faultReply } from '../smtp/hygiene.ts';
 
 const address = z.string().max(254).regex(/^[^\s@<>()",;:\\[\]]+@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$/, 'expected an e-mail address local@domain');
 
@@ -94,6 +97,7 @@ export class ProducerWorker {
 
   async handle(job: Job): Promise<{ queued: { domain: string; queue: string; id: string }[] }> {
     if (!job.id) throw new UnrecoverableError('a producer job needs an id');
+    if (!JOB_ID.test(job.id)) throw new UnrecoverableError(`job id: ${JOB_ID_EXPECTED}, got ${JSON.stringify(job.id)}`);
     const parsed = jobSchema.safeParse(job.data);
     if (!parsed.success) {
       const i = parsed.error.issues[0]!;
@@ -103,7 +107,8 @@ export class ProducerWorker {
     if (data.to.length > this.config.smtp.maxRecipients) throw new UnrecoverableError(`job ${job.id}: to: at most ${this.config.smtp.maxRecipients} recipients, got ${data.to.length}`);
     const raw = await toRaw(data);
     if (raw.length > this.config.smtp.maxMessageSize) throw new UnrecoverableError(`job ${job.id}: message of ${raw.length} bytes is over smtp.maxMessageSize (${this.config.smtp.maxMessageSize})`);
-    if (raw.includes(0)) throw new UnrecoverableError(`job ${job.id}: the message contains a NUL byte`);
+    const fault = checkMessage(raw, this.config.smtp);
+    if (fault) throw new UnrecoverableError(`job ${job.id}: ${faultReply(fault, this.config.smtp).text}`);
     const byDomain = new Map<string, string[]>();
     for (const rcpt of data.to) {
       const d = domainOf(rcpt);

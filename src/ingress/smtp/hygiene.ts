@@ -1,23 +1,44 @@
-// Message hygiene: what the ingress refuses in message content, and the trace and identity
-// headers it adds.
+// Message hygiene: what the gateway refuses in message content, from SMTP DATA and from producer
+// jobs alike (ContentScanner is the one check for both), and the trace and identity headers the
+// ingress adds.
 //
 // Refused, while the data arrives (ContentScanner, chunk by chunk, native indexOf scans):
-//   - a bare LF (a line feed not preceded by CR)       550 5.5.2
-//   - a bare CR (a carriage return not followed by LF)  550 5.5.2
-//   - a NUL byte                                         550 5.6.0
-//   - a line longer than smtp.maxLineLength octets       552 5.6.0
+//   - a bare LF (a line feed not preceded by CR)                       550 5.5.2
+//   - a bare CR (a carriage return not followed by LF)                  550 5.5.2
+//   - a NUL byte                                                         550 5.6.0
+//   - a line longer than smtp.maxLineLength octets                       552 5.6.0
+//   - a header section larger than smtp.maxHeaderSize octets             552 5.3.4
+//   - smtp.maxHops or more Received headers (a mail loop)               554 5.4.0
 // smtp-server ends DATA only at <CRLF>.<CRLF>, so every SMTP smuggling variant (<LF>.<LF>,
 // <CR>.<CR><LF>, <LF>.<CR><LF>, <CRLF><NUL>.<CRLF>, ...) stays inside the message it was sent in;
 // refusing that message means that nothing which another server could read as a second message
 // ever reaches the queue or the next hop.
 //
 // Added: a Received header (RFC 5321 4.4) on every message; Date and Message-ID on submission
-// when the message lacks them (RFC 6409 8.2, 8.3).
+// when the message lacks them (RFC 6409 8.2, 8.3). Every value in them goes through
+// message/headers.ts.
+import { addressText, commentText, hostText, idToken } from '../../message/headers.ts';
+import { reply, type SmtpReply } from './replies.ts';
 
-export type ContentFault = 'bareLf' | 'bareCr' | 'nulByte' | 'lineTooLong';
+export type ContentFault = 'bareLf' | 'bareCr' | 'nulByte' | 'lineTooLong' | 'headerTooBig' | 'tooManyHops';
+
+/** The faults that may be an SMTP smuggling attempt: the connection is closed after the reply. */
+export const SMUGGLING: ReadonlySet<ContentFault> = new Set(['bareLf', 'bareCr', 'nulByte']);
+
+/** The limits of smtp: that the scanner applies; 0 turns a limit off. */
+export interface HygieneLimits {
+  /** Octets per line including CRLF. */
+  maxLineLength: number;
+  /** Octets of the header section. */
+  maxHeaderSize: number;
+  /** Received headers at which a message is taken for a loop. */
+  maxHops: number;
+}
 
 const CR = 0x0d;
 const LF = 0x0a;
+const RECEIVED = 'received:';
+const limit = (n: number) => (n > 0 ? n : Infinity);
 
 export class ContentScanner {
   /** The first fault found, if any; scanning stops there. */
@@ -26,10 +47,18 @@ export class ContentScanner {
   /** Octets of the current line received so far (no LF seen yet). */
   private carry = 0;
   private readonly maxLine: number;
+  private readonly maxHeader: number;
+  private readonly maxHops: number;
+  private inHeader = true;
+  private headerBytes = 0;
+  private hops = 0;
+  /** The first octets of the current header line, lower case (to find "Received:"). */
+  private lineHead = '';
 
-  /** @param maxLineLength octets per line including CRLF; 0 = no limit */
-  constructor(maxLineLength: number) {
-    this.maxLine = maxLineLength > 0 ? maxLineLength : Infinity;
+  constructor(limits: HygieneLimits) {
+    this.maxLine = limit(limits.maxLineLength);
+    this.maxHeader = limit(limits.maxHeaderSize);
+    this.maxHops = limit(limits.maxHops);
   }
 
   push(chunk: Buffer): ContentFault | undefined {
@@ -42,9 +71,17 @@ export class ContentScanner {
     for (let i = chunk.indexOf(LF); i >= 0; i = chunk.indexOf(LF, i + 1)) {
       const preceded = i > 0 ? chunk[i - 1] === CR : this.prevCR;
       if (!preceded) return (this.fault = 'bareLf');
-      if (this.carry + (i - start) + 1 > this.maxLine) return (this.fault = 'lineTooLong');
+      const length = this.carry + (i - start) + 1;
+      if (length > this.maxLine) return (this.fault = 'lineTooLong');
+      if (this.inHeader && this.headerLine(chunk, start, i + 1, length)) return this.fault;
       this.carry = 0;
+      this.lineHead = '';
       start = i + 1;
+    }
+    if (this.inHeader && start < n) {
+      this.noteHead(chunk, start, n);
+      this.headerBytes += n - start;
+      if (this.headerBytes > this.maxHeader) return (this.fault = 'headerTooBig');
     }
     this.carry += n - start;
     if (this.carry > this.maxLine) return (this.fault = 'lineTooLong');
@@ -57,11 +94,44 @@ export class ContentScanner {
     return undefined;
   }
 
+  /** A header line ends at chunk[end - 1]; true when it makes a fault. */
+  private headerLine(chunk: Buffer, start: number, end: number, length: number): boolean {
+    if (length === 2) {
+      this.inHeader = false; // the empty line: the body starts
+      return false;
+    }
+    this.noteHead(chunk, start, end);
+    this.headerBytes += end - start;
+    if (this.headerBytes > this.maxHeader) this.fault = 'headerTooBig';
+    else if (this.lineHead === RECEIVED && ++this.hops >= this.maxHops) this.fault = 'tooManyHops';
+    return this.fault !== undefined;
+  }
+
+  private noteHead(chunk: Buffer, start: number, end: number): void {
+    const want = RECEIVED.length - this.lineHead.length;
+    if (want > 0) this.lineHead += chunk.toString('latin1', start, Math.min(end, start + want)).toLowerCase();
+  }
+
   /** At the end of the data: a CR left hanging is a bare CR. */
   end(): ContentFault | undefined {
     if (!this.fault && this.prevCR) this.fault = 'bareCr';
     return this.fault;
   }
+}
+
+/** A whole message through the same checks as SMTP DATA (producer jobs). */
+export function checkMessage(raw: Buffer, limits: HygieneLimits): ContentFault | undefined {
+  const scanner = new ContentScanner(limits);
+  scanner.push(raw);
+  return scanner.end();
+}
+
+/** The catalogue reply for a fault, with the limit it names. */
+export function faultReply(fault: ContentFault, limits: HygieneLimits): SmtpReply {
+  if (fault === 'lineTooLong') return reply(fault, limits.maxLineLength);
+  if (fault === 'headerTooBig') return reply(fault, limits.maxHeaderSize);
+  if (fault === 'tooManyHops') return reply(fault, limits.maxHops);
+  return reply(fault);
 }
 
 /** Header names present in the message's header section (lower case). */
@@ -81,11 +151,6 @@ export function headerNames(raw: Buffer): Set<string> {
 /** RFC 5322 date-time in UTC: "Tue, 01 Jul 2025 12:00:00 +0000". */
 export function rfc5322Date(d: Date): string {
   return d.toUTCString().replace(/GMT$/, '+0000');
-}
-
-/** Text a client chose, made safe for a header comment or field. */
-function clean(s: string): string {
-  return s.replace(/[^\x21-\x27\x2a-\x5b\x5d-\x7e]/g, '?').slice(0, 255);
 }
 
 export interface TraceFacts {
@@ -109,11 +174,11 @@ export interface TraceFacts {
 /** A Received header, folded, ending in CRLF. */
 export function receivedHeader(f: TraceFacts): string {
   const addr = f.clientAddress.includes(':') ? `IPv6:${f.clientAddress}` : f.clientAddress;
-  const lines = [`Received: from ${clean(f.helo || 'unknown')} (${clean(f.clientHostname)} [${addr}])`];
-  if (f.tls) lines.push(`(using ${clean(f.tls.version)} with cipher ${clean(f.tls.cipher)})`);
-  if (f.authUser) lines.push(`(Authenticated sender: ${clean(f.authUser)})`);
-  const by = `by ${clean(f.by)} (streamgate) with ${f.protocol} id ${f.id}`;
-  if (f.for) lines.push(by, `for <${clean(f.for)}>; ${rfc5322Date(f.date)}`);
+  const lines = [`Received: from ${hostText(f.helo)} (${commentText(f.clientHostname)} [${hostText(addr)}])`];
+  if (f.tls) lines.push(`(using ${commentText(f.tls.version)} with cipher ${commentText(f.tls.cipher)})`);
+  if (f.authUser) lines.push(`(Authenticated sender: ${commentText(f.authUser)})`);
+  const by = `by ${hostText(f.by)} (streamgate) with ${idToken(f.protocol)} id ${idToken(f.id)}`;
+  if (f.for) lines.push(by, `for <${addressText(f.for)}>; ${rfc5322Date(f.date)}`);
   else lines.push(`${by};`, rfc5322Date(f.date));
   return lines.join('\r\n\t') + '\r\n';
 }
@@ -127,7 +192,7 @@ export function addedHeaders(raw: Buffer, trace: TraceFacts, submission: boolean
   if (submission) {
     const names = headerNames(raw);
     if (!names.has('date')) out += `Date: ${rfc5322Date(trace.date)}\r\n`;
-    if (!names.has('message-id')) out += `Message-ID: <${trace.id}@${clean(trace.by)}>\r\n`;
+    if (!names.has('message-id')) out += `Message-ID: <${idToken(trace.id)}@${idToken(trace.by)}>\r\n`;
   }
   return out;
 }

@@ -1,44 +1,9 @@
-// The ingress's limits that smtp-server does not keep by itself: connections in total and per
-// client address, failed AUTH attempts per connection and per address, and the deadline of a
-// DATA transfer. Each limit has a configuration key under `smtp:` and a catalogue reply.
+// The ingress's limits that smtp-server does not keep by itself: failed AUTH attempts and error
+// replies per connection and per client (FailureGuard), and the deadline of a DATA transfer.
+// Connections in total and per client are counted by net/clients.ts. Each limit has a
+// configuration key under `smtp:` and a catalogue reply.
 
-/** smtp.maxConnections and smtp.maxConnectionsPerClient, over both listeners (421 4.7.0). */
-export class ConnectionLimiter {
-  private readonly byClient = new Map<string, number>();
-  private readonly admitted = new Map<string, string>(); // session id -> client address
-  private readonly max: number;
-  private readonly perClient: number;
-
-  constructor(max: number, perClient: number) {
-    this.max = max;
-    this.perClient = perClient;
-  }
-
-  get size(): number {
-    return this.admitted.size;
-  }
-
-  /** Counts the session in, or tells which limit it hits. */
-  admit(sessionId: string, client: string): 'tooManyConnections' | 'tooManyFromClient' | undefined {
-    if (this.admitted.size >= this.max) return 'tooManyConnections';
-    const n = this.byClient.get(client) ?? 0;
-    if (n >= this.perClient) return 'tooManyFromClient';
-    this.byClient.set(client, n + 1);
-    this.admitted.set(sessionId, client);
-    return undefined;
-  }
-
-  release(sessionId: string): void {
-    const client = this.admitted.get(sessionId);
-    if (client === undefined) return;
-    this.admitted.delete(sessionId);
-    const n = (this.byClient.get(client) ?? 1) - 1;
-    if (n <= 0) this.byClient.delete(client);
-    else this.byClient.set(client, n);
-  }
-}
-
-export interface AuthLimits {
+export interface FailureLimits {
   perConnection: number;
   perClient: number;
   window: number;
@@ -46,18 +11,22 @@ export interface AuthLimits {
 }
 
 /**
- * smtp.auth: failed AUTH attempts. A connection that fails `perConnection` times, or a client
- * address that fails `perClient` times within `window`, gets 421 4.7.0 and is disconnected;
- * an address over its limit is refused at once on its next AUTH until the window passes. Once
- * an address has failed, every AUTH reply to it waits `delay` first.
+ * Failures per connection and per client, for two limits:
+ * - smtp.auth, failed AUTH attempts: a connection that fails `perConnection` times, or a client
+ *   that fails `perClient` times within `window`, gets 421 4.7.0 and is disconnected; a client
+ *   over its limit is refused at once on its next AUTH until the window passes. Once a client has
+ *   failed, every AUTH reply to it waits `delay` first.
+ * - smtp.errors, error replies (Postfix's smtpd_hard_error_limit, per client as well):
+ *   perConnection is errors.hardLimit; a client over errors.perClient is refused at connect.
+ * Clients are keyed by net/clients.ts (IPv6 per /64).
  */
-export class AuthGuard {
+export class FailureGuard {
   private readonly failures = new Map<string, number[]>();
-  private readonly limits: AuthLimits;
+  private readonly limits: FailureLimits;
   private readonly now: () => number;
   private sweeps = 0;
 
-  constructor(limits: AuthLimits, now: () => number = Date.now) {
+  constructor(limits: FailureLimits, now: () => number = Date.now) {
     this.limits = limits;
     this.now = now;
   }

@@ -11,7 +11,7 @@
 import { BlockList, isIP } from 'node:net';
 import { domainToASCII } from 'node:url';
 import type { Config } from '../../config/schema.ts';
-import type { UserDirectory } from '../../message/types.ts';
+import { domainOf, type UserDirectory } from '../../message/types.ts';
 import { reply } from './replies.ts';
 
 export interface Address {
@@ -107,12 +107,47 @@ export class RelayPolicy {
   readonly relay: DomainSet;
   readonly trusted: Networks;
   private readonly users: UserDirectory;
+  private readonly postmasterAddress: string;
+  /** submission.senderLogins: sender address or "@domain" (lower case) → logins (lower case). */
+  private readonly senderLogins = new Map<string, Set<string>>();
 
   constructor(config: Config, users: UserDirectory) {
+    this.postmasterAddress = config.domains.postmaster;
+    for (const [sender, logins] of Object.entries(config.submission.senderLogins)) {
+      this.senderLogins.set(sender.toLowerCase(), new Set(logins.map((l) => l.toLowerCase())));
+    }
     this.local = new DomainSet(config.domains.local);
     this.relay = new DomainSet(config.domains.relay);
     this.trusted = new Networks(config.networks.trusted);
     this.users = users;
+  }
+
+  /**
+   * RFC 5321 4.5.1: <postmaster> and postmaster@ every local domain are accepted, without a user
+   * check, for the mailbox of domains.postmaster (default postmaster@ the first local domain).
+   */
+  private postmaster(raw: string): Address | undefined {
+    const at = raw.lastIndexOf('@');
+    if ((at < 0 ? raw : raw.slice(0, at)).toLowerCase() !== 'postmaster') return undefined;
+    if (at >= 0) {
+      const a = normalizeAddress(raw);
+      if (!a || !this.local.has(a.domain)) return undefined;
+    }
+    const first = this.local.first;
+    const target = this.postmasterAddress || (first ? `postmaster@${first}` : '');
+    return target ? normalizeAddress(target) : undefined;
+  }
+
+  /**
+   * May this login use this envelope sender? Its own address, and what submission.senderLogins
+   * gives it (by address, then by "@domain"). The null sender is anyone's.
+   */
+  ownsSender(login: string, sender: string): boolean {
+    if (sender === '') return true;
+    const user = login.toLowerCase();
+    const address = sender.toLowerCase();
+    if (address === user) return true;
+    return !!(this.senderLogins.get(address)?.has(user) || this.senderLogins.get(`@${domainOf(address)}`)?.has(user));
   }
 
   /** The envelope sender ("" is the null sender). Throws an SmtpReply when refused. */
@@ -125,20 +160,15 @@ export class RelayPolicy {
   }
 
   /**
-   * Decides one RCPT TO. Returns the address as it will be queued, or throws an SmtpReply:
+   * Decides one RCPT TO. Returns the address as it will be queued (postmaster's mailbox for
+   * postmaster), or throws an SmtpReply:
    * 553 5.6.7, 501 5.1.3, 550 5.7.1 (relay or routing), 550 5.1.1 (unknown local user),
    * 451 4.3.0 (the user directory did not answer).
    */
   async recipient(raw: string, facts: ClientFacts): Promise<Address> {
-    let input = raw;
-    // RFC 5321 4.1.1.3: "postmaster" without a domain must be accepted; it is the postmaster
-    // of the first local domain.
-    if (!input.includes('@') && input.toLowerCase() === 'postmaster') {
-      const first = this.local.first;
-      if (!first) throw reply('unknownUser', raw);
-      input = `postmaster@${first}`;
-    }
-    const a = normalizeAddress(input);
+    const postmaster = this.postmaster(raw);
+    if (postmaster) return postmaster;
+    const a = normalizeAddress(raw);
     if (!a) throw reply('badRecipient', raw);
     if (!facts.smtpUtf8 && NON_ASCII.test(a.local)) throw reply('utf8Required', raw);
     const privileged = facts.trusted || facts.authenticated;

@@ -19,6 +19,7 @@ export const REPLIES = {
   commandTimeout: [421, '4.4.2', 'Timeout waiting for a command, closing connection'],
   dataTooSlow: [421, '4.4.2', 'Message data arriving too slowly, closing connection'],
   commandTooLong: [421, '4.5.2', 'Command line too long, closing connection'],
+  tooManyErrors: [421, '4.7.0', 'Too many errors, closing connection'],
   shuttingDown: [421, '4.3.2', 'Server shutting down, try again later'],
   tooManyUnrecognized: [421, '4.5.2', 'Too many unrecognized commands, closing connection'],
   tooManyUnauthenticated: [421, '4.7.0', 'Too many commands without authentication, closing connection'],
@@ -31,6 +32,12 @@ export const REPLIES = {
   authUnavailable: [454, '4.7.0', 'Temporary authentication failure, try again later'],
   authzidMismatch: [535, '5.7.8', 'Authorization identity must be empty or equal the user name'],
 
+  // ---- command syntax (the session goes on) ----
+  commandLineTooLong: [500, '5.5.2', 'Command line too long (at most {0} octets)'],
+  pathTooLong: [501, '5.1.3', 'Path too long (at most {0} octets)'],
+  notUtf8: [553, '5.6.7', 'Address is not valid UTF-8'],
+  badParameter: [555, '5.5.4', 'Unsupported or malformed {1} parameter {0}'],
+
   // ---- envelope ----
   storageUnavailable: [451, '4.3.0', 'Queue storage temporarily unavailable, try again later'],
   utf8Required: [553, '5.6.7', 'Non-ASCII address <{0}> needs the SMTPUTF8 parameter'],
@@ -39,6 +46,7 @@ export const REPLIES = {
   unknownUser: [550, '5.1.1', '<{0}>: Recipient address rejected: user unknown'],
   recipientCheckFailed: [451, '4.3.0', '<{0}>: Recipient check failed temporarily, try again later'],
   relayDenied: [550, '5.7.1', '<{0}>: Relay access denied'],
+  senderNotOwned: [553, '5.7.1', '<{0}>: Sender address rejected: not owned by user {1}'],
   routingDenied: [550, '5.7.1', '<{0}>: Sender-specified routing (%, !, quoted local part) is not allowed'],
 
   // ---- message content (DATA) ----
@@ -47,10 +55,13 @@ export const REPLIES = {
   bareLf: [550, '5.5.2', 'Message contains a bare LF (line feed without carriage return), refused as a possible SMTP smuggling attempt'],
   bareCr: [550, '5.5.2', 'Message contains a bare CR (carriage return without line feed), refused as a possible SMTP smuggling attempt'],
   nulByte: [550, '5.6.0', 'Message contains a NUL byte'],
+  headerTooBig: [552, '5.3.4', 'Message header exceeds {0} octets'],
+  tooManyHops: [554, '5.4.0', 'Too many hops: {0} or more Received headers, message is looping'],
 
   // ---- storing ----
   queueUnavailable: [451, '4.3.0', 'Queue temporarily unavailable, message not accepted, try again later'],
   storageFull: [452, '4.3.1', 'Insufficient system storage, message not accepted, try again later'],
+  tooMuchInFlight: [452, '4.3.1', 'Insufficient system resources: too much mail in transfer, try again later'],
   localError: [451, '4.3.0', 'Local error in processing, try again later'],
 } as const satisfies Record<string, ReplySpec>;
 

@@ -1,9 +1,11 @@
 // The SMTP ingress: two smtp-server listeners, the MX listener (`smtp.listen`, for inbound MTAs,
 // no AUTH) and the submission listener (`submission.listen`, AUTH PLAIN/LOGIN required and only
-// offered over TLS: STARTTLS, or TLS from the first byte with submission.implicitTls). Both
+// offered and taken over TLS: STARTTLS, or TLS from the first byte with submission.implicitTls). Both
 // advertise PIPELINING, 8BITMIME, SMTPUTF8, SIZE, ENHANCEDSTATUSCODES and STARTTLS.
 //
-// The hooks apply the relay policy (policy.ts), the limits (limits.ts), the content hygiene
+// Each command line passes commands.ts before smtp-server reads it; each connection counts its
+// errors and junk commands and has a per-command deadline (GatewayConnection, limits.ts). The hooks
+// apply the relay policy (policy.ts), the limits (limits.ts, net/clients.ts), the content hygiene
 // (hygiene.ts), then store the message on both replicas of every destination queue before the
 // reply (store.ts). Every refusal is a reply from the catalogue (replies.ts).
 //
@@ -11,6 +13,7 @@
 // (QueueManager.writable is false), new connections get 421 4.3.2 (smtp.whenUnwritable: refuse)
 // or the listeners stop listening (close), and MAIL gets 451 4.3.0; the door opens again by itself
 // when the queues can be written (the manager's 'health' event, and a poll).
+import { reverse as dnsReverse } from 'node:dns/promises';
 import { EventEmitter } from 'node:events';
 import type { AddressInfo, Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -21,10 +24,12 @@ import type { Config } from '../../config/schema.ts';
 import type { Logger } from '../../log.ts';
 import { newMessageId, type UserDirectory } from '../../message/types.ts';
 import type { QueueManager } from '../../queue/manager.ts';
-import { addedHeaders, ContentScanner } from './hygiene.ts';
-import { AuthGuard, ConnectionLimiter, DataDeadlines } from './limits.ts';
+import { hardCommandLength, screenCommand } from './commands.ts';
+import { addedHeaders, ContentScanner, faultReply, SMUGGLING } from './hygiene.ts';
+import { ConnectionLimiter, clientKey } from '../../net/clients.ts';
+import { DataDeadlines, FailureGuard } from './limits.ts';
 import { RelayPolicy } from './policy.ts';
-import { ENHANCED_PREFIX, LIBRARY_REPLIES, REPLIES, reply, SmtpReply } from './replies.ts';
+import { ENHANCED_PREFIX, LIBRARY_REPLIES, REPLIES, reply, SmtpReply, type ReplyName } from './replies.ts';
 import { storeMessage, type Stored } from './store.ts';
 import { loadTls, type TlsPair } from './tls.ts';
 import { ConfigUserDirectory } from './users.ts';
@@ -42,6 +47,8 @@ export interface IngressOptions {
 /** What the ingress keeps per SMTP session. */
 interface SessionState {
   listener: ListenerName;
+  /** The client as the per-client limits count it (net/clients.ts). */
+  client: string;
   trusted: boolean;
   authFailures: number;
   /** Envelope sender as queued. */
@@ -58,6 +65,66 @@ interface SessionState {
  */
 class GatewayConnection extends SMTPConnection {
   private corked: Socket | TLSSocket | undefined;
+  /** Error replies and junk commands on this connection since its last queued message. */
+  private errors = 0;
+  private junk = 0;
+  private deadline: NodeJS.Timeout | undefined;
+
+  private get rules(): ConnectionRules {
+    return (this._server as GatewayServer).rules;
+  }
+
+  /**
+   * Every command line passes the ingress's checks (commands.ts) before smtp-server reads it; junk
+   * commands past errors.junkCommands count as errors; past errors.softLimit errors each command
+   * waits errors.sleep first; and each command must arrive whole within commandTimeout.
+   */
+  override _onCommand(command: Buffer, callback?: () => void): void {
+    const next = callback ?? (() => {});
+    if (this._upgrading || !this._ready) return super._onCommand(command, next);
+    clearTimeout(this.deadline);
+    const done = () => {
+      this.armDeadline();
+      next();
+    };
+    if (this._nextHandler) return super._onCommand(command, done); // an AUTH exchange's line
+    if (JUNK.test(command.toString('latin1', 0, 5)) && ++this.junk > this.rules.errors.junkCommands) this.countError();
+    const run = () => {
+      if (this._closing || this._closed) return next();
+      const refused = this.rules.screen(command, this.session);
+      if (!refused) return super._onCommand(command, done);
+      this.send(refused.responseCode, refused.message);
+      setImmediate(done);
+    };
+    if (this.errors >= this.rules.errors.softLimit) setTimeout(run, this.rules.errors.sleep);
+    else run();
+  }
+
+  /** The per-command deadline (Postfix's per-record deadline): 421 4.4.2 when it passes. */
+  armDeadline(): void {
+    clearTimeout(this.deadline);
+    if (this._closing || this._closed) return;
+    this.deadline = setTimeout(() => {
+      if (this._closing || this._closed) return;
+      // waiting for a hook or in DATA (which has its own deadline): not the client's turn
+      if (this._handlerPending || this._dataStream) return this.armDeadline();
+      this.send(...REPLY_ARGS('commandTimeout'));
+      this.close();
+    }, this.rules.commandTimeout).unref();
+  }
+
+  disarm(): void {
+    clearTimeout(this.deadline);
+  }
+
+  /** One more error on this connection: 421 4.7.0 and closed at the connection's or the client's limit. */
+  private countError(): void {
+    this.errors++;
+    if (!this._closing && !this._closed && this.rules.failed(this.session, this.errors)) {
+      this.send(...REPLY_ARGS('tooManyErrors'));
+      this.close();
+    }
+  }
 
   override send(code: number, data?: string | string[] | null, context?: string | false): void {
     // Replies written in one turn of the event loop (those to pipelined commands) leave in one
@@ -73,21 +140,49 @@ class GatewayConnection extends SMTPConnection {
         if (socket.writableCorked) socket.uncork();
       });
     }
-    if (typeof data === 'string') {
-      if (ENHANCED_PREFIX.test(data)) return super.send(code, data, false);
-      const name = LIBRARY_REPLIES.get(`${code} ${data}`);
-      if (name) {
-        const [c, e, t] = REPLIES[name];
-        return super.send(c, `${e} ${t}`, false);
-      }
+    if (Array.isArray(data) && code === 250 && !this.secure && this.rules.authOnlyOverTls) {
+      // the EHLO reply: AUTH is not offered before STARTTLS (Postfix smtpd_tls_auth_only), so
+      // that no client sends its password in the clear to find out it must not
+      data = data.filter((line) => !line.startsWith('AUTH '));
     }
-    return super.send(code, data, context);
+    const name = typeof data === 'string' && !ENHANCED_PREFIX.test(data) ? LIBRARY_REPLIES.get(`${code} ${data}`) : undefined;
+    if (name) super.send(...REPLY_ARGS(name));
+    else super.send(code, data, typeof data === 'string' && ENHANCED_PREFIX.test(data) ? false : context);
+    if (code >= 400 && code !== 421) this.countError();
+    else if (code === 250 && typeof data === 'string' && data.startsWith(QUEUED)) this.errors = this.junk = 0;
   }
+}
+
+/** A catalogue reply as smtp-server's send() arguments. */
+const REPLY_ARGS = (name: ReplyName): [number, string, false] => {
+  const [code, enhanced, text] = REPLIES[name];
+  return [code, `${enhanced} ${text}`, false];
+};
+const QUEUED = `${REPLIES.queued[1]} `;
+/** Postfix's junk commands (smtpd_junk_command_limit), those smtp-server has. */
+const JUNK = /^(NOOP|RSET|VRFY|HELP)(\s|$)/i;
+
+/** What the ingress applies to each connection of a listener, besides smtp-server's hooks. */
+interface ConnectionRules {
+  /** A reply refusing a command line (the session goes on), or undefined to let it through. */
+  screen(line: Buffer, session: SMTPServerSession): SmtpReply | undefined;
+  /** AUTH is left out of the EHLO reply until the connection is secure (submission). */
+  authOnlyOverTls: boolean;
+  errors: { junkCommands: number; softLimit: number; sleep: number };
+  /** Records an error of the session; true when its connection or client is over its limit. */
+  failed(session: SMTPServerSession, errorsOnConnection: number): boolean;
+  commandTimeout: number;
 }
 
 /** smtp-server with GatewayConnection, and a way to find a session's connection. */
 class GatewayServer extends SMTPServer {
   readonly bySession = new WeakMap<SMTPServerSession, SMTPConnection>();
+  readonly rules: ConnectionRules;
+
+  constructor(options: SMTPServerOptions, rules: ConnectionRules) {
+    super(options);
+    this.rules = rules;
+  }
 
   override connect(socket: Socket | TLSSocket, socketOptions?: SMTPConnectionOptions | null): void {
     const connection = new GatewayConnection(this, socket, socketOptions);
@@ -95,8 +190,19 @@ class GatewayServer extends SMTPServer {
     this.connections.add(connection);
     connection.on('error', (err: Error) => this._onError(err));
     connection.on('connect', (data: Parameters<SMTPServer['_onClientConnect']>[0]) => this._onClientConnect(data));
+    socket.once('close', () => connection.disarm());
+    connection.armDeadline();
     connection.init();
   }
+}
+
+/** The first chunks of a message, up to the end of its header section: what addedHeaders reads. */
+function headerChunks(chunks: Buffer[]): Buffer {
+  let n = 0;
+  while (n < chunks.length && !chunks[n]!.includes('\r\n\r\n')) n++;
+  // a blank line that straddles two chunks is found in none: then everything is read
+  const upTo = Math.min(n + 1, chunks.length);
+  return upTo === 1 ? chunks[0]! : Buffer.concat(chunks.slice(0, upTo));
 }
 
 /** The one adapter from async hook functions to smtp-server's callbacks. */
@@ -120,7 +226,10 @@ export class SmtpIngress extends EventEmitter {
   /** The logger handed to smtp-server, which adds component: 'smtp-server' itself. */
   private readonly libraryLog: Logger;
   private readonly limiter: ConnectionLimiter;
-  private readonly authGuard: AuthGuard;
+  private readonly authGuard: FailureGuard;
+  private readonly errorGuard: FailureGuard;
+  /** Message bytes held by all DATA transfers (smtp.maxBytesInFlight). */
+  bytesInFlight = 0;
   private readonly deadlines: DataDeadlines;
   private readonly localDomains: ReadonlySet<string>;
   private readonly sessions = new WeakMap<SMTPServerSession, SessionState>();
@@ -146,7 +255,8 @@ export class SmtpIngress extends EventEmitter {
     this.policy = new RelayPolicy(opts.config, this.users);
     const s = opts.config.smtp;
     this.limiter = new ConnectionLimiter(s.maxConnections, s.maxConnectionsPerClient);
-    this.authGuard = new AuthGuard(s.auth);
+    this.authGuard = new FailureGuard(s.auth);
+    this.errorGuard = new FailureGuard({ perConnection: s.errors.hardLimit, perClient: s.errors.perClient, window: s.errors.window, delay: s.errors.sleep });
     this.deadlines = new DataDeadlines(s.dataTimeout, s.minDataRate);
     this.localDomains = new Set(opts.config.domains.local);
   }
@@ -161,7 +271,7 @@ export class SmtpIngress extends EventEmitter {
     ];
     try {
       for (const [name, addr] of listeners) {
-        const srv = new GatewayServer(this.options(name));
+        const srv = new GatewayServer(this.options(name), this.rules(name));
         srv.on('error', (err: Error & { code?: string }) => {
           if (err.code && ['ECONNRESET', 'EPIPE', 'ETIMEDOUT'].includes(err.code)) return;
           this.log.warn({ err, listener: name }, 'connection error');
@@ -267,8 +377,13 @@ export class SmtpIngress extends EventEmitter {
       hideREQUIRETLS: true,
       socketTimeout: s.commandTimeout,
       closeTimeout: 2000,
-      maxCommandLength: s.maxCommandLength,
+      // lines up to smtp.maxCommandLength reach the hooks, longer ones get 500 5.5.2 (commands.ts)
+      // and the session goes on; only a line that never ends is cut off at this hard limit (421)
+      maxCommandLength: hardCommandLength(s.maxCommandLength),
       logger: this.libraryLog.child({ listener }) as unknown as SMTPServerOptions['logger'],
+      // a client without a PTR record is common, not an error: smtp-server would log each one at
+      // error level with a stack trace (a flood of connections floods the log)
+      resolver: { reverse: (ip: string, cb: (err: Error | null, names: string[]) => void) => this.reverse(ip, cb) },
       onConnect: (session, cb) => hook(this.log, 'connect', () => this.onConnect(listener, session), cb),
       onMailFrom: (address, session, cb) => hook(this.log, 'mail', () => this.onMailFrom(address, session), cb),
       onRcptTo: (address, session, cb) => hook(this.log, 'rcpt', () => this.onRcptTo(address, session), cb),
@@ -286,6 +401,33 @@ export class SmtpIngress extends EventEmitter {
     };
   }
 
+  private rules(listener: ListenerName): ConnectionRules {
+    const s = this.config.smtp;
+    return {
+      screen: (line, session) => screenCommand(line, s.maxCommandLength) ?? this.dataBudget(line, session),
+      authOnlyOverTls: listener === 'submission',
+      errors: s.errors,
+      failed: (session, n) => this.errorGuard.fail(this.sessions.get(session)?.client ?? session.remoteAddress, n),
+      commandTimeout: s.commandTimeout,
+    };
+  }
+
+  /** DATA while the transfers in progress hold smtp.maxBytesInFlight: 452 4.3.1. */
+  private dataBudget(line: Buffer, session: SMTPServerSession): SmtpReply | undefined {
+    if (this.bytesInFlight < this.config.smtp.maxBytesInFlight || !session.envelope.rcptTo.length) return undefined;
+    return /^DATA\s*$/i.test(line.toString('latin1', 0, 8)) ? reply('tooMuchInFlight') : undefined;
+  }
+
+  private reverse(ip: string, cb: (err: Error | null, names: string[]) => void): void {
+    dnsReverse(ip).then(
+      (names) => cb(null, names),
+      (err: NodeJS.ErrnoException) => {
+        this.log.debug({ client: ip, code: err.code }, 'no reverse DNS name');
+        cb(null, []);
+      },
+    );
+  }
+
   private state(session: SMTPServerSession): SessionState {
     const st = this.sessions.get(session);
     if (!st) throw new Error(`no state for session ${session.id}`);
@@ -297,15 +439,16 @@ export class SmtpIngress extends EventEmitter {
   }
 
   private async onConnect(listener: ListenerName, session: SMTPServerSession): Promise<void> {
-    const client = session.remoteAddress;
-    this.sessions.set(session, { listener, trusted: this.policy.trusted.has(client), authFailures: 0, from: '', rcpts: new Map() });
+    const client = clientKey(session.remoteAddress, this.config.networks.ipv6Prefix);
+    this.sessions.set(session, { listener, client, trusted: this.policy.trusted.has(session.remoteAddress), authFailures: 0, from: '', rcpts: new Map() });
     this.stats.connections++;
     const refuse = (r: SmtpReply) => {
       this.stats.refused++;
-      this.log.info({ session: session.id, client, listener, reply: r.toString() }, 'connection refused');
+      this.log.info({ session: session.id, client: session.remoteAddress, listener, reply: r.toString() }, 'connection refused');
       return r;
     };
     if (!this.doorOpen || this.stopping) throw refuse(reply(this.stopping ? 'shuttingDown' : 'doorClosed'));
+    if (this.errorGuard.blocked(client)) throw refuse(reply('tooManyErrors'));
     if (listener === 'submission' && this.authGuard.blocked(client)) {
       await sleep(this.config.smtp.auth.delay);
       throw refuse(reply('authTooManyFailures'));
@@ -316,8 +459,8 @@ export class SmtpIngress extends EventEmitter {
 
   private async onAuth(auth: SMTPServerAuthentication, session: SMTPServerSession): Promise<SMTPServerAuthenticationResponse> {
     const st = this.state(session);
-    const client = session.remoteAddress;
-    const log = this.log.child({ session: session.id, client });
+    const client = st.client;
+    const log = this.log.child({ session: session.id, client: session.remoteAddress });
     const delay = this.authGuard.delayFor(client);
     if (this.authGuard.blocked(client)) {
       await sleep(delay);
@@ -357,6 +500,8 @@ export class SmtpIngress extends EventEmitter {
     if (!this.doorOpen) throw reply('storageUnavailable');
     if (st.listener === 'submission' && !session.user) throw reply('authRequired');
     st.from = this.policy.sender(address.address, { smtpUtf8: !!session.envelope.smtpUtf8 });
+    const user = typeof session.user === 'string' ? session.user : undefined;
+    if (user && !this.policy.ownsSender(user, st.from)) throw reply('senderNotOwned', st.from, user);
   }
 
   private async onRcptTo(address: SMTPServerAddress, session: SMTPServerSession): Promise<void> {
@@ -371,14 +516,16 @@ export class SmtpIngress extends EventEmitter {
   private onData(listener: ListenerName, stream: SMTPServerDataStream, session: SMTPServerSession, cb: (err?: Error | null, message?: string) => void): void {
     const st = this.state(session);
     const log = this.log;
-    const scanner = new ContentScanner(this.config.smtp.maxLineLength);
+    const scanner = new ContentScanner(this.config.smtp);
     const chunks: Buffer[] = [];
     let kept = 0;
+    let overBudget = false;
     let done = false;
     const finish = (err: Error | null, message?: string) => {
       if (done) return;
       done = true;
       untrack();
+      this.bytesInFlight -= kept;
       if (err instanceof SmtpReply) {
         this.stats.rejected++;
         log.info({ session: session.id, listener, client: session.remoteAddress, reply: err.toString() }, 'message refused');
@@ -397,19 +544,23 @@ export class SmtpIngress extends EventEmitter {
       },
     });
     stream.on('data', (chunk: Buffer) => {
-      if (done || stream.sizeExceeded || scanner.fault) return;
+      if (done || stream.sizeExceeded || scanner.fault || overBudget) return;
       scanner.push(chunk);
       chunks.push(chunk);
       kept += chunk.length;
+      this.bytesInFlight += chunk.length;
+      // past smtp.maxBytesInFlight this transfer keeps nothing more and is refused at its end
+      overBudget = this.bytesInFlight > this.config.smtp.maxBytesInFlight;
     });
     stream.once('error', (err: Error) => finish(Object.assign(reply('localError'), { cause: err })));
     stream.once('end', () => {
       if (done) return;
       if (stream.sizeExceeded) return finish(reply('messageTooBig', this.config.smtp.maxMessageSize));
+      if (overBudget) return finish(reply('tooMuchInFlight'));
       const fault = scanner.end();
       if (fault) {
-        const r = reply(fault, this.config.smtp.maxLineLength);
-        if (fault !== 'lineTooLong') {
+        const r = faultReply(fault, this.config.smtp);
+        if (SMUGGLING.has(fault)) {
           // A possible smuggling attempt: answer, then hang up, so that nothing the client
           // pipelined after this message is read as a command.
           const conn = this.connection(session, listener);
@@ -432,7 +583,7 @@ export class SmtpIngress extends EventEmitter {
   private async store(listener: ListenerName, session: SMTPServerSession, st: SessionState, chunks: Buffer[], size: number): Promise<Stored> {
     // the header section is only read on submission (Date and Message-ID when missing)
     const submission = listener === 'submission';
-    const body = !submission ? Buffer.alloc(0) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size);
+    const body = submission ? headerChunks(chunks) : Buffer.alloc(0);
     const submissionId = newMessageId();
     const to = session.envelope.rcptTo.map((r) => st.rcpts.get(r.address.toLowerCase()) ?? r.address);
     const tlsInfo = session.secure && session.tlsOptions ? { version: session.tlsOptions.version ?? 'TLS', cipher: session.tlsOptions.name } : undefined;
@@ -456,6 +607,7 @@ export class SmtpIngress extends EventEmitter {
     );
     const head = Buffer.from(headers, 'latin1');
     const raw = Buffer.concat([head, ...chunks], head.length + size);
+    chunks.length = 0; // one copy of the message in memory from here on, not two
     const meta: Record<string, unknown> = {
       submission: submissionId,
       listener,
