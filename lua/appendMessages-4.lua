@@ -19,15 +19,10 @@
 ]]
 --@include "queueWrite"
 
-local newer = fencedBy(KEYS[3])
-if newer then return { -6, newer } end
-local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
-if _ == nil then return { -1, nodeTxn } end
-
+local refused = refusal()
+if refused then return refused end
 local n = tonumber(ARGV[8])
-if not histAbove(KEYS[3]) or not above(ARGV[9], redis.call('HGET', KEYS[3], 'lastEntry')) then
-  return idsRefused(KEYS[3])
-end
+if not above(ARGV[9], redis.call('HGET', KEYS[3], 'lastEntry')) then return idsRefused(KEYS[3]) end
 local txn = bumpTxn(KEYS[3])
 local nextHistId = histIds(ARGV[3])
 local maxLen = tonumber(ARGV[7])

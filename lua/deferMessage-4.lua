@@ -16,11 +16,8 @@
 ]]
 --@include "queueWrite"
 
-local newer = fencedBy(KEYS[3])
-if newer then return { -6, newer } end
-local _, nodeTxn = checkTxn(KEYS[3], ARGV[1])
-if _ == nil then return { -1, nodeTxn } end
-if not histAbove(KEYS[3]) then return idsRefused(KEYS[3]) end
+local refused = refusal()
+if refused then return refused end
 
 local msgId = ARGV[7]
 local raw = redis.call('HGET', KEYS[4], msgId)

@@ -64,6 +64,17 @@ local function histAbove(metaKey)
   return above(ARGV[3], redis.call('HGET', metaKey, 'lastHist'))
 end
 
+-- The checks every queue write makes before its first write, in this order: the owner's epoch,
+-- the transaction number, the history id. Returns the refusal to return, or nil to go on.
+local function refusal()
+  local newer = fencedBy(KEYS[3])
+  if newer then return { -6, newer } end
+  local cur, nodeTxn = checkTxn(KEYS[3], ARGV[1])
+  if cur == nil then return { -1, nodeTxn } end
+  if not histAbove(KEYS[3]) then return idsRefused(KEYS[3]) end
+  return nil
+end
+
 -- History ids for a batch: the next one of the batch is one after the previous.
 local function histIds(first)
   local ms, seq = string.match(first, '^(%d+)-(%d+)$')
