@@ -1,7 +1,9 @@
-// The queue layer's front: the node pool, placement of each destination queue on an ordered pair
-// of nodes (rendezvous hashing, recorded on the nodes so a restart finds it), recovery at start,
-// and repair: a replica out of sync is wiped and copied again whole; a replica on a dead node is
-// rebuilt on the spare after a grace period. Other parts use only this class.
+// The queue layer's front: the node pool, this process's membership and ownership epoch
+// (membership.ts), placement of each destination queue on an ordered pair of nodes (rendezvous
+// hashing, recorded on the nodes so a restart finds it), recovery at start from a replica proven
+// current (proof.ts), and repair: a replica out of sync is wiped and copied again whole; a replica
+// on a dead node is rebuilt on the spare after a grace period. Other parts use only this class
+// (view(), views() and the message operations), never the queue map.
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -16,6 +18,7 @@ import { Membership } from './membership.ts';
 import { provenSource, type ReplicaView } from './proof.ts';
 import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
 import type { Owner } from './replicas.ts';
+import { runScript } from './scripts.ts';
 import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, parseEntryId, type HistoryEntry, type MetaRecord } from './records.ts';
 
 export type { HistoryEntry } from './records.ts';
@@ -225,7 +228,7 @@ export class QueueManager extends EventEmitter {
     await Promise.all(
       q.replicas.map(async (r) => {
         if (!r.node.up) return;
-        const res = (await withDeadline(r.node.client.claimQueue!(...q.keys, this.owner.epoch) as Promise<[number, number]>, this.config.queue.timeout, `claim of ${q.name}`).catch(() => undefined));
+        const res = (await withDeadline(runScript<[number, number]>(r.node.client, 'claimQueue', [...q.keys, this.owner.epoch]), this.config.queue.timeout, `claim of ${q.name}`).catch(() => undefined));
         if (res && Number(res[0]) === -6) throw new QueueError('MEMBER_CONFLICT', `queue ${q.name} is held by a newer owner (epoch ${res[1]}, this process ${this.owner.epoch})`);
       }),
     );

@@ -14,6 +14,7 @@ import type { Logger } from '../log.ts';
 import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
 import type { RedisNode } from './node.ts';
+import { runScript } from './scripts.ts';
 
 interface LeaseAnswer {
   node: RedisNode;
@@ -50,7 +51,7 @@ export class Membership extends EventEmitter {
 
   private async onAll(op: 'acquire' | 'renew' | 'take' | 'release'): Promise<LeaseAnswer[]> {
     const up = this.nodes.filter((n) => n.up);
-    const res = await Promise.allSettled(up.map((n) => withDeadline(n.client.memberLease!(this.key, op, this.token, this.leaseMs) as Promise<[number, number, string?]>, this.timeoutMs, `lease on ${n.id}`)));
+    const res = await Promise.allSettled(up.map((n) => withDeadline(runScript<[number, number, string?]>(n.client, 'memberLease', [this.key, op, this.token, this.leaseMs]), this.timeoutMs, `lease on ${n.id}`)));
     const out: LeaseAnswer[] = [];
     res.forEach((r, i) => {
       if (r.status === 'fulfilled') out.push({ node: up[i]!, held: Number(r.value[0]) === 1, ttl: Number(r.value[1]), holder: r.value[2] });
@@ -92,11 +93,11 @@ export class Membership extends EventEmitter {
 
   private async drawEpoch(): Promise<number> {
     const up = this.nodes.filter((n) => n.up);
-    const draw = await Promise.allSettled(up.map((n) => withDeadline(n.client.ownerEpoch!('sg:epoch', 'draw') as Promise<number>, this.timeoutMs, `epoch on ${n.id}`)));
+    const draw = await Promise.allSettled(up.map((n) => withDeadline(runScript<number>(n.client, 'ownerEpoch', ['sg:epoch', 'draw']), this.timeoutMs, `epoch on ${n.id}`)));
     const got = draw.flatMap((r, i) => (r.status === 'fulfilled' ? [{ node: up[i]!, value: Number(r.value) }] : []));
     if (got.length < this.majority) throw new QueueError('QUEUE_UNAVAILABLE', `gateway id ${this.id}: ${got.length} redis nodes answered the epoch draw, ${this.majority} needed`);
     const epoch = Math.max(...got.map((g) => g.value));
-    await Promise.allSettled(got.map((g) => g.node.client.ownerEpoch!('sg:epoch', 'raise', epoch)));
+    await Promise.allSettled(got.map((g) => runScript(g.node.client, 'ownerEpoch', ['sg:epoch', 'raise', epoch])));
     return epoch;
   }
 

@@ -43,8 +43,6 @@ export interface NodeStatus {
   maxmemory: number;
 }
 
-/** Scripted commands registered by defineScripts, as ioredis exposes them. */
-export type ScriptClient = Redis & Record<string, (...args: (string | number | Buffer)[]) => Promise<unknown>>;
 
 /** host:port of a node url (credentials and database left out). */
 export function nodeIdOf(url: string): string {
@@ -107,8 +105,8 @@ export class RedisNode extends EventEmitter {
   }
 
   /** The client on the path in use. */
-  get client(): ScriptClient {
-    return (this.current === 'standby' && this.paths.standby ? this.paths.standby.client : this.paths.active.client) as ScriptClient;
+  get client(): Redis {
+    return this.current === 'standby' && this.paths.standby ? this.paths.standby.client : this.paths.active.client;
   }
 
   /** Connects, refuses a node whose maxmemory-policy is not noeviction, starts heartbeats. */
@@ -185,9 +183,9 @@ export class RedisNode extends EventEmitter {
   }
 
   /** The client of the path not in use, when its heartbeats answer: where a timed-out write is checked. */
-  get otherClient(): ScriptClient | undefined {
+  get otherClient(): Redis | undefined {
     const other = this.current === 'active' ? this.paths.standby : this.paths.active;
-    return other && other.state !== 'NG' ? (other.client as ScriptClient) : undefined;
+    return other && other.state !== 'NG' ? other.client : undefined;
   }
 
   /** True when `id` names this node (its id, or the id an older record used). */

@@ -18,6 +18,7 @@ import { QueueError, SCRIPT_CODES } from './errors.ts';
 import { Batcher } from './batcher.ts';
 import { MinHeap } from './heap.ts';
 import { decodeState, IdGen, liveFields, parseEntryId, queueKeys, type MsgState, type QueueKeys } from './records.ts';
+import type { ScriptName } from './scripts.ts';
 import { ReplicaSet, UnknownOutcomeError, type Arg, type Owner, type Replica, type WriteResult } from './replicas.ts';
 
 export type { MsgState } from './records.ts';
@@ -144,7 +145,7 @@ export class Queue extends EventEmitter implements QueueView {
     return { queue: this.name, domain: this.domain, ...this.set.table() };
   }
 
-  private write(kind: 'append' | 'other', script: string, now: number, histId: string, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
+  private write(kind: 'append' | 'other', script: ScriptName, now: number, histId: string, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
     return this.set.write(kind, script, now, histId, this.settings.historyMaxLength, specific, msgIds).then((w) => {
       if (Number(w.res[0]) === -5) {
         // An id behind the queue's highest (a clock gone back, ids taken from an old record):

@@ -8,8 +8,10 @@ import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.ts';
 import { DeadlineError, withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
-import type { RedisNode, ScriptClient } from './node.ts';
+import type { Redis } from 'ioredis';
+import type { RedisNode } from './node.ts';
 import type { QueueKeys } from './records.ts';
+import { runScript, type ScriptName } from './scripts.ts';
 
 export type SyncState = 'Sync' | 'NG' | 'Rebuilding';
 
@@ -153,7 +155,7 @@ export class ReplicaSet extends EventEmitter {
    * STORAGE_FULL on OOM, or, for appends at write concern `all` that reached fewer replicas, an
    * error whose `partial` is the reply of those that took it.
    */
-  async write(kind: 'append' | 'other', script: string, now: number, histId: string, histMax: number, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
+  async write(kind: 'append' | 'other', script: ScriptName, now: number, histId: string, histMax: number, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
     while (this.gate) await this.gate;
     if (this.owner.fenced) throw new QueueError('FENCED', `queue ${this.name}: ${this.owner.fenced}`);
     if (kind === 'append' && !this.appendable) {
@@ -235,8 +237,8 @@ export class ReplicaSet extends EventEmitter {
    * whether the write was applied (its transaction number moved past it: the reply would have been
    * the other replica's, both being identical) or not (then it is sent once more on that path).
    */
-  private async send(r: Replica, script: string, args: Arg[], reader: boolean, expected: number): Promise<unknown[] | typeof APPLIED> {
-    const call = (c: ScriptClient) => c[reader ? `${script}Buffer` : script]!.call(c, ...args) as Promise<unknown[]>;
+  private async send(r: Replica, script: ScriptName, args: Arg[], reader: boolean, expected: number): Promise<unknown[] | typeof APPLIED> {
+    const call = (c: Redis) => runScript(c, script, args, { buffers: reader });
     try {
       return await withDeadline(call(r.node.client), this.timeoutMs, `${script} on ${r.node.id}`);
     } catch (err) {

@@ -37,3 +37,15 @@ export function defineScripts(client: Redis, dir = LUA_DIR): void {
 }
 
 export type ScriptName = 'appendMessages' | 'takeMessages' | 'settleMessages' | 'deferMessage' | 'holdMessage' | 'markQueue' | 'claimQueue' | 'memberLease' | 'ownerEpoch' | 'rateLimit' | 'connectionLease';
+
+export type ScriptArg = string | number | Buffer;
+
+/**
+ * Runs a script registered by defineScripts: its keys then its arguments, in the order its
+ * header states; `buffers` asks for the reply's strings as Buffers (message bodies).
+ */
+export function runScript<T = unknown[]>(client: Redis, name: ScriptName, args: ScriptArg[], opts: { buffers?: boolean } = {}): Promise<T> {
+  const fn = (client as unknown as Record<string, ((...a: ScriptArg[]) => Promise<T>) | undefined>)[opts.buffers ? `${name}Buffer` : name];
+  if (!fn) throw new Error(`script ${name} is not defined on this client`);
+  return fn.apply(client, args);
+}

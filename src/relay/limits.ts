@@ -9,6 +9,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { RedisNode } from '../queue/node.ts';
 import { matchDomain } from './routes.ts';
+import { runScript } from '../queue/scripts.ts';
 
 export interface DestLimits {
   /** The key limits are kept under: the MX host or domain the configuration names, else the host. */
@@ -37,8 +38,7 @@ type Reply = [number, number];
 
 /** A script registered by src/queue/scripts.ts on the node's client. */
 function script(node: RedisNode, name: 'rateLimit' | 'connectionLease') {
-  const fn = node.client[name] as (...args: (string | number)[]) => Promise<unknown>;
-  return (...args: (string | number)[]) => fn.call(node.client, ...args);
+  return (...args: (string | number)[]) => runScript(node.client, name, args);
 }
 const RESERVE_AHEAD = 1000; // a message may reserve a send slot up to this far ahead
 const LEASE_POLL = 50;
