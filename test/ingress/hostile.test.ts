@@ -204,6 +204,26 @@ describe('floods, loops, trickles and memory', () => {
     assert.equal((await h.qm.take(d, 5)).length, 1);
   });
 
+  it("the gateway's own trouble (4.3.x) is not counted as the client's error", async () => {
+    const d = uniqueDomain('ours');
+    const ing = await startIngress(h, relayTo(d, { maxBytesInFlight: '1KB', errors: { hardLimit: 2, perClient: 3, window: '1m' } }));
+    const c = await session(ing.address('mx').port);
+    const body = `Subject: big\r\n\r\n${'x'.repeat(98)}\r\n`.repeat(50); // 5 KB: over the budget on its own
+    for (let i = 0; i < 5; i++) {
+      assert.equal((await c.cmd('MAIL FROM:<a@src.test>')).code, 250);
+      assert.equal((await c.cmd(`RCPT TO:<r${i}@${d}>`)).code, 250);
+      assert.equal((await c.cmd('DATA')).code, 354);
+      c.write(body);
+      const r = await c.cmd('.');
+      assert.deepEqual([r.code, r.text.slice(0, 5)], [452, '4.3.1'], `message ${i}`);
+    }
+    assert.equal((await c.cmd('NOOP')).code, 250, 'the session goes on past errors.hardLimit');
+    c.close();
+    const again = await session(ing.address('mx').port);
+    assert.equal((await again.cmd('NOOP')).code, 250, 'and the client is not refused past errors.perClient');
+    again.close();
+  });
+
   it('a client without reverse DNS is not an error in the log', async () => {
     const lines: string[] = [];
     const destination = new Writable({

@@ -148,7 +148,9 @@ class GatewayConnection extends SMTPConnection {
     const name = typeof data === 'string' && !ENHANCED_PREFIX.test(data) ? LIBRARY_REPLIES.get(`${code} ${data}`) : undefined;
     if (name) super.send(...REPLY_ARGS(name));
     else super.send(code, data, typeof data === 'string' && ENHANCED_PREFIX.test(data) ? false : context);
-    if (code >= 400 && code !== 421) this.countError();
+    // The gateway's own trouble (4.3.x: storage full, queues not writable) is not the client's error.
+    const text = name ? REPLIES[name][1] : typeof data === 'string' ? data : '';
+    if (code >= 400 && code !== 421 && !text.startsWith('4.3.')) this.countError();
     else if (code === 250 && typeof data === 'string' && data.startsWith(QUEUED)) this.errors = this.junk = 0;
   }
 }
