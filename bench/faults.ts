@@ -57,7 +57,7 @@
 //   Replay a failing round:  BENCH_SEED=<seed> BENCH_ROUNDS=<round> npm run bench:faults
 // The schedule is replayed exactly; the timing of processes around it varies from run to run.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomInt } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import { mkdtempSync, openSync, closeSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -81,6 +81,8 @@ const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 16);
 const DRAIN_SECONDS = Number(process.env.BENCH_DRAIN ?? 60);
 /** The drain wait also ends when nothing has moved for this long. */
 const STALL_SECONDS = Number(process.env.BENCH_STALL ?? 15);
+/** The read token the checker uses on the gateway's ops API (made for each run). */
+const OPS_TOKEN = randomBytes(16).toString('hex');
 const DOMAINS = 8;
 const SPARE_CANDIDATES = 24;
 const GATEWAY_ID = 'faults';
@@ -192,7 +194,7 @@ class Rig {
       smtp: { listen: `127.0.0.1:${this.smtpPort}`, maxConnectionsPerClient: 1000, maxMessagesPerConnection: 1_000_000 },
       submission: { listen: '127.0.0.1:0' },
       pop3: { listen: '127.0.0.1:0' },
-      ops: { listen: `127.0.0.1:${this.opsPort}` },
+      ops: { listen: `127.0.0.1:${this.opsPort}`, tokens: [{ token: OPS_TOKEN, role: 'read' }] },
       redis: { nodes: this.redis.map((r) => r.url) },
       cassandra: { contactPoints: [`127.0.0.1:${await freePort()}`] }, // nobody listens: no mailboxes
       domains: { local: [], relay: domains },
@@ -268,7 +270,7 @@ class Rig {
   }
 
   async api(timeoutMs = 1000): Promise<QueuesAnswer> {
-    const res = await fetch(`http://127.0.0.1:${this.opsPort}/api/queues`, { signal: AbortSignal.timeout(timeoutMs) });
+    const res = await fetch(`http://127.0.0.1:${this.opsPort}/api/queues`, { headers: { authorization: `Bearer ${OPS_TOKEN}` }, signal: AbortSignal.timeout(timeoutMs) });
     if (!res.ok) throw new Error(`/api/queues: ${res.status}`);
     return (await res.json()) as QueuesAnswer;
   }
