@@ -191,7 +191,8 @@ class Rig {
     const config = {
       gateway: { id: GATEWAY_ID, hostname: 'gw.faults.test', dataDir: join(this.dir, 'data') },
       log: { level: 'warn', pretty: 'never' },
-      smtp: { listen: `127.0.0.1:${this.smtpPort}`, maxConnectionsPerClient: 1000, maxMessagesPerConnection: 1_000_000 },
+      // the load comes from one address standing for many MTAs: no per-client error limits
+      smtp: { listen: `127.0.0.1:${this.smtpPort}`, maxConnectionsPerClient: 1000, maxMessagesPerConnection: 1_000_000, errors: { hardLimit: 0, perClient: 0 } },
       submission: { listen: '127.0.0.1:0' },
       pop3: { listen: '127.0.0.1:0' },
       ops: { listen: `127.0.0.1:${this.opsPort}`, tokens: [{ token: OPS_TOKEN, role: 'read' }] },
@@ -648,6 +649,11 @@ async function check(rig: Rig, row: Row, sent: Sent[]): Promise<void> {
     }
   }
   row.sent = sent.length;
+  // why mail was refused, most frequent first: the refusals are the availability price of the faults
+  const why = new Map<string, number>();
+  for (const m of sent) if (m?.outcome === 'refused') why.set(m.reply.slice(0, 60), (why.get(m.reply.slice(0, 60)) ?? 0) + 1);
+  const top = [...why].sort((a, b) => b[1] - a[1]).slice(0, 3);
+  if (top.length) console.error(`faults: ${row.round}: refused: ${top.map(([r, n]) => `${n} × ${r || '(no reply)'}`).join('; ')}`);
   if (row.lost) row.failed.push('acknowledged mail lost');
   if (row.unexpected) row.failed.push('unexpected deliveries');
   if (row.refusedDelivered) row.failed.push('refused mail delivered');
