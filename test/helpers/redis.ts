@@ -29,6 +29,8 @@ export interface RedisOptions {
   maxmemory?: string;
   policy?: string;
   bind?: string[];
+  /** requirepass: the url then carries it (redis://:PASSWORD@host:port). */
+  password?: string;
 }
 
 export async function startRedis(opts: RedisOptions = {}): Promise<TestRedis> {
@@ -38,11 +40,11 @@ export async function startRedis(opts: RedisOptions = {}): Promise<TestRedis> {
   const clients: Redis[] = [];
   const spawnIt = async (): Promise<ChildProcess> => {
     const proc = spawn('redis-server', ['--port', String(port), '--bind', bind.join(' '), '--dir', dir, '--save', '', '--appendonly', 'no',
-      '--maxmemory', opts.maxmemory ?? '512mb', '--maxmemory-policy', opts.policy ?? 'noeviction', '--protected-mode', 'no'], { stdio: 'ignore' });
+      '--maxmemory', opts.maxmemory ?? '512mb', '--maxmemory-policy', opts.policy ?? 'noeviction', '--protected-mode', 'no', ...(opts.password ? ['--requirepass', opts.password] : [])], { stdio: 'ignore' });
     live.add(proc);
     proc.once('exit', () => live.delete(proc));
     await waitFor(async () => {
-      const c = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+      const c = new Redis({ port, host: '127.0.0.1', password: opts.password, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
       c.on('error', () => {});
       try {
         await c.connect();
@@ -56,11 +58,11 @@ export async function startRedis(opts: RedisOptions = {}): Promise<TestRedis> {
   const r: TestRedis = {
     host: '127.0.0.1',
     port,
-    url: `redis://127.0.0.1:${port}`,
+    url: opts.password ? `redis://:${encodeURIComponent(opts.password)}@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`,
     dir,
     proc: await spawnIt(),
     client() {
-      const c = new Redis({ port, host: '127.0.0.1', maxRetriesPerRequest: 1 });
+      const c = new Redis({ port, host: '127.0.0.1', password: opts.password, maxRetriesPerRequest: 1 });
       c.on('error', () => {});
       clients.push(c);
       return c;
