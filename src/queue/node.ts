@@ -176,7 +176,7 @@ export class RedisNode extends EventEmitter {
   /** A connection of its own for operators' reads (history lookups): they never wait behind writes, nor writes behind them. */
   get reads(): Redis {
     if (!this.readConn) {
-      this.readConn = new Redis(this.pathInUse().url, { maxRetriesPerRequest: 1, commandTimeout: Math.max(4 * this.opts.timeoutMs, 2000) });
+      this.readConn = new Redis(this.pathInUse().url, { connectionName: 'streamgate-reads', maxRetriesPerRequest: 1, commandTimeout: Math.max(4 * this.opts.timeoutMs, 2000) });
       this.readConn.on('error', () => {});
     }
     return this.readConn;

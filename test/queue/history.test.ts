@@ -1,0 +1,35 @@
+// A message's history is read on a connection of its own (never queued behind, or in front of,
+// the queue's writes) and the lookup is bounded.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { silentLogger } from '../../src/log.ts';
+import { QueueManager } from '../../src/queue/manager.ts';
+import { testConfig } from '../helpers/config.ts';
+import { startRedisPool } from '../helpers/redis.ts';
+
+describe('message history lookup', () => {
+  it('reads on its own connection and stops after 20,000 events', async () => {
+    const pool = await startRedisPool(2);
+    const qm = new QueueManager(testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { historyMaxLength: 100_000 } }), silentLogger, { gatewayId: 'gw-hist' });
+    try {
+      await qm.start();
+      const domain = 'hist.test';
+      const msg = (id: string) => ({ id, domain, envelope: { from: 'a@src.test', to: [`b@${domain}`] }, raw: Buffer.from('Subject: x\r\n\r\nhi\r\n') });
+      await qm.append(msg('old'));
+      await qm.append(msg('recent-0'));
+      const events = await qm.history(domain, 'recent-0');
+      assert.deepEqual(events.map((e) => e.kind), ['accepted']);
+      const lists = await Promise.all(pool.map((r) => r.client().call('CLIENT', 'LIST') as Promise<string>));
+      const reads = lists.join('\n').split('\n').find((l) => l.includes('name=streamgate-reads'));
+      assert.ok(reads, 'a connection of its own for reads');
+      assert.match(reads, /cmd=xrevrange/);
+      // 25,000 events of other messages after the old one's: its lookup stops at the bound
+      await Promise.all(Array.from({ length: 12_500 }, (_, i) => qm.append(msg(`m${i}`)).then(() => qm.purge(domain, `m${i}`, 'ops', 'fill'))));
+      assert.deepEqual(await qm.history(domain, 'old'), [], 'not found within the last 20,000 events');
+      assert.deepEqual((await qm.history(domain, 'm12499')).map((e) => e.kind), ['accepted', 'purged']);
+    } finally {
+      await qm.stop();
+      await Promise.all(pool.map((r) => r.stop()));
+    }
+  });
+});
