@@ -69,15 +69,16 @@ export class Membership extends EventEmitter {
     if (!this.granted(answers)) {
       const others = answers.filter((a) => !a.held);
       if (!others.length) throw new QueueError('QUEUE_UNAVAILABLE', `gateway id ${this.id}: ${answers.length} of ${this.nodes.length} redis nodes answer, ${this.majority} needed to hold it`);
-      // Held by another process: is it still renewing? Its lease's time left says so.
-      const wait = Math.floor(this.leaseMs / 3) + 500;
+      // Held by another process. One of this host that is gone (a crash, then a restart) is taken
+      // over at once; otherwise, is it still renewing? Its lease's time left says so.
+      const wait = deadHere(others[0]!.holder) ? 0 : Math.floor(this.leaseMs / 3) + 500;
       const before = Math.max(...others.map((a) => a.ttl));
       await sleep(wait);
       answers = await this.onAll('acquire');
       const again = answers.filter((a) => !a.held);
       if (!this.granted(answers)) {
         const after = Math.max(0, ...again.map((a) => a.ttl));
-        if (again.length && after > before - wait / 2) {
+        if (wait && again.length && after > before - wait / 2) {
           throw new QueueError('MEMBER_CONFLICT', `gateway id ${this.id} is held by a live member (${again[0]!.holder}); give this process another gateway.id`);
         }
         this.log.warn({ gateway: this.id, holder: others[0]!.holder }, 'taking over the gateway id of a member that stopped renewing its lease');
@@ -122,5 +123,17 @@ export class Membership extends EventEmitter {
   async leave(): Promise<void> {
     clearInterval(this.timer);
     if (this.epoch) await this.onAll('release').catch(() => {});
+  }
+}
+
+/** True when a lease holder's token names a process of this host that no longer runs. */
+function deadHere(holder: string | undefined): boolean {
+  const m = /^(.*):(\d+):[0-9a-f]+$/.exec(holder ?? '');
+  if (!m || m[1] !== hostname() || Number(m[2]) === process.pid) return false;
+  try {
+    process.kill(Number(m[2]), 0);
+    return false;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ESRCH';
   }
 }

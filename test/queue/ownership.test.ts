@@ -58,6 +58,27 @@ describe('ownership', () => {
     }
   });
 
+  it("the id of a process of this host that is gone is taken over at once, not after waiting for its lease", async () => {
+    const pool = await startRedisPool(3);
+    const raw = { redis: { nodes: pool.map((r) => r.url) }, gateway: { lease: '30s' } };
+    const a = queueProcess(raw, 'gw-crashed');
+    let b: QueueManager | undefined;
+    try {
+      assert.equal((await a.started).ok, true);
+      assert.equal((await a.ask({ op: 'append', domain: 'crash.test', id: 'c0' })).ok, true);
+      a.child.kill('SIGKILL');
+      await new Promise((resolve) => a.child.once('exit', resolve));
+      b = new QueueManager(testConfig(raw), silentLogger, { gatewayId: 'gw-crashed' });
+      const t0 = Date.now();
+      await b.start();
+      assert.ok(Date.now() - t0 < 5000, `took over in ${Date.now() - t0} ms, not after a third of the 30 s lease`);
+      assert.equal(b.depth('crash.test').ready, 1);
+    } finally {
+      await b?.stop();
+      await Promise.all(pool.map((r) => r.stop()));
+    }
+  });
+
   it('a process paused past its lease is taken over, and once it wakes it writes nothing to the queues it lost', async () => {
     const pool = await startRedisPool(3);
     const raw = { redis: { nodes: pool.map((r) => r.url) }, gateway: { lease: '1s' }, queue: { heartbeat: { every: '200ms', missed: 3 } } };
