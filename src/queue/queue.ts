@@ -183,7 +183,11 @@ export class Queue extends EventEmitter implements QueueView {
       }
     }
     const existing = this.msgs.get(msg.id);
-    if (existing) return { entryId: existing.entryId, duplicate: true };
+    if (existing) {
+      // A copy being withdrawn is no copy: the sender must try again once it is gone, or its retry would be lost with it.
+      if (this.withdrawals.has(msg.id)) throw new QueueError('QUEUE_UNAVAILABLE', `message ${msg.id} is being withdrawn from queue ${this.name}; try again`);
+      return { entryId: existing.entryId, duplicate: true };
+    }
     return this.appends.add({ msg, staged: !!opts.staged });
   }
 

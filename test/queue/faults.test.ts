@@ -295,6 +295,37 @@ describe('a submission for two destinations', () => {
   });
 });
 
+describe('a retry while its earlier copy is being withdrawn', () => {
+  it('is refused until the withdrawal is written, then stored afresh: never taken for a duplicate and lost with it', async () => {
+    await withPool({ ...fast, rebuildAfter: '1h' }, async ({ start, procOf }) => {
+      const qm = await start();
+      const domain = 'retry.test';
+      await qm.append(msg(domain, 0));
+      const q = qm.queues.get(domain)!;
+      const m = { ...msg(domain, 1), id: 'job-42' };
+      await qm.append(m, { staged: true });
+      const [A, B] = [procOf(q, 0), procOf(q, 1)];
+      A.kill('SIGSTOP');
+      B.kill('SIGSTOP');
+      try {
+        qm.withdraw(domain, m.id, { reason: 'test: the other copy failed' });
+        await sleep(100);
+        assert.equal(q.pendingWithdrawals, 1, 'the withdrawal waits for a replica');
+        await assert.rejects(qm.append(m), { code: 'QUEUE_UNAVAILABLE', message: /being withdrawn/ });
+      } finally {
+        A.kill('SIGCONT');
+        B.kill('SIGCONT');
+      }
+      await waitFor(() => q.whole && q.pendingWithdrawals === 0, { what: 'withdrawn', timeout: 15_000 });
+      const again = await qm.append(m);
+      assert.equal(again.duplicate, false, 'stored afresh');
+      const taken = await qm.take(domain, 10);
+      assert.ok(taken.some((t) => t.id === m.id), 'and delivered');
+      await assertQueueConsistent(q);
+    });
+  });
+});
+
 describe('one slow write', () => {
   it('resyncs that queue alone: the node is not isolated and other queues on it stay whole', async () => {
     await withPool({ ...fast, timeout: '500ms', heartbeat: { every: '200ms', missed: 5 } }, async ({ start, procOf }) => {
