@@ -35,6 +35,21 @@ async function call(opts: { config?: string; token?: string }, method: 'GET' | '
 const age = (ms: number | null) => (ms === null ? '-' : `${Math.round((Date.now() - ms) / 1000)}s`);
 
 export function registerQueueCommands(program: Command): void {
+  program
+    .command('gateways')
+    .description('the gateways of the pool: id, lease, ownership epoch, queues and messages (through the ops API)')
+    .addOption(configOption())
+    .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+    .option('--json', 'print JSON')
+    .action(async (opts: { config?: string; token?: string; json?: boolean }) => {
+      const r = (await call(opts, 'GET', '/api/gateways')) as { self: string; members: { id: string; token: string; epoch: number; leaseMs: number; live: boolean; queues: number; messages: number; since: number }[] };
+      if (opts.json) return console.log(JSON.stringify(r, null, 2));
+      console.log(['GATEWAY'.padEnd(24), 'STATE'.padEnd(6), 'LEASE'.padStart(7), 'EPOCH'.padStart(7), 'QUEUES'.padStart(7), 'MESSAGES'.padStart(9), '  HOLDER'].join(' '));
+      for (const m of r.members) {
+        const me = m.id === r.self ? '*' : ' ';
+        console.log([`${m.id}${me}`.padEnd(24), (m.live ? 'live' : 'gone').padEnd(6), `${(m.leaseMs / 1000).toFixed(1)}s`.padStart(7), String(m.epoch).padStart(7), String(m.queues).padStart(7), String(m.messages).padStart(9), ` ${m.token}`].join(' '));
+      }
+    });
   const queue = program.command('queue').description("the running gateway's queues, through its ops API");
   queue
     .command('list')

@@ -169,6 +169,8 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     },
   );
 
+  app.get('/api/gateways', async () => ({ self: queues.gatewayId, members: await queues.members() }));
+
   app.get('/api/suspended', async () => ({ suspended: opts.relay?.suspended() ?? [] }));
   for (const verb of ['suspend', 'resume'] as const) {
     app.post<{ Params: { domain: string }; Body: { reason: string; actor?: string } }>(

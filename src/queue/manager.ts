@@ -14,7 +14,7 @@ import { copyQueue, type CopyStats } from './copy.ts';
 import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
 import { RedisNode } from './node.ts';
-import { Membership } from './membership.ts';
+import { listMembers, Membership, type MemberRecord } from './membership.ts';
 import { provenSource, type ReplicaView } from './proof.ts';
 import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
 import type { Owner } from './replicas.ts';
@@ -103,11 +103,12 @@ export class QueueManager extends EventEmitter {
     this.log.info({ nodes: this.nodes.map((n) => n.status()) }, 'nodes');
     if (up.length === 0) throw new QueueError('QUEUE_UNAVAILABLE', `no redis node answers (${this.nodes.map((n) => n.id).join(', ')})`);
     try {
-      this.membership = new Membership(this.nodes, this.gatewayId, { leaseMs: this.config.gateway.lease, timeoutMs: this.config.queue.timeout }, this.log);
+      this.membership = new Membership(this.nodes, this.gatewayId, { leaseMs: this.config.gateway.lease, timeoutMs: this.config.queue.timeout, load: () => this.load() }, this.log);
       await this.membership.join();
       this.owner.epoch = this.membership.epoch;
       this.membership.on('lost', (reason: string) => this.fence(reason));
       await this.recover();
+      await this.membership.register();
     } catch (err) {
       await this.membership?.leave();
       await Promise.all(this.nodes.map((n) => n.stop()));
@@ -479,6 +480,16 @@ export class QueueManager extends EventEmitter {
 
   requeue(domain: string, msgId: string, details?: Record<string, unknown>): Promise<void> {
     return this.must(domain).requeue(msgId, details);
+  }
+
+  /** The gateways of the pool: their leases, queues and messages (this one included). */
+  members(): Promise<MemberRecord[]> {
+    return listMembers(this.nodes, this.config.queue.timeout);
+  }
+
+  private load(): { queues: number; messages: number } {
+    const t = this.totals();
+    return { queues: t.queues, messages: t.ready + t.deferred + t.held + t.inflight };
   }
 
   depth(domain: string): Depth {

@@ -16,6 +16,24 @@ import { QueueError } from './errors.ts';
 import type { RedisNode } from './node.ts';
 import { runScript } from './scripts.ts';
 
+/** A member as the pool's registry shows it (`streamgate gateways`, GET /api/gateways). */
+export interface MemberRecord {
+  id: string;
+  token: string;
+  epoch: number;
+  /** When it joined and last renewed (ms, its own clock: for people, never for decisions). */
+  since: number;
+  renewed: number;
+  queues: number;
+  messages: number;
+  /** Time left on its lease (ms, the node's clock); 0 when it lapsed: the member is gone. */
+  leaseMs: number;
+  live: boolean;
+}
+
+/** The pool's registry of members: gateway id -> its record, on every node. */
+const MEMBERS_KEY = 'sg:members';
+
 interface LeaseAnswer {
   node: RedisNode;
   held: boolean;
@@ -38,8 +56,12 @@ export class Membership extends EventEmitter {
   private readonly timeoutMs: number;
   private readonly log: Logger;
 
-  constructor(nodes: RedisNode[], id: string, opts: { leaseMs: number; timeoutMs: number }, log: Logger) {
+  private since = 0;
+  private readonly load: () => { queues: number; messages: number };
+
+  constructor(nodes: RedisNode[], id: string, opts: { leaseMs: number; timeoutMs: number; load?: () => { queues: number; messages: number } }, log: Logger) {
     super();
+    this.load = opts.load ?? (() => ({ queues: 0, messages: 0 }));
     this.nodes = nodes;
     this.id = id;
     this.leaseMs = opts.leaseMs;
@@ -87,6 +109,8 @@ export class Membership extends EventEmitter {
       }
     }
     this.epoch = await this.drawEpoch();
+    this.since = Date.now();
+    await this.register();
     this.timer = setInterval(() => void this.renew(), Math.max(100, Math.floor(this.leaseMs / 3)));
     this.timer.unref();
     this.log.info({ gateway: this.id, epoch: this.epoch, token: this.token }, 'joined the pool');
@@ -113,17 +137,47 @@ export class Membership extends EventEmitter {
     }
     if (this.granted(answers)) {
       this.lostAt = undefined;
+      await this.register();
       return;
     }
     this.lostAt ??= Date.now();
     if (Date.now() - this.lostAt > this.leaseMs) this.log.warn({ gateway: this.id, answers: answers.length }, 'the lease is held on fewer than a majority of the nodes');
   }
 
-  /** Gives the id back (a clean stop). */
+  /** Gives the id back (a clean stop) and leaves the registry. */
   async leave(): Promise<void> {
     clearInterval(this.timer);
-    if (this.epoch) await this.onAll('release').catch(() => {});
+    if (!this.epoch) return;
+    await this.onAll('release').catch(() => {});
+    await Promise.allSettled(this.nodes.filter((n) => n.up).map((n) => n.client.hdel(MEMBERS_KEY, this.id)));
   }
+
+  /** This member's record in the registry (its figures now), on every node that answers. */
+  async register(): Promise<void> {
+    const rec = JSON.stringify({ token: this.token, epoch: this.epoch, since: this.since, renewed: Date.now(), ...this.load() });
+    await Promise.allSettled(this.nodes.filter((n) => n.up).map((n) => withDeadline(n.client.hset(MEMBERS_KEY, this.id, rec), this.timeoutMs, `registry on ${n.id}`)));
+  }
+}
+
+/** The members the pool knows, with their leases: the newest record of each id over the nodes that answer. */
+export async function listMembers(nodes: RedisNode[], timeoutMs: number): Promise<MemberRecord[]> {
+  const best = new Map<string, MemberRecord>();
+  await Promise.allSettled(
+    nodes
+      .filter((n) => n.up)
+      .map(async (n) => {
+        const all = await withDeadline(n.client.hgetall(MEMBERS_KEY), timeoutMs, `registry on ${n.id}`);
+        const ids = Object.keys(all);
+        const ttls = ids.length ? await Promise.all(ids.map((id) => n.client.pttl(`sg:member:{${id}}`))) : [];
+        ids.forEach((id, i) => {
+          const r = JSON.parse(all[id]!) as Omit<MemberRecord, 'id' | 'leaseMs' | 'live'>;
+          const leaseMs = Math.max(0, ttls[i]!);
+          const cur = best.get(id);
+          if (!cur || r.renewed > cur.renewed || (r.renewed === cur.renewed && leaseMs > cur.leaseMs)) best.set(id, { id, ...r, leaseMs, live: leaseMs > 0 });
+        });
+      }),
+  );
+  return [...best.values()].sort((a, b) => a.id.localeCompare(b.id));
 }
 
 /** True when a lease holder's token names a process of this host that no longer runs. */

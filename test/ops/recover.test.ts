@@ -44,6 +44,10 @@ describe('queue recover', () => {
       assert.match(list.stdout, /^closed\.test\s.*unavailable/m);
       assert.match(list.stdout, /closed: no replica with a record answers \(unreachable: 127\.0\.0\.1:\d+; empty: 127\.0\.0\.1:\d+\).*queue recover closed\.test --from NODE/);
 
+      const gws = await runCli(['gateways', '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
+      assert.equal(gws.status, 0, gws.stderr);
+      assert.match(gws.stdout, /^gw-rec\*\s+live\s+\d+\.\ds\s+\d+\s+1\s+0 /m, `this gateway: live, its one queue, no message:\n${gws.stdout}`);
+
       const wrong = await runCli(['queue', 'recover', domain, '--from', '127.0.0.1:1', '--reason', 'x', '--config', file, '--token', TOKEN]);
       assert.equal(wrong.status, 2, 'a node the queue has no replica on is a usage error');
       assert.match(wrong.stderr, /SG_ERR_BAD_INPUT: queue closed\.test has no replica on 127\.0\.0\.1:1/);

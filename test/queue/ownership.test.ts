@@ -41,10 +41,19 @@ describe('ownership', () => {
       await a.start();
       const b = new QueueManager(cfg, silentLogger, { gatewayId: 'gw-same' });
       await assert.rejects(b.start(), { code: 'MEMBER_CONFLICT', message: /gateway id gw-same is held by a live member \(.+:\d+:[0-9a-f]+\); give this process another gateway\.id/ });
-      // another id joins alongside
+      // another id joins alongside; the registry lists both, each with its own epoch
+      await a.append({ id: 'x1', domain: 'same.test', envelope: { from: 'a@src.test', to: ['b@same.test'] }, raw: Buffer.from('Subject: x\r\n\r\nx\r\n') });
       const c = new QueueManager(cfg, silentLogger, { gatewayId: 'gw-other' });
       await c.start();
+      await sleep(400); // a renewal refreshes the registry's figures
+      const members = await c.members();
+      assert.deepEqual(members.map((m) => [m.id, m.live]), [['gw-other', true], ['gw-same', true]]);
+      const [other, same] = members;
+      assert.ok(other!.epoch > same!.epoch, 'a later join draws a higher epoch');
+      assert.deepEqual([same!.queues, same!.messages], [1, 1]);
+      assert.ok(same!.leaseMs > 0 && same!.leaseMs <= 1000);
       await c.stop();
+      assert.deepEqual((await a.members()).map((m) => m.id), ['gw-same'], 'a clean stop leaves the registry');
       // a clean stop gives the id back at once
       await a.stop();
       const d = new QueueManager(cfg, silentLogger, { gatewayId: 'gw-same' });
