@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { freePort, waitFor } from './waitFor.ts';
+import { freePort } from './waitFor.ts';
 
 export interface TestRedis {
   host: string;
@@ -34,7 +34,7 @@ export interface RedisOptions {
 }
 
 export async function startRedis(opts: RedisOptions = {}): Promise<TestRedis> {
-  const port = await freePort();
+  let port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), 'sg-redis-'));
   const bind = opts.bind ?? ['127.0.0.1'];
   const clients: Redis[] = [];
@@ -43,24 +43,46 @@ export async function startRedis(opts: RedisOptions = {}): Promise<TestRedis> {
       '--maxmemory', opts.maxmemory ?? '512mb', '--maxmemory-policy', opts.policy ?? 'noeviction', '--protected-mode', 'no', ...(opts.password ? ['--requirepass', opts.password] : [])], { stdio: 'ignore' });
     live.add(proc);
     proc.once('exit', () => live.delete(proc));
-    await waitFor(async () => {
+    const ping = async () => {
       const c = new Redis({ port, host: '127.0.0.1', password: opts.password, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
       c.on('error', () => {});
       try {
         await c.connect();
         return (await c.ping()) === 'PONG';
+      } catch {
+        return false;
       } finally {
         c.disconnect();
       }
-    }, { what: `redis-server on ${port}` });
+    };
+    const deadline = Date.now() + 10_000;
+    // a port taken meanwhile by another process: ours exits, and must not be mistaken for the other
+    while (proc.exitCode === null && proc.signalCode === null && !(await ping())) {
+      if (Date.now() > deadline) {
+        proc.kill('SIGKILL');
+        throw new Error(`redis-server on ${port} did not answer within 10 s`);
+      }
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`redis-server on ${port} exited`);
     return proc;
   };
+  // The first start: a free port can be taken by another process before redis-server binds it.
+  let first: ChildProcess | undefined;
+  for (let tries = 1; !first; tries++) {
+    try {
+      first = await spawnIt();
+    } catch (err) {
+      if (tries >= 3) throw err;
+      port = await freePort();
+    }
+  }
   const r: TestRedis = {
     host: '127.0.0.1',
     port,
     url: opts.password ? `redis://:${encodeURIComponent(opts.password)}@127.0.0.1:${port}` : `redis://127.0.0.1:${port}`,
     dir,
-    proc: await spawnIt(),
+    proc: first,
     client() {
       const c = new Redis({ port, host: '127.0.0.1', password: opts.password, maxRetriesPerRequest: 1 });
       c.on('error', () => {});
