@@ -126,9 +126,9 @@ export class EventPublisher {
     this.state.jobs = Object.values(counts).reduce((a, b) => a + b, 0);
     this.state.waiting = (counts.wait ?? 0) + (counts.prioritized ?? 0) + (counts.delayed ?? 0);
     if (this.state.jobs) {
-      // a few of the oldest waiting (else finished) jobs: their hash plus a list entry each
+      // a few of the oldest waiting (else finished) jobs, every field counted: their hash plus a list entry each
       const ids = (await this.redis.lrange(this.bull.toKey('wait'), -3, -1)).concat(this.state.waiting ? [] : await this.redis.zrange(this.bull.toKey('completed'), '0', '2'));
-      const sizes = await Promise.all(ids.map((id) => this.redis.call('MEMORY', 'USAGE', this.bull.toKey(id)).then(Number, () => 0)));
+      const sizes = await Promise.all(ids.map((id) => this.redis.call('MEMORY', 'USAGE', this.bull.toKey(id), 'SAMPLES', '0').then(Number, () => 0)));
       const known = sizes.filter((n) => n > 0);
       if (known.length) this.jobBytes = Math.round(0.5 * this.jobBytes + 0.5 * (known.reduce((a, b) => a + b, 0) / known.length + 64));
     }

@@ -26,10 +26,10 @@ export interface TestGateway {
   stop(): Promise<void>;
 }
 
-export async function startTestGateway(name: string, opts: { domain: string; hostname: string; contactPoint?: string; overrides?: Record<string, unknown>; eventsMaxmemory?: string }): Promise<TestGateway> {
+export async function startTestGateway(name: string, opts: { domain: string; hostname: string; contactPoint?: string; overrides?: Record<string, unknown>; eventsMaxmemory?: string; poolMaxmemory?: string; eventsOnPool?: boolean }): Promise<TestGateway> {
   const sink = await startSmtpSink();
   const contactPoint = opts.contactPoint ?? (await cassandraForTests()).contactPoint;
-  const pool = await startRedisPool(3);
+  const pool = await startRedisPool(3, opts.poolMaxmemory ? { maxmemory: opts.poolMaxmemory } : {});
   const eventsRedis = await startRedis(opts.eventsMaxmemory ? { maxmemory: opts.eventsMaxmemory } : {});
   const dataDir = mkdtempSync(join(tmpdir(), `sg-${name}-`));
   const config = testConfig({
@@ -43,8 +43,8 @@ export async function startTestGateway(name: string, opts: { domain: string; hos
     cassandra: { contactPoints: [contactPoint], keyspace: `sg_${name}_${Date.now().toString(36)}` },
     relay: { retry: { schedule: ['1s'], jitter: 0 } },
     routes: { 'remote.test': `smtp://127.0.0.1:${sink.port}` },
-    events: { redis: eventsRedis.url },
     ...opts.overrides,
+    events: { ...(opts.overrides?.events as object | undefined), redis: opts.eventsOnPool ? pool[0]!.url : eventsRedis.url },
   });
   const gw = await startGateway(config, silentLogger);
   const store = new MailStore(config, silentLogger);

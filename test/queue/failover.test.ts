@@ -161,7 +161,7 @@ describe('capacity', () => {
       for (const r of pool) assert.equal(await r.client().xlen(lq.keys[0]), 5);
       // memory that is not mail (history, events, anything else) up to 92% of maxmemory: mail
       // below its budget is still accepted
-      const q = await qm.queueFor('mem.test');
+      await qm.queueFor('mem.test');
       const c0 = pool[0]!.client();
       for (let i = 0; ; i++) {
         const used = Number(/used_memory:(\d+)/.exec(await c0.info('memory'))![1]);
