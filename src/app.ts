@@ -10,6 +10,7 @@ import { startMailbox } from './mailbox/service.ts';
 import { startOps } from './ops/http.ts';
 import { HistoryBudget } from './queue/historyBudget.ts';
 import { QueueManager } from './queue/manager.ts';
+import { nodeIdOf } from './queue/node.ts';
 import { memoryReport, type MemoryReport } from './ops/memory.ts';
 import { startRelay } from './relay/relay.ts';
 
@@ -57,7 +58,11 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     const bullConnection = new Redis(config.events.redis, { maxRetriesPerRequest: null });
     bullConnection.on('error', (err) => log.warn({ err: err.message, component: 'events' }, 'events redis error'));
     parts.push({ name: 'events-redis', stop: async () => void bullConnection.disconnect() });
-    const publisher = new EventPublisher(queues, config.events.queue, bullConnection, log, { budget: config.events.budget, whenFull: config.events.whenFull });
+    const publisher = new EventPublisher(queues, config.events.queue, bullConnection, log, {
+      budget: config.events.budget,
+      whenFull: config.events.whenFull,
+      dedicated: !queues.nodes.some((n) => n.is(nodeIdOf(config.events.redis))),
+    });
     await publisher.start();
     parts.push({ name: 'events', stop: () => publisher.stop() });
     // The history budget across all queues: trims oldest-first, never past the events cursor.

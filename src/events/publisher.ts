@@ -30,6 +30,8 @@ export interface EventsBudgetOptions {
   /** Share of the events Redis's maxmemory the events queue may use. */
   budget: number;
   whenFull: 'stop' | 'drop';
+  /** The events Redis holds nothing but events and producer jobs: its used_memory counts whole. */
+  dedicated?: boolean;
 }
 
 export interface EventsBudgetStatus {
@@ -133,6 +135,12 @@ export class EventPublisher {
       if (known.length) this.jobBytes = Math.round(0.5 * this.jobBytes + 0.5 * (known.reduce((a, b) => a + b, 0) / known.length + 64));
     }
     this.state.bytes = this.state.jobs * this.jobBytes;
+    // On a Redis of its own everything there is the events' (the BullMQ event stream, finished
+    // jobs, producer jobs): the estimate never reads below its used memory.
+    if (this.opts.dedicated && this.state.usedMemory > this.state.bytes && this.state.jobs) {
+      this.jobBytes = Math.ceil(this.state.usedMemory / this.state.jobs);
+      this.state.bytes = this.state.usedMemory;
+    }
     this.state.full = this.state.limit > 0 && this.state.bytes >= this.state.limit;
   }
 
