@@ -84,7 +84,7 @@ export class EventPublisher {
     this.redis = redis;
     this.opts = opts;
     this.log = log.child({ component: 'events' });
-    this.bull = new BullQueue(queueName, { connection: redis, defaultJobOptions: { removeOnComplete: { count: 100_000 }, removeOnFail: { count: 100_000 } } });
+    this.bull = new BullQueue(queueName, { connection: redis, defaultJobOptions: { removeOnComplete: { count: 1000 }, removeOnFail: { count: 10_000 } } });
     this.cursorKey = (domain) => `sg:events:cursor:{${queues.gatewayId}}:${domain}`;
     this.state = { policy: opts.whenFull, bytes: 0, limit: 0, jobs: 0, waiting: 0, full: false, paused: false, dropped: 0, usedMemory: 0, maxmemory: 0 };
   }
