@@ -8,11 +8,16 @@ import { SmtpIngress } from './ingress/smtp/server.ts';
 import type { Logger } from './log.ts';
 import { startMailbox } from './mailbox/service.ts';
 import { startOps } from './ops/http.ts';
+import { HistoryBudget } from './queue/historyBudget.ts';
 import { QueueManager } from './queue/manager.ts';
+import { nodeIdOf } from './queue/node.ts';
+import { memoryReport, type MemoryReport } from './ops/memory.ts';
 import { startRelay } from './relay/relay.ts';
 
 export interface Gateway {
   queues: QueueManager;
+  /** The memory budgets (mail, history, events) as last measured. */
+  memory: () => MemoryReport;
   stop(): Promise<void>;
 }
 
@@ -49,23 +54,32 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     await ingress.start();
     parts.push({ name: 'smtp', stop: () => ingress.stop() });
 
-    // Producers in, lifecycle events out (BullMQ on events.redis, default the first node).
-    const bullConnection = new Redis(config.events.redis ?? config.redis.nodes[0]!.url, { maxRetriesPerRequest: null });
+    // Producers in, lifecycle events out (BullMQ on events.redis: a Redis of its own by default).
+    const bullConnection = new Redis(config.events.redis, { maxRetriesPerRequest: null });
     bullConnection.on('error', (err) => log.warn({ err: err.message, component: 'events' }, 'events redis error'));
     parts.push({ name: 'events-redis', stop: async () => void bullConnection.disconnect() });
-    const publisher = new EventPublisher(queues, config.events.queue, bullConnection, log);
+    const publisher = new EventPublisher(queues, config.events.queue, bullConnection, log, {
+      budget: config.events.budget,
+      whenFull: config.events.whenFull,
+      dedicated: !queues.nodes.some((n) => n.is(nodeIdOf(config.events.redis))),
+    });
     await publisher.start();
     parts.push({ name: 'events', stop: () => publisher.stop() });
+    // The history budget across all queues: trims oldest-first, never past the events cursor.
+    const history = new HistoryBudget(queues, config.queue.historyBudget, (domain) => publisher.cursorOf(domain), log);
+    history.start();
+    parts.push({ name: 'history', stop: async () => history.stop() });
     const producers = new ProducerWorker({ config, queues, connection: bullConnection, log });
     producers.start();
     parts.push({ name: 'producers', stop: () => producers.stop() });
 
     // Ops HTTP API: dashboard, health, metrics, queues, message history, hold/release/purge/flush.
-    const ops = await startOps({ config, queues, relay, log });
+    const memory = memoryReport(config, queues, history, publisher);
+    const ops = await startOps({ config, queues, relay, log, memory });
     parts.push({ name: 'ops', stop: () => ops.stop() });
     log.info({ gateway: config.gateway.id, parts: parts.map((p) => p.name) }, 'gateway ready');
 
-    return { queues, stop: stopAll };
+    return { queues, memory, stop: stopAll };
   } catch (err) {
     await stopAll();
     throw err;

@@ -20,6 +20,7 @@ function listeners(config: Config, seconds: number, ownServices: boolean): strin
     ['ops', `http://${at(config.ops.listen)}/  (dashboard, API, /metrics)`],
     ['Redis', config.redis.nodes.map((n) => n.url.replace(/^rediss?:\/\/([^@/]*@)?/, '')).join(', ')],
     ['Cassandra', config.cassandra.contactPoints.join(', ')],
+    ['events', `${config.events.redis.replace(/^rediss?:\/\/([^@/]*@)?/, '')}  (Redis of lifecycle events and producer jobs)`],
   ];
   return [
     `streamgate: ready in ${seconds.toFixed(1)} s`,

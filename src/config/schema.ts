@@ -228,7 +228,17 @@ export const configSchema = z
         rebuildAfter: duration('10s'), // grace before a queue is rebuilt on the spare
         blockSize: z.number().int().min(1).max(100000).default(1000), // entries per block when copying or recovering
         maxLength: z.number().int().positive().default(1000000), // live messages per queue
-        memoryHighWater: z.number().gt(0).max(1).default(0.9), // share of maxmemory above which appends are refused
+        // share of each node's maxmemory the budgets below may use together (mail + history, and
+        // events too when events.redis is a pool node); a configuration whose budgets add up to
+        // more is refused at start. Redis's own maxmemory (noeviction) stays the hard wall.
+        memoryHighWater: z.number().gt(0).max(1).default(0.9),
+        // share of each pool node's maxmemory for queued mail (message bytes + a per-message
+        // overhead, counted by the queue scripts' meta hashes): beyond it appends get 452 4.3.1.
+        // History and events are not counted here: they cannot turn mail away.
+        mailBudget: z.number().gt(0).max(1).default(0.6),
+        // share of each pool node's maxmemory for the history streams of all queues together:
+        // beyond it the oldest events across queues are trimmed (never past the events cursor)
+        historyBudget: z.number().gt(0).max(1).default(0.15),
         historyMaxLength: z.number().int().positive().default(100000), // events kept per queue history stream
       })
       .prefault({}),
@@ -274,9 +284,37 @@ export const configSchema = z
       .strictObject({
         queue: z.string().default('streamgate-events'), // BullMQ queue lifecycle events go to
         producerQueue: z.string().default('streamgate-submit'), // BullMQ queue producers add messages to
-        redis: redisUrl.optional(), // defaults to the first node of redis.nodes
+        // the Redis lifecycle events and producer jobs live on: a Redis of its own by default
+        // (`services up` starts it when it is on this machine); may name a pool node
+        redis: redisUrl.default('redis://127.0.0.1:6384'),
+        // share of the events Redis's maxmemory for the events queue's jobs (waiting, completed, failed)
+        budget: z.number().gt(0).max(1).default(0.8),
+        // when the events budget is full: stop = stop publishing, the durable cursor stays, and
+        // the events follow once a consumer drains the queue (nothing lost); drop = drop the
+        // oldest undelivered event jobs (counted) and go on
+        whenFull: z.enum(['stop', 'drop']).default('stop'),
       })
       .prefault({}),
+  })
+  .superRefine((c, ctx) => {
+    const idOf = (url: string) => {
+      const u = new URL(url);
+      return `${u.hostname}:${u.port || '6379'}`;
+    };
+    const q = c.queue;
+    const shared = c.redis.nodes.some((n) => idOf(n.url) === idOf(c.events.redis));
+    const parts = shared ? [q.mailBudget, q.historyBudget, c.events.budget] : [q.mailBudget, q.historyBudget];
+    const sum = parts.reduce((a, b) => a + b, 0);
+    if (sum > q.memoryHighWater + 1e-9) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['queue', 'mailBudget'],
+        message: `expected ${shared ? 'queue.mailBudget + queue.historyBudget + events.budget' : 'queue.mailBudget + queue.historyBudget'} at most queue.memoryHighWater (${q.memoryHighWater})${shared ? ` (events.redis is the pool node ${idOf(c.events.redis)}: the three budgets share its memory)` : ''}, got ${parts.join(' + ')} = ${+sum.toFixed(4)}`,
+      });
+    }
+    if (!shared && c.events.budget > q.memoryHighWater + 1e-9) {
+      ctx.addIssue({ code: 'custom', path: ['events', 'budget'], message: `expected at most queue.memoryHighWater (${q.memoryHighWater}), got ${c.events.budget}` });
+    }
   });
 
 export type Config = z.output<typeof configSchema>;

@@ -3,6 +3,14 @@
 // publisher sends it twice. The source is the queues' history streams, read through a durable
 // cursor per destination queue (kept in the events Redis): live events are sent as they happen,
 // and at start everything after the cursor is sent again, so a crash loses no event.
+//
+// The events queue has a memory budget of its own (events.budget × the events Redis's maxmemory),
+// measured every couple of seconds: jobs in the queue × their sampled size (MEMORY USAGE of a few
+// jobs). Finished jobs (completed, failed) go first when it is full; then events.whenFull decides:
+// `stop` stops publishing, the cursors stay where they are, and the events follow from the history
+// once a consumer has drained the queue below 80% of the budget (nothing lost); `drop` removes the
+// oldest waiting jobs (counted) and goes on. Either way the gateway is degraded, not failing, and
+// mail is never refused for it.
 import { Queue as BullQueue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
@@ -11,6 +19,38 @@ import type { QueueManager } from '../queue/manager.ts';
 
 const FLUSH_MS = 50;
 const BATCH = 500;
+/** How often the events queue's memory is measured. */
+const MEASURE_MS = 2000;
+/** Publishing stopped for a full budget starts again below this share of it. */
+const RESUME_AT = 0.8;
+/** Live events held while a catch-up runs, at most; beyond, they are read again from the history. */
+const HOLD_MAX = 50_000;
+
+export interface EventsBudgetOptions {
+  /** Share of the events Redis's maxmemory the events queue may use. */
+  budget: number;
+  whenFull: 'stop' | 'drop';
+  /** The events Redis holds nothing but events and producer jobs: its used_memory counts whole. */
+  dedicated?: boolean;
+}
+
+export interface EventsBudgetStatus {
+  policy: 'stop' | 'drop';
+  /** Estimated bytes of the events queue's jobs, and its limit (0: the events Redis has no maxmemory). */
+  bytes: number;
+  limit: number;
+  jobs: number;
+  waiting: number;
+  full: boolean;
+  /** Publishing stopped (whenFull stop, or the events Redis failing): events wait in the history. */
+  paused: boolean;
+  /** Undelivered event jobs dropped for the budget (whenFull drop), since start. */
+  dropped: number;
+  usedMemory: number;
+  maxmemory: number;
+}
+
+class BudgetFull extends Error {}
 
 /** BullMQ refuses ":" in custom job ids; event ids have none ("gw/domain/ms-seq"). */
 export const jobIdOf = (ev: { id: string }) => ev.id;
@@ -29,27 +69,136 @@ export class EventPublisher {
   private degraded = false;
   private recovering = false;
   private retry: NodeJS.Timeout | undefined;
+  /** Live events are held, not sent, while a catch-up runs (the cursor must not jump ahead of it). */
+  private holding = false;
+  private heldOver = false;
+  /** The last event id sent per queue (its cursor), as this process knows it. */
+  private readonly cursors = new Map<string, string>();
+  private readonly opts: EventsBudgetOptions;
+  private measureTimer: NodeJS.Timeout | undefined;
+  private jobBytes = 600;
+  private readonly state: EventsBudgetStatus;
 
-  constructor(queues: QueueManager, queueName: string, redis: Redis, log: Logger) {
+  constructor(queues: QueueManager, queueName: string, redis: Redis, log: Logger, opts: EventsBudgetOptions = { budget: 0.8, whenFull: 'stop' }) {
     this.queues = queues;
     this.redis = redis;
+    this.opts = opts;
     this.log = log.child({ component: 'events' });
-    this.bull = new BullQueue(queueName, { connection: redis, defaultJobOptions: { removeOnComplete: { count: 100_000 }, removeOnFail: { count: 100_000 } } });
+    this.bull = new BullQueue(queueName, { connection: redis, defaultJobOptions: { removeOnComplete: { count: 1000 }, removeOnFail: { count: 10_000 } } });
     this.cursorKey = (domain) => `sg:events:cursor:{${queues.gatewayId}}:${domain}`;
+    this.state = { policy: opts.whenFull, bytes: 0, limit: 0, jobs: 0, waiting: 0, full: false, paused: false, dropped: 0, usedMemory: 0, maxmemory: 0 };
+  }
+
+  /** The events budget as last measured, and what the publisher does about it. */
+  budget(): EventsBudgetStatus {
+    return { ...this.state, paused: this.state.paused || this.degraded };
+  }
+
+  /** The last event id of `domain` sent to the events queue: history up to it may be trimmed. */
+  cursorOf(domain: string): string | undefined {
+    return this.cursors.get(domain);
   }
 
   async start(): Promise<void> {
     this.queues.on('event', this.onEvent);
+    await this.measure().catch((err: unknown) => this.log.warn({ err }, 'events budget not measured'));
+    this.measureTimer = setInterval(() => void this.tick(), MEASURE_MS);
+    this.measureTimer.unref();
     let caught = 0;
-    for (const domain of this.queues.domains()) caught += await this.catchUp(domain);
+    this.holding = true;
+    try {
+      for (const domain of this.queues.domains()) caught += await this.catchUp(domain);
+    } catch (err) {
+      if (!(err instanceof BudgetFull)) throw err;
+      this.pause();
+    } finally {
+      this.holding = false;
+    }
     if (caught) this.log.info({ events: caught }, 'events sent again after the cursor');
+    if (this.buffer.length) void this.flush();
   }
 
-  /** Sends every history event after the queue's cursor. */
+  /** Reads the events queue's size and the events Redis's memory; applies events.whenFull. */
+  private async measure(): Promise<void> {
+    const info = await this.redis.info('memory');
+    this.state.usedMemory = Number(/used_memory:(\d+)/.exec(info)?.[1] ?? 0);
+    this.state.maxmemory = Number(/maxmemory:(\d+)/.exec(info)?.[1] ?? 0);
+    this.state.limit = Math.floor(this.state.maxmemory * this.opts.budget);
+    const counts = await this.bull.getJobCounts('wait', 'active', 'delayed', 'prioritized', 'completed', 'failed', 'waiting-children');
+    this.state.jobs = Object.values(counts).reduce((a, b) => a + b, 0);
+    this.state.waiting = (counts.wait ?? 0) + (counts.prioritized ?? 0) + (counts.delayed ?? 0);
+    if (this.state.jobs) {
+      // a few of the oldest waiting (else finished) jobs, every field counted: their hash plus a list entry each
+      const ids = (await this.redis.lrange(this.bull.toKey('wait'), -3, -1)).concat(this.state.waiting ? [] : await this.redis.zrange(this.bull.toKey('completed'), '0', '2'));
+      const sizes = await Promise.all(ids.map((id) => this.redis.call('MEMORY', 'USAGE', this.bull.toKey(id), 'SAMPLES', '0').then(Number, () => 0)));
+      const known = sizes.filter((n) => n > 0);
+      if (known.length) this.jobBytes = Math.round(0.5 * this.jobBytes + 0.5 * (known.reduce((a, b) => a + b, 0) / known.length + 64));
+    }
+    this.state.bytes = this.state.jobs * this.jobBytes;
+    // On a Redis of its own everything there is the events' (the BullMQ event stream, finished
+    // jobs, producer jobs): the estimate never reads below its used memory.
+    if (this.opts.dedicated && this.state.usedMemory > this.state.bytes && this.state.jobs) {
+      this.jobBytes = Math.ceil(this.state.usedMemory / this.state.jobs);
+      this.state.bytes = this.state.usedMemory;
+    }
+    this.state.full = this.state.limit > 0 && this.state.bytes >= this.state.limit;
+  }
+
+  private measuring = false;
+
+  private async tick(): Promise<void> {
+    if (this.measuring) return;
+    this.measuring = true;
+    try {
+      await this.measure();
+      const { limit } = this.state;
+      if (this.state.full) {
+        // finished jobs first: a consumer has them already
+        const over = () => Math.ceil((this.state.bytes - limit * RESUME_AT) / this.jobBytes);
+        for (const kind of ['completed', 'failed'] as const) {
+          if (over() <= 0) break;
+          const gone = (await this.bull.clean(0, over(), kind)).length;
+          this.state.jobs -= gone;
+          this.state.bytes = this.state.jobs * this.jobBytes;
+        }
+        if (over() > 0 && this.opts.whenFull === 'drop') {
+          const gone = (await this.bull.clean(0, over(), 'wait')).length;
+          if (gone) {
+            this.state.dropped += gone;
+            this.state.jobs -= gone;
+            this.state.bytes = this.state.jobs * this.jobBytes;
+            this.log.warn({ dropped: gone, droppedTotal: this.state.dropped, limit }, 'events budget full: dropped the oldest undelivered events (events.whenFull: drop)');
+          }
+        }
+        this.state.full = this.state.bytes >= limit;
+        if (this.state.full && this.opts.whenFull === 'stop') this.pause();
+      } else if (this.state.paused && !this.degraded && this.state.bytes < limit * RESUME_AT) {
+        this.log.info({ bytes: this.state.bytes, limit }, 'events budget has room again: publishing from the cursors');
+        this.state.paused = false;
+        this.startRecovery();
+      }
+    } catch (err) {
+      this.log.warn({ err }, 'events budget not measured');
+    } finally {
+      this.measuring = false;
+    }
+  }
+
+  /** whenFull stop: no more jobs until the consumer drains the queue; the cursors stay. */
+  private pause(): void {
+    if (this.state.paused) return;
+    this.state.paused = true;
+    this.buffer.length = 0;
+    this.log.warn({ bytes: this.state.bytes, limit: this.state.limit }, 'events budget full: publishing stopped, the cursors stay; events follow once a consumer drains the queue (events.whenFull: stop)');
+  }
+
+  /** Sends every history event after the queue's cursor; stops when the budget fills. */
   private async catchUp(domain: string): Promise<number> {
     let cursor = (await this.redis.get(this.cursorKey(domain))) ?? undefined;
+    if (cursor) this.advance(domain, cursor);
     let n = 0;
     for (;;) {
+      if (this.state.limit > 0 && this.opts.whenFull === 'stop' && (this.state.jobs + n) * this.jobBytes >= this.state.limit) throw new BudgetFull();
       const rows = await this.queues.historySince(domain, cursor, BATCH);
       if (!rows.length) break;
       const q = this.queues.view(domain)!;
@@ -62,8 +211,22 @@ export class EventPublisher {
     return n;
   }
 
+  private advance(domain: string, histId: string): void {
+    const cur = this.cursors.get(domain);
+    if (!cur || after(histId, cur)) this.cursors.set(domain, histId);
+  }
+
   private push(ev: LifecycleEvent): void {
-    if (this.degraded) return; // in the history: the catch-up sends it
+    if (this.degraded || this.state.paused) return; // in the history: the catch-up sends it
+    if (this.opts.whenFull === 'stop' && this.state.limit > 0 && this.state.bytes >= this.state.limit) {
+      this.state.full = true;
+      return this.pause();
+    }
+    if (this.holding) {
+      if (this.buffer.length < HOLD_MAX) this.buffer.push(ev);
+      else this.heldOver = true;
+      return;
+    }
     this.buffer.push(ev);
     if (this.buffer.length >= BATCH) void this.flush();
     else this.timer ??= setTimeout(() => void this.flush(), FLUSH_MS);
@@ -76,7 +239,7 @@ export class EventPublisher {
     const batch = this.buffer.splice(0);
     this.flushing = this.flushing.then(async () => {
       if (!batch.length) return;
-      if (this.degraded) return;
+      if (this.degraded || this.state.paused) return;
       try {
         await this.send(batch);
       } catch (err) {
@@ -85,41 +248,73 @@ export class EventPublisher {
         this.log.warn({ err, events: batch.length }, 'events not sent; catching up from the history');
         this.degraded = true;
         this.buffer.length = 0;
-        this.retry = setInterval(() => void this.recover(), 1000);
+        this.startRecovery();
       }
     });
     return this.flushing;
   }
 
+  private startRecovery(): void {
+    clearInterval(this.retry);
+    this.retry = setInterval(() => void this.recover(), 1000);
+    void this.recover();
+  }
+
+  /** Catches up every queue from its cursor, holding live events meanwhile, then sends them. */
   private async recover(): Promise<void> {
-    if (this.recovering) return;
+    if (this.recovering || this.state.paused) return;
     this.recovering = true;
+    this.holding = true;
     try {
       this.degraded = false;
-      for (const domain of this.queues.domains()) await this.catchUp(domain);
+      do {
+        this.heldOver = false;
+        for (const domain of this.queues.domains()) await this.catchUp(domain);
+      } while (this.heldOver);
       clearInterval(this.retry);
       this.log.info('events flowing again');
-    } catch {
-      this.degraded = true;
+    } catch (err) {
+      if (err instanceof BudgetFull) {
+        clearInterval(this.retry);
+        this.pause();
+      } else this.degraded = true;
+      this.buffer.length = 0;
     } finally {
+      this.holding = false;
       this.recovering = false;
     }
+    if (this.buffer.length) void this.flush();
   }
 
   private async send(batch: LifecycleEvent[]): Promise<void> {
     await this.bull.addBulk(batch.map((ev) => ({ name: ev.kind, data: ev, opts: { jobId: jobIdOf(ev) } })));
     const last = new Map<string, string>();
-    for (const ev of batch) last.set(ev.domain, ev.id.slice(ev.id.lastIndexOf('/') + 1));
+    for (const ev of batch) {
+      const histId = ev.id.slice(ev.id.lastIndexOf('/') + 1);
+      const cur = last.get(ev.domain) ?? this.cursors.get(ev.domain);
+      if (!cur || after(histId, cur)) last.set(ev.domain, histId);
+    }
     const pipe = this.redis.pipeline();
     for (const [domain, histId] of last) pipe.set(this.cursorKey(domain), histId);
     await pipe.exec();
+    for (const [domain, histId] of last) this.advance(domain, histId);
     this.sent += batch.length;
+    this.state.jobs += batch.length;
+    this.state.bytes = this.state.jobs * this.jobBytes;
   }
 
   async stop(): Promise<void> {
     this.queues.off('event', this.onEvent);
     clearInterval(this.retry);
+    clearInterval(this.measureTimer);
     await this.flush();
     await this.bull.close();
   }
+}
+
+/** True when history id a ("ms-seq") is above b. */
+function after(a: string, b: string): boolean {
+  const [am, as] = a.split('-').map(Number) as [number, number];
+  const [bm, bs] = b.split('-').map(Number) as [number, number];
+  return am > bm || (am === bm && as > bs);
 }

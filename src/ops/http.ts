@@ -10,13 +10,14 @@ import { timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
 import { QueueError } from '../queue/errors.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import type { Relay } from '../relay/relay.ts';
+import type { MemoryReport } from './memory.ts';
 
 const STATUS: Record<string, number> = { NOT_FOUND: 404, WRONG_STATE: 409, QUEUE_UNAVAILABLE: 503, BAD_INPUT: 400 };
 
@@ -24,7 +25,7 @@ function fail(reply: FastifyReply, status: number, code: string, message: string
   return reply.code(status).send({ error: { code, message } });
 }
 
-export function metricsRegistry(queues: QueueManager): Registry {
+export function metricsRegistry(queues: QueueManager, memory?: () => MemoryReport): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'streamgate_process_' });
   const depth = new Gauge({ name: 'streamgate_queue_depth', help: 'Live messages per destination queue and state', labelNames: ['queue', 'state'], registers: [registry] });
@@ -33,7 +34,39 @@ export function metricsRegistry(queues: QueueManager): Registry {
   const replica = new Gauge({ name: 'streamgate_queue_replica_in_sync', help: '1 when the replica is in sync', labelNames: ['queue', 'node'], registers: [registry] });
   const node = new Gauge({ name: 'streamgate_redis_node_up', help: '1 when the Redis node answers heartbeats', labelNames: ['node'], registers: [registry] });
   const mem = new Gauge({ name: 'streamgate_redis_node_memory_ratio', help: 'used_memory / maxmemory of the node', labelNames: ['node'], registers: [registry] });
+  const budget = new Gauge({ name: 'streamgate_memory_budget_used_bytes', help: 'Estimated memory per budget (mail, history on each pool node; events on the events Redis)', labelNames: ['node', 'budget'], registers: [registry] });
+  const budgetLimit = new Gauge({ name: 'streamgate_memory_budget_limit_bytes', help: 'Limit of each budget (share of the node maxmemory)', labelNames: ['node', 'budget'], registers: [registry] });
+  const used = new Gauge({ name: 'streamgate_redis_node_used_memory_bytes', help: 'used_memory of each node (pool and events)', labelNames: ['node'], registers: [registry] });
+  const histBlocked = new Gauge({ name: 'streamgate_history_over_budget', help: '1 when history is above its budget and held by events not yet sent', labelNames: ['node'], registers: [registry] });
+  const trimmed = new Counter({ name: 'streamgate_history_trimmed_total', help: 'History events trimmed for the history budget', registers: [registry] });
+  const dropped = new Counter({ name: 'streamgate_events_dropped_total', help: 'Undelivered event jobs dropped for the events budget (events.whenFull: drop)', registers: [registry] });
+  const paused = new Gauge({ name: 'streamgate_events_publishing_paused', help: '1 while events are not published (budget full with events.whenFull: stop, or the events Redis failing)', registers: [registry] });
+  const evJobs = new Gauge({ name: 'streamgate_events_jobs', help: 'Jobs in the events queue (waiting, active, finished)', registers: [registry] });
+  const degraded = new Gauge({ name: 'streamgate_degraded', help: '1 when /health says degraded (budgets; mail still accepted)', registers: [registry] });
+  let seenTrimmed = 0;
+  let seenDropped = 0;
   const collect = () => {
+    if (memory) {
+      const m = memory();
+      for (const n of m.nodes) {
+        budget.set({ node: n.node, budget: 'mail' }, n.mail.bytes);
+        budgetLimit.set({ node: n.node, budget: 'mail' }, n.mail.limit);
+        budget.set({ node: n.node, budget: 'history' }, n.history.bytes);
+        budgetLimit.set({ node: n.node, budget: 'history' }, n.history.limit);
+        histBlocked.set({ node: n.node }, n.history.blocked ? 1 : 0);
+        used.set({ node: n.node }, n.usedMemory);
+      }
+      budget.set({ node: m.events.redis, budget: 'events' }, m.events.bytes);
+      budgetLimit.set({ node: m.events.redis, budget: 'events' }, m.events.limit);
+      used.set({ node: m.events.redis }, m.events.usedMemory);
+      if (m.historyTrimmed > seenTrimmed) trimmed.inc(m.historyTrimmed - seenTrimmed);
+      seenTrimmed = m.historyTrimmed;
+      if (m.events.dropped > seenDropped) dropped.inc(m.events.dropped - seenDropped);
+      seenDropped = m.events.dropped;
+      paused.set(m.events.paused ? 1 : 0);
+      evJobs.set(m.events.jobs);
+      degraded.set(m.degraded.length ? 1 : 0);
+    }
     depth.reset();
     replica.reset();
     const now = queues.now();
@@ -57,6 +90,8 @@ export interface OpsOptions {
   queues: QueueManager;
   /** For suspend / resume of a destination; without it those calls answer 503. */
   relay?: Pick<Relay, 'suspend' | 'resume' | 'suspended'>;
+  /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
+  memory?: () => MemoryReport;
   log: Logger;
 }
 
@@ -65,7 +100,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   const log = opts.log.child({ component: 'ops' });
   // removeAdditional off: a body with a property the schema does not name is a 400, not trimmed
   const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), ajv: { customOptions: { removeAdditional: false } } });
-  const registry = metricsRegistry(queues) as Registry & { collectQueues(): void };
+  const registry = metricsRegistry(queues, opts.memory) as Registry & { collectQueues(): void };
   const tokens = config.ops.tokens.map((t) => ({ key: Buffer.from(t.token), role: t.role }));
   const open = new Set(['/', ...config.ops.open.map((name) => `/${name}`)]);
   const hosts = new Set(['localhost', config.gateway.hostname.toLowerCase(), ...config.ops.hosts.map((h) => h.toLowerCase())]);
@@ -105,10 +140,15 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   const dashboard = readFileSync(join(import.meta.dirname, 'dashboard.html'), 'utf8');
   app.get('/', async (_req, reply) => reply.type('text/html; charset=utf-8').send(dashboard));
 
+  // 200 ok | 200 degraded (a budget needs attention; mail is still accepted) | 503 unavailable
   app.get('/health', async (_req, reply) => {
     const writable = queues.writable;
-    return reply.code(writable ? 200 : 503).send({ status: writable ? 'ok' : 'unavailable', nodes: queues.health().nodes });
+    const degraded = opts.memory?.().degraded ?? [];
+    const status = !writable ? 'unavailable' : degraded.length ? 'degraded' : 'ok';
+    return reply.code(writable ? 200 : 503).send({ status, ...(degraded.length ? { degraded } : {}), nodes: queues.health().nodes });
   });
+
+  app.get('/api/memory', async (_req, reply) => (opts.memory ? opts.memory() : fail(reply, 503, 'SG_ERR_NO_BUDGETS', 'this gateway runs no events publisher')));
 
   app.get('/metrics', async (_req, reply) => {
     registry.collectQueues();

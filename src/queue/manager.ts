@@ -13,7 +13,7 @@ import type { LifecycleEvent, NewMessage, QueuedMessage } from '../message/types
 import { copyQueue, type CopyStats } from './copy.ts';
 import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
-import { RedisNode } from './node.ts';
+import { MAIL_OVERHEAD, RedisNode } from './node.ts';
 import { listMembers, Membership, type MemberRecord } from './membership.ts';
 import { provenSource, type ReplicaView } from './proof.ts';
 import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
@@ -79,7 +79,7 @@ export class QueueManager extends EventEmitter {
       timeoutMs: q.timeout,
       maxLength: q.maxLength,
       historyMaxLength: q.historyMaxLength,
-      memoryHighWater: q.memoryHighWater,
+      mailBudget: q.mailBudget,
       now: this.now,
       owner: this.owner,
     };
@@ -114,6 +114,7 @@ export class QueueManager extends EventEmitter {
       await Promise.all(this.nodes.map((n) => n.stop()));
       throw err;
     }
+    this.tallyMemory();
     this.repairTimer = setInterval(() => this.repairAll(), this.config.queue.heartbeat.every);
     this.repairTimer.unref();
   }
@@ -291,6 +292,9 @@ export class QueueManager extends EventEmitter {
     const [live, hist, , state] = q.keys;
     const lastGen = await src.xinfo('STREAM', live).then(lastGenerated, () => undefined);
     const lastHist = ((await src.xrevrange(hist, '+', '-', 'COUNT', 1)) as [string, string[]][])[0]?.[0];
+    const firstHist = ((await src.xrange(hist, '-', '+', 'COUNT', 1)) as [string, string[]][])[0]?.[0];
+    q.histLen = await src.xlen(hist);
+    q.histFirstMs = firstHist ? parseEntryId(firstHist)[0] : 0;
     const owned = q.beginReload(meta.txn, maxId(meta.lastEntry, lastGen), maxId(meta.lastHist, lastHist));
     const block = this.config.queue.blockSize;
     const orphans: string[] = [];
@@ -352,8 +356,56 @@ export class QueueManager extends EventEmitter {
 
   // ---- repair -------------------------------------------------------------------------------
 
+  /** Estimated bytes of one history event: sampled with MEMORY USAGE (see sampleHistory). */
+  historyEventBytes = 250;
+
+  /**
+   * The budgets' tally per node, from the queues' counters (no Redis call): mail = bytes +
+   * MAIL_OVERHEAD per live message of every queue with a replica on the node; history = events ×
+   * historyEventBytes. Runs every heartbeat; appends in between add to the node's pendingBytes.
+   */
+  tallyMemory(): void {
+    const mail = new Map<RedisNode, number>();
+    const hist = new Map<RedisNode, number>();
+    for (const q of this.queues.values()) {
+      const d = q.depth;
+      const m = d.bytes + (d.ready + d.deferred + d.held + d.inflight) * MAIL_OVERHEAD;
+      const h = q.histLen * this.historyEventBytes;
+      for (const r of q.replicas) {
+        mail.set(r.node, (mail.get(r.node) ?? 0) + m);
+        hist.set(r.node, (hist.get(r.node) ?? 0) + h);
+      }
+    }
+    for (const n of this.nodes) {
+      n.setMail(mail.get(n) ?? 0);
+      n.historyBytes = hist.get(n) ?? 0;
+    }
+  }
+
+  /**
+   * Samples the memory of a few history streams (MEMORY USAGE … SAMPLES 8, a bounded cost) to
+   * keep historyEventBytes near the truth. Periodic, never on the write path.
+   */
+  async sampleHistory(samples = 5): Promise<void> {
+    const qs = [...this.queues.values()].filter((q) => q.histLen >= 100);
+    let bytes = 0;
+    let events = 0;
+    for (let i = 0; i < Math.min(samples, qs.length); i++) {
+      const q = qs[Math.floor(Math.random() * qs.length)]!;
+      const r = q.replicas.find((x) => x.sync === 'Sync' && x.node.up);
+      if (!r) continue;
+      const [used, len] = await Promise.all([r.node.reads.call('MEMORY', 'USAGE', q.keys[1], 'SAMPLES', '8'), r.node.reads.xlen(q.keys[1])]);
+      if (Number(used) > 0 && len > 0) {
+        bytes += Number(used);
+        events += len;
+      }
+    }
+    if (events) this.historyEventBytes = Math.round(0.5 * this.historyEventBytes + 0.5 * (bytes / events));
+  }
+
   private repairAll(): void {
     if (this.stopped || this.owner.fenced) return;
+    this.tallyMemory();
     for (const q of this.queues.values()) {
       if (!q.repairing && q.replicas.some((r) => r.sync !== 'Sync' || !r.node.up)) {
         q.repairing = true;

@@ -2,8 +2,9 @@
 // address of the same server). Heartbeats watch both paths; the node switches to the standby when
 // the active one fails, and is isolated (down) when the path it uses misses `missed` heartbeats,
 // heartbeats say so: never because of one slow write, whose queue alone is resynced (a stall of
-// this process is not a node failure: see deadline.ts). Memory figures from INFO feed the storage
-// high-water check. A node's identity is its `name`, or host:port: never a credential, and the
+// this process is not a node failure: see deadline.ts). Memory figures from INFO (maxmemory,
+// used_memory) and the budgets' estimates (mail, history: set by the manager) feed the storage
+// check: appends are refused when the node's mail is at its budget, whatever history and events use. A node's identity is its `name`, or host:port: never a credential, and the
 // same after a password change.
 import { EventEmitter } from 'node:events';
 import { Redis } from 'ioredis';
@@ -41,8 +42,16 @@ export interface NodeStatus {
   lastHeartbeat: number;
   usedMemory: number;
   maxmemory: number;
+  /** Estimated bytes of queued mail and of history on the node (see the budgets). */
+  mailBytes: number;
+  historyBytes: number;
 }
 
+/**
+ * Estimated memory a queued message takes on a replica beyond its raw bytes: the live stream
+ * entry's fields (envelope, metadata), its state hash field, the stream's node overhead.
+ */
+export const MAIL_OVERHEAD = 512;
 
 /** host:port of a node url (credentials and database left out). */
 export function nodeIdOf(url: string): string {
@@ -80,8 +89,12 @@ export class RedisNode extends EventEmitter {
   lastHeartbeat = 0;
   usedMemory = 0;
   maxmemory = 0;
-  /** Bytes appended since the last INFO reading: added to usedMemory for the high-water check. */
+  /** Bytes appended since the last mail tally: added to mailBytes for the budget check. */
   pendingBytes = 0;
+  /** Estimated memory of the queued mail on this node (the manager's tally of its replicas). */
+  mailBytes = 0;
+  /** Estimated memory of the history streams on this node. */
+  historyBytes = 0;
   private timer: NodeJS.Timeout | undefined;
   private readonly log: Logger;
 
@@ -141,7 +154,6 @@ export class RedisNode extends EventEmitter {
           if (p === this.pathInUse()) {
             this.usedMemory = Number(/used_memory:(\d+)/.exec(info)?.[1] ?? 0);
             this.maxmemory = Number(/maxmemory:(\d+)/.exec(info)?.[1] ?? 0);
-            this.pendingBytes = 0;
           }
         } catch {
           p.misses++;
@@ -208,10 +220,20 @@ export class RedisNode extends EventEmitter {
     this.emit('down', reason);
   }
 
-  /** True when appending `bytes` would take the node above highWater × maxmemory. */
-  aboveHighWater(highWater: number, bytes: number): boolean {
+  /**
+   * True when appending `bytes` would take the node's mail above budget × maxmemory. Only mail
+   * counts: history and events have budgets of their own and never turn mail away. A node
+   * without maxmemory has no budget (Redis's maxmemory with noeviction is the hard wall).
+   */
+  mailAboveBudget(budget: number, bytes: number): boolean {
     if (!this.maxmemory) return false;
-    return this.usedMemory + this.pendingBytes * 2 + bytes > this.maxmemory * highWater;
+    return this.mailBytes + this.pendingBytes + bytes + MAIL_OVERHEAD > this.maxmemory * budget;
+  }
+
+  /** Sets the mail tally (the manager's, from the queues' counters); appends since are in it. */
+  setMail(bytes: number): void {
+    this.mailBytes = bytes;
+    this.pendingBytes = 0;
   }
 
   status(): NodeStatus {
@@ -224,6 +246,8 @@ export class RedisNode extends EventEmitter {
       lastHeartbeat: this.lastHeartbeat,
       usedMemory: this.usedMemory,
       maxmemory: this.maxmemory,
+      mailBytes: this.mailBytes + this.pendingBytes,
+      historyBytes: this.historyBytes,
     };
   }
 }

@@ -19,6 +19,7 @@ import { Batcher } from './batcher.ts';
 import { MinHeap } from './heap.ts';
 import { decodeState, IdGen, liveFields, parseEntryId, queueKeys, type MsgState, type QueueKeys } from './records.ts';
 import type { ScriptName } from './scripts.ts';
+import { MAIL_OVERHEAD } from './node.ts';
 import { ReplicaSet, UnknownOutcomeError, type Arg, type Owner, type Replica, type WriteResult } from './replicas.ts';
 
 export type { MsgState } from './records.ts';
@@ -53,7 +54,7 @@ export interface QueueSettings {
   timeoutMs: number;
   maxLength: number;
   historyMaxLength: number;
-  memoryHighWater: number;
+  mailBudget: number;
   now: () => number;
   owner: Owner;
 }
@@ -98,6 +99,10 @@ export class Queue extends EventEmitter implements QueueView {
   private readonly withdrawals = new Map<string, Record<string, unknown>>();
   private withdrawTimer: NodeJS.Timeout | undefined;
   repairing = false;
+  /** Events in the history stream (estimate: XLEN at load, one more per event, less what is trimmed). */
+  histLen = 0;
+  /** Time (ms) of the oldest history event (estimate: at load, then the trim cutoffs). */
+  histFirstMs = 0;
   /** Epoch of the placement record on the nodes; bumped on every switch. */
   placementEpoch: number | undefined;
   private readonly log: Logger;
@@ -159,6 +164,8 @@ export class Queue extends EventEmitter implements QueueView {
   }
 
   private event(kind: LifecycleKind, msgId: string, histId: string, txn: number, details: Record<string, unknown>): void {
+    if (this.histLen < this.settings.historyMaxLength) this.histLen++;
+    if (!this.histFirstMs) this.histFirstMs = this.settings.now();
     const ev: LifecycleEvent = { id: `${this.settings.gatewayId}/${this.domain}/${histId}`, queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };
     this.emit('event', ev);
   }
@@ -178,8 +185,8 @@ export class Queue extends EventEmitter implements QueueView {
     if (!msg.envelope.to.length) throw new QueueError('BAD_INPUT', 'a message needs at least one recipient');
     if (!msg.id || msg.id.length > 200) throw new QueueError('BAD_INPUT', 'a message id of 1 to 200 characters is needed');
     for (const r of this.set.inSync()) {
-      if (r.node.aboveHighWater(this.settings.memoryHighWater, msg.raw.length)) {
-        throw new QueueError('STORAGE_FULL', `redis node ${r.node.id} is above ${Math.round(this.settings.memoryHighWater * 100)}% of its maxmemory`);
+      if (r.node.mailAboveBudget(this.settings.mailBudget, msg.raw.length)) {
+        throw new QueueError('STORAGE_FULL', `redis node ${r.node.id}: queued mail is at its budget (queue.mailBudget, ${Math.round(this.settings.mailBudget * 100)}% of maxmemory)`);
       }
     }
     const existing = this.msgs.get(msg.id);
@@ -234,7 +241,7 @@ export class Queue extends EventEmitter implements QueueView {
       if (failure) this.withdraw(msg.id, { reason: 'stored on fewer replicas than the write concern' });
       return failure ?? { entryId, duplicate: false };
     });
-    for (const r of this.set.inSync()) r.node.pendingBytes += appended;
+    for (const r of this.set.inSync()) r.node.pendingBytes += appended + k * MAIL_OVERHEAD;
     if (appended && !failure) this.emit('ready');
     return out;
   }
@@ -575,6 +582,21 @@ export class Queue extends EventEmitter implements QueueView {
     const histId = this.histIds.next(now);
     const { res } = await this.write('other', 'markQueue', now, histId, () => [kind, JSON.stringify(details)], []);
     this.event(kind, '', histId, Number(res[1]), details);
+  }
+
+  /**
+   * Trims the history stream below `minId` (exclusive: XTRIM MINID) on every replica, as one
+   * transaction. The caller never passes an id beyond the events cursor (DESIGN, invariant 12).
+   * Returns the number of events trimmed.
+   */
+  async trimHistory(minId: string): Promise<number> {
+    const now = this.settings.now();
+    const histId = this.histIds.next(now);
+    const { res } = await this.write('other', 'trimHistory', now, histId, () => [minId], []);
+    const trimmed = Number(res[2] ?? 0);
+    this.histLen = Math.max(0, this.histLen - trimmed);
+    this.histFirstMs = Math.max(this.histFirstMs, parseEntryId(minId)[0]);
+    return trimmed;
   }
 
   /** The projection's view of one message. */

@@ -1,5 +1,6 @@
 // `streamgate services up|down|status`: the embedded default. Starts, on this machine, what the
-// configuration names on loopback: a redis-server per pool node and one Cassandra node.
+// configuration names on loopback: a redis-server per pool node, one for lifecycle events and
+// producer jobs (events.redis, unless it names a pool node), and one Cassandra node.
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
@@ -22,7 +23,10 @@ function hostPort(url: string, defPort: number): { host: string; port: number } 
 
 export function localRedisNodes(config: Config): RedisNodeOptions[] {
   const out: RedisNodeOptions[] = [];
-  for (const node of config.redis.nodes) {
+  const urls = config.redis.nodes.map((n) => ({ url: n.url, standby: n.standby }));
+  const ev = hostPort(config.events.redis, 6379);
+  if (!config.redis.nodes.some((n) => { const p = hostPort(n.url, 6379); return p.host === ev.host && p.port === ev.port; })) urls.push({ url: config.events.redis, standby: undefined });
+  for (const node of urls) {
     const { host, port } = hostPort(node.url, 6379);
     if (!isLoopback(host)) continue;
     const extraBind: string[] = [];
@@ -130,8 +134,10 @@ export async function servicesDown(config: Config): Promise<ServiceStatus[]> {
 
 export async function servicesStatus(config: Config): Promise<ServiceStatus[]> {
   const out: ServiceStatus[] = [];
-  for (const node of config.redis.nodes) {
-    const { host, port } = hostPort(node.url, 6379);
+  const events = hostPort(config.events.redis, 6379);
+  const all = [...config.redis.nodes.map((n) => n.url), ...(config.redis.nodes.some((n) => { const p = hostPort(n.url, 6379); return p.host === events.host && p.port === events.port; }) ? [] : [config.events.redis])];
+  for (const url of all) {
+    const { host, port } = hostPort(url, 6379);
     const local = localRedisNodes(config).find((o) => o.host === host && o.port === port);
     const up = await redisAnswers(host, port);
     out.push({ name: 'redis', address: `${host}:${port}`, state: up ? (local ? 'running' : 'external') : 'down', pid: local ? redisPid(local) : undefined });

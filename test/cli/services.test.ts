@@ -19,10 +19,12 @@ describe('streamgate services', () => {
   let dir: string;
   let config: string;
   let ports: number[];
+  let eventsPort: number;
   let cql: number;
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'sg-services-'));
     ports = [await freePort(), await freePort(), await freePort()];
+    eventsPort = await freePort();
     cql = await freePort();
     config = join(dir, 'streamgate.yaml');
     writeFileSync(
@@ -36,6 +38,7 @@ describe('streamgate services', () => {
         `ops: { listen: "127.0.0.1:${await freePort()}" }`,
         `redis: { nodes: [${ports.map((p) => `"redis://127.0.0.1:${p}"`).join(', ')}], maxmemory: 64MB }`,
         `cassandra: { contactPoints: ["127.0.0.1:${cql}"], heap: 256m }`,
+        `events: { redis: "redis://127.0.0.1:${eventsPort}" }`,
       ].join('\n'),
     );
   });
@@ -47,12 +50,12 @@ describe('streamgate services', () => {
   it('up starts each Redis node and Cassandra once, waits until they answer, and is idempotent', async () => {
     const first = cli(['services', 'up', '--config', config]);
     assert.equal(first.status, 0, first.stderr);
-    for (const p of ports) assert.match(first.stdout, new RegExp(`redis\\s+127\\.0\\.0\\.1:${p}\\s+started \\(pid \\d+, [\\d.]+ s\\)`));
+    for (const p of [...ports, eventsPort]) assert.match(first.stdout, new RegExp(`redis\\s+127\\.0\\.0\\.1:${p}\\s+started \\(pid \\d+, [\\d.]+ s\\)`));
     assert.match(first.stdout, new RegExp(`cassandra\\s+127\\.0\\.0\\.1:${cql}\\s+started`));
-    for (const p of ports) assert.equal(await redisAnswers('127.0.0.1', p), true);
+    for (const p of [...ports, eventsPort]) assert.equal(await redisAnswers('127.0.0.1', p), true);
     assert.equal(await cassandraAnswers('127.0.0.1', cql), true);
     const pids = [...first.stdout.matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
-    assert.equal(pids.length, 4);
+    assert.equal(pids.length, 5);
 
     const second = cli(['services', 'up', '--config', config]);
     assert.equal(second.status, 0, second.stderr);
@@ -61,7 +64,7 @@ describe('streamgate services', () => {
 
     const status = cli(['services', 'status', '--config', config]);
     assert.equal(status.status, 0, status.stdout);
-    assert.equal(status.stdout.match(/running/g)?.length, 4);
+    assert.equal(status.stdout.match(/running/g)?.length, 5);
 
     // the Redis nodes refuse to evict: the gateway's invariant 8
     const { Redis } = await import('ioredis');
@@ -73,7 +76,7 @@ describe('streamgate services', () => {
 
     const down = cli(['services', 'down', '--config', config]);
     assert.equal(down.status, 0, down.stderr);
-    assert.equal(down.stdout.match(/stopped/g)?.length, 4);
+    assert.equal(down.stdout.match(/stopped/g)?.length, 5);
     for (const pid of pids) assert.equal(alive(pid), false, `pid ${pid} gone`);
     const after = cli(['services', 'status', '--config', config]);
     assert.equal(after.status, 1);
@@ -87,22 +90,22 @@ describe('streamgate services', () => {
     child.stderr.on('data', (d) => (err += d));
     try {
       await waitFor(() => /^streamgate: Ctrl-C stops/m.test(err), { timeout: 240_000, what: 'start summary' });
-      assert.match(err, /^streamgate: redis ×3 starting on /m);
-      assert.match(err, /^streamgate: redis ×3 ready in [\d.]+ s$/m);
+      assert.match(err, /^streamgate: redis ×4 starting on /m);
+      assert.match(err, /^streamgate: redis ×4 ready in [\d.]+ s$/m);
       assert.match(err, new RegExp(`^streamgate: cassandra starting on 127\\.0\\.0\\.1:${cql}`, 'm'));
       assert.match(err, /^streamgate: cassandra answers CQL in [\d.]+ s \(pid \d+\)$/m);
       assert.match(err, /^streamgate: ready in [\d.]+ s\n {2}SMTP {8}127\.0\.0\.1:\d+ .*\n {2}submission .*\n {2}POP3 .*\n {2}ops {9}http:\/\/127\.0\.0\.1:\d+\/ .*\n {2}Redis .*\n {2}Cassandra /m);
       assert.doesNotMatch(out + err, /Deprecation|EBADENGINE|\(node:\d+\) /, 'no warnings nobody can act on');
-      for (const p of ports) assert.equal(await redisAnswers('127.0.0.1', p), true);
+      for (const p of [...ports, eventsPort]) assert.equal(await redisAnswers('127.0.0.1', p), true);
       assert.equal(await cassandraAnswers('127.0.0.1', cql), true);
       const services = join(dir, 'data', 'services');
-      const pids = [...ports.map((p) => join(services, `redis-${p}`, 'redis.pid')), join(services, `cassandra-${cql}`, 'cassandra.pid')].map((f) => readPid(f));
-      assert.equal(pids.filter((pid) => pid && alive(pid)).length, 4);
+      const pids = [...[...ports, eventsPort].map((p) => join(services, `redis-${p}`, 'redis.pid')), join(services, `cassandra-${cql}`, 'cassandra.pid')].map((f) => readPid(f));
+      assert.equal(pids.filter((pid) => pid && alive(pid)).length, 5);
       child.kill('SIGINT');
       const code = await new Promise((r) => child.once('exit', r));
       assert.equal(code, 0, err);
       assert.match(err, /^streamgate: local services stopped: redis .*cassandra .*\nstreamgate: stopped$/m);
-      for (const p of ports) assert.equal(await redisAnswers('127.0.0.1', p), false, `redis ${p} stopped`);
+      for (const p of [...ports, eventsPort]) assert.equal(await redisAnswers('127.0.0.1', p), false, `redis ${p} stopped`);
       assert.equal(await cassandraAnswers('127.0.0.1', cql), false);
       for (const pid of pids) assert.equal(alive(pid!), false);
     } finally {

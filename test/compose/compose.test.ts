@@ -14,12 +14,12 @@ describe('compose deployment', () => {
     assert.equal(r.status, 0, r.stderr);
   });
 
-  it('describes two gateways, three Redis nodes and three Cassandra nodes with health checks and volumes', () => {
+  it('describes two gateways, three Redis nodes, an events Redis and three Cassandra nodes with health checks and volumes', () => {
     const r = spawnSync('docker-compose', ['-f', join(DIR, 'docker-compose.yml'), 'config'], { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     const doc = parse(r.stdout) as { services: Record<string, { healthcheck?: unknown; volumes?: unknown[]; environment?: Record<string, string> }> };
     const names = Object.keys(doc.services).sort();
-    assert.deepEqual(names, ['cassandra-1', 'cassandra-2', 'cassandra-3', 'gateway-1', 'gateway-2', 'redis-a', 'redis-b', 'redis-c']);
+    assert.deepEqual(names, ['cassandra-1', 'cassandra-2', 'cassandra-3', 'gateway-1', 'gateway-2', 'redis-a', 'redis-b', 'redis-c', 'redis-events']);
     for (const [name, s] of Object.entries(doc.services)) {
       assert.ok(s.healthcheck, `${name} has a health check`);
       assert.ok(s.volumes?.length, `${name} has a volume`);

@@ -62,6 +62,15 @@ describe('configuration', () => {
     for (const optional of ['tls', 'readConsistency', 'writeConsistency', 'key:', 'cert:', 'standby']) assert.match(text, new RegExp(optional));
   });
 
+  it('refuses budgets that add up to more than queue.memoryHighWater, naming the keys and the sum', () => {
+    assert.throws(() => validateConfig({ events: { redis: 'redis://127.0.0.1:6381' } }, 'c.yaml'), (e: Error) => {
+      assert.match(e.message, /^c\.yaml: queue\.mailBudget: expected queue\.mailBudget \+ queue\.historyBudget \+ events\.budget at most queue\.memoryHighWater \(0\.9\) \(events\.redis is the pool node 127\.0\.0\.1:6381: the three budgets share its memory\), got 0\.6 \+ 0\.15 \+ 0\.8 = 1\.55$/);
+      return true;
+    });
+    assert.throws(() => validateConfig({ queue: { mailBudget: 0.8 } }), /queue\.mailBudget: expected queue\.mailBudget \+ queue\.historyBudget at most queue\.memoryHighWater \(0\.9\), got 0\.8 \+ 0\.15 = 0\.95/);
+    validateConfig({ events: { redis: 'redis://127.0.0.1:6381', budget: 0.15 } });
+  });
+
   it('rejects an unknown key with one line naming it', () => {
     assert.throws(() => validateConfig({ smtp: { listen: '127.0.0.1:25', lisen: 'x' } }, 'c.yaml'), (e: Error) => {
       assert.ok(e instanceof ConfigError);

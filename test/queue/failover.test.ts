@@ -149,9 +149,9 @@ describe('capacity', () => {
     }
   });
 
-  it('gives a typed error and writes nothing when a node is above its high-water mark or the queue is full', async () => {
+  it('gives a typed error and writes nothing when mail is at its budget or the queue is full; other memory never refuses mail', async () => {
     const pool = await startRedisPool(2, { maxmemory: '20mb' });
-    const qm = new QueueManager(testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { maxLength: 5 } }), silentLogger, { gatewayId: 'gw-full' });
+    const qm = new QueueManager(testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { maxLength: 5, mailBudget: 0.5, historyBudget: 0.1 } }), silentLogger, { gatewayId: 'gw-full' });
     try {
       await qm.start();
       // queue length limit
@@ -159,8 +159,9 @@ describe('capacity', () => {
       await assert.rejects(qm.append(msg('len.test', 5)), { code: 'QUEUE_FULL' });
       const lq = qm.queues.get('len.test')!;
       for (const r of pool) assert.equal(await r.client().xlen(lq.keys[0]), 5);
-      // memory high-water mark
-      const q = await qm.queueFor('mem.test');
+      // memory that is not mail (history, events, anything else) up to 92% of maxmemory: mail
+      // below its budget is still accepted
+      await qm.queueFor('mem.test');
       const c0 = pool[0]!.client();
       for (let i = 0; ; i++) {
         const used = Number(/used_memory:(\d+)/.exec(await c0.info('memory'))![1]);
@@ -168,20 +169,47 @@ describe('capacity', () => {
         await c0.set(`ballast:${i}`, 'x'.repeat(256 * 1024));
       }
       await qm.nodes[0]!.beat();
-      await assert.rejects(qm.append(msg('mem.test', 0)), { code: 'STORAGE_FULL' });
-      for (const r of pool) {
-        const c = r.client();
-        assert.equal(await c.exists(q.keys[0]), 0);
-        assert.equal(await c.hget(q.keys[2], 'txn'), null);
-      }
-      assert.equal(qm.depth('mem.test').ready, 0);
-      await c0.flushdb();
-      await qm.nodes[0]!.beat();
-      await qm.append(msg('mem.test', 1));
+      await qm.append(msg('mem.test', 0));
       assert.equal(qm.depth('mem.test').ready, 1);
     } finally {
       await qm.stop();
       await Promise.all(pool.map((r) => r.stop()));
+    }
+    // mail's own budget: 50% of 20 MB; 1 MB messages are refused (STORAGE_FULL) once it is
+    // reached, and nothing of the refused one is written
+    const pool2 = await startRedisPool(2, { maxmemory: '20mb' });
+    const qm2 = new QueueManager(testConfig({ redis: { nodes: pool2.map((r) => r.url) }, queue: { mailBudget: 0.5, historyBudget: 0.1 } }), silentLogger, { gatewayId: 'gw-full2' });
+    const big = (i: number) => ({ ...msg('big.test', i), raw: Buffer.alloc(1024 * 1024, 'y') });
+    try {
+      await qm2.start();
+      let accepted = 0;
+      let refused: { id: string } | undefined;
+      for (let i = 0; i < 20 && !refused; i++) {
+        const m = big(i);
+        try {
+          await qm2.append(m);
+          accepted++;
+        } catch (err) {
+          assert.equal((err as { code?: string }).code, 'STORAGE_FULL');
+          assert.match((err as Error).message, /queued mail is at its budget \(queue\.mailBudget, 50% of maxmemory\)/);
+          refused = m;
+        }
+      }
+      assert.ok(refused, 'refused at the budget');
+      assert.ok(accepted >= 8 && accepted <= 10, `about 10 MB accepted (${accepted} × 1 MB)`);
+      const q2 = qm2.queues.get('big.test')!;
+      for (const r of pool2) {
+        assert.equal(await r.client().xlen(q2.keys[0]), accepted);
+        assert.equal(await r.client().hget(q2.keys[3], refused.id), null);
+      }
+      // once a message is delivered, the next tally makes room
+      const [t] = await qm2.take('big.test', 1);
+      await qm2.settle('big.test', t!.id, 'delivered');
+      qm2.tallyMemory();
+      await qm2.append(big(99));
+    } finally {
+      await qm2.stop();
+      await Promise.all(pool2.map((r) => r.stop()));
     }
   });
 });

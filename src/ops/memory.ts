@@ -1,0 +1,40 @@
+// The memory budgets as operators see them (/api/memory, /health, /metrics, the dashboard): per
+// pool node the estimated bytes of queued mail and of history against their limits, the events
+// queue against its budget on the events Redis, what was trimmed or dropped, and why the gateway
+// is degraded when it is. Degraded is not failing: mail is still accepted.
+import type { Config } from '../config/schema.ts';
+import type { EventPublisher, EventsBudgetStatus } from '../events/publisher.ts';
+import type { HistoryBudget } from '../queue/historyBudget.ts';
+import type { QueueManager } from '../queue/manager.ts';
+
+export interface MemoryReport {
+  nodes: { node: string; up: boolean; usedMemory: number; maxmemory: number; mail: { bytes: number; limit: number }; history: { bytes: number; limit: number; blocked: boolean } }[];
+  events: EventsBudgetStatus & { redis: string };
+  historyTrimmed: number;
+  historyEventBytes: number;
+  queues: number;
+  /** Why the gateway is degraded (empty: it is not). */
+  degraded: string[];
+}
+
+export function memoryReport(config: Config, queues: QueueManager, history: HistoryBudget, publisher: EventPublisher): () => MemoryReport {
+  const eventsNode = new URL(config.events.redis);
+  const redis = `${eventsNode.hostname}:${eventsNode.port || '6379'}`;
+  return () => {
+    const hist = history.status();
+    const nodes = queues.nodes.map((n, i) => {
+      const s = n.status();
+      return {
+        node: s.id, up: s.up, usedMemory: s.usedMemory, maxmemory: s.maxmemory,
+        mail: { bytes: s.mailBytes, limit: Math.floor(s.maxmemory * config.queue.mailBudget) },
+        history: { bytes: hist[i]!.bytes, limit: hist[i]!.limit, blocked: hist[i]!.blocked },
+      };
+    });
+    const events = { ...publisher.budget(), redis };
+    const degraded: string[] = [];
+    if (events.paused) degraded.push(events.full ? `events budget full on ${redis} (events.whenFull: stop): publishing stopped, the cursors stay until a consumer drains ${config.events.queue}` : `events not published: ${redis} does not take them; catching up from the history`);
+    else if (events.full) degraded.push(`events budget full on ${redis} (events.whenFull: drop): ${events.dropped} undelivered events dropped`);
+    for (const n of nodes) if (n.history.blocked) degraded.push(`history on ${n.node} above its budget (queue.historyBudget) and held by events not yet sent`);
+    return { nodes, events, historyTrimmed: history.trimmed, historyEventBytes: queues.historyEventBytes, queues: queues.queues.size, degraded };
+  };
+}

@@ -1,0 +1,130 @@
+// The history budget: the history streams of all queues on a node together may use
+// queue.historyBudget × its maxmemory, however many queues there are. Every few seconds the
+// manager's tally (events × their sampled size: no scan) is compared with it; above it, the oldest
+// events across the node's queues are trimmed first, to 90% of the budget: one cut-off time for
+// all queues (chosen from each queue's event count and time span), each queue trimmed below it
+// with XTRIM MINID in a queue write on both replicas (lua/trimHistory-4.lua). Never past the
+// lifecycle events cursor (DESIGN, invariant 12): a queue's events not yet sent stay. When that
+// leaves the budget exceeded (the events publisher stopped for a full events queue, or failing),
+// the history stays whole and the gateway says it is degraded; mail is never refused for it.
+// Trimmed events are counted; archiving them before the trim (the event log) is not built yet.
+import type { Logger } from '../log.ts';
+import type { QueueManager } from './manager.ts';
+import type { RedisNode } from './node.ts';
+import type { Queue } from './queue.ts';
+import { parseEntryId } from './records.ts';
+
+const TICK_MS = 5000;
+/** Trims take history down to this share of its budget. */
+const TRIM_TO = 0.9;
+
+export interface HistoryNodeStatus {
+  node: string;
+  bytes: number;
+  limit: number;
+  /** Over budget and nothing more may be trimmed: events not yet sent hold it. */
+  blocked: boolean;
+}
+
+export class HistoryBudget {
+  private readonly queues: QueueManager;
+  private readonly share: number;
+  private readonly cursorOf: (domain: string) => string | undefined;
+  private readonly log: Logger;
+  private timer: NodeJS.Timeout | undefined;
+  private running = false;
+  trimmed = 0;
+  private readonly blocked = new Set<string>();
+
+  constructor(queues: QueueManager, share: number, cursorOf: (domain: string) => string | undefined, log: Logger) {
+    this.queues = queues;
+    this.share = share;
+    this.cursorOf = cursorOf;
+    this.log = log.child({ component: 'history' });
+  }
+
+  start(): void {
+    this.timer = setInterval(() => void this.tick(), TICK_MS);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  status(): HistoryNodeStatus[] {
+    return this.queues.nodes.map((n) => ({ node: n.id, bytes: n.historyBytes, limit: Math.floor(n.maxmemory * this.share), blocked: this.blocked.has(n.id) }));
+  }
+
+  /** One round: sample, tally, trim where a node is over its history budget. */
+  async tick(): Promise<number> {
+    if (this.running) return 0;
+    this.running = true;
+    let total = 0;
+    try {
+      await this.queues.sampleHistory(3).catch(() => {});
+      this.queues.tallyMemory();
+      for (const node of this.queues.nodes) {
+        const limit = node.maxmemory * this.share;
+        if (!node.up || !limit || node.historyBytes <= limit) {
+          this.blocked.delete(node.id);
+          continue;
+        }
+        total += await this.trimNode(node, node.historyBytes - limit * TRIM_TO);
+      }
+      if (total) this.queues.tallyMemory();
+    } finally {
+      this.running = false;
+    }
+    return total;
+  }
+
+  private async trimNode(node: RedisNode, excessBytes: number): Promise<number> {
+    const now = this.queues.now();
+    const perEvent = this.queues.historyEventBytes;
+    const want = Math.ceil(excessBytes / perEvent);
+    const cands: { q: Queue; first: number; len: number; upTo: number; cursor: string }[] = [];
+    for (const q of this.queues.queues.values()) {
+      if (!q.replicas.some((r) => r.node === node) || q.histLen === 0 || !q.appendable) continue;
+      const cursor = this.cursorOf(q.domain);
+      if (!cursor) continue;
+      cands.push({ q, first: q.histFirstMs || now, len: q.histLen, upTo: parseEntryId(cursor)[0] + 1, cursor });
+    }
+    // events older than t in a queue, assuming they spread evenly over its span
+    const older = (t: number) => {
+      let n = 0;
+      for (const c of cands) {
+        const end = Math.min(t, c.upTo);
+        if (end > c.first) n += c.len * Math.min(1, (end - c.first) / Math.max(1, now - c.first));
+      }
+      return n;
+    };
+    const possible = older(now + 1);
+    let lo = Math.min(now, ...cands.map((c) => c.first));
+    let hi = now + 1;
+    for (let i = 0; i < 40 && hi - lo > 1; i++) {
+      const mid = Math.floor((lo + hi) / 2);
+      if (older(mid) >= want) hi = mid;
+      else lo = mid;
+    }
+    let trimmed = 0;
+    for (const c of cands) {
+      if (c.first >= Math.min(hi, c.upTo)) continue;
+      const [cm, cs] = parseEntryId(c.cursor);
+      const minId = hi <= cm ? `${hi}-0` : `${cm}-${cs + 1}`; // never past the cursor
+      trimmed += await c.q.trimHistory(minId).catch((err: unknown) => {
+        this.log.warn({ err, queue: c.q.name }, 'history trim failed');
+        return 0;
+      });
+    }
+    this.trimmed += trimmed;
+    const blocked = possible < want;
+    if (blocked && !this.blocked.has(node.id)) {
+      this.log.warn({ node: node.id, bytes: node.historyBytes, limit: Math.floor(node.maxmemory * this.share) }, 'history over its budget and held by events not yet sent (the events cursor): kept whole, mail still accepted');
+    }
+    if (blocked) this.blocked.add(node.id);
+    else this.blocked.delete(node.id);
+    if (trimmed) this.log.info({ node: node.id, trimmed, before: new Date(hi).toISOString(), queues: cands.length }, 'history trimmed oldest-first across queues (queue.historyBudget)');
+    return trimmed;
+  }
+}
