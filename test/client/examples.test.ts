@@ -112,9 +112,11 @@ describe('client module and examples against a real gateway', () => {
     assert.ok(bounced.kind === 'bounced');
     assert.deepEqual(bounced.details.recipients.map((r) => [r.rcpt, r.status, r.enhanced]), [['nobody@local.client.test', 'bounced', '5.1.1']]);
     // nothing the gateway published failed the client's schema
-    const q = new Queue(t.config.events.queue, { connection: new Redis(redis, { maxRetriesPerRequest: null }) });
+    const conn = new Redis(redis, { maxRetriesPerRequest: null });
+    const q = new Queue(t.config.events.queue, { connection: conn });
     const failed = await q.getFailed();
     await q.close();
+    conn.disconnect(); // a connection given to BullMQ stays open after close()
     assert.deepEqual(failed.map((j) => j.failedReason), []);
   });
 
