@@ -18,6 +18,13 @@ import type { LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
 
 const FLUSH_MS = 50;
+
+/**
+ * Each event job: a consumer whose handler throws gets it again, up to 10 times over about 17
+ * minutes (1 s, 2 s, 4 s ...), then it stays in the failed set; finished jobs are kept (the last
+ * 100,000), and while kept, the same event sent again is not added twice.
+ */
+export const JOB_OPTIONS = { attempts: 10, backoff: { type: 'exponential', delay: 1000 }, removeOnComplete: { count: 1000 }, removeOnFail: { count: 10_000 } } as const;
 const BATCH = 500;
 /** How often the events queue's memory is measured. */
 const MEASURE_MS = 2000;
@@ -84,7 +91,7 @@ export class EventPublisher {
     this.redis = redis;
     this.opts = opts;
     this.log = log.child({ component: 'events' });
-    this.bull = new BullQueue(queueName, { connection: redis, defaultJobOptions: { removeOnComplete: { count: 1000 }, removeOnFail: { count: 10_000 } } });
+    this.bull = new BullQueue(queueName, { connection: redis, defaultJobOptions: JOB_OPTIONS });
     this.cursorKey = (domain) => `sg:events:cursor:{${queues.gatewayId}}:${domain}`;
     this.state = { policy: opts.whenFull, bytes: 0, limit: 0, jobs: 0, waiting: 0, full: false, paused: false, dropped: 0, usedMemory: 0, maxmemory: 0 };
   }

@@ -1,5 +1,6 @@
 // Shared domain types: envelopes, queued messages, lifecycle events.
 import { randomBytes } from 'node:crypto';
+import type { LifecycleKind } from '../client/schema.ts';
 
 export interface Envelope {
   /** Envelope sender; "" is the null sender (bounces, DSNs). */
@@ -33,19 +34,9 @@ export interface QueuedMessage {
   acceptedAt: number;
 }
 
-export type LifecycleKind =
-  | 'accepted'
-  | 'attempted'
-  | 'deferred'
-  | 'requeued'
-  | 'delivered'
-  | 'bounced'
-  | 'expired'
-  | 'held'
-  | 'released'
-  | 'purged'
-  | 'withdrawn'
-  | 'recovered'; // a queue-level event: an operator forced a recovery (actor, reason, from)
+// The kinds are part of the contract with consumers (client/schema.ts LIFECYCLE_KINDS): `recovered`
+// is a queue-level event (an operator forced a recovery: actor, reason, from), its messageId "".
+export type { LifecycleKind };
 
 export interface LifecycleEvent {
   /** Unique and stable: `${gateway}/${domain}/${history entry id}`; consumers deduplicate on it. */

@@ -5,6 +5,10 @@
 // ops.hosts, localhost or an IP literal), so that a page in an operator's browser cannot reach the
 // API by DNS rebinding. Both checks run in onRequest, before a body is read. Unknown JSON properties
 // are refused, not dropped. Errors carry stable codes: { error: { code, message } }.
+// Every route declares its schema, responses and error codes included; @fastify/swagger turns them
+// into the OpenAPI document served at /api/openapi.json (a read token, like every /api call). Each
+// route lists only the error codes it can answer with (test/ops/openapi.test.ts reaches every one).
+import swagger from '@fastify/swagger';
 import Fastify, { LogController, type FastifyReply, type FastifyRequest } from 'fastify';
 import { timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
@@ -19,7 +23,65 @@ import type { QueueManager } from '../queue/manager.ts';
 import type { Relay } from '../relay/relay.ts';
 import type { MemoryReport } from './memory.ts';
 
+const VERSION = (JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+
 const STATUS: Record<string, number> = { NOT_FOUND: 404, WRONG_STATE: 409, QUEUE_UNAVAILABLE: 503, BAD_INPUT: 400 };
+
+/** The error body, with the codes a route (or status) can answer with. */
+function errorSchema(description: string, codes: string[]) {
+  return {
+    description,
+    type: 'object',
+    required: ['error'],
+    additionalProperties: false,
+    properties: { error: { type: 'object', required: ['code', 'message'], additionalProperties: false, properties: { code: { type: 'string', enum: codes }, message: { type: 'string' } } } },
+  } as const;
+}
+
+/** The error responses of a route: every route checks the Host header; the others as asked. */
+function errors(opts: { auth: boolean; write?: boolean; input?: boolean; extra?: Record<number, string[] | undefined> }) {
+  const out: Record<number, ReturnType<typeof errorSchema>> = {};
+  const add = (status: number, description: string, codes: string[]) => {
+    const had = out[status]?.properties.error.properties.code.enum ?? [];
+    out[status] = errorSchema(out[status]?.description ?? description, [...had, ...codes]);
+  };
+  if (opts.input) add(400, 'A parameter or the body does not match the schema', ['SG_ERR_BAD_REQUEST']);
+  if (opts.auth) add(401, 'No token, or not one of ops.tokens', ['SG_ERR_UNAUTHORIZED']);
+  add(403, 'The Host header does not name this gateway, or a write with a read token', ['SG_ERR_BAD_HOST', ...(opts.write ? ['SG_ERR_FORBIDDEN'] : [])]);
+  const described: Record<number, string> = { 400: 'Refused input', 404: 'No such queue or message', 409: 'Not in a state that allows this', 503: 'Cannot be done now' };
+  for (const [status, codes] of Object.entries(opts.extra ?? {})) if (codes) add(Number(status), described[Number(status)] ?? 'Error', codes);
+  return out;
+}
+
+const depthSchema = {
+  type: 'object',
+  additionalProperties: true,
+  properties: { ready: { type: 'integer' }, deferred: { type: 'integer' }, held: { type: 'integer' }, inflight: { type: 'integer' }, bytes: { type: 'integer' }, oldest: { type: ['integer', 'null'], description: 'acceptance time (ms) of the oldest live message' } },
+} as const;
+
+const queueSchema = {
+  type: 'object',
+  description: "A destination queue: its replica management table (status whole / degraded / closed, each replica's paths, sync state and transaction number) and depth",
+  additionalProperties: true,
+  properties: {
+    queue: { type: 'string' },
+    domain: { type: 'string' },
+    status: { type: 'string' },
+    txn: { type: 'integer' },
+    closed: { type: 'string', description: 'why the queue takes no writes (only when closed)' },
+    replicas: { type: 'array', items: { type: 'object', additionalProperties: true, properties: { node: { type: 'string' }, up: { type: 'boolean' }, sync: { type: 'string', enum: ['Sync', 'NG', 'Rebuilding'] }, txn: { type: 'integer' } } } },
+    depth: depthSchema,
+  },
+} as const;
+
+const eventRow = {
+  type: 'object',
+  additionalProperties: true,
+  description: 'A lifecycle event from the queue history (docs/integration.md lists the kinds and their details)',
+  properties: { id: { type: 'string' }, kind: { type: 'string' }, messageId: { type: 'string' }, txn: { type: 'integer' }, at: { type: 'integer' }, details: { type: 'object', additionalProperties: true } },
+} as const;
+
+const okSchema = (extra: Record<string, unknown>) => ({ type: 'object', additionalProperties: false, required: ['ok', 'verb'], properties: { ok: { type: 'boolean', const: true }, verb: { type: 'string' }, ...extra } }) as const;
 
 function fail(reply: FastifyReply, status: number, code: string, message: string) {
   return reply.code(status).send({ error: { code, message } });
@@ -93,6 +155,8 @@ export interface OpsOptions {
   /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
   memory?: () => MemoryReport;
   log: Logger;
+  /** Told of every route as it is added (tests compare them with the OpenAPI document). */
+  onRoute?: (route: { method: string; url: string }) => void;
 }
 
 export async function startOps(opts: OpsOptions): Promise<{ port: number; stop(): Promise<void> }> {
@@ -137,36 +201,82 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   });
   app.setNotFoundHandler((req, reply) => fail(reply, 404, 'SG_ERR_NO_ROUTE', `no route ${req.method} ${req.url}`));
 
-  const dashboard = readFileSync(join(import.meta.dirname, 'dashboard.html'), 'utf8');
-  app.get('/', async (_req, reply) => reply.type('text/html; charset=utf-8').send(dashboard));
+  if (opts.onRoute) {
+    const tell = opts.onRoute;
+    app.addHook('onRoute', (r) => {
+      for (const method of [r.method].flat()) tell({ method, url: r.url });
+    });
+  }
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'streamgate ops API',
+        version: VERSION,
+        description:
+          'Health, metrics, queue depth and replica tables, message history, and admin actions. Every call but the dashboard page and ops.open needs "Authorization: Bearer <token>" with a token from ops.tokens (role read for GETs, admin for everything). Errors are { "error": { "code": "SG_ERR_…", "message": … } }; a path that is no route answers 404 SG_ERR_NO_ROUTE, an unexpected failure 500.',
+      },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  /** Open routes need no token (security: []); the others answer 401 without one. */
+  const access = (path: string) => (open.has(path) ? { security: [] } : {});
+  const guarded = (path: string) => !open.has(path);
 
   // 200 ok | 200 degraded (a budget needs attention; mail is still accepted) | 503 unavailable
-  app.get('/health', async (_req, reply) => {
+  const dashboard = readFileSync(join(import.meta.dirname, 'dashboard.html'), 'utf8');
+  app.get('/', { schema: { summary: 'The live dashboard page', security: [], response: { 200: { description: 'HTML page', content: { 'text/html': { schema: { type: 'string' } } } }, ...errors({ auth: false }) } } }, async (_req, reply) => reply.type('text/html; charset=utf-8').send(dashboard));
+
+  const healthSchema = (...status: string[]) => ({ type: 'object', additionalProperties: false, properties: { status: { type: 'string', enum: status }, degraded: { type: 'array', items: { type: 'string' } }, nodes: { type: 'array', items: { type: 'object', additionalProperties: true } } } });
+  app.get('/health', { schema: { summary: 'For load balancers: 200 while the queues take writes', ...access('/health'), response: { 200: { description: 'The queues take writes; degraded: a budget needs attention (mail is still accepted)', ...healthSchema('ok', 'degraded') }, 503: { description: 'The queues take no writes (the ingress door is closed)', ...healthSchema('unavailable') }, ...errors({ auth: guarded('/health') }) } } }, async (_req, reply) => {
     const writable = queues.writable;
     const degraded = opts.memory?.().degraded ?? [];
     const status = !writable ? 'unavailable' : degraded.length ? 'degraded' : 'ok';
     return reply.code(writable ? 200 : 503).send({ status, ...(degraded.length ? { degraded } : {}), nodes: queues.health().nodes });
   });
 
-  app.get('/api/memory', async (_req, reply) => (opts.memory ? opts.memory() : fail(reply, 503, 'SG_ERR_NO_BUDGETS', 'this gateway runs no events publisher')));
+  app.get('/api/memory', { schema: { summary: 'Memory by budget on every node: mail, history, outgoing events', response: { 200: { type: 'object', additionalProperties: true }, ...errors({ auth: true, extra: { 503: ['SG_ERR_NO_BUDGETS'] } }) } } }, async (_req, reply) =>
+    opts.memory ? opts.memory() : fail(reply, 503, 'SG_ERR_NO_BUDGETS', 'this gateway runs no events publisher'),
+  );
 
-  app.get('/metrics', async (_req, reply) => {
+  app.get('/metrics', { schema: { summary: 'Prometheus metrics', ...access('/metrics'), response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string' } } } }, ...errors({ auth: guarded('/metrics') }) } } }, async (_req, reply) => {
     registry.collectQueues();
     return reply.type(registry.contentType).send(await registry.metrics());
   });
 
-  app.get('/api/queues', async () => ({ totals: queues.totals(), queues: [...queues.views()].map((q) => ({ ...q.table(), depth: q.depth })) }));
+  app.get('/api/openapi.json', { schema: { summary: 'This document', response: { 200: { description: 'OpenAPI 3.1', type: 'object', additionalProperties: true }, ...errors({ auth: true }) } } }, async () => app.swagger());
+
+  app.get('/api/queues', { schema: { summary: 'Every queue with its table and depth, and the totals', response: { 200: { type: 'object', additionalProperties: false, properties: { totals: { type: 'object', additionalProperties: true }, queues: { type: 'array', items: queueSchema } } }, ...errors({ auth: true }) } } }, async () => ({ totals: queues.totals(), queues: [...queues.views()].map((q) => ({ ...q.table(), depth: q.depth })) }));
 
   const domainParam = { type: 'object', properties: { domain: { type: 'string', pattern: '^[A-Za-z0-9.-]{1,253}$' } }, required: ['domain'] } as const;
   const msgParams = { type: 'object', properties: { domain: domainParam.properties.domain, id: { type: 'string', pattern: MESSAGE_ID.source } }, required: ['domain', 'id'] } as const;
 
-  app.get<{ Params: { domain: string } }>('/api/queues/:domain', { schema: { params: domainParam } }, async (req) => {
+  app.get<{ Params: { domain: string } }>('/api/queues/:domain', { schema: { summary: "One queue's replica table and depth", params: domainParam, response: { 200: queueSchema, ...errors({ auth: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'] } }) } } }, async (req) => {
     const q = queues.view(req.params.domain);
     if (!q) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
     return { ...q.table(), depth: q.depth };
   });
 
-  app.get<{ Params: { domain: string; id: string } }>('/api/queues/:domain/messages/:id', { schema: { params: msgParams } }, async (req) => {
+  app.get<{ Params: { domain: string; id: string } }>('/api/queues/:domain/messages/:id',
+    {
+      schema: {
+        summary: "A message's history and, while it is live, its state",
+        params: msgParams,
+        response: {
+          200: {
+            type: 'object',
+            additionalProperties: false,
+            properties: {
+              id: { type: 'string' },
+              live: { anyOf: [{ type: 'null' }, { type: 'object', additionalProperties: false, properties: { state: { type: 'string', enum: ['ready', 'deferred', 'held', 'inflight'] }, attempts: { type: 'integer' }, nextAttemptAt: { type: ['integer', 'null'] } } }] },
+              events: { type: 'array', items: eventRow },
+            },
+          },
+          ...errors({ auth: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'] } }),
+        },
+      },
+    }, async (req) => {
     const events = await queues.history(req.params.domain, req.params.id);
     const q = queues.view(req.params.domain);
     const m = q?.get(req.params.id);
@@ -178,7 +288,17 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   for (const verb of ['hold', 'release', 'purge'] as const) {
     app.post<{ Params: { domain: string; id: string }; Body: { reason: string; actor?: string } }>(
       `/api/queues/:domain/messages/:id/${verb}`,
-      { schema: { params: msgParams, body: action } },
+      {
+        schema: {
+          summary: { hold: 'Hold a message: not delivered until released', release: 'Release a held message', purge: 'Remove a message without delivery or DSN' }[verb],
+          params: msgParams,
+          body: action,
+          response: {
+            200: okSchema({ id: { type: 'string' } }),
+            ...errors({ auth: true, write: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'], ...(verb === 'purge' ? {} : { 409: ['SG_ERR_WRONG_STATE'] }), 503: ['SG_ERR_QUEUE_UNAVAILABLE'] } }),
+          },
+        },
+      },
       async (req) => {
         const actor = req.body.actor ?? 'ops-api';
         await queues[verb](req.params.domain, req.params.id, actor, req.body.reason);
@@ -188,7 +308,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     );
   }
 
-  app.post<{ Params: { domain: string } }>('/api/queues/:domain/flush', { schema: { params: domainParam } }, async (req) => {
+  app.post<{ Params: { domain: string } }>('/api/queues/:domain/flush', { schema: { summary: 'Make every deferred message of the queue due now', params: domainParam, response: { 200: okSchema({ flushed: { type: 'integer' } }), ...errors({ auth: true, write: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'] } }) } } }, async (req) => {
     const q = queues.view(req.params.domain);
     if (!q) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
     const flushed = q.flush();
@@ -199,7 +319,15 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   app.post<{ Params: { domain: string }; Body: { from: string; reason: string; actor?: string } }>(
     '/api/queues/:domain/recover',
     {
-      schema: { params: domainParam, body: { ...action, properties: { ...action.properties, from: { type: 'string', minLength: 1, maxLength: 200 } }, required: ['from', 'reason'] } },
+      schema: {
+        summary: 'Open a closed queue from one replica, as its truth from now on',
+        params: domainParam,
+        body: { ...action, properties: { ...action.properties, from: { type: 'string', minLength: 1, maxLength: 200 } }, required: ['from', 'reason'] },
+        response: {
+          200: okSchema({ messages: { type: 'integer' }, txn: { type: 'integer' } }),
+          ...errors({ auth: true, write: true, input: true, extra: { 400: ['SG_ERR_BAD_INPUT'], 404: ['SG_ERR_NOT_FOUND'], 503: ['SG_ERR_QUEUE_UNAVAILABLE'] } }),
+        },
+      },
     },
     async (req) => {
       const actor = req.body.actor ?? 'ops-api';
@@ -209,13 +337,26 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     },
   );
 
-  app.get('/api/gateways', async () => ({ self: queues.gatewayId, members: await queues.members() }));
+  app.get('/api/gateways', { schema: { summary: "The pool's gateways: leases, epochs, queues, messages", response: { 200: { type: 'object', additionalProperties: false, properties: { self: { type: 'string' }, members: { type: 'array', items: { type: 'object', additionalProperties: true } } } }, ...errors({ auth: true }) } } }, async () => ({
+    self: queues.gatewayId,
+    members: await queues.members(),
+  }));
 
-  app.get('/api/suspended', async () => ({ suspended: opts.relay?.suspended() ?? [] }));
+  app.get('/api/suspended', { schema: { summary: 'The suspended destinations', response: { 200: { type: 'object', additionalProperties: false, properties: { suspended: { type: 'array', items: { type: 'object', additionalProperties: true } } } }, ...errors({ auth: true }) } } }, async () => ({ suspended: opts.relay?.suspended() ?? [] }));
   for (const verb of ['suspend', 'resume'] as const) {
     app.post<{ Params: { domain: string }; Body: { reason: string; actor?: string } }>(
       `/api/queues/:domain/${verb}`,
-      { schema: { params: domainParam, body: action } },
+      {
+        schema: {
+          summary: verb === 'suspend' ? 'Take nothing from the queue until resumed (kept while the gateway runs)' : 'Resume a suspended queue',
+          params: domainParam,
+          body: action,
+          response: {
+            200: okSchema({ domain: { type: 'string' } }),
+            ...errors({ auth: true, write: true, input: true, extra: { ...(verb === 'resume' ? { 409: ['SG_ERR_WRONG_STATE'] } : {}), 503: ['SG_ERR_NO_RELAY'] } }),
+          },
+        },
+      },
       async (req, reply) => {
         if (!opts.relay) return fail(reply, 503, 'SG_ERR_NO_RELAY', 'this gateway runs no relay');
         const actor = req.body.actor ?? 'ops-api';

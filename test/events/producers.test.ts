@@ -65,6 +65,13 @@ describe('producers and lifecycle events (BullMQ)', () => {
     assert.equal(qm.depth('two.test').ready, 1);
   });
 
+  it('composes a message whose text and html have several lines with CRLF line ends', async () => {
+    const job = await submit.add('lines', { from: 'billing@src.test', to: ['a@lines.test'], message: { subject: 'Lines', text: 'one\ntwo\n', html: '<p>one</p>\n<p>two</p>' } }, { jobId: 'lines-1' });
+    await job.waitUntilFinished(qe, 10_000);
+    const [m] = await qm.take('lines.test', 1);
+    assert.doesNotMatch(m!.raw.toString('latin1'), /[^\r]\n/);
+  });
+
   it('fails a bad job at once with a precise reason and appends nothing', async () => {
     const before = qm.totals();
     for (const [data, re] of [

@@ -4,48 +4,30 @@
 // A job that is not a valid message fails at once (UnrecoverableError) with a precise reason and
 // appends nothing: its id must be one that can become a message id (message/headers.ts), and its
 // message passes the same hygiene as SMTP DATA (ingress/smtp/hygiene.ts); while the queues cannot take appends the worker pauses, and it resumes by itself.
+// The job's schema is the contract in client/schema.ts (documented in docs/integration.md).
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import MailComposer from 'nodemailer/lib/mail-composer/index.js';
-import { z } from 'zod';
 import type { Config } from '../../config/schema.ts';
 import type { Logger } from '../../log.ts';
+import { jobFailure, jobSchema, type JobResult, type ParsedJob } from '../../client/schema.ts';
 import { JOB_ID, JOB_ID_EXPECTED } from '../../message/headers.ts';
 import { domainOf } from '../../message/types.ts';
 import { QueueError } from '../../queue/errors.ts';
 import type { QueueManager } from '../../queue/manager.ts';
 import { checkMessage, faultReply } from '../smtp/hygiene.ts';
 
-const address = z.string().max(254).regex(/^[^\s@<>()",;:\\[\]]+@[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+$/, 'expected an e-mail address local@domain');
+export { jobSchema, type ProducerJob } from '../../client/schema.ts';
 
-export const jobSchema = z
-  .strictObject({
-    from: z.union([address, z.literal('')]),
-    to: z.array(address).min(1, 'expected at least one recipient'),
-    /** The whole RFC 5322 message as text (LF line ends are turned into CRLF). */
-    raw: z.string().optional(),
-    /** The whole message, base64, for 8-bit content. */
-    rawBase64: z.string().regex(/^[A-Za-z0-9+/=\s]+$/, 'expected base64').optional(),
-    /** Or the parts of a message, composed here. */
-    message: z
-      .strictObject({
-        subject: z.string().max(998),
-        text: z.string().optional(),
-        html: z.string().optional(),
-        headers: z.record(z.string(), z.string()).optional(),
-      })
-      .optional(),
-  })
-  .refine((j) => [j.raw, j.rawBase64, j.message].filter((x) => x !== undefined).length === 1, { message: 'expected exactly one of raw, rawBase64, message' });
-
-export type ProducerJob = z.input<typeof jobSchema>;
-
-/** Builds the message with nodemailer's composer (it adds Message-ID, Date and MIME structure). */
-function compose(from: string, to: string[], m: NonNullable<z.output<typeof jobSchema>['message']>): Promise<Buffer> {
-  return new MailComposer({ from: from || undefined, to, subject: m.subject, text: m.text, html: m.html, headers: m.headers }).compile().build();
+/**
+ * Builds the message with nodemailer's composer (it adds Message-ID, Date and MIME structure),
+ * with CRLF line ends: its default keeps the LF of a multi-line text, which the hygiene refuses.
+ */
+function compose(from: string, to: string[], m: NonNullable<ParsedJob['message']>): Promise<Buffer> {
+  return new MailComposer({ from: from || undefined, to, subject: m.subject, text: m.text, html: m.html, headers: m.headers, newline: '\r\n' }).compile().build();
 }
 
-export function toRaw(job: z.output<typeof jobSchema>): Buffer | Promise<Buffer> {
+export function toRaw(job: ParsedJob): Buffer | Promise<Buffer> {
   if (job.raw !== undefined) return Buffer.from(job.raw.replace(/\r?\n/g, '\r\n'));
   if (job.rawBase64 !== undefined) return Buffer.from(job.rawBase64, 'base64');
   return compose(job.from, job.to, job.message!);
@@ -95,13 +77,12 @@ export class ProducerWorker {
     }
   }
 
-  async handle(job: Job): Promise<{ queued: { domain: string; queue: string; id: string }[] }> {
+  async handle(job: Job): Promise<JobResult> {
     if (!job.id) throw new UnrecoverableError('a producer job needs an id');
     if (!JOB_ID.test(job.id)) throw new UnrecoverableError(`job id: ${JOB_ID_EXPECTED}, got ${JSON.stringify(job.id)}`);
     const parsed = jobSchema.safeParse(job.data);
     if (!parsed.success) {
-      const i = parsed.error.issues[0]!;
-      throw new UnrecoverableError(`job ${job.id}: ${i.path.join('.') || 'data'}: ${i.message}`);
+      throw new UnrecoverableError(jobFailure(job.id, parsed.error.issues[0]!));
     }
     const data = parsed.data;
     if (data.to.length > this.config.smtp.maxRecipients) throw new UnrecoverableError(`job ${job.id}: to: at most ${this.config.smtp.maxRecipients} recipients, got ${data.to.length}`);
@@ -117,7 +98,7 @@ export class ProducerWorker {
     const id = `job-${job.id}`;
     const meta = { source: 'producer', producerQueue: job.queueName, job: job.id, size: raw.length };
     const copies = [...byDomain].map(([domain, to]) => ({ id, domain, envelope: { from: data.from, to }, raw, meta }));
-    let done: { domain: string; queue: string; id: string }[];
+    let done: JobResult['queued'];
     try {
       // all copies or none, the same path as SMTP: what this run stored is withdrawn if the job is retried
       const stored = await this.queues.store(copies, { job: job.id });
