@@ -107,6 +107,9 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
     if (srcTxn !== dstTxn || srcLen !== dstLen) {
       throw new Error(`copy of ${q.name} does not match: txn ${srcTxn}/${dstTxn}, live ${srcLen}/${dstLen}`);
     }
+    // A source that left the write set meanwhile, or a write whose outcome is unknown, makes the
+    // copy worthless as a replica the gateway knows: it is not taken as in sync.
+    if (set.stale || !set.inSync().includes(source)) throw new Error(`copy of ${q.name}: ${set.stale ? 'a write of unknown outcome' : `the source ${source.node.id} left the write set`} during the copy`);
     // both now hold the same record: the write set is the pair, and the target takes writes
     const members = [...set.inSync().map((r) => r.node.id), target.node.id].join(',');
     await Promise.all([src.hset(meta, 'members', members), dst.hset(meta, 'members', members)]);

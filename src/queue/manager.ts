@@ -407,7 +407,7 @@ export class QueueManager extends EventEmitter {
     if (this.stopped || this.owner.fenced) return;
     this.tallyMemory();
     for (const q of this.queues.values()) {
-      if (!q.repairing && q.replicas.some((r) => r.sync !== 'Sync' || !r.node.up)) {
+      if (!q.repairing && (q.set.stale || q.replicas.some((r) => r.sync !== 'Sync' || !r.node.up))) {
         q.repairing = true;
         void this.repair(q)
           .catch((err: unknown) => this.log.warn({ err, queue: q.name }, 'repair failed'))
@@ -419,7 +419,7 @@ export class QueueManager extends EventEmitter {
   /** One repair step for a queue whose pair is not whole. */
   async repair(q: Queue): Promise<CopyStats | undefined> {
     const source = q.replicas.find((r) => r.sync === 'Sync' && r.node.up);
-    if (!source) {
+    if (!source || q.set.stale) {
       // Nothing in sync: once a replica answers, reload from the one proven current, if any.
       if (q.replicas.some((r) => r.node.up)) await this.loadQueue(q, true);
       return undefined;

@@ -612,6 +612,7 @@ export class Queue extends EventEmitter implements QueueView {
    */
   beginReload(txn: number, lastEntry: string | undefined, lastHist: string | undefined): ReadonlySet<string> {
     this.set.txn = txn;
+    this.set.stale = false;
     this.entryIds.advance(lastEntry ?? '0-0');
     this.histIds.advance(lastHist ?? '0-0');
     this.msgs.clear();

@@ -62,6 +62,12 @@ export class ReplicaSet extends EventEmitter {
   txn = 0;
   /** Why no replica is in sync, when none is: shown in the management table. */
   closedReason: string | undefined;
+  /**
+   * A write's outcome is not known (no replica answered it): the projection may disagree with the
+   * replicas until it is loaded again from them (the manager's repair does that first; a copy
+   * under way is not taken as in sync).
+   */
+  stale = false;
   /** While set, new writes wait on it (the short last pass of a copy). */
   gate: Promise<void> | undefined;
   /** Message ids written while a copy runs: copied again in its last pass. */
@@ -217,7 +223,10 @@ export class ReplicaSet extends EventEmitter {
       }
       if (!first) {
         if (oom) throw new QueueError('STORAGE_FULL', `queue ${this.name}: redis is out of memory`);
-        if (unknown || ok > 0) throw new UnknownOutcomeError(`queue ${this.name}: no reply from the replicas; the write may have been applied`);
+        if (unknown || ok > 0) {
+          this.stale = true;
+          throw new UnknownOutcomeError(`queue ${this.name}: no reply from the replicas; the write may have been applied`);
+        }
         throw new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name}: no replica took the write`);
       }
       first.ok = ok;

@@ -180,6 +180,30 @@ describe('a rebuild under continuous writes', () => {
   });
 });
 
+describe('a write of unknown outcome during a copy', () => {
+  it('is not followed by taking the copy as in sync: the queue is loaded again and nothing stays in flight', async () => {
+    await withPool({ timeout: '300ms', heartbeat: { every: '100ms', missed: 50 }, rebuildAfter: '1h', blockSize: 100 }, async ({ start, procOf }) => {
+      const qm = await start();
+      const domain = 'unknown.test';
+      for (let i = 0; i < 20; i++) await qm.append(msg(domain, i));
+      const q = qm.queues.get(domain)!;
+      const source = procOf(q, 0);
+      source.kill('SIGSTOP'); // the copy about to start hangs on its source, and so does the take
+      try {
+        q.markNG(q.replicas[1]!, 'test: copy again');
+        await waitFor(() => q.replicas[1]!.sync === 'Rebuilding', { what: 'the copy under way' });
+        await assert.rejects(qm.take(domain, 5), { code: 'QUEUE_UNAVAILABLE', message: /may have been applied/ });
+      } finally {
+        source.kill('SIGCONT'); // the take is applied now, the copy goes on
+      }
+      await waitFor(() => q.whole && !q.set.stale, { what: 'loaded again and whole', timeout: 15_000 });
+      await assertQueueConsistent(q);
+      assert.equal(q.depth.inflight, 0, 'what the unknown take marked in flight went back to ready');
+      assert.equal((await qm.take(domain, 50)).length, 20);
+    });
+  });
+});
+
 describe('a take whose reading replica fails', () => {
   it('hands out the messages read from the replica that applied it; nothing stays in flight without an owner', async () => {
     await withPool(fast, async ({ start, procOf }) => {
