@@ -1,11 +1,12 @@
 // One Redis node of the pool, reached over an active path and optionally a standby path (another
 // address of the same server). Heartbeats watch both paths; the node switches to the standby when
-// the active one fails, and is isolated (down) when the path it uses misses `missed` heartbeats,
-// heartbeats say so: never because of one slow write, whose queue alone is resynced (a stall of
+// the active one fails, and is isolated (down) when the path it uses misses `missed` heartbeats or
+// its connection closes: never because of one slow write, whose queue alone is resynced (a stall of
 // this process is not a node failure: see deadline.ts). Memory figures from INFO (maxmemory,
 // used_memory) and the budgets' estimates (mail, history: set by the manager) feed the storage
-// check: appends are refused when the node's mail is at its budget, whatever history and events use. A node's identity is its `name`, or host:port: never a credential, and the
-// same after a password change.
+// check: appends are refused when the node's mail is at its budget, whatever history and events
+// use. A node's identity is its `name`, or host:port: never a credential, and the same after a
+// password change.
 import { EventEmitter } from 'node:events';
 import { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
