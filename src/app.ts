@@ -1,7 +1,7 @@
 // The composition root: creates the clients, wires the parts and owns their lifecycle. Parts are
 // started in order and stopped in reverse; a failure while starting stops what was started.
 import { Redis } from 'ioredis';
-import type { Config } from './config/schema.ts';
+import { redisNodeId, type Config } from './config/schema.ts';
 import { EventPublisher } from './events/publisher.ts';
 import { ProducerWorker } from './ingress/producers/worker.ts';
 import { SmtpIngress } from './ingress/smtp/server.ts';
@@ -10,7 +10,6 @@ import { startMailbox } from './mailbox/service.ts';
 import { startOps } from './ops/http.ts';
 import { HistoryBudget } from './queue/historyBudget.ts';
 import { QueueManager } from './queue/manager.ts';
-import { nodeIdOf } from './queue/node.ts';
 import { memoryReport, type MemoryReport } from './ops/memory.ts';
 import { startRelay } from './relay/relay.ts';
 
@@ -61,7 +60,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     const publisher = new EventPublisher(queues, config.events.queue, bullConnection, log, {
       budget: config.events.budget,
       whenFull: config.events.whenFull,
-      dedicated: !queues.nodes.some((n) => n.is(nodeIdOf(config.events.redis))),
+      dedicated: !queues.nodes.some((n) => n.is(redisNodeId(config.events.redis))),
     });
     await publisher.start();
     parts.push({ name: 'events', stop: () => publisher.stop() });

@@ -76,6 +76,12 @@ const destinationLimits = z.strictObject({
 
 const timeWindow = z.string().regex(/^([01]\d|2[0-3]):[0-5]\d-(([01]\d|2[0-3]):[0-5]\d|24:00)$/, 'expected "HH:MM-HH:MM"');
 
+/** A Redis node's identity: host:port of its url (credentials and database left out). */
+export function redisNodeId(url: string): string {
+  const u = new URL(url);
+  return `${u.hostname.includes(':') && !u.hostname.startsWith('[') ? `[${u.hostname}]` : u.hostname}:${u.port || '6379'}`;
+}
+
 export const configSchema = z
   .strictObject({
     gateway: z
@@ -297,19 +303,15 @@ export const configSchema = z
       .prefault({}),
   })
   .superRefine((c, ctx) => {
-    const idOf = (url: string) => {
-      const u = new URL(url);
-      return `${u.hostname}:${u.port || '6379'}`;
-    };
     const q = c.queue;
-    const shared = c.redis.nodes.some((n) => idOf(n.url) === idOf(c.events.redis));
+    const shared = c.redis.nodes.some((n) => redisNodeId(n.url) === redisNodeId(c.events.redis));
     const parts = shared ? [q.mailBudget, q.historyBudget, c.events.budget] : [q.mailBudget, q.historyBudget];
     const sum = parts.reduce((a, b) => a + b, 0);
     if (sum > q.memoryHighWater + 1e-9) {
       ctx.addIssue({
         code: 'custom',
         path: ['queue', 'mailBudget'],
-        message: `expected ${shared ? 'queue.mailBudget + queue.historyBudget + events.budget' : 'queue.mailBudget + queue.historyBudget'} at most queue.memoryHighWater (${q.memoryHighWater})${shared ? ` (events.redis is the pool node ${idOf(c.events.redis)}: the three budgets share its memory)` : ''}, got ${parts.join(' + ')} = ${+sum.toFixed(4)}`,
+        message: `expected ${shared ? 'queue.mailBudget + queue.historyBudget + events.budget' : 'queue.mailBudget + queue.historyBudget'} at most queue.memoryHighWater (${q.memoryHighWater})${shared ? ` (events.redis is the pool node ${redisNodeId(c.events.redis)}: the three budgets share its memory)` : ''}, got ${parts.join(' + ')} = ${+sum.toFixed(4)}`,
       });
     }
     if (!shared && c.events.budget > q.memoryHighWater + 1e-9) {

@@ -9,6 +9,7 @@
 // password change.
 import { EventEmitter } from 'node:events';
 import { Redis } from 'ioredis';
+import { redisNodeId } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
@@ -54,12 +55,6 @@ export interface NodeStatus {
  */
 export const MAIL_OVERHEAD = 512;
 
-/** host:port of a node url (credentials and database left out). */
-export function nodeIdOf(url: string): string {
-  const u = new URL(url);
-  return `${u.hostname.includes(':') && !u.hostname.startsWith('[') ? `[${u.hostname}]` : u.hostname}:${u.port || '6379'}`;
-}
-
 /** The id an older record may hold for a node: its url without the scheme (credentials included). */
 export function legacyNodeId(url: string): string {
   return url.replace(/^rediss?:\/\//, '').replace(/\/$/, '');
@@ -104,7 +99,7 @@ export class RedisNode extends EventEmitter {
   constructor(opts: NodeOptions) {
     super();
     this.opts = opts;
-    this.id = opts.name ?? nodeIdOf(opts.url);
+    this.id = opts.name ?? redisNodeId(opts.url);
     this.legacyId = legacyNodeId(opts.url);
     this.log = opts.log.child({ node: this.id });
     this.paths = {
