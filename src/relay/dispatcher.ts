@@ -1,7 +1,9 @@
 // How fast mail goes to each destination MTA: per destination a p-queue holding this gateway's
 // concurrency (its connection limit), the shared message rate and connection leases (limits.ts),
 // the SMTP connection pools (deliver.ts), MX fallback in preference order, and dead-destination
-// suspension (dead.ts).
+// suspension (dead.ts). The dispatcher alone owns dead destinations: it skips them when it
+// delivers, and tells the scheduler whether a queue's destination hosts can be sent to
+// (readiness) and when that changes.
 import PQueue from 'p-queue';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
@@ -23,21 +25,28 @@ export type DispatchOutcome =
   /** Every host is suspended (or its one probe is out): nothing was tried. */
   | { kind: 'suspended'; until: number };
 
+/** Whether a queue's destination hosts can be sent to: any host up, one probe due, or none until when. */
+export type Readiness = { open: true; probe: boolean } | { open: false; until: number };
+
 const POOL_IDLE_DROP = 10 * 60_000;
+/** While another queue's probe is out, a queue waiting on the same destination looks again after this long. */
+const PROBE_RECHECK_MS = 1000;
 
 export class Dispatcher {
-  readonly dead: DeadDestinations;
+  private readonly dead: DeadDestinations;
+  /** Per destination domain, the dead-destination keys of the hosts last tried for it. */
+  private readonly hostsOf = new Map<string, string[]>();
   private readonly queues = new Map<string, PQueue>();
   private readonly pools = new Map<string, { pool: SmtpPool; used: number }>();
   private readonly config: Config;
   private readonly limits: SharedLimits;
   private readonly classifier: Classifier;
   private readonly log: Logger;
-  /** Told when a destination resumed, or its probe failed: queues waiting on it look again. */
-  private readonly onDestination: (dest: string) => void;
+  /** Told, per destination domain that uses it, when a destination resumed or its probe failed: its queue looks again. */
+  private readonly onChange: (domain: string) => void;
 
-  constructor(opts: { config: Config; limits: SharedLimits; classifier: Classifier; now: () => number; log: Logger; onDestination?: (dest: string) => void }) {
-    this.onDestination = opts.onDestination ?? (() => {});
+  constructor(opts: { config: Config; limits: SharedLimits; classifier: Classifier; now: () => number; log: Logger; onChange?: (domain: string) => void }) {
+    this.onChange = opts.onChange ?? (() => {});
     this.config = opts.config;
     this.limits = opts.limits;
     this.classifier = opts.classifier;
@@ -48,6 +57,37 @@ export class Dispatcher {
   /** The dead-destination key of a host. */
   static destKey(t: { host: string; port: number }): string {
     return `${t.host}:${t.port}`;
+  }
+
+  /**
+   * Whether a destination domain's queue may be taken from as far as its hosts go (those last
+   * tried for it; a domain not tried yet is open): open when one host is up, open for one probe
+   * when a suspension is over and no probe is out, otherwise closed until the earliest end.
+   */
+  readiness(domain: string, now: number): Readiness {
+    const hosts = this.hostsOf.get(domain);
+    if (!hosts?.length) return { open: true, probe: false };
+    let probe = false;
+    let until = Infinity;
+    for (const k of hosts) {
+      const s = this.dead.state(k);
+      if (s.state === 'up') return { open: true, probe: false };
+      if (s.state === 'probe') probe = true;
+      if (s.state === 'suspended') until = Math.min(until, s.until);
+      // a probe is out: its outcome wakes the queue (onChange); look again in a while all the same
+      if (s.state === 'probing') until = Math.min(until, now + PROBE_RECHECK_MS);
+    }
+    return probe ? { open: true, probe: true } : { open: false, until };
+  }
+
+  /** The dead destinations, for status pages. */
+  deadDestinations(): ReturnType<DeadDestinations['list']> {
+    return this.dead.list();
+  }
+
+  /** A destination resumed, or was suspended again: every domain that uses it looks again. */
+  private changed(dest: string): void {
+    for (const [domain, hosts] of this.hostsOf) if (hosts.includes(dest)) this.onChange(domain);
   }
 
   limitsFor(host: string, domain: string): DestLimits {
@@ -100,6 +140,7 @@ export class Dispatcher {
    * a host that cannot be reached counts a failure and the next one is tried.
    */
   async deliver(domain: string, targets: Target[], envelope: { from: string; to: string[] }, raw: Buffer, signal?: AbortSignal): Promise<DispatchOutcome> {
+    this.hostsOf.set(domain, targets.map((t) => Dispatcher.destKey(t)));
     let last: AttemptResult | undefined;
     let until = Infinity;
     for (const t of targets) {
@@ -123,11 +164,11 @@ export class Dispatcher {
             if (this.dead.failure(key)) {
               const s = this.dead.state(key);
               this.log.warn({ dest: key, until: s.state === 'suspended' ? s.until : undefined, reply: r.reply }, 'destination suspended');
-              if (probe) this.onDestination(key);
+              if (probe) this.changed(key);
             }
           } else if (this.dead.success(key)) {
             this.log.info({ dest: key }, 'destination resumed');
-            this.onDestination(key);
+            this.changed(key);
           }
           return r;
         },

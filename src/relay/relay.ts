@@ -2,9 +2,8 @@
 // marks them in flight), routes them (static route, `local`, or MX), delivers them through the
 // dispatcher, and settles each attempt per recipient: delivered, bounced (with a DSN to the
 // sender), deferred (the recipients still to do, at the next time of the retry schedule), or
-// expired after the maximum lifetime (with a DSN). A queue is not taken from while its delivery
-// window is closed or all its destination hosts are suspended. Wakes on the queues' 'ready'
-// events, a timer for the earliest due time, and a periodic sweep.
+// expired after the maximum lifetime (with a DSN). When a queue may be taken from is the
+// scheduler's (scheduler.ts); how fast mail goes to each destination MTA, the dispatcher's.
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
@@ -16,8 +15,10 @@ import { Dispatcher, type Target } from './dispatcher.ts';
 import { buildDsn, dsnStatus, type DsnRecipient } from './dsn.ts';
 import { SharedLimits } from './limits.ts';
 import { MxResolver, type DnsResolver } from './mx.ts';
+import { RetryPolicy } from './retry.ts';
 import { Routes } from './routes.ts';
-import { RetryPolicy, Windows } from './scheduler.ts';
+import { Scheduler } from './scheduler.ts';
+import { Windows } from './windows.ts';
 
 export interface RelayOptions {
   /** Mailbox delivery for the `local` route; without it such messages are deferred. */
@@ -34,19 +35,6 @@ export interface RelayOptions {
   classifier?: Classifier;
 }
 
-interface DomainState {
-  domain: string;
-  inflight: number;
-  pumping: boolean;
-  again: boolean;
-  /** When to look at the queue again without being told (due time, window opening, suspension end). */
-  wakeAt: number;
-  /** Why nothing is taken now, if so. */
-  gate: { reason: 'window' | 'suspended' | 'paused'; until: number } | undefined;
-  /** Dead-destination keys of the hosts last used for this domain. */
-  dests: string[];
-}
-
 interface Attempt {
   results: RecipientOutcome[];
   mx?: string | undefined;
@@ -54,9 +42,6 @@ interface Attempt {
   reply?: string | undefined;
 }
 
-/** While another queue's probe is out, a queue waiting on the same destination looks again after this long. */
-const PROBE_RECHECK_MS = 1000;
-const TAKE_MAX = 100;
 const LOCAL_CONCURRENCY = 32;
 
 export class Relay {
@@ -70,18 +55,11 @@ export class Relay {
   private readonly now: () => number;
   private readonly routes: Routes;
   private readonly retry: RetryPolicy;
-  private readonly windows: Windows;
-  private readonly domains = new Map<string, DomainState>();
-  private readonly paused = new Map<string, { actor: string; reason: string; since: number }>();
+  private readonly scheduler: Scheduler;
   private readonly abort = new AbortController();
-  private readonly sweepMs: number;
   private readonly drainMs: number;
-  private sweepTimer: NodeJS.Timeout | undefined;
-  private wakeTimer: NodeJS.Timeout | undefined;
-  private wakeTarget = Infinity;
   private stopping = false;
   private started = false;
-  private readonly onReady = (domain: string) => this.pump(this.state(domain));
 
   constructor(qm: QueueManager, config: Config, log: Logger, opts: RelayOptions = {}) {
     this.qm = qm;
@@ -89,33 +67,29 @@ export class Relay {
     this.log = log.child({ component: 'relay' });
     this.local = opts.local;
     this.now = opts.now ?? qm.now;
-    this.sweepMs = opts.sweepMs ?? 1000;
     this.drainMs = opts.drainMs ?? 10_000;
     this.routes = new Routes(config.routes, config.domains.local);
     this.retry = new RetryPolicy(config.relay.retry, opts.random);
-    this.windows = new Windows(config.relay.windows, config.relay.timezone);
     this.mx = new MxResolver({ resolver: opts.resolver, now: this.now });
     const classifier = opts.classifier ?? Classifier.fromFile(config.relay.bounceRules);
     const limits = (this.limits = new SharedLimits({ pick: () => qm.nodes.find((n) => n.up), gatewayId: qm.gatewayId, leaseMs: config.relay.connectionLease, log: this.log }));
-    this.dispatcher = new Dispatcher({ config, limits, classifier, now: this.now, log: this.log, onDestination: (dest) => this.onDestination(dest) });
-  }
-
-  /** A destination resumed or was suspended again: every queue waiting on it looks again now. */
-  private onDestination(dest: string): void {
-    for (const d of this.domains.values()) {
-      if (!d.gate || !d.dests.includes(dest)) continue;
-      d.wakeAt = 0;
-      this.pump(d);
-    }
+    this.dispatcher = new Dispatcher({ config, limits, classifier, now: this.now, log: this.log, onChange: (domain) => this.scheduler.recheck(domain) });
+    this.scheduler = new Scheduler({
+      queues: qm,
+      windows: new Windows(config.relay.windows, config.relay.timezone),
+      dispatcher: this.dispatcher,
+      capFor: (domain) => this.capFor(domain),
+      run: (msg) => this.process(msg),
+      now: this.now,
+      sweepMs: opts.sweepMs ?? 1000,
+      log: this.log,
+    });
   }
 
   start(): void {
     if (this.started) return;
     this.started = true;
-    this.qm.on('ready', this.onReady);
-    this.sweepTimer = setInterval(() => this.sweep(), this.sweepMs);
-    this.sweepTimer.unref();
-    this.sweep();
+    this.scheduler.start();
     this.log.info({ queues: this.qm.domains().length, local: !!this.local }, 'relay started');
   }
 
@@ -123,170 +97,54 @@ export class Relay {
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
-    this.qm.off('ready', this.onReady);
-    clearInterval(this.sweepTimer);
-    clearTimeout(this.wakeTimer);
+    this.scheduler.stop();
     this.abort.abort(new Error('relay stopping'));
     const deadline = Date.now() + this.drainMs;
-    const busy = () => [...this.domains.values()].some((d) => d.inflight > 0 || d.pumping);
-    while (busy() && Date.now() < deadline) await sleep(20);
+    await this.scheduler.drained(deadline);
     await this.dispatcher.close(1000);
-    while (busy() && Date.now() < deadline + 2000) await sleep(20);
-    this.log.info({ unfinished: [...this.domains.values()].reduce((n, d) => n + d.inflight, 0) }, 'relay stopped');
+    await this.scheduler.drained(deadline + 2000);
+    this.log.info({ unfinished: this.scheduler.inflight }, 'relay stopped');
   }
 
-  /**
-   * An operator's suspend: nothing more is taken from the destination's queue (messages stay
-   * queued, their retry times and lifetimes run on) until resume(). Kept by this gateway for as
-   * long as it runs.
-   */
+  /** An operator's suspend of a destination's queue (the scheduler's, see there). */
   suspend(domain: string, actor: string, reason: string): void {
-    const d = domain.toLowerCase();
-    this.paused.set(d, { actor, reason, since: this.now() });
-    this.log.info({ domain: d, actor, reason }, 'destination suspended');
+    this.scheduler.suspend(domain, actor, reason);
   }
 
   /** Ends an operator's suspend; returns false when the destination was not suspended. */
   resume(domain: string, actor: string, reason: string): boolean {
-    const d = domain.toLowerCase();
-    if (!this.paused.delete(d)) return false;
-    this.log.info({ domain: d, actor, reason }, 'destination resumed');
-    this.pump(this.state(d));
-    return true;
+    return this.scheduler.resume(domain, actor, reason);
   }
 
   /** The destinations an operator suspended. */
-  suspended(): { domain: string; actor: string; reason: string; since: number }[] {
-    return [...this.paused].map(([domain, p]) => ({ domain, ...p }));
+  suspended(): ReturnType<Scheduler['suspended']> {
+    return this.scheduler.suspended();
   }
 
   /** Looks at every queue now (tests call it after moving their clock). */
   poke(): void {
-    this.sweep();
+    this.scheduler.sweep();
   }
 
   /** What the relay is doing per queue, and the suspended destinations. */
   status() {
     return {
-      domains: [...this.domains.values()].map((d) => ({ domain: d.domain, inflight: d.inflight, gate: d.gate ?? null, wakeAt: Number.isFinite(d.wakeAt) ? d.wakeAt : null })),
-      suspended: this.dispatcher.dead.list(),
+      domains: this.scheduler.status(),
+      suspended: this.dispatcher.deadDestinations(),
       connections: this.dispatcher.connections(),
     };
-  }
-
-  private state(domain: string): DomainState {
-    let d = this.domains.get(domain);
-    if (!d) {
-      d = { domain, inflight: 0, pumping: false, again: false, wakeAt: 0, gate: undefined, dests: [] };
-      this.domains.set(domain, d);
-    }
-    return d;
-  }
-
-  private sweep(): void {
-    if (this.stopping) return;
-    const now = this.now();
-    for (const q of this.qm.views()) {
-      const d = this.state(q.domain);
-      if (!this.paused.has(d.domain) && (d.wakeAt <= now || (q.readyCount > 0 && !d.gate))) this.pump(d);
-    }
-    this.dispatcher.sweep();
-  }
-
-  private arm(at: number): void {
-    if (this.stopping || !Number.isFinite(at) || at >= this.wakeTarget) return;
-    clearTimeout(this.wakeTimer);
-    this.wakeTarget = at;
-    const delay = Math.min(Math.max(at - this.now(), 5), 60_000);
-    this.wakeTimer = setTimeout(() => {
-      this.wakeTarget = Infinity;
-      this.sweep();
-    }, delay);
-    this.wakeTimer.unref();
-  }
-
-  // ---- taking messages ----------------------------------------------------------------------
-
-  private gateFor(d: DomainState, now: number): { open: boolean; probe: boolean; until: number; reason?: 'window' | 'suspended' | 'paused' } {
-    if (this.paused.has(d.domain)) return { open: false, probe: false, until: Infinity, reason: 'paused' };
-    const w = this.windows.check(d.domain, now);
-    if (!w.open) return { open: false, probe: false, until: w.opensAt, reason: 'window' };
-    if (!d.dests.length) return { open: true, probe: false, until: 0 };
-    let probe = false;
-    let until = Infinity;
-    for (const k of d.dests) {
-      const s = this.dispatcher.dead.state(k);
-      if (s.state === 'up') return { open: true, probe: false, until: 0 };
-      if (s.state === 'probe') probe = true;
-      if (s.state === 'suspended') until = Math.min(until, s.until);
-      // a probe is out: its outcome wakes this queue (onDestination); look again in a while all the same
-      if (s.state === 'probing') until = Math.min(until, now + PROBE_RECHECK_MS);
-    }
-    if (probe) return { open: true, probe: true, until: 0 };
-    return { open: false, probe: false, until, reason: 'suspended' };
   }
 
   private capFor(domain: string): number {
     const route = this.routes.lookup(domain);
     if (route.kind === 'local') return LOCAL_CONCURRENCY;
     const host = route.kind === 'smtp' ? route.host : domain;
-    return Math.min(TAKE_MAX, 2 * this.dispatcher.limitsFor(host, domain).connections);
-  }
-
-  private pump(d: DomainState): void {
-    if (this.stopping) return;
-    if (d.pumping) {
-      d.again = true;
-      return;
-    }
-    d.pumping = true;
-    void this.pumpLoop(d)
-      .catch((err: unknown) => {
-        this.log.warn({ err, domain: d.domain }, 'take failed');
-        d.wakeAt = this.now() + 1000;
-      })
-      .finally(() => {
-        d.pumping = false;
-        this.arm(d.wakeAt);
-        if (d.again && !this.stopping) this.pump(d);
-      });
-  }
-
-  private async pumpLoop(d: DomainState): Promise<void> {
-    const q = this.qm.view(d.domain);
-    if (!q) return;
-    do {
-      d.again = false;
-      const now = this.now();
-      q.promoteDue(now);
-      const gate = this.gateFor(d, now);
-      if (!gate.open) {
-        if (d.gate?.reason !== gate.reason) this.log.info({ domain: d.domain, reason: gate.reason, until: gate.until }, 'queue paused');
-        d.gate = { reason: gate.reason!, until: gate.until };
-        d.wakeAt = gate.until;
-        return;
-      }
-      if (d.gate) this.log.info({ domain: d.domain }, 'queue resumed');
-      d.gate = undefined;
-      const cap = gate.probe ? (d.inflight === 0 ? 1 : 0) : this.capFor(d.domain);
-      while (d.inflight < cap && q.readyCount > 0 && !this.stopping) {
-        const batch = await this.qm.take(d.domain, Math.min(cap - d.inflight, TAKE_MAX));
-        if (!batch.length) break;
-        for (const m of batch) {
-          d.inflight++;
-          void this.process(d, m).finally(() => {
-            d.inflight--;
-            this.pump(d);
-          });
-        }
-      }
-    } while (d.again && !this.stopping);
-    d.wakeAt = q.nextDueAt() ?? Infinity;
+    return 2 * this.dispatcher.limitsFor(host, domain).connections;
   }
 
   // ---- one message --------------------------------------------------------------------------
 
-  private async process(d: DomainState, msg: QueuedMessage): Promise<void> {
+  private async process(msg: QueuedMessage): Promise<void> {
     const log = this.log.child({ queue: msg.queue, messageId: msg.id, attempt: msg.attempt });
     const started = Date.now();
     try {
@@ -294,7 +152,7 @@ export class Relay {
         await this.persist(log, () => this.expire(msg, { results: msg.envelope.to.map((rcpt) => ({ rcpt, status: 'deferred', text: 'maximum lifetime reached', category: 'expired' })) }, 0));
         return;
       }
-      const attempt = await this.attempt(d, msg);
+      const attempt = await this.attempt(msg);
       if (attempt === 'requeue') {
         await this.persist(log, () => this.requeue(msg, 'destination suspended'));
         return;
@@ -337,7 +195,7 @@ export class Relay {
     }
   }
 
-  private async attempt(d: DomainState, msg: QueuedMessage): Promise<Attempt | 'requeue'> {
+  private async attempt(msg: QueuedMessage): Promise<Attempt | 'requeue'> {
     const all = (status: 'deferred' | 'bounced', text: string, enhanced?: string, category = 'routing'): Attempt => ({
       results: msg.envelope.to.map((rcpt) => ({ rcpt, status, enhanced, text, category })),
       reply: text,
@@ -369,7 +227,6 @@ export class Relay {
       if (!r.ok) return all(r.permanent ? 'bounced' : 'deferred', r.text, r.enhanced, 'dns');
       targets = r.hosts.map((h) => ({ host: h.host, addresses: h.addresses, port: this.config.relay.mxPort, secure: false }));
     }
-    d.dests = targets.map((t) => Dispatcher.destKey(t));
     const out = await this.dispatcher.deliver(msg.domain, targets, msg.envelope, msg.raw, this.abort.signal);
     if (out.kind === 'suspended') return 'requeue';
     return fromAttempt(out.result);

@@ -1,97 +1,222 @@
-// When a message goes: the retry schedule (growing delays, the last one repeating, with jitter),
-// the maximum lifetime after which a message expires, the delay warning, and delivery windows per
-// destination. Pure functions of an injected clock; the dispatcher asks, this answers.
-import type { Config } from '../config/schema.ts';
-import { matchDomain } from './routes.ts';
+// When a destination queue may be taken from, and how many of its messages at once. The scheduler
+// looks at a queue when the queue says it has ready messages ('ready'), when the earliest time it
+// was told to wait for comes (one timer for all queues), and on a periodic sweep. A queue is not
+// taken from while an operator has suspended it (suspend/resume), while its delivery window is
+// closed (windows.ts), or while all its destination hosts are dead (the dispatcher's readiness).
+// What it takes it hands to `run`, one message at a time; the relay delivers and settles it.
+//
+// The queue keeps which deferred messages are due when (QueueView.promoteDue/nextDueAt, part of
+// its projection); the scheduler keeps the one timer that wakes it for the next of them.
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Logger } from '../log.ts';
+import type { QueuedMessage } from '../message/types.ts';
+import type { QueueManager } from '../queue/manager.ts';
+import type { Dispatcher } from './dispatcher.ts';
+import type { Windows } from './windows.ts';
 
-export type RetryConfig = Config['relay']['retry'];
+/** Why a queue is not taken from now. */
+export type BlockReason = 'paused' | 'window' | 'suspended';
 
-export class RetryPolicy {
-  private readonly cfg: RetryConfig;
-  private readonly random: () => number;
+interface DomainState {
+  domain: string;
+  inflight: number;
+  pumping: boolean;
+  again: boolean;
+  /** When to look at the queue again without being told (due time, window opening, suspension end). */
+  wakeAt: number;
+  /** Why nothing is taken now, and until when, if so. */
+  gate: { reason: BlockReason; until: number } | undefined;
+}
 
-  constructor(cfg: RetryConfig, random: () => number = Math.random) {
-    this.cfg = cfg;
-    this.random = random;
+export interface SchedulerOptions {
+  queues: QueueManager;
+  windows: Windows;
+  dispatcher: Pick<Dispatcher, 'readiness' | 'sweep'>;
+  /** How many messages of a destination domain may be in flight at once (at most 100 are taken at once). */
+  capFor: (domain: string) => number;
+  /** Delivers and settles one taken message. */
+  run: (msg: QueuedMessage) => Promise<void>;
+  now: () => number;
+  /** How often every queue is looked at (ms). */
+  sweepMs: number;
+  log: Logger;
+}
+
+const TAKE_MAX = 100;
+
+export class Scheduler {
+  private readonly opts: SchedulerOptions;
+  private readonly log: Logger;
+  private readonly domains = new Map<string, DomainState>();
+  private readonly paused = new Map<string, { actor: string; reason: string; since: number }>();
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private wakeTimer: NodeJS.Timeout | undefined;
+  private wakeTarget = Infinity;
+  private stopping = false;
+  private started = false;
+  private readonly onReady = (domain: string) => this.pump(this.state(domain));
+
+  constructor(opts: SchedulerOptions) {
+    this.opts = opts;
+    this.log = opts.log;
   }
 
-  /** Delay after the `attempts`-th failed attempt (1 = the first): schedule[attempts-1], then the last entry, ± jitter. */
-  delay(attempts: number): number {
-    const s = this.cfg.schedule;
-    const base = s[Math.min(Math.max(attempts, 1), s.length) - 1]!;
-    const j = this.cfg.jitter;
-    return Math.max(0, Math.round(base * (1 + j * (2 * this.random() - 1))));
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    this.opts.queues.on('ready', this.onReady);
+    this.sweepTimer = setInterval(() => this.sweep(), this.opts.sweepMs);
+    this.sweepTimer.unref();
+    this.sweep();
   }
 
-  expiresAt(acceptedAt: number): number {
-    return acceptedAt + this.cfg.maxLifetime;
+  /** Takes nothing more (what was taken goes on: drained() waits for it). */
+  stop(): void {
+    this.stopping = true;
+    this.opts.queues.off('ready', this.onReady);
+    clearInterval(this.sweepTimer);
+    clearTimeout(this.wakeTimer);
   }
 
-  expired(acceptedAt: number, now: number): boolean {
-    return now >= this.expiresAt(acceptedAt);
+  /** Resolves once no take is under way and nothing taken is unfinished, or at `deadline` (ms, Date.now()). */
+  async drained(deadline: number): Promise<void> {
+    const busy = () => [...this.domains.values()].some((d) => d.inflight > 0 || d.pumping);
+    while (busy() && Date.now() < deadline) await sleep(20);
+  }
+
+  /** Messages taken and not finished yet. */
+  get inflight(): number {
+    return [...this.domains.values()].reduce((n, d) => n + d.inflight, 0);
   }
 
   /**
-   * After a failed attempt: when to try again, or expired when the next try would fall after the
-   * maximum lifetime (the message is returned now rather than held for one last try).
+   * An operator's suspend: nothing more is taken from the destination's queue (messages stay
+   * queued, their retry times and lifetimes run on) until resume(). Kept by this gateway for as
+   * long as it runs.
    */
-  next(attempts: number, acceptedAt: number, now: number): { at: number } | { expired: true } {
-    const at = now + this.delay(attempts);
-    return at >= this.expiresAt(acceptedAt) ? { expired: true } : { at };
+  suspend(domain: string, actor: string, reason: string): void {
+    const d = domain.toLowerCase();
+    this.paused.set(d, { actor, reason, since: this.opts.now() });
+    this.log.info({ domain: d, actor, reason }, 'destination suspended');
   }
 
-  /**
-   * Whether a deferral at `now` is late enough for the delay warning (warnAfter after acceptance;
-   * 0 turns warnings off). The relay sends it once per message (a marker in Redis).
-   */
-  warnDue(acceptedAt: number, now: number): boolean {
-    const w = this.cfg.warnAfter;
-    return w > 0 && now >= acceptedAt + w;
+  /** Ends an operator's suspend; returns false when the destination was not suspended. */
+  resume(domain: string, actor: string, reason: string): boolean {
+    const d = domain.toLowerCase();
+    if (!this.paused.delete(d)) return false;
+    this.log.info({ domain: d, actor, reason }, 'destination resumed');
+    this.pump(this.state(d));
+    return true;
   }
-}
 
-type Range = [start: number, end: number]; // minutes of the day, end exclusive, end < start wraps
+  /** The destinations an operator suspended. */
+  suspended(): { domain: string; actor: string; reason: string; since: number }[] {
+    return [...this.paused].map(([domain, p]) => ({ domain, ...p }));
+  }
 
-/** Delivery windows per destination domain ("06:00-24:00"), read in one IANA time zone. */
-export class Windows {
-  private readonly table = new Map<string, Range[]>();
-  private readonly fmt: Intl.DateTimeFormat;
-
-  constructor(windows: Record<string, string[]>, timeZone: string) {
-    try {
-      this.fmt = new Intl.DateTimeFormat('en-GB', { timeZone, hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' });
-    } catch {
-      throw new RangeError(`relay.timezone: expected an IANA time zone like "UTC" or "Europe/Berlin", got ${JSON.stringify(timeZone)}`);
+  /** Looks at every queue now. */
+  sweep(): void {
+    if (this.stopping) return;
+    const now = this.opts.now();
+    for (const q of this.opts.queues.views()) {
+      const d = this.state(q.domain);
+      if (!this.paused.has(d.domain) && (d.wakeAt <= now || (q.readyCount > 0 && !d.gate))) this.pump(d);
     }
-    for (const [domain, list] of Object.entries(windows)) {
-      this.table.set(
-        domain.toLowerCase(),
-        list.map((w) => {
-          const [a, b] = w.split('-') as [string, string];
-          return [minutes(a), minutes(b)] as Range;
-        }),
-      );
-    }
+    this.opts.dispatcher.sweep();
   }
 
-  /** Open, or closed until when (ms on the same clock as `now`). Domains without windows are always open. */
-  check(domain: string, now: number): { open: true } | { open: false; opensAt: number } {
-    const ranges = matchDomain(this.table, domain)?.value;
-    if (!ranges) return { open: true };
-    const parts = Object.fromEntries(this.fmt.formatToParts(new Date(now)).map((p) => [p.type, p.value]));
-    const minute = Number(parts.hour) * 60 + Number(parts.minute);
-    const intoMinute = Number(parts.second) * 1000 + (((now % 1000) + 1000) % 1000);
-    let soonest = Infinity;
-    for (const [start, end] of ranges) {
-      const inside = start < end ? minute >= start && minute < end : minute >= start || minute < end;
-      if (inside || start === end) return { open: true };
-      soonest = Math.min(soonest, (start - minute + 1440) % 1440);
-    }
-    return { open: false, opensAt: now + soonest * 60_000 - intoMinute };
+  /** A queue that waits on its destination hosts looks again now (one of them resumed, or its probe failed). */
+  recheck(domain: string): void {
+    const d = this.domains.get(domain);
+    if (!d?.gate) return;
+    d.wakeAt = 0;
+    this.pump(d);
   }
-}
 
-function minutes(hhmm: string): number {
-  const [h, m] = hhmm.split(':').map(Number) as [number, number];
-  return h * 60 + m;
+  /** Per queue: messages in flight, why nothing is taken (if so) and when it is looked at next. */
+  status(): { domain: string; inflight: number; gate: { reason: BlockReason; until: number } | null; wakeAt: number | null }[] {
+    return [...this.domains.values()].map((d) => ({ domain: d.domain, inflight: d.inflight, gate: d.gate ?? null, wakeAt: Number.isFinite(d.wakeAt) ? d.wakeAt : null }));
+  }
+
+  private state(domain: string): DomainState {
+    let d = this.domains.get(domain);
+    if (!d) {
+      d = { domain, inflight: 0, pumping: false, again: false, wakeAt: 0, gate: undefined };
+      this.domains.set(domain, d);
+    }
+    return d;
+  }
+
+  /** One timer for all queues, set for the earliest time one of them waits for. */
+  private arm(at: number): void {
+    if (this.stopping || !Number.isFinite(at) || at >= this.wakeTarget) return;
+    clearTimeout(this.wakeTimer);
+    this.wakeTarget = at;
+    const delay = Math.min(Math.max(at - this.opts.now(), 5), 60_000);
+    this.wakeTimer = setTimeout(() => {
+      this.wakeTarget = Infinity;
+      this.sweep();
+    }, delay);
+    this.wakeTimer.unref();
+  }
+
+  /** Whether the queue may be taken from now: open (for one probe only, or not), or closed with why and until when. */
+  private gateFor(d: DomainState, now: number): { open: true; probe: boolean } | { open: false; reason: BlockReason; until: number } {
+    if (this.paused.has(d.domain)) return { open: false, reason: 'paused', until: Infinity };
+    const w = this.opts.windows.check(d.domain, now);
+    if (!w.open) return { open: false, reason: 'window', until: w.opensAt };
+    const r = this.opts.dispatcher.readiness(d.domain, now);
+    return r.open ? r : { open: false, reason: 'suspended', until: r.until };
+  }
+
+  private pump(d: DomainState): void {
+    if (this.stopping) return;
+    if (d.pumping) {
+      d.again = true;
+      return;
+    }
+    d.pumping = true;
+    void this.pumpLoop(d)
+      .catch((err: unknown) => {
+        this.log.warn({ err, domain: d.domain }, 'take failed');
+        d.wakeAt = this.opts.now() + 1000;
+      })
+      .finally(() => {
+        d.pumping = false;
+        this.arm(d.wakeAt);
+        if (d.again && !this.stopping) this.pump(d);
+      });
+  }
+
+  private async pumpLoop(d: DomainState): Promise<void> {
+    const q = this.opts.queues.view(d.domain);
+    if (!q) return;
+    do {
+      d.again = false;
+      const now = this.opts.now();
+      q.promoteDue(now);
+      const gate = this.gateFor(d, now);
+      if (!gate.open) {
+        if (d.gate?.reason !== gate.reason) this.log.info({ domain: d.domain, reason: gate.reason, until: gate.until }, 'queue paused');
+        d.gate = { reason: gate.reason, until: gate.until };
+        d.wakeAt = gate.until;
+        return;
+      }
+      if (d.gate) this.log.info({ domain: d.domain }, 'queue resumed');
+      d.gate = undefined;
+      const cap = gate.probe ? (d.inflight === 0 ? 1 : 0) : Math.min(TAKE_MAX, this.opts.capFor(d.domain));
+      while (d.inflight < cap && q.readyCount > 0 && !this.stopping) {
+        const batch = await this.opts.queues.take(d.domain, Math.min(cap - d.inflight, TAKE_MAX));
+        if (!batch.length) break;
+        for (const m of batch) {
+          d.inflight++;
+          void this.opts.run(m).finally(() => {
+            d.inflight--;
+            this.pump(d);
+          });
+        }
+      }
+    } while (d.again && !this.stopping);
+    d.wakeAt = q.nextDueAt() ?? Infinity;
+  }
 }

@@ -9,7 +9,8 @@ import { BounceRulesError, Classifier, parseReply, parseRules } from '../../src/
 import { buildDsn } from '../../src/relay/dsn.ts';
 import { limitsFor, SharedLimits } from '../../src/relay/limits.ts';
 import { Routes } from '../../src/relay/routes.ts';
-import { RetryPolicy, Windows } from '../../src/relay/scheduler.ts';
+import { RetryPolicy } from '../../src/relay/retry.ts';
+import { Windows } from '../../src/relay/windows.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 
