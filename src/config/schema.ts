@@ -270,6 +270,7 @@ export const configSchema = z
             destinations: z.record(z.string(), destinationLimits).default({}), // per domain or MX host
           })
           .prefault({}),
+        // a destination MTA that failed `failures` connections in a row is dead for `suspend` (doubling, at most 8×), then one probe
         deadDestination: z.strictObject({ failures: z.number().int().positive().default(5), suspend: duration('5m') }).prefault({}),
         windows: z.record(domain, z.array(timeWindow).min(1)).default({}),
         connectTimeout: duration('30s'),

@@ -281,7 +281,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     const q = queues.view(req.params.domain);
     const m = q?.get(req.params.id);
     if (!events.length && !m) throw new QueueError('NOT_FOUND', `no message ${req.params.id} in queue ${req.params.domain}`);
-    return { id: req.params.id, live: m ? { state: { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' }[m.state], attempts: m.attempts, nextAttemptAt: m.nextAt || null } : null, events };
+    return { id: req.params.id, live: m ? { state: m.state, attempts: m.attempts, nextAttemptAt: m.nextAt || null } : null, events };
   });
 
   const action = { type: 'object', properties: { reason: { type: 'string', minLength: 1, maxLength: 500 }, actor: { type: 'string', minLength: 1, maxLength: 100 } }, required: ['reason'], additionalProperties: false } as const;

@@ -18,7 +18,7 @@ export interface CopyStats {
   history: number;
   dirty: number;
   ms: number;
-  gatedMs: number;
+  barrierMs: number;
 }
 
 type Entry = [Buffer, Buffer[]];
@@ -70,7 +70,6 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
   }
   await dst.del(live, hist, meta, state);
   set.dirty = new Set();
-  let release: (() => void) | undefined;
   try {
     // pass 1: writes continue on the source
     const l0 = (await lastId(src, live)) ?? '0-0';
@@ -79,7 +78,7 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
     const [h1, lastHist] = await copyStream(src, dst, hist, undefined, undefined, h0, block);
     // pass 2: writes wait
     const tg = Date.now();
-    set.gate = new Promise<void>((resolve) => (release = resolve));
+    set.raiseWriteBarrier();
     await set.drain();
     const [n2] = await copyStream(src, dst, live, state, lastLive, '+', block);
     const [h2] = await copyStream(src, dst, hist, undefined, lastHist, '+', block);
@@ -93,7 +92,7 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
         if (s) pipe.hset(state, id, s);
         else if (dstStates[k]) {
           pipe.hdel(state, id);
-          pipe.xdel(live, decodeState(dstStates[k]).e);
+          pipe.xdel(live, decodeState(dstStates[k]).entryId);
         }
       });
       await pipe.exec();
@@ -114,12 +113,11 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
     const members = [...set.inSync().map((r) => r.node.id), target.node.id].join(',');
     await Promise.all([src.hset(meta, 'members', members), dst.hset(meta, 'members', members)]);
     set.markSync(target, Number(srcTxn));
-    const stats = { live: n1 + n2, history: h1 + h2, dirty: dirty.length, ms: Date.now() - t0, gatedMs: Date.now() - tg };
+    const stats = { live: n1 + n2, history: h1 + h2, dirty: dirty.length, ms: Date.now() - t0, barrierMs: Date.now() - tg };
     log.debug({ queue: q.name, ...stats }, 'copied');
     return stats;
   } finally {
     set.dirty = undefined;
-    set.gate = undefined;
-    release?.();
+    set.lowerWriteBarrier();
   }
 }

@@ -310,9 +310,9 @@ export class QueueManager extends EventEmitter {
         if (!s) return;
         const st = decodeState(s);
         const [ms, seq] = parseEntryId(entryId);
-        const m: MemMsg = { id: ids[i]!, entryId, ms, seq, state: st.s, attempts: st.a, nextAt: st.n, bytes: st.b, gen: 0 };
+        const m: MemMsg = { id: ids[i]!, entryId, ms, seq, state: st.state, attempts: st.attempts, nextAt: st.nextAt, bytes: st.bytes, gen: 0 };
         q.track(m);
-        if (st.s === 'f' && !(running && owned.has(m.id))) orphans.push(m.id);
+        if (st.state === 'inflight' && !(running && owned.has(m.id))) orphans.push(m.id);
         count++;
       });
       cursor = `(${entries[entries.length - 1]![0]}`;

@@ -1,8 +1,8 @@
 // One destination queue: its keys, its replica set (replicas.ts: the write path and the
 // management table) and the in-memory projection the gateway dispatches from (ready messages in
-// FIFO order, deferred timers, in-flight set, counters). Every change goes through a Lua script
-// run on every in-sync replica with the same ids; the projection changes only after the replicas
-// answered.
+// FIFO order, deferred messages by due time, in-flight set, counters). Every change goes through
+// a Lua script run on every in-sync replica with the same ids; the projection changes only after
+// the replicas answered.
 //
 // Three sets guard the promise around the relay:
 //   owned   messages handed to the relay by take() and not yet settled, deferred or requeued: a
@@ -17,12 +17,12 @@ import type { LifecycleEvent, LifecycleKind, NewMessage, QueuedMessage } from '.
 import { QueueError, SCRIPT_CODES } from './errors.ts';
 import { Batcher } from './batcher.ts';
 import { MinHeap } from './heap.ts';
-import { decodeState, IdGen, liveFields, parseEntryId, queueKeys, type MsgState, type QueueKeys } from './records.ts';
+import { decodeState, IdGen, liveFields, parseEntryId, queueKeys, type MessageState, type QueueKeys } from './records.ts';
 import type { ScriptName } from './scripts.ts';
 import { MAIL_OVERHEAD } from './node.ts';
 import { ReplicaSet, UnknownOutcomeError, type Arg, type Owner, type Replica, type WriteResult } from './replicas.ts';
 
-export type { MsgState } from './records.ts';
+export type { MessageState } from './records.ts';
 export type { Replica, SyncState } from './replicas.ts';
 
 export interface MemMsg {
@@ -30,7 +30,7 @@ export interface MemMsg {
   entryId: string;
   ms: number;
   seq: number;
-  state: MsgState;
+  state: MessageState;
   attempts: number;
   nextAt: number;
   bytes: number;
@@ -76,9 +76,8 @@ export interface QueueView {
 export type SettleOutcome = 'delivered' | 'bounced' | 'expired' | 'purged' | 'withdrawn';
 
 type ReadyItem = [ms: number, seq: number, msg: MemMsg, gen: number];
-type TimerItem = [nextAt: number, msg: MemMsg, gen: number];
+type DueItem = [nextAt: number, msg: MemMsg, gen: number];
 
-const COUNTER: Record<MsgState, keyof Depth> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
 const WITHDRAW_RETRY_MS = 1000;
 
 export class Queue extends EventEmitter implements QueueView {
@@ -90,7 +89,8 @@ export class Queue extends EventEmitter implements QueueView {
   histIds = new IdGen();
   readonly msgs = new Map<string, MemMsg>();
   private readonly ready = new MinHeap<ReadyItem>((a, b) => a[0] < b[0] || (a[0] === b[0] && a[1] < b[1]));
-  private readonly timers = new MinHeap<TimerItem>((a, b) => a[0] < b[0]);
+  /** Deferred messages by the time they fall due (the relay's scheduler keeps the timer that wakes it). */
+  private readonly due = new MinHeap<DueItem>((a, b) => a[0] < b[0]);
   readonly depth: Depth = { ready: 0, deferred: 0, held: 0, inflight: 0, bytes: 0, oldest: null };
   private readonly owned = new Set<string>();
   private readonly staged = new Set<string>();
@@ -235,7 +235,7 @@ export class Queue extends EventEmitter implements QueueView {
       const nb = notBefore[i]!;
       // A copy the caller will be told to retry is never dispatched: staged until withdrawn.
       if (staged || failure) this.staged.add(msg.id);
-      this.track({ id: msg.id, entryId, ms, seq, state: nb ? 'd' : 'r', attempts: 0, nextAt: nb, bytes: msg.raw.length, gen: 0 });
+      this.track({ id: msg.id, entryId, ms, seq, state: nb ? 'deferred' : 'ready', attempts: 0, nextAt: nb, bytes: msg.raw.length, gen: 0 });
       this.event('accepted', msg.id, `${hms}-${hseq + k++}`, txn, { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}) });
       appended += msg.raw.length;
       if (failure) this.withdraw(msg.id, { reason: 'stored on fewer replicas than the write concern' });
@@ -302,7 +302,7 @@ export class Queue extends EventEmitter implements QueueView {
   /** Adds a message to the projection (append and reload). */
   track(m: MemMsg): void {
     this.msgs.set(m.id, m);
-    this.depth[COUNTER[m.state]] = (this.depth[COUNTER[m.state]] as number) + 1;
+    this.depth[m.state]++;
     this.depth.bytes += m.bytes;
     if (this.depth.oldest === null || m.ms < this.depth.oldest) this.depth.oldest = m.ms;
     this.schedule(m);
@@ -310,8 +310,8 @@ export class Queue extends EventEmitter implements QueueView {
 
   private schedule(m: MemMsg): void {
     if (this.staged.has(m.id)) return;
-    if (m.state === 'r') this.ready.push([m.ms, m.seq, m, m.gen]);
-    else if (m.state === 'd') this.timers.push([m.nextAt, m, m.gen]);
+    if (m.state === 'ready') this.ready.push([m.ms, m.seq, m, m.gen]);
+    else if (m.state === 'deferred') this.due.push([m.nextAt, m, m.gen]);
   }
 
   /** True while `m` is the projection's live record of its message (not settled meanwhile). */
@@ -319,19 +319,19 @@ export class Queue extends EventEmitter implements QueueView {
     return this.msgs.get(m.id) === m;
   }
 
-  private move(m: MemMsg, to: MsgState): void {
+  private move(m: MemMsg, to: MessageState): void {
     if (!this.live(m)) return;
-    (this.depth[COUNTER[m.state]] as number)--;
-    (this.depth[COUNTER[to]] as number)++;
+    this.depth[m.state]--;
+    this.depth[to]++;
     m.state = to;
     m.gen++;
-    if (to !== 'f') this.owned.delete(m.id);
+    if (to !== 'inflight') this.owned.delete(m.id);
     this.schedule(m);
   }
 
   private forget(m: MemMsg): void {
     if (!this.live(m)) return;
-    (this.depth[COUNTER[m.state]] as number)--;
+    this.depth[m.state]--;
     this.depth.bytes -= m.bytes;
     m.gen++;
     this.msgs.delete(m.id);
@@ -349,11 +349,11 @@ export class Queue extends EventEmitter implements QueueView {
   /** Deferred messages whose time has come become ready; returns how many. */
   promoteDue(now = this.settings.now()): number {
     let n = 0;
-    for (let top = this.timers.peek(); top && top[0] <= now; top = this.timers.peek()) {
-      this.timers.pop();
+    for (let top = this.due.peek(); top && top[0] <= now; top = this.due.peek()) {
+      this.due.pop();
       const [, m, gen] = top;
-      if (m.gen !== gen || m.state !== 'd') continue;
-      // stays 'd' in Redis until taken: takeMessages accepts due deferred messages
+      if (m.gen !== gen || m.state !== 'deferred') continue;
+      // stays deferred in Redis until taken: takeMessages accepts due deferred messages
       this.ready.push([m.ms, m.seq, m, m.gen]);
       n++;
     }
@@ -364,7 +364,7 @@ export class Queue extends EventEmitter implements QueueView {
   flush(): number {
     let n = 0;
     for (const m of this.msgs.values()) {
-      if (m.state !== 'd' || this.staged.has(m.id)) continue;
+      if (m.state !== 'deferred' || this.staged.has(m.id)) continue;
       m.nextAt = 0;
       m.gen++;
       this.ready.push([m.ms, m.seq, m, m.gen]);
@@ -376,9 +376,9 @@ export class Queue extends EventEmitter implements QueueView {
 
   /** When the next deferred message falls due, or undefined. */
   nextDueAt(): number | undefined {
-    for (let top = this.timers.peek(); top; top = this.timers.peek()) {
-      if (top[1].gen === top[2] && top[1].state === 'd') return top[0];
-      this.timers.pop();
+    for (let top = this.due.peek(); top; top = this.due.peek()) {
+      if (top[1].gen === top[2] && top[1].state === 'deferred') return top[0];
+      this.due.pop();
     }
     return undefined;
   }
@@ -398,7 +398,7 @@ export class Queue extends EventEmitter implements QueueView {
     while (picked.length < max && this.ready.size) {
       const item = this.ready.pop()!;
       const m = item[2];
-      if (m.gen !== item[3] || (m.state !== 'r' && m.state !== 'd') || !this.live(m) || this.staged.has(m.id)) continue;
+      if (m.gen !== item[3] || (m.state !== 'ready' && m.state !== 'deferred') || !this.live(m) || this.staged.has(m.id)) continue;
       if (filter && !filter(m)) {
         skipped.push(item);
         continue;
@@ -408,7 +408,7 @@ export class Queue extends EventEmitter implements QueueView {
     for (const s of skipped) this.ready.push(s);
     if (!picked.length) return [];
     const prev = picked.map((m) => m.state);
-    for (const m of picked) this.move(m, 'f');
+    for (const m of picked) this.move(m, 'inflight');
     const now = this.settings.now();
     const histId = this.histIds.next(now, picked.length);
     const ids = picked.map((m) => m.id);
@@ -453,7 +453,7 @@ export class Queue extends EventEmitter implements QueueView {
     }
     // Those the node did not take (held or settled meanwhile) go back to what they were.
     picked.forEach((m, i) => {
-      if (!takenIds.has(m.id) && m.state === 'f') this.move(m, prev[i]!);
+      if (!takenIds.has(m.id) && m.state === 'inflight') this.move(m, prev[i]!);
     });
     // Taken but unreadable: put back on every replica, so that nothing stays in flight without an owner.
     for (const id of lost) void this.requeue(id, { reason: 'message body could not be read after the take' }).catch((err: unknown) => this.log.warn({ err, messageId: id }, 'requeue after a lost take failed; the next reload puts it back'));
@@ -469,7 +469,7 @@ export class Queue extends EventEmitter implements QueueView {
       const asked: number[] = [];
       states.forEach((s, i) => {
         if (!s) return;
-        const e = decodeState(s).e;
+        const e = decodeState(s).entryId;
         pipe.xrangeBuffer(this.keys[0], e, e);
         asked.push(i);
       });
@@ -545,7 +545,7 @@ export class Queue extends EventEmitter implements QueueView {
     const txn = this.check(res, msgId);
     m.nextAt = nextAt;
     if (kind === 'deferred') m.attempts = Number(res[2]);
-    this.move(m, kind === 'deferred' ? 'd' : 'r');
+    this.move(m, kind === 'deferred' ? 'deferred' : 'ready');
     this.event(kind, msgId, histId, txn, details);
     if (kind === 'requeued') this.emit('ready');
     return m.attempts;
@@ -568,7 +568,7 @@ export class Queue extends EventEmitter implements QueueView {
     const { res } = await this.write('other', 'holdMessage', now, histId, () => [msgId, kind, JSON.stringify(details)], [msgId]);
     const txn = this.check(res, msgId);
     if (kind === 'released') m.nextAt = 0;
-    this.move(m, kind === 'held' ? 'h' : 'r');
+    this.move(m, kind === 'held' ? 'held' : 'ready');
     this.event(kind, msgId, histId, txn, details);
   }
 
@@ -617,14 +617,14 @@ export class Queue extends EventEmitter implements QueueView {
     this.histIds.advance(lastHist ?? '0-0');
     this.msgs.clear();
     this.ready.clear();
-    this.timers.clear();
+    this.due.clear();
     Object.assign(this.depth, { ready: 0, deferred: 0, held: 0, inflight: 0, bytes: 0, oldest: null });
     return this.owned;
   }
 
   /** Ends a reload: what is in flight without an owner goes back to ready; unknown appends are withdrawn. */
   async endReload(orphans: string[], reason: string): Promise<void> {
-    for (const id of [...this.owned]) if (this.msgs.get(id)?.state !== 'f') this.owned.delete(id);
+    for (const id of [...this.owned]) if (this.msgs.get(id)?.state !== 'inflight') this.owned.delete(id);
     for (const id of [...this.staged]) if (!this.msgs.has(id)) this.staged.delete(id);
     for (const id of this.unknown) if (this.msgs.has(id)) this.withdraw(id, { reason: 'the sender was told to retry: the replicas did not answer the append' });
     this.unknown.clear();

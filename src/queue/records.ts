@@ -2,7 +2,10 @@
 // record of a live message, the meta hash fields, live and history stream entries. The scripts'
 // side of the same layout is described in lua/includes/queueWrite.lua.
 
-export type MsgState = 'r' | 'd' | 'h' | 'f';
+/** A live message's state, as the gateway speaks of it; the state record codes it in one letter. */
+export type MessageState = 'ready' | 'deferred' | 'held' | 'inflight';
+
+const STATE_CODES: Record<string, MessageState> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
 
 /** The keys of one queue, all under one hash tag: live stream, history stream, meta and state hashes. */
 export type QueueKeys = [live: string, hist: string, meta: string, state: string];
@@ -12,18 +15,21 @@ export function queueKeys(queueName: string): QueueKeys {
   return [`${tag}:live`, `${tag}:hist`, `${tag}:meta`, `${tag}:state`];
 }
 
-/** Per live message, in the state hash: entry id, state, attempts, next attempt ms, bytes, remaining recipients. */
+/** Per live message, in the state hash (JSON {e, s, a, n, b, r}): entry id, state, attempts, next attempt ms, bytes, remaining recipients. */
 export interface StateRecord {
-  e: string;
-  s: MsgState;
-  a: number;
-  n: number;
-  b: number;
-  r?: string[];
+  entryId: string;
+  state: MessageState;
+  attempts: number;
+  nextAt: number;
+  bytes: number;
+  remaining?: string[] | undefined;
 }
 
 export function decodeState(json: string | Buffer): StateRecord {
-  return JSON.parse(json.toString()) as StateRecord;
+  const r = JSON.parse(json.toString()) as { e: string; s: string; a: number; n: number; b: number; r?: string[] };
+  const state = STATE_CODES[r.s];
+  if (!state) throw new Error(`state record: expected a state of r, d, h or f, got ${JSON.stringify(r.s)}`);
+  return { entryId: r.e, state, attempts: r.a, nextAt: r.n, bytes: r.b, remaining: r.r };
 }
 
 /** What recovery reads of a replica's meta hash: its transaction number, the write set of its last write, the highest ids. */

@@ -68,8 +68,8 @@ export class ReplicaSet extends EventEmitter {
    * under way is not taken as in sync).
    */
   stale = false;
-  /** While set, new writes wait on it (the short last pass of a copy). */
-  gate: Promise<void> | undefined;
+  /** While raised, new writes wait on it (the short last pass of a copy). */
+  private writeBarrier: { wait: Promise<void>; lower: () => void } | undefined;
   /** Message ids written while a copy runs: copied again in its last pass. */
   dirty: Set<string> | undefined;
   private pending = 0;
@@ -162,7 +162,7 @@ export class ReplicaSet extends EventEmitter {
    * error whose `partial` is the reply of those that took it.
    */
   async write(kind: 'append' | 'other', script: ScriptName, now: number, histId: string, histMax: number, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
-    while (this.gate) await this.gate;
+    while (this.writeBarrier) await this.writeBarrier.wait;
     if (this.owner.fenced) throw new QueueError('FENCED', `queue ${this.name}: ${this.owner.fenced}`);
     if (kind === 'append' && !this.appendable) {
       throw new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name} is not writable at write concern ${this.writeConcern} (${this.status})`);
@@ -261,7 +261,20 @@ export class ReplicaSet extends EventEmitter {
     }
   }
 
-  /** Resolves when no write is in progress (used under the gate). */
+  /** New writes wait until lowerWriteBarrier() (the short last pass of a copy). */
+  raiseWriteBarrier(): void {
+    let lower = () => {};
+    const wait = new Promise<void>((resolve) => (lower = resolve));
+    this.writeBarrier = { wait, lower };
+  }
+
+  lowerWriteBarrier(): void {
+    const b = this.writeBarrier;
+    this.writeBarrier = undefined;
+    b?.lower();
+  }
+
+  /** Resolves when no write is in progress (used under the write barrier). */
   async drain(): Promise<void> {
     if (this.pending === 0) return;
     await new Promise<void>((resolve) => (this.drained = resolve));

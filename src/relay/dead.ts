@@ -1,17 +1,18 @@
 // Dead destinations: after `failures` consecutive failures to reach a destination MTA (no SMTP
-// session: refused, timed out, dropped) it is suspended for `suspend`. While it is suspended no
-// message is taken for it: messages wait in their queue without an attempt being counted, so the
-// suspension does not stack with their own retry schedule. When the suspension ends, one probe
-// message goes; success resumes the destination, failure suspends it again for twice as long
-// (at most 8 × `suspend`).
+// session: refused, timed out, dropped) it is dead for `relay.deadDestination.suspend`. While it
+// is dead no message is taken for it: messages wait in their queue without an attempt being
+// counted, so the wait does not stack with their own retry schedule. When the wait ends, one
+// probe message goes; success brings the destination back, failure makes it dead again for twice
+// as long (at most 8 × `suspend`). (An operator's suspend of a queue is another thing:
+// scheduler.ts.)
 import type { Config } from '../config/schema.ts';
 
-export type DestState = { state: 'up' } | { state: 'suspended'; until: number } | { state: 'probe' } | { state: 'probing' };
+export type DestState = { state: 'up' } | { state: 'dead'; until: number } | { state: 'probe' } | { state: 'probing' };
 
 interface Entry {
   failures: number;
   until: number;
-  /** Suspensions in a row without a success: the backoff doubles with each. */
+  /** Times dead in a row without a success: the wait doubles with each. */
   rounds: number;
   probing: boolean;
 }
@@ -26,12 +27,12 @@ export class DeadDestinations {
     this.now = now;
   }
 
-  /** up; suspended until; probe (the suspension is over and no probe is out); probing (one is out). */
+  /** up; dead until; probe (the wait is over and no probe is out); probing (one is out). */
   state(dest: string): DestState {
     const e = this.entries.get(dest);
     if (!e || e.until === 0) return { state: 'up' };
     if (e.probing) return { state: 'probing' };
-    if (this.now() < e.until) return { state: 'suspended', until: e.until };
+    if (this.now() < e.until) return { state: 'dead', until: e.until };
     return { state: 'probe' };
   }
 
@@ -51,7 +52,7 @@ export class DeadDestinations {
     return !!e && e.until !== 0;
   }
 
-  /** A failure to reach it; returns true when this failure suspends it. */
+  /** A failure to reach it; returns true when this failure makes it dead. */
   failure(dest: string): boolean {
     const e = this.entries.get(dest) ?? { failures: 0, until: 0, rounds: 0, probing: false };
     this.entries.set(dest, e);
@@ -71,7 +72,7 @@ export class DeadDestinations {
     if (e) e.probing = false;
   }
 
-  /** Suspended destinations, for status pages. */
+  /** Dead destinations, for status pages. */
   list(): { dest: string; until: number; failures: number; probing: boolean }[] {
     return [...this.entries].filter(([, e]) => e.until !== 0).map(([dest, e]) => ({ dest, until: e.until, failures: e.failures, probing: e.probing }));
   }

@@ -1,7 +1,7 @@
 // How fast mail goes to each destination MTA: per destination a p-queue holding this gateway's
 // concurrency (its connection limit), the shared message rate and connection leases (limits.ts),
-// the SMTP connection pools (deliver.ts), MX fallback in preference order, and dead-destination
-// suspension (dead.ts). The dispatcher alone owns dead destinations: it skips them when it
+// the SMTP connection pools (deliver.ts), MX fallback in preference order, and dead destinations
+// (dead.ts). The dispatcher alone owns dead destinations: it skips them when it
 // delivers, and tells the scheduler whether a queue's destination hosts can be sent to
 // (readiness) and when that changes.
 import PQueue from 'p-queue';
@@ -22,8 +22,8 @@ export interface Target {
 
 export type DispatchOutcome =
   | { kind: 'attempted'; result: AttemptResult }
-  /** Every host is suspended (or its one probe is out): nothing was tried. */
-  | { kind: 'suspended'; until: number };
+  /** Every host is a dead destination (or its one probe is out): nothing was tried. */
+  | { kind: 'dead'; until: number };
 
 /** Whether a queue's destination hosts can be sent to: any host up, one probe due, or none until when. */
 export type Readiness = { open: true; probe: boolean } | { open: false; until: number };
@@ -62,7 +62,7 @@ export class Dispatcher {
   /**
    * Whether a destination domain's queue may be taken from as far as its hosts go (those last
    * tried for it; a domain not tried yet is open): open when one host is up, open for one probe
-   * when a suspension is over and no probe is out, otherwise closed until the earliest end.
+   * when a dead destination's wait is over and no probe is out, otherwise closed until the earliest end.
    */
   readiness(domain: string, now: number): Readiness {
     const hosts = this.hostsOf.get(domain);
@@ -73,7 +73,7 @@ export class Dispatcher {
       const s = this.dead.state(k);
       if (s.state === 'up') return { open: true, probe: false };
       if (s.state === 'probe') probe = true;
-      if (s.state === 'suspended') until = Math.min(until, s.until);
+      if (s.state === 'dead') until = Math.min(until, s.until);
       // a probe is out: its outcome wakes the queue (onChange); look again in a while all the same
       if (s.state === 'probing') until = Math.min(until, now + PROBE_RECHECK_MS);
     }
@@ -85,7 +85,7 @@ export class Dispatcher {
     return this.dead.list();
   }
 
-  /** A destination resumed, or was suspended again: every domain that uses it looks again. */
+  /** A dead destination is back, or dead again after its probe: every domain that uses it looks again. */
   private changed(dest: string): void {
     for (const [domain, hosts] of this.hostsOf) if (hosts.includes(dest)) this.onChange(domain);
   }
@@ -136,7 +136,7 @@ export class Dispatcher {
   }
 
   /**
-   * One delivery attempt of a message: its hosts in preference order, skipping suspended ones;
+   * One delivery attempt of a message: its hosts in preference order, skipping dead ones;
    * a host that cannot be reached counts a failure and the next one is tried.
    */
   async deliver(domain: string, targets: Target[], envelope: { from: string; to: string[] }, raw: Buffer, signal?: AbortSignal): Promise<DispatchOutcome> {
@@ -147,7 +147,7 @@ export class Dispatcher {
       const key = Dispatcher.destKey(t);
       if (!this.dead.claim(key)) {
         const s = this.dead.state(key);
-        until = Math.min(until, s.state === 'suspended' ? s.until : 0);
+        until = Math.min(until, s.state === 'dead' ? s.until : 0);
         continue;
       }
       const probe = this.dead.state(key).state === 'probing';
@@ -155,7 +155,7 @@ export class Dispatcher {
       const pool = this.poolFor(t, domain, l);
       const res = await this.queueFor(l).add(
         async () => {
-          // It may have been suspended while this message waited for its turn.
+          // It may have become dead while this message waited for its turn.
           if (!probe && this.dead.state(key).state !== 'up') return undefined;
           await this.limits.waitRate(l.key, l.ratePerSecond, signal);
           const r = await pool.send(envelope, raw, signal);
@@ -163,11 +163,11 @@ export class Dispatcher {
           if (!r.reached) {
             if (this.dead.failure(key)) {
               const s = this.dead.state(key);
-              this.log.warn({ dest: key, until: s.state === 'suspended' ? s.until : undefined, reply: r.reply }, 'destination suspended');
+              this.log.warn({ dest: key, until: s.state === 'dead' ? s.until : undefined, reply: r.reply }, 'destination dead');
               if (probe) this.changed(key);
             }
           } else if (this.dead.success(key)) {
-            this.log.info({ dest: key }, 'destination resumed');
+            this.log.info({ dest: key }, 'destination back');
             this.changed(key);
           }
           return r;
@@ -179,7 +179,7 @@ export class Dispatcher {
       });
       if (!res) {
         const s = this.dead.state(key);
-        until = Math.min(until, s.state === 'suspended' ? s.until : 0);
+        until = Math.min(until, s.state === 'dead' ? s.until : 0);
         continue;
       }
       if (!res.reached) {
@@ -189,7 +189,7 @@ export class Dispatcher {
       return { kind: 'attempted', result: res };
     }
     if (last) return { kind: 'attempted', result: last };
-    return { kind: 'suspended', until: Number.isFinite(until) ? until : 0 };
+    return { kind: 'dead', until: Number.isFinite(until) ? until : 0 };
   }
 
   /** Open connections per destination host (for status and tests). */

@@ -126,11 +126,11 @@ export class Relay {
     this.scheduler.sweep();
   }
 
-  /** What the relay is doing per queue, and the suspended destinations. */
+  /** What the relay is doing per queue, and the dead destinations. */
   status() {
     return {
       domains: this.scheduler.status(),
-      suspended: this.dispatcher.deadDestinations(),
+      dead: this.dispatcher.deadDestinations(),
       connections: this.dispatcher.connections(),
     };
   }
@@ -154,7 +154,7 @@ export class Relay {
       }
       const attempt = await this.attempt(msg);
       if (attempt === 'requeue') {
-        await this.persist(log, () => this.requeue(msg, 'destination suspended'));
+        await this.persist(log, () => this.requeue(msg, 'dead destination'));
         return;
       }
       if (this.stopping && attempt.results.every((r) => r.category === 'network')) {
@@ -228,7 +228,7 @@ export class Relay {
       targets = r.hosts.map((h) => ({ host: h.host, addresses: h.addresses, port: this.config.relay.mxPort, secure: false }));
     }
     const out = await this.dispatcher.deliver(msg.domain, targets, msg.envelope, msg.raw, this.abort.signal);
-    if (out.kind === 'suspended') return 'requeue';
+    if (out.kind === 'dead') return 'requeue';
     return fromAttempt(out.result);
   }
 

@@ -1,8 +1,9 @@
 // When a destination queue may be taken from, and how many of its messages at once. The scheduler
 // looks at a queue when the queue says it has ready messages ('ready'), when the earliest time it
-// was told to wait for comes (one timer for all queues), and on a periodic sweep. A queue is not
-// taken from while an operator has suspended it (suspend/resume), while its delivery window is
-// closed (windows.ts), or while all its destination hosts are dead (the dispatcher's readiness).
+// was told to wait for comes (one timer for all queues), and on a periodic sweep. A queue is
+// blocked (nothing is taken from it) for one of three reasons: an operator suspended it
+// (suspend/resume), its delivery window is closed (windows.ts), or all its destination hosts are
+// dead destinations (the dispatcher's readiness).
 // What it takes it hands to `run`, one message at a time; the relay delivers and settles it.
 //
 // The queue keeps which deferred messages are due when (QueueView.promoteDue/nextDueAt, part of
@@ -14,18 +15,18 @@ import type { QueueManager } from '../queue/manager.ts';
 import type { Dispatcher } from './dispatcher.ts';
 import type { Windows } from './windows.ts';
 
-/** Why a queue is not taken from now. */
-export type BlockReason = 'paused' | 'window' | 'suspended';
+/** Why a queue is blocked: nothing is taken from it now. */
+export type BlockReason = 'suspended' | 'window-closed' | 'dead-destination';
 
 interface DomainState {
   domain: string;
   inflight: number;
   pumping: boolean;
   again: boolean;
-  /** When to look at the queue again without being told (due time, window opening, suspension end). */
+  /** When to look at the queue again without being told (due time, window opening, dead destination's wait over). */
   wakeAt: number;
   /** Why nothing is taken now, and until when, if so. */
-  gate: { reason: BlockReason; until: number } | undefined;
+  blocked: { reason: BlockReason; until: number } | undefined;
 }
 
 export interface SchedulerOptions {
@@ -48,7 +49,8 @@ export class Scheduler {
   private readonly opts: SchedulerOptions;
   private readonly log: Logger;
   private readonly domains = new Map<string, DomainState>();
-  private readonly paused = new Map<string, { actor: string; reason: string; since: number }>();
+  /** Operator suspends: domain → who, why, since when. */
+  private readonly suspends = new Map<string, { actor: string; reason: string; since: number }>();
   private sweepTimer: NodeJS.Timeout | undefined;
   private wakeTimer: NodeJS.Timeout | undefined;
   private wakeTarget = Infinity;
@@ -96,22 +98,22 @@ export class Scheduler {
    */
   suspend(domain: string, actor: string, reason: string): void {
     const d = domain.toLowerCase();
-    this.paused.set(d, { actor, reason, since: this.opts.now() });
-    this.log.info({ domain: d, actor, reason }, 'destination suspended');
+    this.suspends.set(d, { actor, reason, since: this.opts.now() });
+    this.log.info({ domain: d, actor, reason }, 'queue suspended');
   }
 
   /** Ends an operator's suspend; returns false when the destination was not suspended. */
   resume(domain: string, actor: string, reason: string): boolean {
     const d = domain.toLowerCase();
-    if (!this.paused.delete(d)) return false;
-    this.log.info({ domain: d, actor, reason }, 'destination resumed');
+    if (!this.suspends.delete(d)) return false;
+    this.log.info({ domain: d, actor, reason }, 'queue resumed');
     this.pump(this.state(d));
     return true;
   }
 
   /** The destinations an operator suspended. */
   suspended(): { domain: string; actor: string; reason: string; since: number }[] {
-    return [...this.paused].map(([domain, p]) => ({ domain, ...p }));
+    return [...this.suspends].map(([domain, p]) => ({ domain, ...p }));
   }
 
   /** Looks at every queue now. */
@@ -120,28 +122,28 @@ export class Scheduler {
     const now = this.opts.now();
     for (const q of this.opts.queues.views()) {
       const d = this.state(q.domain);
-      if (!this.paused.has(d.domain) && (d.wakeAt <= now || (q.readyCount > 0 && !d.gate))) this.pump(d);
+      if (!this.suspends.has(d.domain) && (d.wakeAt <= now || (q.readyCount > 0 && !d.blocked))) this.pump(d);
     }
     this.opts.dispatcher.sweep();
   }
 
-  /** A queue that waits on its destination hosts looks again now (one of them resumed, or its probe failed). */
+  /** A blocked queue looks again now (one of its dead destinations is back, or its probe failed). */
   recheck(domain: string): void {
     const d = this.domains.get(domain);
-    if (!d?.gate) return;
+    if (!d?.blocked) return;
     d.wakeAt = 0;
     this.pump(d);
   }
 
   /** Per queue: messages in flight, why nothing is taken (if so) and when it is looked at next. */
-  status(): { domain: string; inflight: number; gate: { reason: BlockReason; until: number } | null; wakeAt: number | null }[] {
-    return [...this.domains.values()].map((d) => ({ domain: d.domain, inflight: d.inflight, gate: d.gate ?? null, wakeAt: Number.isFinite(d.wakeAt) ? d.wakeAt : null }));
+  status(): { domain: string; inflight: number; blocked: { reason: BlockReason; until: number } | null; wakeAt: number | null }[] {
+    return [...this.domains.values()].map((d) => ({ domain: d.domain, inflight: d.inflight, blocked: d.blocked ?? null, wakeAt: Number.isFinite(d.wakeAt) ? d.wakeAt : null }));
   }
 
   private state(domain: string): DomainState {
     let d = this.domains.get(domain);
     if (!d) {
-      d = { domain, inflight: 0, pumping: false, again: false, wakeAt: 0, gate: undefined };
+      d = { domain, inflight: 0, pumping: false, again: false, wakeAt: 0, blocked: undefined };
       this.domains.set(domain, d);
     }
     return d;
@@ -161,12 +163,12 @@ export class Scheduler {
   }
 
   /** Whether the queue may be taken from now: open (for one probe only, or not), or closed with why and until when. */
-  private gateFor(d: DomainState, now: number): { open: true; probe: boolean } | { open: false; reason: BlockReason; until: number } {
-    if (this.paused.has(d.domain)) return { open: false, reason: 'paused', until: Infinity };
+  private blockFor(d: DomainState, now: number): { open: true; probe: boolean } | { open: false; reason: BlockReason; until: number } {
+    if (this.suspends.has(d.domain)) return { open: false, reason: 'suspended', until: Infinity };
     const w = this.opts.windows.check(d.domain, now);
-    if (!w.open) return { open: false, reason: 'window', until: w.opensAt };
+    if (!w.open) return { open: false, reason: 'window-closed', until: w.opensAt };
     const r = this.opts.dispatcher.readiness(d.domain, now);
-    return r.open ? r : { open: false, reason: 'suspended', until: r.until };
+    return r.open ? r : { open: false, reason: 'dead-destination', until: r.until };
   }
 
   private pump(d: DomainState): void {
@@ -195,16 +197,16 @@ export class Scheduler {
       d.again = false;
       const now = this.opts.now();
       q.promoteDue(now);
-      const gate = this.gateFor(d, now);
-      if (!gate.open) {
-        if (d.gate?.reason !== gate.reason) this.log.info({ domain: d.domain, reason: gate.reason, until: gate.until }, 'queue paused');
-        d.gate = { reason: gate.reason, until: gate.until };
-        d.wakeAt = gate.until;
+      const b = this.blockFor(d, now);
+      if (!b.open) {
+        if (d.blocked?.reason !== b.reason) this.log.info({ domain: d.domain, reason: b.reason, until: b.until }, 'queue blocked');
+        d.blocked = { reason: b.reason, until: b.until };
+        d.wakeAt = b.until;
         return;
       }
-      if (d.gate) this.log.info({ domain: d.domain }, 'queue resumed');
-      d.gate = undefined;
-      const cap = gate.probe ? (d.inflight === 0 ? 1 : 0) : Math.min(TAKE_MAX, this.opts.capFor(d.domain));
+      if (d.blocked) this.log.info({ domain: d.domain }, 'queue unblocked');
+      d.blocked = undefined;
+      const cap = b.probe ? (d.inflight === 0 ? 1 : 0) : Math.min(TAKE_MAX, this.opts.capFor(d.domain));
       while (d.inflight < cap && q.readyCount > 0 && !this.stopping) {
         const batch = await this.opts.queues.take(d.domain, Math.min(cap - d.inflight, TAKE_MAX));
         if (!batch.length) break;

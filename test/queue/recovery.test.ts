@@ -37,7 +37,7 @@ describe('gateway restart', () => {
         await Promise.all(taken.slice(200, 250).map((t) => q.requeue(t.id)));
         await Promise.all(taken.slice(200, 250).map((t) => qm.hold(domain, t.id, 'ops', 'check')));
       }
-      const before = new Map(domains.map((d) => [d, [...qm.queues.get(d)!.msgs.values()].map((m) => ({ id: m.id, entryId: m.entryId, state: m.state === 'f' ? 'r' : m.state, attempts: m.attempts, nextAt: m.nextAt }))]));
+      const before = new Map(domains.map((d) => [d, [...qm.queues.get(d)!.msgs.values()].map((m) => ({ id: m.id, entryId: m.entryId, state: m.state === 'inflight' ? 'ready' : m.state, attempts: m.attempts, nextAt: m.nextAt }))]));
       const depthBefore = new Map(domains.map((d) => [d, qm.depth(d)]));
       await qm.stop();
 
@@ -53,7 +53,7 @@ describe('gateway restart', () => {
         assert.deepEqual(qm.depth(d), { ...db, ready: db.ready + db.inflight, inflight: 0 }, `${d}: in-flight messages back to ready`);
         // ready messages come out in FIFO order (held and deferred skipped)
         const first = await qm.take(d, 5);
-        const expected = before.get(d)!.filter((m) => m.state === 'r').slice(0, 5).map((m) => m.id);
+        const expected = before.get(d)!.filter((m) => m.state === 'ready').slice(0, 5).map((m) => m.id);
         assert.deepEqual(first.map((t) => t.id), expected);
         // the replicas agree after the in-flight requeues
         const [a, b] = q.replicas.map((r) => r.node.client);

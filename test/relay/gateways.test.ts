@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { decodeState } from '../../src/queue/records.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtpSink.ts';
 import { waitFor } from '../helpers/waitFor.ts';
@@ -109,7 +110,7 @@ describe('relay across gateway processes', () => {
     const c = pool[0]!.client();
     const [rA, rB] = await Promise.all(pool.map((r) => r.client().hgetall('sg:{gw-kill:kill.test}:state')));
     const state = Object.keys(rA!).length ? rA! : rB!;
-    const inflight = new Set(Object.entries(state).filter(([, v]) => (JSON.parse(v) as { s: string }).s === 'f').map(([k]) => k));
+    const inflight = new Set(Object.entries(state).filter(([, v]) => decodeState(v).state === 'inflight').map(([k]) => k));
     c.disconnect();
     assert.ok(inflight.size > 0, 'some were in flight');
 

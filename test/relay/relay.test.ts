@@ -315,7 +315,7 @@ describe('relay', () => {
     try {
       await h.append('win.test', ['a@win.test'], 'window-1');
       const opens = Date.UTC(2030, 0, 1, 6, 0, 0);
-      await waitFor(() => h.relay.status().domains.find((d) => d.domain === 'win.test')?.gate?.until === opens, { what: 'paused until 06:00' });
+      await waitFor(() => h.relay.status().domains.find((d) => d.domain === 'win.test')?.blocked?.until === opens, { what: 'blocked until 06:00' });
       assert.equal(h.qm.depth('win.test').ready, 1);
       assert.equal(s.messages.length + s.totalConnections, 0);
       h.clock.t = opens - 1000;
@@ -341,17 +341,17 @@ describe('relay', () => {
       const ids: string[] = [];
       for (let i = 0; i < 6; i++) ids.push(await h.append('dead.test', [`r${i}@dead.test`], `dead-${i}`));
       const dest = `127.0.0.1:${s.port}`;
-      await waitFor(() => h.relay.status().suspended.some((x) => x.dest === dest) && h.qm.depth('dead.test').inflight === 0, { what: 'suspended' });
+      await waitFor(() => h.relay.status().dead.some((x) => x.dest === dest) && h.qm.depth('dead.test').inflight === 0, { what: 'dead' });
       assert.equal(s.failedConnections, 2, 'two failures, then no more connections');
       assert.deepEqual({ ...h.qm.depth('dead.test'), bytes: 0, oldest: 0 }, { ready: 4, deferred: 2, held: 0, inflight: 0, bytes: 0, oldest: 0 });
       const k2 = await h.kinds('dead.test', ids[2]!);
-      assert.ok(!k2.includes('deferred'), `no attempt counted while suspended: ${k2.join(',')}`);
+      assert.ok(!k2.includes('deferred'), `no attempt counted while dead: ${k2.join(',')}`);
 
-      // The suspension ends: one probe, still refused: suspended again (for 2m).
+      // The wait ends: one probe, still refused: dead again (for 2m).
       h.clock.t += MIN;
       h.relay.poke();
       await waitFor(() => s.failedConnections === 3 && h.qm.depth('dead.test').inflight === 0, { what: 'probe' });
-      await waitFor(() => (h.relay.status().suspended.find((x) => x.dest === dest)?.until ?? 0) === h.clock.t + 2 * MIN, { what: 'suspended again, twice as long' });
+      await waitFor(() => (h.relay.status().dead.find((x) => x.dest === dest)?.until ?? 0) === h.clock.t + 2 * MIN, { what: 'dead again, twice as long' });
       h.relay.poke();
       assert.equal(s.failedConnections, 3, 'only one probe');
 
@@ -359,7 +359,7 @@ describe('relay', () => {
       h.clock.t += 2 * MIN;
       h.relay.poke();
       await waitFor(() => s.messages.length === 3, { what: 'probe delivered, destination resumed' });
-      assert.equal(h.relay.status().suspended.length, 0);
+      assert.equal(h.relay.status().dead.length, 0);
       // the two deferred by the failures go at their own time (5m after their attempt), not later
       h.clock.t += 2 * MIN;
       h.relay.poke();
@@ -385,7 +385,7 @@ describe('relay', () => {
       s.failConnections(Infinity, '421');
       for (const d of domains) for (let i = 0; i < 3; i++) await h.append(d, [`r${i}@${d}`], `${d}-${i}`);
       const dest = `127.0.0.1:${s.port}`;
-      await waitFor(() => h.relay.status().suspended.some((x) => x.dest === dest) && domains.every((d) => h.qm.depth(d).inflight === 0), { what: 'suspended' });
+      await waitFor(() => h.relay.status().dead.some((x) => x.dest === dest) && domains.every((d) => h.qm.depth(d).inflight === 0), { what: 'dead' });
       s.failConnections(0);
       h.clock.t += MIN;
       h.relay.poke();
@@ -393,7 +393,7 @@ describe('relay', () => {
       await waitFor(() => domains.every((d) => h.qm.depth(d).ready === 0 && h.qm.depth(d).inflight === 0), { what: 'every queue drained once the probe resumed the destination', timeout: 15_000 });
       const deferred = domains.reduce((n, d) => n + h.qm.depth(d).deferred, 0);
       assert.equal(s.messages.length + deferred, 12, `delivered ${s.messages.length}, deferred by the failed attempts before the suspension ${deferred}`);
-      assert.equal(h.relay.status().suspended.length, 0);
+      assert.equal(h.relay.status().dead.length, 0);
     } finally {
       await h.stop();
     }
