@@ -16,6 +16,7 @@ import type { Logger } from '../log.ts';
 import type { RecipientResult } from '../message/types.ts';
 import { parseReply, replyLine, type Classifier, type Reply } from './classify.ts';
 import type { DestLimits, Lease, SharedLimits } from './limits.ts';
+import { rcptRefusals } from './smtpClient.ts';
 
 export type TlsMode = 'none' | 'opportunistic' | 'required' | 'verify';
 
@@ -205,8 +206,8 @@ export class SmtpPool {
         }
         const e = err as SmtpError;
         if ((e.code === 'EENVELOPE' || e.code === 'EMESSAGE') && (e.response || e.rejectedErrors?.length)) {
-          // EMESSAGE (the data refused) carries no RCPT rejections: nodemailer keeps them on the envelope.
-          const own = e.rejectedErrors ?? (conn.smtp as unknown as { _envelope?: { rejectedErrors?: SmtpError[] } })._envelope?.rejectedErrors ?? [];
+          // EMESSAGE (the data refused) carries no RCPT rejections: the adapter reads them (smtpClient.ts).
+          const own = e.rejectedErrors ?? rcptRefusals(conn.smtp);
           const perRcpt = new Map(own.map((x) => [x.recipient ?? '', x]));
           const outcomes = envelope.to.map((rcpt) => {
             const mine = perRcpt.get(rcpt);
