@@ -13,6 +13,7 @@ import type { Logger } from '../log.ts';
 import { domainOf, type LocalDelivery, type QueuedMessage, type RecipientResult } from '../message/types.ts';
 import { MailboxError } from './client.ts';
 import type { MailboxDirectory } from './directory.ts';
+import { DomainSet } from '../access/domains.ts';
 import { INBOX, OUTBOX, timeOfMessageId, tryUserKey } from './ids.ts';
 import type { MailStore } from './store.ts';
 
@@ -60,13 +61,13 @@ const oneLine = (s: string) => s.replace(/[\r\n]+/g, ' ');
 export class MailboxDelivery implements LocalDelivery {
   private readonly store: MailStore;
   private readonly directory: MailboxDirectory;
-  private readonly localDomains: Set<string>;
+  private readonly localDomains: DomainSet;
   private readonly log: Logger;
 
   constructor(store: MailStore, directory: MailboxDirectory, config: Config, log: Logger) {
     this.store = store;
     this.directory = directory;
-    this.localDomains = new Set([...config.domains.local, ...Object.entries(config.routes).filter(([, r]) => r === 'local').map(([d]) => d)]);
+    this.localDomains = new DomainSet([...config.domains.local, ...Object.entries(config.routes).filter(([, r]) => r === 'local').map(([d]) => d)]);
     this.log = log.child({ component: 'local-delivery' });
   }
 
@@ -122,10 +123,7 @@ export class MailboxDelivery implements LocalDelivery {
   }
 
   private isLocal(address: string): boolean {
-    const d = domainOf(address);
-    if (this.localDomains.has(d)) return true;
-    for (const l of this.localDomains) if (l.startsWith('*.') && d.endsWith(l.slice(1))) return true;
-    return false;
+    return this.localDomains.has(domainOf(address));
   }
 
   private async deliverOne(rcpt: string, msg: QueuedMessage, body: Buffer, acceptedAt: number, from: string, log: Logger): Promise<RecipientResult> {

@@ -5,7 +5,7 @@
 // POP3 logins get -ERR [SYS/TEMP], and all of it recovers once Cassandra answers.
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
-import { loadTls } from '../ingress/smtp/tls.ts';
+import { loadTls } from '../access/tls.ts';
 import { Pop3Server } from '../pop3/server.ts';
 import { MailboxDelivery } from './delivery.ts';
 import { MailboxDirectory } from './directory.ts';

@@ -1,17 +1,15 @@
 // The POP3 listener: accepts connections on pop3.listen and runs a Pop3Session for each.
-import { BlockList, createServer, type Server, type Socket } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import { createSecureContext, type SecureContext } from 'node:tls';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { MailboxDirectory } from '../mailbox/directory.ts';
 import type { MailStore } from '../mailbox/store.ts';
 import { ConnectionLimiter } from '../net/clients.ts';
-import { LoginLimiter } from './limiter.ts';
+import { TrustedNetworks } from '../access/networks.ts';
+import { FailureThrottle } from '../access/throttle.ts';
+import type { TlsPair } from '../access/tls.ts';
 import { Pop3Session } from './session.ts';
-export interface TlsPair {
-  key: Buffer;
-  cert: Buffer;
-}
 
 export interface Pop3ServerOptions {
   config: Config;
@@ -22,25 +20,13 @@ export interface Pop3ServerOptions {
   tls?: TlsPair | undefined;
 }
 
-/** config.networks.trusted as a BlockList ("127.0.0.0/8", "::1/128", or single addresses). */
-export function trustedNetworks(cidrs: readonly string[]): BlockList {
-  const list = new BlockList();
-  for (const c of cidrs) {
-    const [addr, bits] = c.split('/') as [string, string | undefined];
-    const family = addr.includes(':') ? 'ipv6' : 'ipv4';
-    if (bits === undefined) list.addAddress(addr, family);
-    else list.addSubnet(addr, Number(bits), family);
-  }
-  return list;
-}
-
 export class Pop3Server {
   private readonly opts: Pop3ServerOptions;
   private readonly log: Logger;
   private readonly sessions = new Set<Pop3Session>();
-  private readonly limiter: LoginLimiter;
+  private readonly limiter: FailureThrottle;
   private readonly connections: ConnectionLimiter;
-  private readonly trusted: BlockList;
+  private readonly trusted: TrustedNetworks;
   private readonly secureContext: SecureContext | undefined;
   private server: Server | undefined;
 
@@ -48,9 +34,9 @@ export class Pop3Server {
     this.opts = opts;
     this.log = opts.log.child({ component: 'pop3' });
     const auth = opts.config.pop3.auth;
-    this.limiter = new LoginLimiter({ perClient: auth.perClient, windowMs: auth.window });
+    this.limiter = new FailureThrottle({ perConnection: 0, perClient: auth.perClient, window: auth.window, delay: 0 });
     this.connections = new ConnectionLimiter(opts.config.pop3.maxConnections, opts.config.pop3.maxConnectionsPerClient);
-    this.trusted = trustedNetworks(opts.config.networks.trusted);
+    this.trusted = new TrustedNetworks(opts.config.networks.trusted);
     this.secureContext = opts.tls ? createSecureContext({ key: opts.tls.key, cert: opts.tls.cert, minVersion: 'TLSv1.2' }) : undefined;
   }
 

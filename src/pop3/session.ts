@@ -11,7 +11,7 @@
 //   any other way removes nothing.
 // - Commands are read in order, one at a time, so pipelining clients work.
 import { randomBytes } from 'node:crypto';
-import type { BlockList, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { Config } from '../config/schema.ts';
@@ -21,7 +21,8 @@ import type { MailboxDirectory } from '../mailbox/directory.ts';
 import { INBOX, mailboxName, tryUserKey } from '../mailbox/ids.ts';
 import type { MailStore, MessageRef } from '../mailbox/store.ts';
 import { clientKey } from '../net/clients.ts';
-import type { LoginLimiter } from './limiter.ts';
+import type { TrustedNetworks } from '../access/networks.ts';
+import type { FailureThrottle } from '../access/throttle.ts';
 import { DotStuffer, LineSplitter, TOO_LONG, TopCutter } from './text.ts';
 
 /** Longest command line accepted (RFC 2449 allows 255 octets; AUTH responses may be longer). */
@@ -37,8 +38,8 @@ export interface SessionDeps {
   config: Config;
   store: MailStore;
   directory: MailboxDirectory;
-  limiter: LoginLimiter;
-  trusted: BlockList;
+  limiter: FailureThrottle;
+  trusted: TrustedNetworks;
   secureContext: SecureContext | undefined;
   log: Logger;
 }
@@ -280,8 +281,7 @@ export class Pop3Session {
     const mode = this.deps.config.pop3.plaintextAuth;
     if (mode === 'always' || this.tls) return true;
     if (mode === 'never') return false;
-    const family = this.ip.includes(':') ? 'ipv6' : 'ipv4';
-    return this.ip !== '' && this.deps.trusted.check(this.ip, family);
+    return this.deps.trusted.has(this.ip);
   }
 
   private async capa(): Promise<void> {

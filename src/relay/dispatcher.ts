@@ -11,7 +11,7 @@ import type { Classifier } from './classify.ts';
 import { DeadDestinations } from './dead.ts';
 import { SmtpPool, type AttemptResult, type TlsMode } from './deliver.ts';
 import { limitsFor, type DestLimits, type SharedLimits } from './limits.ts';
-import { matchDomain } from './routes.ts';
+import { matchDomain } from '../access/domains.ts';
 
 export interface Target {
   host: string;

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { RedisNode } from '../queue/node.ts';
-import { matchDomain } from './routes.ts';
+import { matchDomain } from '../access/domains.ts';
 import { runScript } from '../queue/scripts.ts';
 
 export interface DestLimits {

@@ -2,29 +2,12 @@
 // for its subdomains, "*" for everything else) to `local` (mailbox delivery) or a fixed SMTP
 // host; the local domains (domains.local) go to `local`; every other domain goes to its MX hosts
 // (src/relay/mx.ts).
+import { matchDomain } from '../access/domains.ts';
 
 export type Route =
   | { kind: 'local'; key: string }
   | { kind: 'smtp'; key: string; host: string; port: number; secure: boolean }
   | { kind: 'mx' };
-
-/**
- * The entry of a map keyed by domain patterns that applies to `name`: the exact name, else the
- * longest "*.suffix" that `name` ends with (subdomains only), else "*". Keys are lower case.
- */
-export function matchDomain<T>(map: Record<string, T> | Map<string, T>, name: string): { key: string; value: T } | undefined {
-  const get = (k: string): T | undefined => (map instanceof Map ? map.get(k) : Object.hasOwn(map, k) ? map[k] : undefined);
-  const n = name.toLowerCase();
-  const exact = get(n);
-  if (exact !== undefined) return { key: n, value: exact };
-  for (let i = n.indexOf('.'); i >= 0; i = n.indexOf('.', i + 1)) {
-    const k = `*${n.slice(i)}`;
-    const v = get(k);
-    if (v !== undefined) return { key: k, value: v };
-  }
-  const any = get('*');
-  return any !== undefined ? { key: '*', value: any } : undefined;
-}
 
 export class Routes {
   private readonly table = new Map<string, Route>();

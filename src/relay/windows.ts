@@ -1,6 +1,6 @@
 // Delivery windows per destination domain: the hours of the day in which a queue may be taken
 // from. A pure function of the time given; the scheduler (scheduler.ts) asks it.
-import { matchDomain } from './routes.ts';
+import { matchDomain } from '../access/domains.ts';
 
 type Range = [start: number, end: number]; // minutes of the day, end exclusive, end < start wraps
 

@@ -8,8 +8,9 @@
 // quoted local parts) from an untrusted, unauthenticated client is refused even for local and
 // relay domains (Postfix's allow_untrusted_routing = no), so that a next hop that still honours
 // such forms cannot be used to reach a third party.
-import { BlockList, isIP } from 'node:net';
 import { domainToASCII } from 'node:url';
+import { DomainSet } from '../../access/domains.ts';
+import { TrustedNetworks } from '../../access/networks.ts';
 import type { Config } from '../../config/schema.ts';
 import { domainOf, type UserDirectory } from '../../message/types.ts';
 import { reply } from './replies.ts';
@@ -60,52 +61,10 @@ export function hasRouting(local: string): boolean {
   return local.includes('%') || local.includes('!') || local.includes('@') || local.startsWith('"');
 }
 
-/** A list of domains: exact names and "*.name" for every subdomain of name. */
-export class DomainSet {
-  private readonly exact = new Set<string>();
-  private readonly parents: string[] = [];
-  constructor(domains: readonly string[]) {
-    for (const d of domains) {
-      const ascii = domainToASCII(d.replace(/^\*\./, '').toLowerCase()) || d.toLowerCase();
-      if (d.startsWith('*.')) this.parents.push(`.${ascii}`);
-      else this.exact.add(ascii);
-    }
-  }
-  has(domain: string): boolean {
-    if (this.exact.has(domain)) return true;
-    for (const p of this.parents) if (domain.endsWith(p)) return true;
-    return false;
-  }
-  get first(): string | undefined {
-    return this.exact.values().next().value;
-  }
-}
-
-/** Client addresses trusted to relay (networks.trusted), IPv4 and IPv6 CIDR ranges. */
-export class Networks {
-  private readonly list = new BlockList();
-  constructor(ranges: readonly string[]) {
-    for (const r of ranges) {
-      const [ip, bits] = r.split('/') as [string, string | undefined];
-      const family = isIP(ip);
-      if (!family) throw new Error(`networks.trusted: expected an IPv4 or IPv6 address or range, got ${JSON.stringify(r)}`);
-      const type = family === 6 ? 'ipv6' : 'ipv4';
-      if (bits === undefined) this.list.addAddress(ip, type);
-      else this.list.addSubnet(ip, Number(bits), type);
-    }
-  }
-  has(address: string): boolean {
-    const a = address.replace(/^::ffff:(?=\d+\.\d+\.\d+\.\d+$)/i, '');
-    const family = isIP(a);
-    if (!family) return false;
-    return this.list.check(a, family === 6 ? 'ipv6' : 'ipv4');
-  }
-}
-
 export class RelayPolicy {
   readonly local: DomainSet;
   readonly relay: DomainSet;
-  readonly trusted: Networks;
+  readonly trusted: TrustedNetworks;
   private readonly users: UserDirectory;
   private readonly postmasterAddress: string;
   /** submission.senderLogins: sender address or "@domain" (lower case) → logins (lower case). */
@@ -118,7 +77,7 @@ export class RelayPolicy {
     }
     this.local = new DomainSet(config.domains.local);
     this.relay = new DomainSet(config.domains.relay);
-    this.trusted = new Networks(config.networks.trusted);
+    this.trusted = new TrustedNetworks(config.networks.trusted);
     this.users = users;
   }
 

@@ -22,15 +22,16 @@ import type { Config } from '../../config/schema.ts';
 import type { Logger } from '../../log.ts';
 import { newMessageId, type UserDirectory } from '../../message/types.ts';
 import type { QueueManager } from '../../queue/manager.ts';
+import { loadTls, type LoadedTls } from '../../access/tls.ts';
+import { FailureThrottle } from '../../access/throttle.ts';
 import { hardCommandLength, screenCommand } from './commands.ts';
 import { GatewayServer, type ConnectionRules, type GatewayConnection } from './connection.ts';
 import { addedHeaders, ContentScanner, faultReply, SMUGGLING } from './hygiene.ts';
 import { ConnectionLimiter, clientKey } from '../../net/clients.ts';
-import { DataDeadlines, FailureGuard } from './limits.ts';
+import { DataDeadlines } from './limits.ts';
 import { RelayPolicy } from './policy.ts';
 import { REPLIES, reply, SmtpReply } from './replies.ts';
 import { storeMessage, type Stored } from './store.ts';
-import { loadTls, type TlsPair } from './tls.ts';
 import { ConfigUserDirectory } from './users.ts';
 
 export type ListenerName = 'mx' | 'submission';
@@ -86,8 +87,8 @@ export class SmtpIngress extends EventEmitter {
   /** The logger handed to smtp-server, which adds component: 'smtp-server' itself. */
   private readonly libraryLog: Logger;
   private readonly limiter: ConnectionLimiter;
-  private readonly authGuard: FailureGuard;
-  private readonly errorGuard: FailureGuard;
+  private readonly authGuard: FailureThrottle;
+  private readonly errorGuard: FailureThrottle;
   /** Message bytes held by all DATA transfers (smtp.maxBytesInFlight). */
   bytesInFlight = 0;
   private readonly deadlines: DataDeadlines;
@@ -96,7 +97,7 @@ export class SmtpIngress extends EventEmitter {
   private readonly servers = new Map<ListenerName, GatewayServer>();
   private readonly bound = new Map<ListenerName, { host: string; port: number }>();
   private readonly storing = new Set<Promise<unknown>>();
-  private tls: TlsPair | undefined;
+  private tls: LoadedTls | undefined;
   private doorTimer: NodeJS.Timeout | undefined;
   private readonly onHealth = () => this.checkDoor();
   private stopping = false;
@@ -115,8 +116,8 @@ export class SmtpIngress extends EventEmitter {
     this.policy = new RelayPolicy(opts.config, this.users);
     const s = opts.config.smtp;
     this.limiter = new ConnectionLimiter(s.maxConnections, s.maxConnectionsPerClient);
-    this.authGuard = new FailureGuard(s.auth);
-    this.errorGuard = new FailureGuard({ perConnection: s.errors.hardLimit, perClient: s.errors.perClient, window: s.errors.window, delay: s.errors.sleep });
+    this.authGuard = new FailureThrottle(s.auth);
+    this.errorGuard = new FailureThrottle({ perConnection: s.errors.hardLimit, perClient: s.errors.perClient, window: s.errors.window, delay: s.errors.sleep });
     this.deadlines = new DataDeadlines(s.dataTimeout, s.minDataRate);
     this.localDomains = new Set(opts.config.domains.local);
   }

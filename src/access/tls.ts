@@ -1,4 +1,4 @@
-// The TLS key and certificate of the SMTP listeners: the PEM files `tls.key` and `tls.cert` name,
+// The gateway's one TLS key and certificate, for the SMTP listeners and POP3's STLS: the PEM files `tls.key` and `tls.cert` name,
 // or else a self-signed pair generated once (npm `selfsigned`: RSA 2048, SHA-256, ten years,
 // subject and SAN the gateway's hostname) into `${gateway.dataDir}/tls/` and reused after that.
 // A self-signed certificate still gives opportunistic STARTTLS between MTAs (which rarely check
@@ -7,12 +7,17 @@ import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
 import { generate } from 'selfsigned';
-import type { Config } from '../../config/schema.ts';
-import type { Logger } from '../../log.ts';
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../log.ts';
 
+/** A PEM key and certificate. */
 export interface TlsPair {
   key: Buffer;
   cert: Buffer;
+}
+
+/** The gateway's pair, and where it came from. */
+export interface LoadedTls extends TlsPair {
   /** Where they came from: the configured files or the generated pair. */
   source: 'config' | 'generated' | 'created';
   keyPath: string;
@@ -21,7 +26,7 @@ export interface TlsPair {
 
 const readIfThere = (path: string) => readFile(path).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? undefined : Promise.reject(err)));
 
-export async function loadTls(config: Config, log: Logger): Promise<TlsPair> {
+export async function loadTls(config: Config, log: Logger): Promise<LoadedTls> {
   const { key: keyPath, cert: certPath } = config.tls;
   if (keyPath || certPath) {
     if (!keyPath || !certPath) throw new Error('tls: set both key and cert (PEM files), or neither for a generated self-signed pair');
