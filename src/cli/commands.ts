@@ -5,7 +5,7 @@ import { servicesDown, servicesStatus, servicesUp, type ServiceStatus } from '..
 import { registerMailboxCommands } from './mailboxCommands.ts';
 import { registerQueueCommands } from './queueCommands.ts';
 import { registerSendmailCommand } from './sendmail.ts';
-import { configOption, contextFrom, loggerFor } from './main.ts';
+import { configOption, contextFrom, loggerFor } from './context.ts';
 
 /** Progress of `start` and `services up`: plain lines on standard error, beside the log. */
 const say = (line: string) => console.error(`streamgate: ${line}`);

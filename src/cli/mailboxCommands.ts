@@ -10,7 +10,7 @@ import { userKey } from '../mailbox/ids.ts';
 import { applySchema } from '../mailbox/schema.ts';
 import { MailStore } from '../mailbox/store.ts';
 import { hashPassword } from '../message/password.ts';
-import { configOption, contextFrom, EXIT_USAGE } from './main.ts';
+import { configOption, contextFrom, EXIT_USAGE } from './context.ts';
 
 class UsageError extends Error {
   readonly exitCode = EXIT_USAGE;

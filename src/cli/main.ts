@@ -1,28 +1,11 @@
 // The `streamgate` command. Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error.
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Command, CommanderError, Option } from 'commander';
-import { ConfigError, loadConfig } from '../config/load.ts';
-import type { Config } from '../config/schema.ts';
-import { createLogger } from '../log.ts';
+import { Command, CommanderError } from 'commander';
+import { ConfigError } from '../config/load.ts';
 import { MissingToolError } from '../services/tools.ts';
 import { registerCommands } from './commands.ts';
-
-export const EXIT_OK = 0;
-export const EXIT_FAILURE = 1;
-export const EXIT_USAGE = 2;
-
-export interface Context {
-  config: Config;
-  configPath: string | undefined;
-}
-
-export function contextFrom(opts: { config?: string }): Context {
-  const { config, path } = loadConfig({ path: opts.config });
-  return { config, configPath: path };
-}
-
-export const configOption = () => new Option('-c, --config <path>', 'configuration file (default: $STREAMGATE_CONFIG)');
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from './context.ts';
 
 /** The package's version, from package.json two folders up (from src/cli and from dist/cli alike). */
 function version(): string {
@@ -64,10 +47,6 @@ export async function run(argv: string[]): Promise<number> {
     if (process.env.STREAMGATE_DEBUG) console.error(e.stack);
     return e.exitCode === EXIT_USAGE ? EXIT_USAGE : EXIT_FAILURE;
   }
-}
-
-export function loggerFor(config: Config) {
-  return createLogger({ level: config.log.level, pretty: config.log.pretty });
 }
 
 if (import.meta.main) {

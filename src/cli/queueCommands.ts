@@ -1,7 +1,7 @@
 // `streamgate queue ...`: a mailq / postsuper for the running gateway, through its ops API.
 // Every call needs a token: --token or STREAMGATE_OPS_TOKEN (one of ops.tokens; writes need role admin).
 import type { Command } from 'commander';
-import { configOption, contextFrom } from './main.ts';
+import { configOption, contextFrom } from './context.ts';
 
 interface QueueRow {
   domain: string;

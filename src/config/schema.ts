@@ -321,4 +321,3 @@ export const configSchema = z
   });
 
 export type Config = z.output<typeof configSchema>;
-export type RedisNodeConfig = Config['redis']['nodes'][number];

@@ -40,10 +40,3 @@ export function parseListen(text: string): { host: string; port: number } | unde
   if (port > 65535) return undefined;
   return { host: (m[1] ?? m[2])!, port };
 }
-
-export function formatDuration(ms: number): string {
-  for (const [unit, size] of [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]] as const) {
-    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
-  }
-  return `${ms}ms`;
-}

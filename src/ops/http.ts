@@ -18,14 +18,29 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
-import { QueueError } from '../queue/errors.ts';
+import { QueueError, type QueueErrorCode } from '../queue/errors.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import type { Relay } from '../relay/relay.ts';
 import type { MemoryReport } from './memory.ts';
 
 const VERSION = (JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 
-const STATUS: Record<string, number> = { NOT_FOUND: 404, WRONG_STATE: 409, QUEUE_UNAVAILABLE: 503, BAD_INPUT: 400 };
+/** The HTTP status of every queue error code (SG_ERR_<code>): the caller's mistakes 4xx, the queue's state 503, the rest 500. */
+const STATUS: Record<QueueErrorCode, number> = {
+  NOT_FOUND: 404,
+  WRONG_STATE: 409,
+  BAD_INPUT: 400,
+  QUEUE_UNAVAILABLE: 503,
+  STORAGE_FULL: 500,
+  QUEUE_FULL: 500,
+  DIVERGED: 500,
+  NODE_POLICY: 500,
+  MEMBER_CONFLICT: 500,
+  FENCED: 500,
+  COPY_REFUSED: 500,
+  COPY_MISMATCH: 500,
+  COPY_ABANDONED: 500,
+};
 
 /** The error body, with the codes a route (or status) can answer with. */
 function errorSchema(description: string, codes: string[]) {
@@ -194,7 +209,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   });
 
   app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, _req, reply) => {
-    if (err instanceof QueueError) return fail(reply, STATUS[err.code] ?? 500, `SG_ERR_${err.code}`, err.message);
+    if (err instanceof QueueError) return fail(reply, STATUS[err.code], `SG_ERR_${err.code}`, err.message);
     if (err.validation) return fail(reply, 400, 'SG_ERR_BAD_REQUEST', err.message);
     log.error({ err }, 'request failed');
     return fail(reply, err.statusCode ?? 500, 'SG_ERR_INTERNAL', err.message);

@@ -10,6 +10,7 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
 import type { Queue } from './queue.ts';
+import { QueueError } from './errors.ts';
 import { decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, decodeMeta } from './records.ts';
 import type { Replica } from './replicas.ts';
 
@@ -66,7 +67,7 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
   // write set (every write the target took went to the source too, which applied them all); if
   // the target went on without the source, it may hold mail the source never saw.
   if (theirs && mine && theirs.txn > mine.txn && theirs.members && !theirs.members.some((id) => source.node.is(id))) {
-    throw new Error(`refusing to copy ${q.name} from ${source.node.id} (transaction ${mine.txn}) over ${target.node.id}, which went on without it to transaction ${theirs.txn}`);
+    throw new QueueError('COPY_REFUSED', `refusing to copy ${q.name} from ${source.node.id} (transaction ${mine.txn}) over ${target.node.id}, which went on without it to transaction ${theirs.txn}`);
   }
   await dst.del(live, hist, meta, state);
   set.dirty = new Set();
@@ -104,11 +105,11 @@ export async function copyQueue(q: Queue, source: Replica, target: Replica, bloc
     if (Object.keys(m).length) await dst.hset(meta, m);
     const [srcTxn, dstTxn, srcLen, dstLen] = await Promise.all([src.hget(meta, 'txn'), dst.hget(meta, 'txn'), src.xlen(live), dst.xlen(live)]);
     if (srcTxn !== dstTxn || srcLen !== dstLen) {
-      throw new Error(`copy of ${q.name} does not match: txn ${srcTxn}/${dstTxn}, live ${srcLen}/${dstLen}`);
+      throw new QueueError('COPY_MISMATCH', `copy of ${q.name} does not match: txn ${srcTxn}/${dstTxn}, live ${srcLen}/${dstLen}`);
     }
     // A source that left the write set meanwhile, or a write whose outcome is unknown, makes the
     // copy worthless as a replica the gateway knows: it is not taken as in sync.
-    if (set.stale || !set.inSync().includes(source)) throw new Error(`copy of ${q.name}: ${set.stale ? 'a write of unknown outcome' : `the source ${source.node.id} left the write set`} during the copy`);
+    if (set.stale || !set.inSync().includes(source)) throw new QueueError('COPY_ABANDONED', `copy of ${q.name}: ${set.stale ? 'a write of unknown outcome' : `the source ${source.node.id} left the write set`} during the copy`);
     // both now hold the same record: the write set is the pair, and the target takes writes
     const members = [...set.inSync().map((r) => r.node.id), target.node.id].join(',');
     await Promise.all([src.hset(meta, 'members', members), dst.hset(meta, 'members', members)]);

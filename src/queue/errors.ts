@@ -9,7 +9,10 @@ export type QueueErrorCode =
   | 'BAD_INPUT'
   | 'NODE_POLICY' // a node whose maxmemory-policy is not noeviction
   | 'MEMBER_CONFLICT' // the gateway id is held by a live member of the pool
-  | 'FENCED'; // the queue belongs to a newer owner: this process no longer writes it
+  | 'FENCED' // the queue belongs to a newer owner: this process no longer writes it
+  | 'COPY_REFUSED' // a copy would overwrite a replica that went on without its source
+  | 'COPY_MISMATCH' // a finished copy does not equal its source
+  | 'COPY_ABANDONED'; // the source changed under a copy (left the write set, or a write of unknown outcome)
 
 export class QueueError extends Error {
   override name = 'QueueError';

@@ -10,7 +10,7 @@ import type { Logger } from '../log.ts';
 import type { LocalDelivery, QueuedMessage } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import { Classifier } from './classify.ts';
-import type { AttemptResult, RecipientOutcome } from './deliver.ts';
+import type { RecipientOutcome } from './deliver.ts';
 import { Dispatcher, type Target } from './dispatcher.ts';
 import { buildDsn, dsnStatus, type DsnRecipient } from './dsn.ts';
 import { SharedLimits } from './limits.ts';
@@ -229,7 +229,7 @@ export class Relay {
     }
     const out = await this.dispatcher.deliver(msg.domain, targets, msg.envelope, msg.raw, this.abort.signal);
     if (out.kind === 'dead') return 'requeue';
-    return fromAttempt(out.result);
+    return out.result;
   }
 
   // ---- settling -----------------------------------------------------------------------------
@@ -299,10 +299,6 @@ export class Relay {
     const r = await this.qm.append(m);
     this.log.info({ messageId: msg.id, dsn: m.id, to: m.envelope.to[0], queue: r.queue, duplicate: r.duplicate, action: rcpts[0]?.action }, 'dsn queued');
   }
-}
-
-function fromAttempt(r: AttemptResult): Attempt {
-  return { results: r.results, mx: r.mx, tls: r.tls, reply: r.reply };
 }
 
 /** Builds and starts the relay (src/app.ts). */
