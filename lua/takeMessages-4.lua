@@ -3,7 +3,7 @@
 
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
   ARGV: 1-6 as in includes/queueWrite.lua, 7 return entries (1 on the node that serves reads,
-        0 on the other), 7.. message ids
+        0 on the other), 8.. message ids
   Returns: { 0, txn, taken, { msgId, attempt, remaining recipients (JSON) or '', entryFields }... }
            (entryFields empty where ARGV[7] is 0: the caller reads them from another reply, or
            from this node if that reply is lost)
