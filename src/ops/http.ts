@@ -14,7 +14,6 @@ import { timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
@@ -22,6 +21,7 @@ import { QueueError } from '../queue/errors.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import type { Relay } from '../relay/relay.ts';
 import type { MemoryReport } from './memory.ts';
+import { GatewayMetrics } from './metrics.ts';
 
 const VERSION = (JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -87,66 +87,6 @@ function fail(reply: FastifyReply, status: number, code: string, message: string
   return reply.code(status).send({ error: { code, message } });
 }
 
-export function metricsRegistry(queues: QueueManager, memory?: () => MemoryReport): Registry {
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'streamgate_process_' });
-  const depth = new Gauge({ name: 'streamgate_queue_depth', help: 'Live messages per destination queue and state', labelNames: ['queue', 'state'], registers: [registry] });
-  const bytes = new Gauge({ name: 'streamgate_queue_bytes', help: 'Bytes of live messages per destination queue', labelNames: ['queue'], registers: [registry] });
-  const oldest = new Gauge({ name: 'streamgate_queue_oldest_age_seconds', help: 'Age of the oldest live message per queue', labelNames: ['queue'], registers: [registry] });
-  const replica = new Gauge({ name: 'streamgate_queue_replica_in_sync', help: '1 when the replica is in sync', labelNames: ['queue', 'node'], registers: [registry] });
-  const node = new Gauge({ name: 'streamgate_redis_node_up', help: '1 when the Redis node answers heartbeats', labelNames: ['node'], registers: [registry] });
-  const mem = new Gauge({ name: 'streamgate_redis_node_memory_ratio', help: 'used_memory / maxmemory of the node', labelNames: ['node'], registers: [registry] });
-  const budget = new Gauge({ name: 'streamgate_memory_budget_used_bytes', help: 'Estimated memory per budget (mail, history on each pool node; events on the events Redis)', labelNames: ['node', 'budget'], registers: [registry] });
-  const budgetLimit = new Gauge({ name: 'streamgate_memory_budget_limit_bytes', help: 'Limit of each budget (share of the node maxmemory)', labelNames: ['node', 'budget'], registers: [registry] });
-  const used = new Gauge({ name: 'streamgate_redis_node_used_memory_bytes', help: 'used_memory of each node (pool and events)', labelNames: ['node'], registers: [registry] });
-  const histBlocked = new Gauge({ name: 'streamgate_history_over_budget', help: '1 when history is above its budget and held by events not yet sent', labelNames: ['node'], registers: [registry] });
-  const trimmed = new Counter({ name: 'streamgate_history_trimmed_total', help: 'History events trimmed for the history budget', registers: [registry] });
-  const dropped = new Counter({ name: 'streamgate_events_dropped_total', help: 'Undelivered event jobs dropped for the events budget (events.whenFull: drop)', registers: [registry] });
-  const paused = new Gauge({ name: 'streamgate_events_publishing_paused', help: '1 while events are not published (budget full with events.whenFull: stop, or the events Redis failing)', registers: [registry] });
-  const evJobs = new Gauge({ name: 'streamgate_events_jobs', help: 'Jobs in the events queue (waiting, active, finished)', registers: [registry] });
-  const degraded = new Gauge({ name: 'streamgate_degraded', help: '1 when /health says degraded (budgets; mail still accepted)', registers: [registry] });
-  let seenTrimmed = 0;
-  let seenDropped = 0;
-  const collect = () => {
-    if (memory) {
-      const m = memory();
-      for (const n of m.nodes) {
-        budget.set({ node: n.node, budget: 'mail' }, n.mail.bytes);
-        budgetLimit.set({ node: n.node, budget: 'mail' }, n.mail.limit);
-        budget.set({ node: n.node, budget: 'history' }, n.history.bytes);
-        budgetLimit.set({ node: n.node, budget: 'history' }, n.history.limit);
-        histBlocked.set({ node: n.node }, n.history.blocked ? 1 : 0);
-        used.set({ node: n.node }, n.usedMemory);
-      }
-      budget.set({ node: m.events.redis, budget: 'events' }, m.events.bytes);
-      budgetLimit.set({ node: m.events.redis, budget: 'events' }, m.events.limit);
-      used.set({ node: m.events.redis }, m.events.usedMemory);
-      if (m.historyTrimmed > seenTrimmed) trimmed.inc(m.historyTrimmed - seenTrimmed);
-      seenTrimmed = m.historyTrimmed;
-      if (m.events.dropped > seenDropped) dropped.inc(m.events.dropped - seenDropped);
-      seenDropped = m.events.dropped;
-      paused.set(m.events.paused ? 1 : 0);
-      evJobs.set(m.events.jobs);
-      degraded.set(m.degraded.length ? 1 : 0);
-    }
-    depth.reset();
-    replica.reset();
-    const now = queues.now();
-    for (const q of queues.views()) {
-      for (const s of ['ready', 'deferred', 'held', 'inflight'] as const) depth.set({ queue: q.domain, state: s }, q.depth[s]);
-      bytes.set({ queue: q.domain }, q.depth.bytes);
-      oldest.set({ queue: q.domain }, q.depth.oldest === null ? 0 : Math.max(0, (now - q.depth.oldest) / 1000));
-      for (const r of q.table().replicas) replica.set({ queue: q.domain, node: r.node }, r.sync === 'Sync' && r.up ? 1 : 0);
-    }
-    for (const n of queues.nodes) {
-      const s = n.status();
-      node.set({ node: s.id }, s.up ? 1 : 0);
-      mem.set({ node: s.id }, s.maxmemory ? s.usedMemory / s.maxmemory : 0);
-    }
-  };
-  return Object.assign(registry, { collectQueues: collect });
-}
-
 export interface OpsOptions {
   config: Config;
   queues: QueueManager;
@@ -155,6 +95,8 @@ export interface OpsOptions {
   /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
   memory?: () => MemoryReport;
   log: Logger;
+  /** The gateway's metrics (src/app.ts wires every part to them); without it, those of the queues and memory alone. */
+  metrics?: GatewayMetrics;
   /** Told of every route as it is added (tests compare them with the OpenAPI document). */
   onRoute?: (route: { method: string; url: string }) => void;
 }
@@ -164,7 +106,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   const log = opts.log.child({ component: 'ops' });
   // removeAdditional off: a body with a property the schema does not name is a 400, not trimmed
   const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), ajv: { customOptions: { removeAdditional: false } } });
-  const registry = metricsRegistry(queues, opts.memory) as Registry & { collectQueues(): void };
+  const metrics = opts.metrics ?? standaloneMetrics(opts);
   const tokens = config.ops.tokens.map((t) => ({ key: Buffer.from(t.token), role: t.role }));
   const open = new Set(['/', ...config.ops.open.map((name) => `/${name}`)]);
   const hosts = new Set(['localhost', config.gateway.hostname.toLowerCase(), ...config.ops.hosts.map((h) => h.toLowerCase())]);
@@ -241,8 +183,8 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   );
 
   app.get('/metrics', { schema: { summary: 'Prometheus metrics', ...access('/metrics'), response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string' } } } }, ...errors({ auth: guarded('/metrics') }) } } }, async (_req, reply) => {
-    registry.collectQueues();
-    return reply.type(registry.contentType).send(await registry.metrics());
+    const text = await metrics.text();
+    return reply.type(metrics.registry.contentType).send(text);
   });
 
   app.get('/api/openapi.json', { schema: { summary: 'This document', response: { 200: { description: 'OpenAPI 3.1', type: 'object', additionalProperties: true }, ...errors({ auth: true }) } } }, async () => app.swagger());
@@ -372,5 +314,19 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   await app.listen({ host: config.ops.listen.host, port: config.ops.listen.port });
   const port = (app.server.address() as { port: number }).port;
   log.info({ host: config.ops.listen.host, port }, 'ops listening');
-  return { port, stop: () => app.close() };
+  return {
+    port,
+    stop: async () => {
+      await app.close();
+      if (!opts.metrics) metrics.stop();
+    },
+  };
+}
+
+/** Metrics of the queues and the memory budgets, for an ops listener started on its own (tests). */
+function standaloneMetrics(opts: OpsOptions): GatewayMetrics {
+  const m = new GatewayMetrics({ topDestinations: opts.config.ops.topDestinations });
+  m.watchQueues(opts.queues, opts.config.queue.memoryHighWater);
+  if (opts.memory) m.watchMemory(opts.memory);
+  return m;
 }
