@@ -13,6 +13,7 @@ import Fastify, { LogController, type FastifyReply, type FastifyRequest } from '
 import { timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
@@ -21,9 +22,17 @@ import { QueueError } from '../queue/errors.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import type { Relay } from '../relay/relay.ts';
 import type { MemoryReport } from './memory.ts';
+import { LiveFeed } from './live.ts';
 import { GatewayMetrics } from './metrics.ts';
 
 const VERSION = (JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+
+const require = createRequire(import.meta.url);
+/** The dashboard's assets, served from their npm packages. */
+const ASSETS: Record<string, { file: string; type: string; what: string }> = {
+  '/assets/uplot.js': { file: require.resolve('uplot/dist/uPlot.iife.min.js'), type: 'text/javascript; charset=utf-8', what: 'uPlot (charts)' },
+  '/assets/uplot.css': { file: require.resolve('uplot/dist/uPlot.min.css'), type: 'text/css; charset=utf-8', what: 'uPlot styles' },
+};
 
 const STATUS: Record<string, number> = { NOT_FOUND: 404, WRONG_STATE: 409, QUEUE_UNAVAILABLE: 503, BAD_INPUT: 400 };
 
@@ -90,8 +99,8 @@ function fail(reply: FastifyReply, status: number, code: string, message: string
 export interface OpsOptions {
   config: Config;
   queues: QueueManager;
-  /** For suspend / resume of a destination; without it those calls answer 503. */
-  relay?: Pick<Relay, 'suspend' | 'resume' | 'suspended'>;
+  /** For suspend / resume of a destination and the dashboard's relay state; without it those calls answer 503. */
+  relay?: Pick<Relay, 'suspend' | 'resume' | 'suspended' | 'status'>;
   /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
   memory?: () => MemoryReport;
   log: Logger;
@@ -105,10 +114,13 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   const { config, queues } = opts;
   const log = opts.log.child({ component: 'ops' });
   // removeAdditional off: a body with a property the schema does not name is a 400, not trimmed
-  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), ajv: { customOptions: { removeAdditional: false } } });
+  // forceCloseConnections: the dashboard's event streams never go idle; close ends them
+  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), forceCloseConnections: true, ajv: { customOptions: { removeAdditional: false } } });
   const metrics = opts.metrics ?? standaloneMetrics(opts);
+  const live = new LiveFeed({ config, queues, relay: opts.relay, memory: opts.memory, onReply: (fn) => metrics.onReply(fn) });
+  live.start();
   const tokens = config.ops.tokens.map((t) => ({ key: Buffer.from(t.token), role: t.role }));
-  const open = new Set(['/', ...config.ops.open.map((name) => `/${name}`)]);
+  const open = new Set(['/', ...Object.keys(ASSETS), ...config.ops.open.map((name) => `/${name}`)]);
   const hosts = new Set(['localhost', config.gateway.hostname.toLowerCase(), ...config.ops.hosts.map((h) => h.toLowerCase())]);
 
   /** The role of the request's bearer token, if it carries a known one. */
@@ -169,6 +181,31 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   // 200 ok | 200 degraded (a budget needs attention; mail is still accepted) | 503 unavailable
   const dashboard = readFileSync(join(import.meta.dirname, 'dashboard.html'), 'utf8');
   app.get('/', { schema: { summary: 'The live dashboard page', security: [], response: { 200: { description: 'HTML page', content: { 'text/html': { schema: { type: 'string' } } } }, ...errors({ auth: false }) } } }, async (_req, reply) => reply.type('text/html; charset=utf-8').send(dashboard));
+
+  // the page's scripts and styles, from their npm packages (no CDN)
+  for (const [path, asset] of Object.entries(ASSETS)) {
+    const body = readFileSync(asset.file);
+    app.get(path, { schema: { summary: `Dashboard asset: ${asset.what}`, security: [], response: { 200: { description: asset.type, content: { [asset.type]: { schema: { type: 'string' } } } }, ...errors({ auth: false }) } } }, async (_req, reply) => reply.type(asset.type).header('cache-control', 'max-age=3600').send(body));
+  }
+
+  app.get('/api/live', { schema: { summary: 'The dashboard\'s live data as server-sent events: "history" (the last hour of every series) once, then a "tick" frame every second', response: { 200: { description: 'text/event-stream', content: { 'text/event-stream': { schema: { type: 'string' } } } }, ...errors({ auth: true }) } } }, (req, reply) => {
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
+    res.write(`retry: 2000\nevent: history\ndata: ${JSON.stringify(live.history())}\n\nevent: tick\ndata: ${JSON.stringify(live.frame())}\n\n`);
+    const off = live.subscribe((frame) => res.write(`event: tick\ndata: ${frame}\n\n`));
+    req.raw.once('close', off);
+  });
+
+  const recentSchema = { type: 'object', additionalProperties: false, properties: { id: { type: 'string' }, domain: { type: 'string' }, from: { type: 'string' }, to: { type: 'array', items: { type: 'string' } }, at: { type: ['integer', 'null'] }, live: { type: 'boolean' } } } as const;
+  app.get<{ Querystring: { q: string } }>('/api/messages', { schema: { summary: 'Messages by id, sender or recipient: the last 10,000 accepted by this gateway process (newest first), and a live message by its exact id', querystring: { type: 'object', additionalProperties: false, required: ['q'], properties: { q: { type: 'string', minLength: 1, maxLength: 320 } } }, response: { 200: { type: 'object', additionalProperties: false, properties: { messages: { type: 'array', items: recentSchema } } }, ...errors({ auth: true, input: true }) } } }, async (req) => {
+    const q = req.query.q.trim();
+    const found: { id: string; domain: string; from: string; to: string[]; at: number | null; live: boolean }[] = live.search(q).map((m) => ({ ...m, live: !!queues.view(m.domain)?.get(m.id) }));
+    if (!found.length && MESSAGE_ID.test(q)) {
+      for (const v of queues.views()) if (v.get(q)) found.push({ id: q, domain: v.domain, from: '', to: [], at: null, live: true });
+    }
+    return { messages: found };
+  });
 
   const healthSchema = (...status: string[]) => ({ type: 'object', additionalProperties: false, properties: { status: { type: 'string', enum: status }, degraded: { type: 'array', items: { type: 'string' } }, nodes: { type: 'array', items: { type: 'object', additionalProperties: true } } } });
   app.get('/health', { schema: { summary: 'For load balancers: 200 while the queues take writes', ...access('/health'), response: { 200: { description: 'The queues take writes; degraded: a budget needs attention (mail is still accepted)', ...healthSchema('ok', 'degraded') }, 503: { description: 'The queues take no writes (the ingress door is closed)', ...healthSchema('unavailable') }, ...errors({ auth: guarded('/health') }) } } }, async (_req, reply) => {
@@ -317,6 +354,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   return {
     port,
     stop: async () => {
+      live.stop();
       await app.close();
       if (!opts.metrics) metrics.stop();
     },

@@ -18,7 +18,6 @@ import type { MemoryReport } from './memory.ts';
 export const OTHER = 'other';
 const STATES = ['ready', 'deferred', 'held', 'inflight'] as const;
 
-export type Outcome = 'accepted' | 'delivered' | 'deferred' | 'bounced' | 'expired';
 
 /** What the SMTP ingress tells of each DATA reply (SmtpIngress 'reply'). */
 export interface ReplyObservation {
@@ -90,8 +89,6 @@ export class GatewayMetrics {
   private readonly now: () => number;
   private readonly collectors: (() => void)[] = [];
   private readonly stops: (() => void)[] = [];
-  /** Told of every outcome counted, with its time (ms): the dashboard's live series. */
-  private readonly outcomeListeners: ((o: Outcome, domain: string) => void)[] = [];
   private readonly replyListeners: ((r: ReplyObservation) => void)[] = [];
 
   readonly messages: Counter<'queue' | 'listener' | 'outcome'>;
@@ -123,11 +120,7 @@ export class GatewayMetrics {
     if (collect) this.collectors.push(collect);
   }
 
-  /** Told of every counted outcome and of every SMTP reply (the dashboard's live series). */
-  onOutcome(fn: (o: Outcome, domain: string) => void): void {
-    this.outcomeListeners.push(fn);
-  }
-
+  /** Told of every SMTP DATA reply (the dashboard's latency series). */
   onReply(fn: (r: ReplyObservation) => void): void {
     this.replyListeners.push(fn);
   }
@@ -212,13 +205,11 @@ export class GatewayMetrics {
       const listener = d.listener ?? (d.source === 'producer' ? 'producer' : 'dsn');
       const l = this.labels.count(ev.domain);
       this.messages.inc({ queue: l, listener, outcome: 'accepted' });
-      for (const fn of this.outcomeListeners) fn('accepted', ev.domain);
       return;
     }
     if (kind !== 'delivered' && kind !== 'deferred' && kind !== 'bounced' && kind !== 'expired') return;
     const l = this.labels.label(ev.domain);
     this.messages.inc({ queue: l, listener: '', outcome: kind });
-    for (const fn of this.outcomeListeners) fn(kind, ev.domain);
     const d = ev.details as { durationMs?: number; recipients?: { status: string; category?: string }[] };
     if (typeof d.durationMs === 'number' && kind !== 'expired') this.attemptDuration.observe({ queue: l }, d.durationMs / 1000);
     if (kind === 'deferred') {
