@@ -52,6 +52,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     // The relay delivers `local` routes (and domains.local) through the mailbox part.
     const relay = startRelay(queues, config, log, { local: mailbox.localDelivery });
     parts.push({ name: 'relay', stop: () => relay.stop() });
+    metrics.watchRelay(relay);
 
     // SMTP ingress: recipient checks for local domains and submission AUTH use the mailbox
     // part's user directory (the configuration's `users` first, then the users table).

@@ -366,5 +366,6 @@ function standaloneMetrics(opts: OpsOptions): GatewayMetrics {
   const m = new GatewayMetrics({ topDestinations: opts.config.ops.topDestinations });
   m.watchQueues(opts.queues, opts.config.queue.memoryHighWater);
   if (opts.memory) m.watchMemory(opts.memory);
+  if (opts.relay) m.watchRelay(opts.relay);
   return m;
 }

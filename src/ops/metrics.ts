@@ -12,6 +12,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import type { LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import { parseEntryId } from '../queue/records.ts';
+import type { Relay } from '../relay/relay.ts';
 import type { MemoryReport } from './memory.ts';
 
 /** The label of destinations outside the top. */
@@ -215,6 +216,23 @@ export class GatewayMetrics {
     if (kind === 'deferred') {
       for (const rc of d.recipients ?? []) if (rc.status === 'deferred') this.deferralReasons.inc({ queue: l, category: rc.category ?? 'unknown' });
     }
+  }
+
+  /** Why the relay takes nothing from a queue: dead destination MTAs, operator suspends, closed delivery windows. */
+  watchRelay(relay: Pick<Relay, 'status' | 'suspended'>): void {
+    const dead = new Gauge({ name: 'streamgate_dead_destinations', help: 'Destination MTAs suspended as dead (consecutive connection failures; relay.deadDestination)', registers: [this.registry] });
+    const gated = new Gauge({ name: 'streamgate_queues_not_taken', help: 'Destination queues the relay takes nothing from, by reason: dead (all their MTAs dead), operator (suspended), window (delivery window closed)', labelNames: ['reason'], registers: [this.registry] });
+    const WORD: Record<string, string> = { suspended: 'dead', paused: 'operator', window: 'window' };
+    this.collectors.push(() => {
+      const st = relay.status();
+      dead.set(st.suspended.length);
+      const n: Record<string, number> = { dead: 0, operator: 0, window: 0 };
+      for (const d of st.domains) if (d.gate) n[WORD[d.gate.reason] ?? d.gate.reason] = (n[WORD[d.gate.reason] ?? d.gate.reason] ?? 0) + 1;
+      // an operator's suspend counts before the relay has looked at the queue again
+      const gatedOp = new Set(st.domains.filter((d) => d.gate?.reason === 'paused').map((d) => d.domain));
+      for (const s of relay.suspended()) if (!gatedOp.has(s.domain)) n.operator = (n.operator ?? 0) + 1;
+      for (const [reason, v] of Object.entries(n)) gated.set({ reason }, v);
+    });
   }
 
   /** The SMTP ingress's DATA replies. */

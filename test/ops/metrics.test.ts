@@ -12,7 +12,7 @@ import { QueueManager } from '../../src/queue/manager.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
-import { sample } from '../helpers/prom.ts';
+import { alertRules, sample } from '../helpers/prom.ts';
 import { waitFor } from '../helpers/waitFor.ts';
 
 const TOKEN = 'metrics-token-0123456789';
@@ -48,6 +48,12 @@ describe('metrics of a whole gateway', () => {
     assert.equal(sample(text, 'streamgate_door_open'), 1);
     assert.equal(sample(text, 'streamgate_redis_node_memory_high_water_ratio'), 0.9);
     for (const r of t.pool) assert.equal(sample(text, 'streamgate_replicas_not_in_sync', { node: `127.0.0.1:${r.port}` }), 0);
+    // every metric the alert rules use is exported (the archive's lag comes from the events archive)
+    for (const rule of alertRules()) {
+      for (const [name] of rule.expr.matchAll(/streamgate_[a-z_]+/g)) {
+        if (name !== 'streamgate_events_archive_lag_seconds') assert.match(text, new RegExp(`^${name}[{ ]`, 'm'), `${rule.alert} uses ${name}`);
+      }
+    }
     // every event handed to the events queue: no lag left
     await waitFor(async () => sample(await scrape(), 'streamgate_events_publisher_lag_seconds') === 0, { what: 'publisher caught up' });
   });
@@ -68,6 +74,41 @@ describe('metrics of a whole gateway', () => {
     await assert.rejects(transport.sendMail({ envelope: { from: 'a@src.test', to: ['x@remote.test'] }, raw: 'Subject: nul\r\n\r\nbad\0line\r\n' }));
     transport.close();
     await waitFor(async () => (sample(await scrape(), 'streamgate_smtp_reply_seconds_count', { listener: 'mx', class: '5xx' }) ?? 0) >= 1, { what: '5xx reply observed' });
+  });
+
+});
+
+describe('metrics of the relay: dead destinations and suspended queues', () => {
+  let t: TestGateway;
+  const scrape = async () => (await fetch(`http://127.0.0.1:${t.config.ops.listen.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+  const send = async (n: number, tag: string) => {
+    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, secure: false, ignoreTLS: true });
+    try {
+      for (let i = 0; i < n; i++) await transport.sendMail({ envelope: { from: 'a@src.test', to: [`r${i}@remote.test`] }, raw: `Subject: ${tag} ${i}\r\n\r\nhello\r\n` });
+    } finally {
+      transport.close();
+    }
+  };
+  before(async () => {
+    t = await startTestGateway('metricsdead', {
+      domain: 'metricsdead.test', hostname: 'mx.metricsdead.test',
+      overrides: { ops: { tokens: [TOKEN] }, relay: { retry: { schedule: ['1s'], jitter: 0 }, deadDestination: { failures: 2, suspend: '2s' } } },
+    });
+  });
+  after(async () => await t?.stop());
+
+  it('shows a dead destination while it is suspended, and an operator suspend, then neither', async () => {
+    t.sink.failConnections(1000, '421');
+    await send(2, 'dead');
+    await waitFor(async () => sample(await scrape(), 'streamgate_dead_destinations') === 1, { timeout: 20_000, what: 'a dead destination' });
+    const text = await scrape();
+    assert.equal(sample(text, 'streamgate_queues_not_taken', { reason: 'dead' }), 1);
+    t.sink.failConnections(0);
+    await waitFor(async () => sample(await scrape(), 'streamgate_dead_destinations') === 0, { timeout: 20_000, what: 'the destination up again after its probe' });
+    await fetch(`http://127.0.0.1:${t.config.ops.listen.port}/api/queues/remote.test/suspend`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ reason: 'test' }) });
+    assert.equal(sample(await scrape(), 'streamgate_queues_not_taken', { reason: 'operator' }), 1);
+    await fetch(`http://127.0.0.1:${t.config.ops.listen.port}/api/queues/remote.test/resume`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ reason: 'test' }) });
+    await waitFor(async () => sample(await scrape(), 'streamgate_queues_not_taken', { reason: 'operator' }) === 0, { what: 'resumed' });
   });
 });
 
