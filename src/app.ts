@@ -11,12 +11,15 @@ import { startOps } from './ops/http.ts';
 import { HistoryBudget } from './queue/historyBudget.ts';
 import { QueueManager } from './queue/manager.ts';
 import { memoryReport, type MemoryReport } from './ops/memory.ts';
+import { GatewayMetrics } from './ops/metrics.ts';
 import { startRelay } from './relay/relay.ts';
 
 export interface Gateway {
   queues: QueueManager;
   /** The memory budgets (mail, history, events) as last measured. */
   memory: () => MemoryReport;
+  /** Every metric of /metrics; other parts add theirs with metrics.extend(). */
+  metrics: GatewayMetrics;
   stop(): Promise<void>;
 }
 
@@ -36,6 +39,9 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     const queues = new QueueManager(config, log);
     await queues.start();
     parts.push({ name: 'queue', stop: () => queues.stop() });
+    const metrics = new GatewayMetrics({ topDestinations: config.ops.topDestinations });
+    metrics.watchQueues(queues, config.queue.memoryHighWater);
+    parts.push({ name: 'metrics', stop: async () => metrics.stop() });
     log.info({ gateway: config.gateway.id, nodes: queues.nodes.map((n) => n.id), queues: queues.domains().length }, 'queues ready');
 
     // Cassandra mailboxes, local delivery, the user directory and POP3. Starts even while
@@ -46,11 +52,13 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     // The relay delivers `local` routes (and domains.local) through the mailbox part.
     const relay = startRelay(queues, config, log, { local: mailbox.localDelivery });
     parts.push({ name: 'relay', stop: () => relay.stop() });
+    metrics.watchRelay(relay);
 
     // SMTP ingress: recipient checks for local domains and submission AUTH use the mailbox
     // part's user directory (the configuration's `users` first, then the users table).
     const ingress = new SmtpIngress({ config, queues, log, users: mailbox.users });
     await ingress.start();
+    metrics.watchIngress(ingress);
     parts.push({ name: 'smtp', stop: () => ingress.stop() });
 
     // Producers in, lifecycle events out (BullMQ on events.redis: a Redis of its own by default).
@@ -74,11 +82,13 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
 
     // Ops HTTP API: dashboard, health, metrics, queues, message history, hold/release/purge/flush.
     const memory = memoryReport(config, queues, history, publisher);
-    const ops = await startOps({ config, queues, relay, log, memory });
+    metrics.watchMemory(memory);
+    metrics.watchPublisher(queues, (domain) => publisher.cursorOf(domain));
+    const ops = await startOps({ config, queues, relay, log, memory, metrics });
     parts.push({ name: 'ops', stop: () => ops.stop() });
     log.info({ gateway: config.gateway.id, parts: parts.map((p) => p.name) }, 'gateway ready');
 
-    return { queues, memory, stop: stopAll };
+    return { queues, memory, metrics, stop: stopAll };
   } catch (err) {
     await stopAll();
     throw err;

@@ -173,6 +173,9 @@ export const configSchema = z
         // names the Host header may carry besides gateway.hostname, "localhost" and IP literals
         // (any other name is refused, 403: no DNS rebinding from a page in an operator's browser)
         hosts: z.array(z.string().regex(/^[A-Za-z0-9.-]+$/, 'expected a host name')).default([]),
+        // destinations with a label of their own in /metrics (the busiest by recent volume and
+        // depth); the others count under queue="other", so a scrape stays this size at any count of queues
+        topDestinations: z.number().int('expected a whole number of destinations').min(1, 'expected at least 1 destination').max(1000, 'expected at most 1000 destinations (each is a series of every per-destination metric)').default(20),
       })
       .prefault({}),
     redis: z

@@ -13,8 +13,8 @@ import Fastify, { LogController, type FastifyReply, type FastifyRequest } from '
 import { timingSafeEqual } from 'node:crypto';
 import { isIP } from 'node:net';
 import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
@@ -22,8 +22,17 @@ import { QueueError, type QueueErrorCode } from '../queue/errors.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import type { Relay } from '../relay/relay.ts';
 import type { MemoryReport } from './memory.ts';
+import { LiveFeed } from './live.ts';
+import { GatewayMetrics } from './metrics.ts';
 
 const VERSION = (JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
+
+const require = createRequire(import.meta.url);
+/** The dashboard's assets, served from their npm packages. */
+const ASSETS: Record<string, { file: string; type: string; what: string }> = {
+  '/assets/uplot.js': { file: require.resolve('uplot/dist/uPlot.iife.min.js'), type: 'text/javascript; charset=utf-8', what: 'uPlot (charts)' },
+  '/assets/uplot.css': { file: require.resolve('uplot/dist/uPlot.min.css'), type: 'text/css; charset=utf-8', what: 'uPlot styles' },
+};
 
 /** The HTTP status of every queue error code (SG_ERR_<code>): the caller's mistakes 4xx, the queue's state 503, the rest 500. */
 const STATUS: Record<QueueErrorCode, number> = {
@@ -102,74 +111,16 @@ function fail(reply: FastifyReply, status: number, code: string, message: string
   return reply.code(status).send({ error: { code, message } });
 }
 
-export function metricsRegistry(queues: QueueManager, memory?: () => MemoryReport): Registry {
-  const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'streamgate_process_' });
-  const depth = new Gauge({ name: 'streamgate_queue_depth', help: 'Live messages per destination queue and state', labelNames: ['queue', 'state'], registers: [registry] });
-  const bytes = new Gauge({ name: 'streamgate_queue_bytes', help: 'Bytes of live messages per destination queue', labelNames: ['queue'], registers: [registry] });
-  const oldest = new Gauge({ name: 'streamgate_queue_oldest_age_seconds', help: 'Age of the oldest live message per queue', labelNames: ['queue'], registers: [registry] });
-  const replica = new Gauge({ name: 'streamgate_queue_replica_in_sync', help: '1 when the replica is in sync', labelNames: ['queue', 'node'], registers: [registry] });
-  const node = new Gauge({ name: 'streamgate_redis_node_up', help: '1 when the Redis node answers heartbeats', labelNames: ['node'], registers: [registry] });
-  const mem = new Gauge({ name: 'streamgate_redis_node_memory_ratio', help: 'used_memory / maxmemory of the node', labelNames: ['node'], registers: [registry] });
-  const budget = new Gauge({ name: 'streamgate_memory_budget_used_bytes', help: 'Estimated memory per budget (mail, history on each pool node; events on the events Redis)', labelNames: ['node', 'budget'], registers: [registry] });
-  const budgetLimit = new Gauge({ name: 'streamgate_memory_budget_limit_bytes', help: 'Limit of each budget (share of the node maxmemory)', labelNames: ['node', 'budget'], registers: [registry] });
-  const used = new Gauge({ name: 'streamgate_redis_node_used_memory_bytes', help: 'used_memory of each node (pool and events)', labelNames: ['node'], registers: [registry] });
-  const histBlocked = new Gauge({ name: 'streamgate_history_over_budget', help: '1 when history is above its budget and held by events not yet sent', labelNames: ['node'], registers: [registry] });
-  const trimmed = new Counter({ name: 'streamgate_history_trimmed_total', help: 'History events trimmed for the history budget', registers: [registry] });
-  const dropped = new Counter({ name: 'streamgate_events_dropped_total', help: 'Undelivered event jobs dropped for the events budget (events.whenFull: drop)', registers: [registry] });
-  const paused = new Gauge({ name: 'streamgate_events_publishing_paused', help: '1 while events are not published (budget full with events.whenFull: stop, or the events Redis failing)', registers: [registry] });
-  const evJobs = new Gauge({ name: 'streamgate_events_jobs', help: 'Jobs in the events queue (waiting, active, finished)', registers: [registry] });
-  const degraded = new Gauge({ name: 'streamgate_degraded', help: '1 when /health says degraded (budgets; mail still accepted)', registers: [registry] });
-  let seenTrimmed = 0;
-  let seenDropped = 0;
-  const collect = () => {
-    if (memory) {
-      const m = memory();
-      for (const n of m.nodes) {
-        budget.set({ node: n.node, budget: 'mail' }, n.mail.bytes);
-        budgetLimit.set({ node: n.node, budget: 'mail' }, n.mail.limit);
-        budget.set({ node: n.node, budget: 'history' }, n.history.bytes);
-        budgetLimit.set({ node: n.node, budget: 'history' }, n.history.limit);
-        histBlocked.set({ node: n.node }, n.history.blocked ? 1 : 0);
-        used.set({ node: n.node }, n.usedMemory);
-      }
-      budget.set({ node: m.events.redis, budget: 'events' }, m.events.bytes);
-      budgetLimit.set({ node: m.events.redis, budget: 'events' }, m.events.limit);
-      used.set({ node: m.events.redis }, m.events.usedMemory);
-      if (m.historyTrimmed > seenTrimmed) trimmed.inc(m.historyTrimmed - seenTrimmed);
-      seenTrimmed = m.historyTrimmed;
-      if (m.events.dropped > seenDropped) dropped.inc(m.events.dropped - seenDropped);
-      seenDropped = m.events.dropped;
-      paused.set(m.events.paused ? 1 : 0);
-      evJobs.set(m.events.jobs);
-      degraded.set(m.degraded.length ? 1 : 0);
-    }
-    depth.reset();
-    replica.reset();
-    const now = queues.now();
-    for (const q of queues.views()) {
-      for (const s of ['ready', 'deferred', 'held', 'inflight'] as const) depth.set({ queue: q.domain, state: s }, q.depth[s]);
-      bytes.set({ queue: q.domain }, q.depth.bytes);
-      oldest.set({ queue: q.domain }, q.depth.oldest === null ? 0 : Math.max(0, (now - q.depth.oldest) / 1000));
-      for (const r of q.table().replicas) replica.set({ queue: q.domain, node: r.node }, r.sync === 'Sync' && r.up ? 1 : 0);
-    }
-    for (const n of queues.nodes) {
-      const s = n.status();
-      node.set({ node: s.id }, s.up ? 1 : 0);
-      mem.set({ node: s.id }, s.maxmemory ? s.usedMemory / s.maxmemory : 0);
-    }
-  };
-  return Object.assign(registry, { collectQueues: collect });
-}
-
 export interface OpsOptions {
   config: Config;
   queues: QueueManager;
-  /** For suspend / resume of a destination; without it those calls answer 503. */
-  relay?: Pick<Relay, 'suspend' | 'resume' | 'suspended'>;
+  /** For suspend / resume of a destination and the dashboard's relay state; without it those calls answer 503. */
+  relay?: Pick<Relay, 'suspend' | 'resume' | 'suspended' | 'status'>;
   /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
   memory?: () => MemoryReport;
   log: Logger;
+  /** The gateway's metrics (src/app.ts wires every part to them); without it, those of the queues and memory alone. */
+  metrics?: GatewayMetrics;
   /** Told of every route as it is added (tests compare them with the OpenAPI document). */
   onRoute?: (route: { method: string; url: string }) => void;
 }
@@ -178,10 +129,13 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   const { config, queues } = opts;
   const log = opts.log.child({ component: 'ops' });
   // removeAdditional off: a body with a property the schema does not name is a 400, not trimmed
-  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), ajv: { customOptions: { removeAdditional: false } } });
-  const registry = metricsRegistry(queues, opts.memory) as Registry & { collectQueues(): void };
+  // forceCloseConnections: the dashboard's event streams never go idle; close ends them
+  const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), forceCloseConnections: true, ajv: { customOptions: { removeAdditional: false } } });
+  const metrics = opts.metrics ?? standaloneMetrics(opts);
+  const live = new LiveFeed({ config, queues, relay: opts.relay, memory: opts.memory, onReply: (fn) => metrics.onReply(fn) });
+  live.start();
   const tokens = config.ops.tokens.map((t) => ({ key: Buffer.from(t.token), role: t.role }));
-  const open = new Set(['/', ...config.ops.open.map((name) => `/${name}`)]);
+  const open = new Set(['/', ...Object.keys(ASSETS), ...config.ops.open.map((name) => `/${name}`)]);
   const hosts = new Set(['localhost', config.gateway.hostname.toLowerCase(), ...config.ops.hosts.map((h) => h.toLowerCase())]);
 
   /** The role of the request's bearer token, if it carries a known one. */
@@ -243,6 +197,31 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   const dashboard = readFileSync(join(import.meta.dirname, 'dashboard.html'), 'utf8');
   app.get('/', { schema: { summary: 'The live dashboard page', security: [], response: { 200: { description: 'HTML page', content: { 'text/html': { schema: { type: 'string' } } } }, ...errors({ auth: false }) } } }, async (_req, reply) => reply.type('text/html; charset=utf-8').send(dashboard));
 
+  // the page's scripts and styles, from their npm packages (no CDN)
+  for (const [path, asset] of Object.entries(ASSETS)) {
+    const body = readFileSync(asset.file);
+    app.get(path, { schema: { summary: `Dashboard asset: ${asset.what}`, security: [], response: { 200: { description: asset.type, content: { [asset.type]: { schema: { type: 'string' } } } }, ...errors({ auth: false }) } } }, async (_req, reply) => reply.type(asset.type).header('cache-control', 'max-age=3600').send(body));
+  }
+
+  app.get('/api/live', { schema: { summary: 'The dashboard\'s live data as server-sent events: "history" (the last hour of every series) once, then a "tick" frame every second', response: { 200: { description: 'text/event-stream', content: { 'text/event-stream': { schema: { type: 'string' } } } }, ...errors({ auth: true }) } } }, (req, reply) => {
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
+    res.write(`retry: 2000\nevent: history\ndata: ${JSON.stringify(live.history())}\n\nevent: tick\ndata: ${JSON.stringify(live.frame())}\n\n`);
+    const off = live.subscribe((frame) => res.write(`event: tick\ndata: ${frame}\n\n`));
+    req.raw.once('close', off);
+  });
+
+  const recentSchema = { type: 'object', additionalProperties: false, properties: { id: { type: 'string' }, domain: { type: 'string' }, from: { type: 'string' }, to: { type: 'array', items: { type: 'string' } }, at: { type: ['integer', 'null'] }, live: { type: 'boolean' } } } as const;
+  app.get<{ Querystring: { q: string } }>('/api/messages', { schema: { summary: 'Messages by id, sender or recipient: the last 10,000 accepted by this gateway process (newest first), and a live message by its exact id', querystring: { type: 'object', additionalProperties: false, required: ['q'], properties: { q: { type: 'string', minLength: 1, maxLength: 320 } } }, response: { 200: { type: 'object', additionalProperties: false, properties: { messages: { type: 'array', items: recentSchema } } }, ...errors({ auth: true, input: true }) } } }, async (req) => {
+    const q = req.query.q.trim();
+    const found: { id: string; domain: string; from: string; to: string[]; at: number | null; live: boolean }[] = live.search(q).map((m) => ({ ...m, live: !!queues.view(m.domain)?.get(m.id) }));
+    if (!found.length && MESSAGE_ID.test(q)) {
+      for (const v of queues.views()) if (v.get(q)) found.push({ id: q, domain: v.domain, from: '', to: [], at: null, live: true });
+    }
+    return { messages: found };
+  });
+
   const healthSchema = (...status: string[]) => ({ type: 'object', additionalProperties: false, properties: { status: { type: 'string', enum: status }, degraded: { type: 'array', items: { type: 'string' } }, nodes: { type: 'array', items: { type: 'object', additionalProperties: true } } } });
   app.get('/health', { schema: { summary: 'For load balancers: 200 while the queues take writes', ...access('/health'), response: { 200: { description: 'The queues take writes; degraded: a budget needs attention (mail is still accepted)', ...healthSchema('ok', 'degraded') }, 503: { description: 'The queues take no writes (the ingress door is closed)', ...healthSchema('unavailable') }, ...errors({ auth: guarded('/health') }) } } }, async (_req, reply) => {
     const writable = queues.writable;
@@ -256,8 +235,8 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   );
 
   app.get('/metrics', { schema: { summary: 'Prometheus metrics', ...access('/metrics'), response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string' } } } }, ...errors({ auth: guarded('/metrics') }) } } }, async (_req, reply) => {
-    registry.collectQueues();
-    return reply.type(registry.contentType).send(await registry.metrics());
+    const text = await metrics.text();
+    return reply.type(metrics.registry.contentType).send(text);
   });
 
   app.get('/api/openapi.json', { schema: { summary: 'This document', response: { 200: { description: 'OpenAPI 3.1', type: 'object', additionalProperties: true }, ...errors({ auth: true }) } } }, async () => app.swagger());
@@ -387,5 +366,21 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   await app.listen({ host: config.ops.listen.host, port: config.ops.listen.port });
   const port = (app.server.address() as { port: number }).port;
   log.info({ host: config.ops.listen.host, port }, 'ops listening');
-  return { port, stop: () => app.close() };
+  return {
+    port,
+    stop: async () => {
+      live.stop();
+      await app.close();
+      if (!opts.metrics) metrics.stop();
+    },
+  };
+}
+
+/** Metrics of the queues and the memory budgets, for an ops listener started on its own (tests). */
+function standaloneMetrics(opts: OpsOptions): GatewayMetrics {
+  const m = new GatewayMetrics({ topDestinations: opts.config.ops.topDestinations });
+  m.watchQueues(opts.queues, opts.config.queue.memoryHighWater);
+  if (opts.memory) m.watchMemory(opts.memory);
+  if (opts.relay) m.watchRelay(opts.relay);
+  return m;
 }

@@ -165,6 +165,7 @@ export class QueueManager extends EventEmitter {
     const q = new Queue(domain, replicas, this.settings(), this.log);
     q.on('event', (ev: LifecycleEvent) => this.emit('event', ev));
     q.on('ready', () => this.emit('ready', q.domain));
+    q.on('settled', (outcome: string, seconds: number) => this.emit('settled', q.domain, outcome, seconds));
     q.on('table', () => this.emit('health'));
     q.on('fenced', (reason: string) => this.fence(reason));
     return q;

@@ -521,7 +521,11 @@ export class Queue extends EventEmitter implements QueueView {
     return batch.map((b, i) => {
       if (Number(res[2 + i]) !== 0) return new QueueError('NOT_FOUND', `no message ${b.msgId} in queue ${this.name}`);
       const m = this.msgs.get(b.msgId);
-      if (m) this.forget(m);
+      if (m) {
+        this.forget(m);
+        // how long it was queued (its entry id's time is its acceptance): for the metrics
+        this.emit('settled', b.outcome, Math.max(0, (now - m.ms) / 1000));
+      }
       this.event(b.outcome, b.msgId, `${hms}-${hseq + k++}`, txn, JSON.parse(b.details) as Record<string, unknown>);
       return txn;
     });

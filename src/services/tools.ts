@@ -19,6 +19,8 @@ const TOOLS: Record<string, Tool> = {
   java: { packages: ['openjdk-17-jre-headless'] },
   mvn: { packages: ['maven'] },
   'docker-compose': { packages: ['docker-compose'] },
+  // promtool checks and unit-tests the alert rules in compose/prometheus/
+  promtool: { packages: ['prometheus'] },
   // swaks speaks STARTTLS only with Perl's Net::SSLeay, which Debian lists as a Recommends of swaks
   // (not installed by --no-install-recommends): named, and checked, on its own, with what it
   // depends on through a virtual package (perl-openssl-abi-3, provided by perl-openssl-defaults).

@@ -79,9 +79,14 @@ describe('ops HTTP API', () => {
     assert.equal(res.status, 200);
     assert.match(res.headers.get('content-type') ?? '', /text\/html/);
     const html = await res.text();
-    assert.match(html, /api\('\/api\/queues'\)/);
-    assert.match(html, /authorization: `Bearer \$\{token\}`/);
-    assert.match(html, /setInterval\(refresh, 1000\)/);
+    assert.match(html, /<script src="\/assets\/uplot.js"><\/script>/);
+    // its assets come from the npm package, without a token (the page itself asks for one)
+    const js = await fetch(`${base}/assets/uplot.js`);
+    assert.equal(js.status, 200);
+    assert.match(await js.text(), /uPlot/);
+    assert.equal((await fetch(`${base}/assets/uplot.css`)).status, 200);
+    // the live stream is not open without a token (the page's behaviour is tested in a browser: dashboard.test.ts)
+    assert.equal((await fetch(`${base}/api/live`)).status, 401);
   });
 
   it('exposes queue depth as a Prometheus gauge', async () => {

@@ -382,10 +382,13 @@ export class SmtpIngress extends EventEmitter {
     let kept = 0;
     let overBudget = false;
     let done = false;
+    let ended = 0;
     const finish = (err: Error | null, message?: string) => {
       if (done) return;
       done = true;
       untrack();
+      // end of DATA to the reply, for the metrics (SMTP reply latency)
+      if (ended) this.emit('reply', { listener, seconds: (performance.now() - ended) / 1000, code: err instanceof SmtpReply ? err.responseCode : err ? 451 : 250 });
       this.bytesInFlight -= kept;
       if (err instanceof SmtpReply) {
         this.stats.rejected++;
@@ -416,6 +419,7 @@ export class SmtpIngress extends EventEmitter {
     stream.once('error', (err: Error) => finish(Object.assign(reply('localError'), { cause: err })));
     stream.once('end', () => {
       if (done) return;
+      ended = performance.now();
       if (stream.sizeExceeded) return finish(reply('messageTooBig', this.config.smtp.maxMessageSize));
       if (overBudget) return finish(reply('tooMuchInFlight'));
       const fault = scanner.end();
