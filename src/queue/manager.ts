@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
-import type { LifecycleEvent, NewMessage, QueuedMessage } from '../message/types.ts';
+import { eventId, type LifecycleEvent, type NewMessage, type QueuedMessage } from '../message/types.ts';
 import { copyQueue, type CopyStats } from './copy.ts';
 import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
@@ -574,6 +574,12 @@ export class QueueManager extends EventEmitter {
     return true;
   }
 
+  /** A history entry of `domain`'s queue as the lifecycle event it is. */
+  eventOf(domain: string, h: HistoryEntry): LifecycleEvent {
+    const q = this.must(domain);
+    return { id: eventId(this.gatewayId, q.domain, h.histId), queue: q.name, domain: q.domain, kind: h.kind as LifecycleEvent['kind'], messageId: h.messageId, txn: h.txn, at: h.at, details: h.details };
+  }
+
   /** Events of a queue's history after `afterId` (exclusive), oldest first, at most `count`. */
   async historySince(domain: string, afterId: string | undefined, count: number): Promise<HistoryEntry[]> {
     const rows = (await this.readerNode(domain).client.xrange(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
@@ -600,7 +606,7 @@ export class QueueManager extends EventEmitter {
       if (rows.length < HISTORY_BLOCK || (msgId && found.some((h) => h.kind === 'accepted'))) break;
       end = `(${rows[rows.length - 1]![0]}`;
     }
-    return found.reverse().map((h) => ({ id: `${this.gatewayId}/${q.domain}/${h.histId}`, kind: h.kind, messageId: h.messageId, txn: h.txn, at: h.at, details: h.details }));
+    return found.reverse().map((h) => ({ id: eventId(this.gatewayId, q.domain, h.histId), kind: h.kind, messageId: h.messageId, txn: h.txn, at: h.at, details: h.details }));
   }
 
   /** The node of an in-sync replica, for reads. */

@@ -13,7 +13,7 @@
 //           once the queue is reloaded they are withdrawn if they were stored after all.
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.ts';
-import type { LifecycleEvent, LifecycleKind, NewMessage, QueuedMessage } from '../message/types.ts';
+import { eventId, type LifecycleEvent, type LifecycleKind, type NewMessage, type QueuedMessage } from '../message/types.ts';
 import { QueueError, SCRIPT_CODES } from './errors.ts';
 import { Batcher } from './batcher.ts';
 import { MinHeap } from './heap.ts';
@@ -166,7 +166,7 @@ export class Queue extends EventEmitter implements QueueView {
   private event(kind: LifecycleKind, msgId: string, histId: string, txn: number, details: Record<string, unknown>): void {
     if (this.histLen < this.settings.historyMaxLength) this.histLen++;
     if (!this.histFirstMs) this.histFirstMs = this.settings.now();
-    const ev: LifecycleEvent = { id: `${this.settings.gatewayId}/${this.domain}/${histId}`, queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };
+    const ev: LifecycleEvent = { id: eventId(this.settings.gatewayId, this.domain, histId), queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };
     this.emit('event', ev);
   }
 
