@@ -2,6 +2,7 @@
 // started in order and stopped in reverse; a failure while starting stops what was started.
 import { Redis } from 'ioredis';
 import { redisNodeId, type Config } from './config/schema.ts';
+import { HistoryArchive } from './events/archive.ts';
 import { EventPublisher } from './events/publisher.ts';
 import { ProducerWorker } from './ingress/producers/worker.ts';
 import { SmtpIngress } from './ingress/smtp/server.ts';
@@ -10,11 +11,14 @@ import { startMailbox } from './mailbox/service.ts';
 import { startOps } from './ops/http.ts';
 import { HistoryBudget } from './queue/historyBudget.ts';
 import { QueueManager } from './queue/manager.ts';
+import { lowestCursor } from './queue/records.ts';
 import { memoryReport, type MemoryReport } from './ops/memory.ts';
 import { startRelay } from './relay/relay.ts';
 
 export interface Gateway {
   queues: QueueManager;
+  /** The event log in Cassandra; undefined when events.archive is off. */
+  archive: HistoryArchive | undefined;
   /** The memory budgets (mail, history, events) as last measured. */
   memory: () => MemoryReport;
   stop(): Promise<void>;
@@ -33,7 +37,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     }
   };
   try {
-    const queues = new QueueManager(config, log);
+    const queues = new QueueManager(config, log, { archived: config.events.archive });
     await queues.start();
     parts.push({ name: 'queue', stop: () => queues.stop() });
     log.info({ gateway: config.gateway.id, nodes: queues.nodes.map((n) => n.id), queues: queues.domains().length }, 'queues ready');
@@ -64,8 +68,15 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     });
     await publisher.start();
     parts.push({ name: 'events', stop: () => publisher.stop() });
-    // The history budget across all queues: trims oldest-first, never past the events cursor.
-    const history = new HistoryBudget(queues, config.queue.historyBudget, (domain) => publisher.cursorOf(domain), log);
+    // The event log: every history event archived into Cassandra before Redis may trim it.
+    const archive = config.events.archive ? new HistoryArchive(queues, mailbox.store, config, log) : undefined;
+    archive?.start();
+    if (archive) parts.push({ name: 'archive', stop: () => archive.stop() });
+    // The history budget across all queues, and queue.historyMaxLength once archived: trims
+    // oldest-first, never past the events cursor nor what the archive confirmed.
+    const trimBound = (domain: string) => (archive ? lowestCursor(publisher.cursorOf(domain), archive.cursorOf(domain)) : publisher.cursorOf(domain));
+    const history = new HistoryBudget(queues, config.queue.historyBudget, trimBound, log, archive ? config.queue.historyMaxLength : 0);
+    archive?.on('archived', (domain: string) => void history.cap(domain));
     history.start();
     parts.push({ name: 'history', stop: async () => history.stop() });
     const producers = new ProducerWorker({ config, queues, connection: bullConnection, log });
@@ -73,12 +84,12 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     parts.push({ name: 'producers', stop: () => producers.stop() });
 
     // Ops HTTP API: dashboard, health, metrics, queues, message history, hold/release/purge/flush.
-    const memory = memoryReport(config, queues, history, publisher);
+    const memory = memoryReport(config, queues, history, publisher, archive);
     const ops = await startOps({ config, queues, relay, log, memory });
     parts.push({ name: 'ops', stop: () => ops.stop() });
     log.info({ gateway: config.gateway.id, parts: parts.map((p) => p.name) }, 'gateway ready');
 
-    return { queues, memory, stop: stopAll };
+    return { queues, archive, memory, stop: stopAll };
   } catch (err) {
     await stopAll();
     throw err;

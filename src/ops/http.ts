@@ -105,6 +105,10 @@ export function metricsRegistry(queues: QueueManager, memory?: () => MemoryRepor
   const paused = new Gauge({ name: 'streamgate_events_publishing_paused', help: '1 while events are not published (budget full with events.whenFull: stop, or the events Redis failing)', registers: [registry] });
   const evJobs = new Gauge({ name: 'streamgate_events_jobs', help: 'Jobs in the events queue (waiting, active, finished)', registers: [registry] });
   const degraded = new Gauge({ name: 'streamgate_degraded', help: '1 when /health says degraded (budgets; mail still accepted)', registers: [registry] });
+  const archLag = new Gauge({ name: 'streamgate_archive_lag_events', help: 'History events written and not yet archived into Cassandra', registers: [registry] });
+  const archLagSec = new Gauge({ name: 'streamgate_archive_lag_seconds', help: 'Time between the newest history event and the archive cursor (the worst queue)', registers: [registry] });
+  const archived = new Counter({ name: 'streamgate_archived_events_total', help: 'History events archived into Cassandra', registers: [registry] });
+  let seenArchived = 0;
   let seenTrimmed = 0;
   let seenDropped = 0;
   const collect = () => {
@@ -125,6 +129,12 @@ export function metricsRegistry(queues: QueueManager, memory?: () => MemoryRepor
       seenTrimmed = m.historyTrimmed;
       if (m.events.dropped > seenDropped) dropped.inc(m.events.dropped - seenDropped);
       seenDropped = m.events.dropped;
+      if (m.archive) {
+        archLag.set(m.archive.lagEvents);
+        archLagSec.set(m.archive.lagSeconds);
+        if (m.archive.archived > seenArchived) archived.inc(m.archive.archived - seenArchived);
+        seenArchived = m.archive.archived;
+      }
       paused.set(m.events.paused ? 1 : 0);
       evJobs.set(m.events.jobs);
       degraded.set(m.degraded.length ? 1 : 0);

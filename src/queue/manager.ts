@@ -32,6 +32,12 @@ const FORCED_TXN_STEP = 1e12;
 export interface ManagerOptions {
   gatewayId?: string;
   now?: () => number;
+  /**
+   * The history is archived (events/archive.ts) before it is trimmed: the scripts do not cap it at
+   * queue.historyMaxLength; the history budget trims it there, below what the archive and the
+   * events publisher confirmed. Without it the scripts cap each stream exactly.
+   */
+  archived?: boolean;
 }
 
 interface PlacementRecord {
@@ -57,12 +63,15 @@ export class QueueManager extends EventEmitter {
   private fenceReported = false;
 
   private readonly config: Config;
+  /** See ManagerOptions.archived. */
+  readonly archived: boolean;
 
   constructor(config: Config, log: Logger, opts: ManagerOptions = {}) {
     super();
     this.config = config;
     this.gatewayId = opts.gatewayId ?? config.gateway.id;
     this.now = opts.now ?? Date.now;
+    this.archived = !!opts.archived;
     this.log = log.child({ component: 'queue' });
     this.placementKey = `sg:placement:{${this.gatewayId}}`;
     const q = config.queue;
@@ -78,7 +87,7 @@ export class QueueManager extends EventEmitter {
       writeConcern: q.writeConcern,
       timeoutMs: q.timeout,
       maxLength: q.maxLength,
-      historyMaxLength: q.historyMaxLength,
+      historyMaxLength: this.archived ? 0 : q.historyMaxLength,
       mailBudget: q.mailBudget,
       now: this.now,
       owner: this.owner,
