@@ -1,13 +1,17 @@
 --[[
   Trims a queue's history stream below an id: the history budget's oldest-first trim across
-  queues. The caller never passes an id beyond the lifecycle events cursor of the queue, so no
-  event a consumer has not been sent is trimmed (DESIGN, invariant 12). No message changes and no
-  event is added; the transaction number moves, as for every write, so both replicas stay equal.
+  queues, and the cap of queue.historyMaxLength once the history is archived. The caller never
+  passes an id beyond the lifecycle events cursor of the queue or what the archive confirmed, so no
+  event a consumer has not been sent, or that is not archived, is trimmed (DESIGN, invariant 12).
+  No message changes and no event is added; the transaction number moves, as for every write, so
+  both replicas stay equal.
 
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
-  ARGV: 1-6 as in includes/queueWrite.lua (ARGV[3] is checked, not written), 7 the lowest id kept
-        (XTRIM MINID: every event with a lower id goes)
-  Returns: { 0, txn, trimmed }
+  ARGV: 1-6 as in includes/queueWrite.lua (ARGV[3] is checked, not written), 7 the lowest id that
+        must be kept (every event with a lower id may go), 8 the length to trim to (0: every event
+        below ARGV[7] goes, XTRIM MINID; n > 0: only the oldest events above n, and below ARGV[7],
+        at most 10,000 of them in one call)
+  Returns: { 0, txn, trimmed, length }
            { -6, epoch } the queue belongs to a newer owner (epoch): nothing changed
            { -1, nodeTxn }
            { -5, txn, lastEntry, lastHist } a history id not above the queue's highest
@@ -18,5 +22,18 @@ local refused = refusal()
 if refused then return refused end
 
 local txn = bumpTxn(KEYS[3])
-local trimmed = redis.call('XTRIM', KEYS[2], 'MINID', ARGV[7])
-return { 0, txn, trimmed }
+local keep = tonumber(ARGV[8])
+local trimmed = 0
+if keep == 0 then
+  trimmed = redis.call('XTRIM', KEYS[2], 'MINID', ARGV[7])
+else
+  local excess = redis.call('XLEN', KEYS[2]) - keep
+  if excess > 0 then
+    local rows = redis.call('XRANGE', KEYS[2], '-', '(' .. ARGV[7], 'COUNT', math.min(excess, 10000))
+    if #rows > 0 then
+      local ms, seq = parseId(rows[#rows][1])
+      trimmed = redis.call('XTRIM', KEYS[2], 'MINID', ms .. '-' .. (seq + 1))
+    end
+  end
+end
+return { 0, txn, trimmed, redis.call('XLEN', KEYS[2]) }

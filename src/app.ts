@@ -2,6 +2,7 @@
 // started in order and stopped in reverse; a failure while starting stops what was started.
 import { Redis } from 'ioredis';
 import { redisNodeId, type Config } from './config/schema.ts';
+import { HistoryArchive } from './events/archive.ts';
 import { EventPublisher } from './events/publisher.ts';
 import { ProducerWorker } from './ingress/producers/worker.ts';
 import { SmtpIngress } from './ingress/smtp/server.ts';
@@ -10,12 +11,15 @@ import { startMailbox } from './mailbox/service.ts';
 import { startOps } from './ops/http.ts';
 import { HistoryBudget } from './queue/historyBudget.ts';
 import { QueueManager } from './queue/manager.ts';
+import { lowestCursor } from './queue/records.ts';
 import { memoryReport, type MemoryReport } from './ops/memory.ts';
 import { GatewayMetrics } from './ops/metrics.ts';
 import { startRelay } from './relay/relay.ts';
 
 export interface Gateway {
   queues: QueueManager;
+  /** The event log in Cassandra; undefined when events.archive is off. */
+  archive: HistoryArchive | undefined;
   /** The memory budgets (mail, history, events) as last measured. */
   memory: () => MemoryReport;
   /** Every metric of /metrics; other parts add theirs with metrics.extend(). */
@@ -36,7 +40,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     }
   };
   try {
-    const queues = new QueueManager(config, log);
+    const queues = new QueueManager(config, log, { archived: config.events.archive });
     await queues.start();
     parts.push({ name: 'queue', stop: () => queues.stop() });
     const metrics = new GatewayMetrics({ topDestinations: config.ops.topDestinations });
@@ -72,8 +76,15 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     });
     await publisher.start();
     parts.push({ name: 'events', stop: () => publisher.stop() });
-    // The history budget across all queues: trims oldest-first, never past the events cursor.
-    const history = new HistoryBudget(queues, config.queue.historyBudget, (domain) => publisher.cursorOf(domain), log);
+    // The event log: every history event archived into Cassandra before Redis may trim it.
+    const archive = config.events.archive ? new HistoryArchive(queues, mailbox.store, config, log) : undefined;
+    archive?.start();
+    if (archive) parts.push({ name: 'archive', stop: () => archive.stop() });
+    // The history budget across all queues, and queue.historyMaxLength once archived: trims
+    // oldest-first, never past the events cursor nor what the archive confirmed.
+    const trimBound = (domain: string) => (archive ? lowestCursor(publisher.cursorOf(domain), archive.cursorOf(domain)) : publisher.cursorOf(domain));
+    const history = new HistoryBudget(queues, config.queue.historyBudget, trimBound, log, archive ? config.queue.historyMaxLength : 0);
+    archive?.on('archived', (domain: string) => void history.cap(domain));
     history.start();
     parts.push({ name: 'history', stop: async () => history.stop() });
     const producers = new ProducerWorker({ config, queues, connection: bullConnection, log });
@@ -81,14 +92,14 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     parts.push({ name: 'producers', stop: () => producers.stop() });
 
     // Ops HTTP API: dashboard, health, metrics, queues, message history, hold/release/purge/flush.
-    const memory = memoryReport(config, queues, history, publisher);
+    const memory = memoryReport(config, queues, history, publisher, archive);
     metrics.watchMemory(memory);
     metrics.watchPublisher(queues, (domain) => publisher.cursorOf(domain));
     const ops = await startOps({ config, queues, relay, log, memory, metrics });
     parts.push({ name: 'ops', stop: () => ops.stop() });
     log.info({ gateway: config.gateway.id, parts: parts.map((p) => p.name) }, 'gateway ready');
 
-    return { queues, memory, metrics, stop: stopAll };
+    return { queues, archive, memory, metrics, stop: stopAll };
   } catch (err) {
     await stopAll();
     throw err;

@@ -3,7 +3,8 @@
 -- Common ARGV, in this order:
 --   ARGV[1] expected transaction number   ARGV[2] now (ms)
 --   ARGV[3] first history entry id of this call ("ms-seq", chosen by the caller; the sequence part
---           grows by one per event)   ARGV[4] history max length (exact)
+--           grows by one per event)   ARGV[4] history max length (exact; 0: no cap here, the history
+--           is archived first and trimmed by trimHistory only below what the archive confirmed)
 --   ARGV[5] the write set: ids of the replicas this write is sent to, comma-separated. Kept in the
 --           meta hash (`members`): recovery proves a replica current from it (DESIGN, invariant 9).
 --   ARGV[6] the writer's ownership epoch (DESIGN, invariant 10): a queue whose meta hash holds a
@@ -89,8 +90,12 @@ end
 local lastHistId = nil
 
 local function addEvent(histKey, histId, histMax, kind, msgId, txn, now, details)
-  redis.call('XADD', histKey, 'MAXLEN', '=', histMax, histId,
-    't', kind, 'm', msgId, 'x', txn, 'at', now, 'd', details)
+  if histMax == '0' then
+    redis.call('XADD', histKey, histId, 't', kind, 'm', msgId, 'x', txn, 'at', now, 'd', details)
+  else
+    redis.call('XADD', histKey, 'MAXLEN', '=', histMax, histId,
+      't', kind, 'm', msgId, 'x', txn, 'at', now, 'd', details)
+  end
   lastHistId = histId
 end
 

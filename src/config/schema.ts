@@ -303,6 +303,10 @@ export const configSchema = z
         // the events follow once a consumer drains the queue (nothing lost); drop = drop the
         // oldest undelivered event jobs (counted) and go on
         whenFull: z.enum(['stop', 'drop']).default('stop'),
+        // every history event archived into Cassandra (the event log) before Redis trims it;
+        // queue.historyMaxLength is then kept below what the archive confirmed. false: the history
+        // is cut at queue.historyMaxLength as it is written, and what is cut is gone
+        archive: z.boolean().default(true),
       })
       .prefault({}),
   })

@@ -14,7 +14,7 @@
 import { Queue as BullQueue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
-import type { LifecycleEvent } from '../message/types.ts';
+import { histIdOf, type LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
 
 const FLUSH_MS = 50;
@@ -53,14 +53,29 @@ export interface EventsBudgetStatus {
   paused: boolean;
   /** Undelivered event jobs dropped for the budget (whenFull drop), since start. */
   dropped: number;
+  /** Events the events queue refused, parked with their reason (sg:events:parked:{gateway}), since start. */
+  parked: number;
   usedMemory: number;
   maxmemory: number;
 }
 
 class BudgetFull extends Error {}
 
-/** BullMQ refuses ":" in custom job ids; event ids have none ("gw/domain/ms-seq"). */
+/** The job id of an event: its id, which eventId() keeps free of ":" (BullMQ refuses it). */
 export const jobIdOf = (ev: { id: string }) => ev.id;
+
+/** Why BullMQ would refuse `id` as a custom job id, or undefined. */
+export function unfitJobId(id: string): string | undefined {
+  if (!id) return 'an empty job id';
+  if (id.includes(':')) return `job id ${JSON.stringify(id)} contains ":", which BullMQ refuses`;
+  if (/^\d+$/.test(id)) return `job id ${JSON.stringify(id)} is an integer, which BullMQ refuses`;
+  return undefined;
+}
+
+/** Errors of the events Redis as a whole (the batch is tried again later), not of one event. */
+const STORE_FAULT = /OOM|LOADING|READONLY|MISCONF|BUSY|MASTERDOWN|NOREPLICAS|connection|closed|ECONN|ETIMEDOUT|EPIPE|timed? ?out/i;
+/** Parked events kept, the newest. */
+const PARKED_MAX = 10_000;
 
 export class EventPublisher {
   private readonly bull: BullQueue;
@@ -73,6 +88,9 @@ export class EventPublisher {
   private readonly redis: Redis;
   private readonly log: Logger;
   sent = 0;
+  /** Events parked since start: the events queue could not take them (see park()). */
+  parked = 0;
+  private readonly parkedKey: string;
   private degraded = false;
   private recovering = false;
   private retry: NodeJS.Timeout | undefined;
@@ -93,12 +111,13 @@ export class EventPublisher {
     this.log = log.child({ component: 'events' });
     this.bull = new BullQueue(queueName, { connection: redis, defaultJobOptions: JOB_OPTIONS });
     this.cursorKey = (domain) => `sg:events:cursor:{${queues.gatewayId}}:${domain}`;
-    this.state = { policy: opts.whenFull, bytes: 0, limit: 0, jobs: 0, waiting: 0, full: false, paused: false, dropped: 0, usedMemory: 0, maxmemory: 0 };
+    this.parkedKey = `sg:events:parked:{${queues.gatewayId}}`;
+    this.state = { policy: opts.whenFull, bytes: 0, limit: 0, jobs: 0, waiting: 0, full: false, paused: false, dropped: 0, parked: 0, usedMemory: 0, maxmemory: 0 };
   }
 
   /** The events budget as last measured, and what the publisher does about it. */
   budget(): EventsBudgetStatus {
-    return { ...this.state, paused: this.state.paused || this.degraded };
+    return { ...this.state, paused: this.state.paused || this.degraded, parked: this.parked };
   }
 
   /** The last event id of `domain` sent to the events queue: history up to it may be trimmed. */
@@ -208,10 +227,7 @@ export class EventPublisher {
       if (this.state.limit > 0 && this.opts.whenFull === 'stop' && (this.state.jobs + n) * this.jobBytes >= this.state.limit) throw new BudgetFull();
       const rows = await this.queues.historySince(domain, cursor, BATCH);
       if (!rows.length) break;
-      const q = this.queues.view(domain)!;
-      await this.send(
-        rows.map((r) => ({ id: `${this.queues.gatewayId}/${domain}/${r.histId}`, queue: q.name, domain, kind: r.kind as LifecycleEvent['kind'], messageId: r.messageId, txn: r.txn, at: r.at, details: r.details })),
-      );
+      await this.send(rows.map((r) => this.queues.eventOf(domain, r)));
       cursor = rows[rows.length - 1]!.histId;
       n += rows.length;
     }
@@ -294,10 +310,35 @@ export class EventPublisher {
   }
 
   private async send(batch: LifecycleEvent[]): Promise<void> {
-    await this.bull.addBulk(batch.map((ev) => ({ name: ev.kind, data: ev, opts: { jobId: jobIdOf(ev) } })));
+    const refused: [LifecycleEvent, string][] = [];
+    const fit: LifecycleEvent[] = [];
+    for (const ev of batch) {
+      const why = unfitJobId(jobIdOf(ev));
+      if (why) refused.push([ev, why]);
+      else fit.push(ev);
+    }
+    const job = (ev: LifecycleEvent) => ({ name: ev.kind, data: ev, opts: { jobId: jobIdOf(ev) } });
+    if (fit.length) {
+      try {
+        await this.bull.addBulk(fit.map(job));
+      } catch (err) {
+        if (this.storeFault(err)) throw err;
+        // The events Redis answers but refused the batch: one event it cannot take must not hold
+        // the others. Each is sent alone, and one refused alone is parked.
+        for (const ev of fit) {
+          try {
+            await this.bull.add(ev.kind, ev, { jobId: jobIdOf(ev) });
+          } catch (e) {
+            if (this.storeFault(e)) throw e;
+            refused.push([ev, e instanceof Error ? e.message : String(e)]);
+          }
+        }
+      }
+    }
+    if (refused.length) await this.park(refused);
     const last = new Map<string, string>();
     for (const ev of batch) {
-      const histId = ev.id.slice(ev.id.lastIndexOf('/') + 1);
+      const histId = histIdOf(ev.id);
       const cur = last.get(ev.domain) ?? this.cursors.get(ev.domain);
       if (!cur || after(histId, cur)) last.set(ev.domain, histId);
     }
@@ -305,9 +346,39 @@ export class EventPublisher {
     for (const [domain, histId] of last) pipe.set(this.cursorKey(domain), histId);
     await pipe.exec();
     for (const [domain, histId] of last) this.advance(domain, histId);
-    this.sent += batch.length;
-    this.state.jobs += batch.length;
+    this.sent += batch.length - refused.length;
+    this.state.jobs += batch.length - refused.length;
     this.state.bytes = this.state.jobs * this.jobBytes;
+  }
+
+  /** A failure of the events Redis itself (the batch is sent again later), not of one event. */
+  private storeFault(err: unknown): boolean {
+    return this.redis.status !== 'ready' || STORE_FAULT.test(err instanceof Error ? err.message : String(err));
+  }
+
+  /**
+   * Events the events queue cannot take go to the parked stream (sg:events:parked:{gateway}, the
+   * newest PARKED_MAX kept) with the reason; the cursor moves past them, the others go on.
+   */
+  private async park(refused: [LifecycleEvent, string][]): Promise<void> {
+    const pipe = this.redis.pipeline();
+    for (const [ev, reason] of refused) {
+      pipe.xadd(this.parkedKey, 'MAXLEN', '~', PARKED_MAX, '*', 'id', ev.id, 'reason', reason, 'event', JSON.stringify(ev));
+      this.log.warn({ eventId: ev.id, queue: ev.queue, kind: ev.kind, reason }, 'event parked: the events queue cannot take it');
+    }
+    const res = (await pipe.exec()) ?? [];
+    const failed = res.find(([err]) => err);
+    if (failed) throw failed[0]!;
+    this.parked += refused.length;
+  }
+
+  /** Parked events, newest first (at most `count`): their ids, reasons and the events. */
+  async parkedEvents(count = 100): Promise<{ id: string; reason: string; event: LifecycleEvent }[]> {
+    const rows = (await this.redis.xrevrange(this.parkedKey, '+', '-', 'COUNT', count)) as [string, string[]][];
+    return rows.map(([, f]) => {
+      const get = (k: string) => f[f.indexOf(k) + 1]!;
+      return { id: get('id'), reason: get('reason'), event: JSON.parse(get('event')) as LifecycleEvent };
+    });
   }
 
   async stop(): Promise<void> {

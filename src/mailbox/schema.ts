@@ -18,12 +18,21 @@
 //   pop3_locks       one lease row per (user, mailbox) while a POP3 session holds it: the one
 //                    lightweight transaction of the store (INSERT ... IF NOT EXISTS USING TTL)
 //
+// The event log (src/events/archive.ts) lives in the same keyspace:
+//   history          every lifecycle event of every queue, kept whole: one partition per (gateway,
+//                    domain, hour), one row per event clustered by its history position (ms, seq),
+//                    the same time-then-sequence order as the event id and as the mailboxes'
+//                    TimeUUIDs. A row is written again, never twice, when an event is archived again.
+//   message_events   the index of one message's story: per message id, its events (queue,
+//                    position, kind, details), so a lookup is one partition read whatever its age
+//   archive_cursors  per (gateway, domain): the last event archived (the archive's durable cursor)
+//
 // `streamgate schema apply` creates what is missing and sets the keyspace's replication from the
 // configuration; the gateway applies the schema at start when a table is missing.
 import type cassandra from 'cassandra-driver';
 import type { Config } from '../config/schema.ts';
 
-export const TABLES = ['users', 'mailboxes', 'mailbox_buckets', 'messages', 'bodies', 'usage', 'pop3_locks'] as const;
+export const TABLES = ['users', 'mailboxes', 'mailbox_buckets', 'messages', 'bodies', 'usage', 'pop3_locks', 'history', 'message_events', 'archive_cursors'] as const;
 
 /** The replication map for CREATE/ALTER KEYSPACE, from `cassandra.replicationStrategy` and `replicationFactor`. */
 export function replicationCql(config: Config): string {
@@ -88,6 +97,37 @@ export function tableCql(ks: string): Record<(typeof TABLES)[number], string> {
       since timestamp,
       PRIMARY KEY ((address, mailbox)))
       WITH gc_grace_seconds = 3600`,
+    history: `CREATE TABLE IF NOT EXISTS ${ks}.history (
+      gateway text,
+      domain text,
+      bucket timestamp,
+      ms bigint,
+      seq int,
+      kind text,
+      message_id text,
+      txn bigint,
+      at timestamp,
+      details text,
+      PRIMARY KEY ((gateway, domain, bucket), ms, seq))
+      WITH CLUSTERING ORDER BY (ms ASC, seq ASC)`,
+    message_events: `CREATE TABLE IF NOT EXISTS ${ks}.message_events (
+      message_id text,
+      gateway text,
+      domain text,
+      ms bigint,
+      seq int,
+      kind text,
+      txn bigint,
+      at timestamp,
+      details text,
+      PRIMARY KEY (message_id, gateway, domain, ms, seq))`,
+    archive_cursors: `CREATE TABLE IF NOT EXISTS ${ks}.archive_cursors (
+      gateway text,
+      domain text,
+      hist text,
+      first_bucket timestamp,
+      updated timestamp,
+      PRIMARY KEY (gateway, domain))`,
   };
 }
 

@@ -38,8 +38,24 @@ export interface QueuedMessage {
 // is a queue-level event (an operator forced a recovery: actor, reason, from), its messageId "".
 export type { LifecycleKind };
 
+/**
+ * The id of a lifecycle event: `${gateway}/${domain}/${history entry id}`, unique and stable;
+ * consumers deduplicate on it, and it is the BullMQ job id, which may not contain ":". A domain is
+ * written with every character outside letters, digits and `.-_[]` percent-encoded, so an
+ * address literal such as `[ipv6:2001:db8::1]` becomes `[ipv6%3A2001%3Adb8%3A%3A1]`; a domain
+ * name is unchanged. The gateway id has none of them (gateway.id).
+ */
+export function eventId(gateway: string, domain: string, histId: string): string {
+  return `${gateway}/${domain.replace(/[^A-Za-z0-9._[\]-]/g, (c) => encodeURIComponent(c).replace(/[!'()*]/g, (x) => `%${x.charCodeAt(0).toString(16).toUpperCase()}`))}/${histId}`;
+}
+
+/** The history entry id ("ms-seq") at the end of an event id. */
+export function histIdOf(eventId: string): string {
+  return eventId.slice(eventId.lastIndexOf('/') + 1);
+}
+
 export interface LifecycleEvent {
-  /** Unique and stable: `${gateway}/${domain}/${history entry id}`; consumers deduplicate on it. */
+  /** Unique and stable, safe as a BullMQ job id: see eventId(). */
   id: string;
   queue: string;
   domain: string;

@@ -221,7 +221,7 @@ export class LiveFeed {
     const { config, queues, relay } = this.src;
     const last = <T>(r: { values: T[] }) => r.values[r.values.length - 1] ?? null;
     const status = relay?.status();
-    const gates = new Map((status?.domains ?? []).map((d) => [d.domain, d.gate]));
+    const blocks = new Map((status?.domains ?? []).map((d) => [d.domain, d.blocked]));
     const operator = new Map((relay?.suspended() ?? []).map((s) => [s.domain, s]));
     const health = queues.health();
     return {
@@ -241,19 +241,19 @@ export class LiveFeed {
         const reasons = new Map(s?.lastReasons ?? []);
         for (const [k, v] of s?.reasons ?? []) reasons.set(k, (reasons.get(k) ?? 0) + v);
         const t = q.table();
-        const gate = gates.get(q.domain);
+        const blocked = blocks.get(q.domain);
         return {
           ...t,
           depth: q.depth,
           rate: s ? s.delivered.reduce((a, b) => a + b, 0) / RATE_WINDOW : 0,
           limit: limitsFor(config.relay.limits, q.domain, q.domain).ratePerSecond,
           reasons: [...reasons].sort((a, b) => b[1] - a[1]).slice(0, 3),
-          // why the relay takes nothing from it: the relay's word for it, as it is today
-          gate: gate ? { reason: gate.reason, until: Number.isFinite(gate.until) ? gate.until : null } : null,
+          // why the relay takes nothing from it (suspended, window-closed, dead-destination)
+          blocked: blocked ? { reason: blocked.reason, until: Number.isFinite(blocked.until) ? blocked.until : null } : null,
           suspendedBy: operator.get(q.domain) ?? null,
         };
       }),
-      dead: status?.suspended ?? [],
+      dead: status?.dead ?? [],
       gateways: this.gateways,
       memory: this.src.memory?.() ?? null,
     };

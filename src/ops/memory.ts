@@ -3,6 +3,7 @@
 // queue against its budget on the events Redis, what was trimmed or dropped, and why the gateway
 // is degraded when it is. Degraded is not failing: mail is still accepted.
 import type { Config } from '../config/schema.ts';
+import type { ArchiveStatus, HistoryArchive } from '../events/archive.ts';
 import type { EventPublisher, EventsBudgetStatus } from '../events/publisher.ts';
 import type { HistoryBudget } from '../queue/historyBudget.ts';
 import type { QueueManager } from '../queue/manager.ts';
@@ -11,13 +12,15 @@ export interface MemoryReport {
   nodes: { node: string; up: boolean; usedMemory: number; maxmemory: number; mail: { bytes: number; limit: number }; history: { bytes: number; limit: number; blocked: boolean } }[];
   events: EventsBudgetStatus & { redis: string };
   historyTrimmed: number;
+  /** The event log in Cassandra: events archived, its lag; absent when events.archive is off. */
+  archive?: ArchiveStatus;
   historyEventBytes: number;
   queues: number;
   /** Why the gateway is degraded (empty: it is not). */
   degraded: string[];
 }
 
-export function memoryReport(config: Config, queues: QueueManager, history: HistoryBudget, publisher: EventPublisher): () => MemoryReport {
+export function memoryReport(config: Config, queues: QueueManager, history: HistoryBudget, publisher: EventPublisher, archive?: HistoryArchive): () => MemoryReport {
   const eventsNode = new URL(config.events.redis);
   const redis = `${eventsNode.hostname}:${eventsNode.port || '6379'}`;
   return () => {
@@ -34,7 +37,9 @@ export function memoryReport(config: Config, queues: QueueManager, history: Hist
     const degraded: string[] = [];
     if (events.paused) degraded.push(events.full ? `events budget full on ${redis} (events.whenFull: stop): publishing stopped, the cursors stay until a consumer drains ${config.events.queue}` : `events not published: ${redis} does not take them; catching up from the history`);
     else if (events.full) degraded.push(`events budget full on ${redis} (events.whenFull: drop): ${events.dropped} undelivered events dropped`);
-    for (const n of nodes) if (n.history.blocked) degraded.push(`history on ${n.node} above its budget (queue.historyBudget) and held by events not yet sent`);
-    return { nodes, events, historyTrimmed: history.trimmed, historyEventBytes: queues.historyEventBytes, queues: queues.queues.size, degraded };
+    for (const n of nodes) if (n.history.blocked) degraded.push(`history on ${n.node} above its budget (queue.historyBudget) and held by events not yet sent or not yet archived`);
+    const arch = archive?.status();
+    if (arch?.failing) degraded.push(`history not archived (${arch.failing}): kept whole in Redis until the archive answers`);
+    return { nodes, events, historyTrimmed: history.trimmed, ...(arch ? { archive: arch } : {}), historyEventBytes: queues.historyEventBytes, queues: queues.queues.size, degraded };
   };
 }

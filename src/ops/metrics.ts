@@ -222,14 +222,14 @@ export class GatewayMetrics {
   watchRelay(relay: Pick<Relay, 'status' | 'suspended'>): void {
     const dead = new Gauge({ name: 'streamgate_dead_destinations', help: 'Destination MTAs suspended as dead (consecutive connection failures; relay.deadDestination)', registers: [this.registry] });
     const gated = new Gauge({ name: 'streamgate_queues_not_taken', help: 'Destination queues the relay takes nothing from, by reason: dead (all their MTAs dead), operator (suspended), window (delivery window closed)', labelNames: ['reason'], registers: [this.registry] });
-    const WORD: Record<string, string> = { suspended: 'dead', paused: 'operator', window: 'window' };
+    const WORD: Record<string, string> = { 'dead-destination': 'dead', suspended: 'operator', 'window-closed': 'window' };
     this.collectors.push(() => {
       const st = relay.status();
-      dead.set(st.suspended.length);
+      dead.set(st.dead.length);
       const n: Record<string, number> = { dead: 0, operator: 0, window: 0 };
-      for (const d of st.domains) if (d.gate) n[WORD[d.gate.reason] ?? d.gate.reason] = (n[WORD[d.gate.reason] ?? d.gate.reason] ?? 0) + 1;
+      for (const d of st.domains) if (d.blocked) n[WORD[d.blocked.reason] ?? d.blocked.reason] = (n[WORD[d.blocked.reason] ?? d.blocked.reason] ?? 0) + 1;
       // an operator's suspend counts before the relay has looked at the queue again
-      const gatedOp = new Set(st.domains.filter((d) => d.gate?.reason === 'paused').map((d) => d.domain));
+      const gatedOp = new Set(st.domains.filter((d) => d.blocked?.reason === 'suspended').map((d) => d.domain));
       for (const s of relay.suspended()) if (!gatedOp.has(s.domain)) n.operator = (n.operator ?? 0) + 1;
       for (const [reason, v] of Object.entries(n)) gated.set({ reason }, v);
     });

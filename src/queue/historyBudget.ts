@@ -7,12 +7,16 @@
 // lifecycle events cursor (DESIGN, invariant 12): a queue's events not yet sent stay. When that
 // leaves the budget exceeded (the events publisher stopped for a full events queue, or failing),
 // the history stays whole and the gateway says it is degraded; mail is never refused for it.
-// Trimmed events are counted; archiving them before the trim (the event log) is not built yet.
+// Trimmed events are counted.
+//
+// Once the history is archived (events/archive.ts, QueueManager option `archived`), the scripts no
+// longer cut each stream at queue.historyMaxLength: cap() does, below the lower of the archive's
+// cursor and the events cursor (the `cursorOf` given), after each archived block and every tick.
 import type { Logger } from '../log.ts';
 import type { QueueManager } from './manager.ts';
 import type { RedisNode } from './node.ts';
 import type { Queue } from './queue.ts';
-import { parseEntryId } from './records.ts';
+import { idAfter, parseEntryId } from './records.ts';
 
 const TICK_MS = 5000;
 /** Trims take history down to this share of its budget. */
@@ -34,13 +38,44 @@ export class HistoryBudget {
   private timer: NodeJS.Timeout | undefined;
   private running = false;
   trimmed = 0;
+  /** Events cut by cap() (queue.historyMaxLength once archived). */
+  capped = 0;
   private readonly blocked = new Set<string>();
+  private readonly capTo: number;
+  private readonly capping = new Set<string>();
 
-  constructor(queues: QueueManager, share: number, cursorOf: (domain: string) => string | undefined, log: Logger) {
+  /**
+   * `cursorOf`: the last event of a queue every consumer of the history has (the events publisher,
+   * and the archive when there is one); `capTo`: queue.historyMaxLength when the history is
+   * archived (the scripts do not cap it then), else 0.
+   */
+  constructor(queues: QueueManager, share: number, cursorOf: (domain: string) => string | undefined, log: Logger, capTo = 0) {
     this.queues = queues;
     this.share = share;
     this.cursorOf = cursorOf;
     this.log = log.child({ component: 'history' });
+    this.capTo = capTo;
+  }
+
+  /** Cuts a queue's history to capTo events, never past its cursor; returns how many went. */
+  async cap(domain: string): Promise<number> {
+    const q = this.queues.queues.get(domain);
+    const cursor = this.cursorOf(domain);
+    if (!this.capTo || !q || !cursor || q.histLen <= this.capTo || !q.appendable || this.capping.has(domain)) return 0;
+    this.capping.add(domain);
+    let total = 0;
+    try {
+      for (let n = -1; n !== 0 && q.histLen > this.capTo; ) {
+        n = await q.trimHistory(idAfter(cursor), this.capTo);
+        total += n;
+      }
+    } catch (err) {
+      this.log.warn({ err, queue: q.name }, 'history trim failed');
+    } finally {
+      this.capping.delete(domain);
+    }
+    this.capped += total;
+    return total;
   }
 
   start(): void {
@@ -62,6 +97,7 @@ export class HistoryBudget {
     this.running = true;
     let total = 0;
     try {
+      for (const d of this.queues.domains()) await this.cap(d);
       await this.queues.sampleHistory(3).catch(() => {});
       this.queues.tallyMemory();
       for (const node of this.queues.nodes) {

@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
-import type { LifecycleEvent, NewMessage, QueuedMessage } from '../message/types.ts';
+import { eventId, type LifecycleEvent, type NewMessage, type QueuedMessage } from '../message/types.ts';
 import { copyQueue, type CopyStats } from './copy.ts';
 import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
@@ -32,6 +32,12 @@ const FORCED_TXN_STEP = 1e12;
 export interface ManagerOptions {
   gatewayId?: string;
   now?: () => number;
+  /**
+   * The history is archived (events/archive.ts) before it is trimmed: the scripts do not cap it at
+   * queue.historyMaxLength; the history budget trims it there, below what the archive and the
+   * events publisher confirmed. Without it the scripts cap each stream exactly.
+   */
+  archived?: boolean;
 }
 
 interface PlacementRecord {
@@ -57,12 +63,15 @@ export class QueueManager extends EventEmitter {
   private fenceReported = false;
 
   private readonly config: Config;
+  /** See ManagerOptions.archived. */
+  readonly archived: boolean;
 
   constructor(config: Config, log: Logger, opts: ManagerOptions = {}) {
     super();
     this.config = config;
     this.gatewayId = opts.gatewayId ?? config.gateway.id;
     this.now = opts.now ?? Date.now;
+    this.archived = !!opts.archived;
     this.log = log.child({ component: 'queue' });
     this.placementKey = `sg:placement:{${this.gatewayId}}`;
     const q = config.queue;
@@ -78,7 +87,7 @@ export class QueueManager extends EventEmitter {
       writeConcern: q.writeConcern,
       timeoutMs: q.timeout,
       maxLength: q.maxLength,
-      historyMaxLength: q.historyMaxLength,
+      historyMaxLength: this.archived ? 0 : q.historyMaxLength,
       mailBudget: q.mailBudget,
       now: this.now,
       owner: this.owner,
@@ -575,6 +584,12 @@ export class QueueManager extends EventEmitter {
     return true;
   }
 
+  /** A history entry of `domain`'s queue as the lifecycle event it is. */
+  eventOf(domain: string, h: HistoryEntry): LifecycleEvent {
+    const q = this.must(domain);
+    return { id: eventId(this.gatewayId, q.domain, h.histId), queue: q.name, domain: q.domain, kind: h.kind as LifecycleEvent['kind'], messageId: h.messageId, txn: h.txn, at: h.at, details: h.details };
+  }
+
   /** Events of a queue's history after `afterId` (exclusive), oldest first, at most `count`. */
   async historySince(domain: string, afterId: string | undefined, count: number): Promise<HistoryEntry[]> {
     const rows = (await this.readerNode(domain).client.xrange(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
@@ -601,7 +616,7 @@ export class QueueManager extends EventEmitter {
       if (rows.length < HISTORY_BLOCK || (msgId && found.some((h) => h.kind === 'accepted'))) break;
       end = `(${rows[rows.length - 1]![0]}`;
     }
-    return found.reverse().map((h) => ({ id: `${this.gatewayId}/${q.domain}/${h.histId}`, kind: h.kind, messageId: h.messageId, txn: h.txn, at: h.at, details: h.details }));
+    return found.reverse().map((h) => ({ id: eventId(this.gatewayId, q.domain, h.histId), kind: h.kind, messageId: h.messageId, txn: h.txn, at: h.at, details: h.details }));
   }
 
   /** The node of an in-sync replica, for reads. */

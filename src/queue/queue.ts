@@ -13,7 +13,7 @@
 //           once the queue is reloaded they are withdrawn if they were stored after all.
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.ts';
-import type { LifecycleEvent, LifecycleKind, NewMessage, QueuedMessage } from '../message/types.ts';
+import { eventId, type LifecycleEvent, type LifecycleKind, type NewMessage, type QueuedMessage } from '../message/types.ts';
 import { QueueError, SCRIPT_CODES } from './errors.ts';
 import { Batcher } from './batcher.ts';
 import { MinHeap } from './heap.ts';
@@ -53,6 +53,7 @@ export interface QueueSettings {
   writeConcern: 'all' | 'one';
   timeoutMs: number;
   maxLength: number;
+  /** Events kept per history stream, cut by the scripts on every write; 0: no cap there (the history is archived, then trimmed). */
   historyMaxLength: number;
   mailBudget: number;
   now: () => number;
@@ -164,9 +165,9 @@ export class Queue extends EventEmitter implements QueueView {
   }
 
   private event(kind: LifecycleKind, msgId: string, histId: string, txn: number, details: Record<string, unknown>): void {
-    if (this.histLen < this.settings.historyMaxLength) this.histLen++;
+    if (!this.settings.historyMaxLength || this.histLen < this.settings.historyMaxLength) this.histLen++;
     if (!this.histFirstMs) this.histFirstMs = this.settings.now();
-    const ev: LifecycleEvent = { id: `${this.settings.gatewayId}/${this.domain}/${histId}`, queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };
+    const ev: LifecycleEvent = { id: eventId(this.settings.gatewayId, this.domain, histId), queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };
     this.emit('event', ev);
   }
 
@@ -590,16 +591,17 @@ export class Queue extends EventEmitter implements QueueView {
 
   /**
    * Trims the history stream below `minId` (exclusive: XTRIM MINID) on every replica, as one
-   * transaction. The caller never passes an id beyond the events cursor (DESIGN, invariant 12).
+   * transaction; with `keep`, only the oldest events beyond `keep` (and below `minId`). The caller
+   * never passes an id beyond the events cursor or the archive's (DESIGN, invariant 12).
    * Returns the number of events trimmed.
    */
-  async trimHistory(minId: string): Promise<number> {
+  async trimHistory(minId: string, keep = 0): Promise<number> {
     const now = this.settings.now();
     const histId = this.histIds.next(now);
-    const { res } = await this.write('other', 'trimHistory', now, histId, () => [minId], []);
+    const { res } = await this.write('other', 'trimHistory', now, histId, () => [minId, keep], []);
     const trimmed = Number(res[2] ?? 0);
-    this.histLen = Math.max(0, this.histLen - trimmed);
-    this.histFirstMs = Math.max(this.histFirstMs, parseEntryId(minId)[0]);
+    this.histLen = res[3] === undefined ? Math.max(0, this.histLen - trimmed) : Number(res[3]);
+    if (!keep) this.histFirstMs = Math.max(this.histFirstMs, parseEntryId(minId)[0]);
     return trimmed;
   }
 

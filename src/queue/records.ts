@@ -79,6 +79,29 @@ export const parseEntryId = (id: string): [number, number] => {
   return [Number(id.slice(0, dash)), Number(id.slice(dash + 1))];
 };
 
+/** Orders two stream ids "ms-seq" (negative: a is lower). */
+export function compareIds(a: string, b: string): number {
+  const [am, as] = parseEntryId(a);
+  const [bm, bs] = parseEntryId(b);
+  return am - bm || as - bs;
+}
+
+/** The lower of two positions a consumer has reached; undefined while either has none. */
+export function lowestCursor(...ids: (string | undefined)[]): string | undefined {
+  let low: string | undefined;
+  for (const id of ids) {
+    if (!id) return undefined;
+    if (!low || compareIds(id, low) < 0) low = id;
+  }
+  return low;
+}
+
+/** The lowest stream id above `id`: the first one XTRIM MINID keeps when everything up to `id` may go. */
+export function idAfter(id: string): string {
+  const [ms, seq] = parseEntryId(id);
+  return `${ms}-${seq + 1}`;
+}
+
 /** Strictly increasing stream ids "ms-seq" chosen by the gateway, identical on both replicas. */
 export class IdGen {
   private ms: number;

@@ -1,0 +1,329 @@
+// The event log: every history event of every queue, archived whole into Cassandra (tables
+// history, message_events and archive_cursors, described in src/mailbox/schema.ts) before Redis may
+// trim it (DESIGN, invariant 12). Per queue a durable cursor (the last event archived, in
+// archive_cursors) is read once, then the history stream is read after it in blocks, each block
+// written (history rows in single-partition unlogged batches, the message index grouped by
+// message) and only then the cursor moved. A row's key is the event's position, so an event
+// archived again after a crash overwrites its own row: every event is in the log exactly once.
+// The history is trimmed (history budget, queue.historyMaxLength) only below cursorOf().
+//
+// Events written but not yet archived are kept in memory as the hot part of the message index
+// (message id -> its events; at most HOT_MAX events), so one message's story is two lookups
+// whatever its age: this map, then the message's partition of message_events. Events still in
+// Redis from before a restart join the index as the archive reaches them, within a block or two.
+//
+// While Cassandra does not answer nothing is archived and nothing is trimmed: the history grows,
+// the history budget says so (degraded), mail goes on; the lag (events and seconds behind) is a
+// metric.
+import { EventEmitter } from 'node:events';
+import type cassandra from 'cassandra-driver';
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../log.ts';
+import { consistencyFrom, type Consistency } from '../mailbox/client.ts';
+import type { MailStore } from '../mailbox/store.ts';
+import { eventId, histIdOf, type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
+import type { QueueManager } from '../queue/manager.ts';
+import { compareIds, parseEntryId } from '../queue/records.ts';
+
+/** A history partition holds one hour of a queue's events. */
+export const BUCKET_MS = 3_600_000;
+/** Events read from a history stream per block. */
+const BLOCK = 2000;
+/** Rows per unlogged batch of one history partition, and their bytes at most (Cassandra refuses batches over 50 KB by default). */
+const BATCH_ROWS = 40;
+const BATCH_BYTES = 24 * 1024;
+/** Statements in flight at once. */
+const PARALLEL = 64;
+/** A queue with new events is archived this soon; every queue is looked at every TICK_MS. */
+const SOON_MS = 25;
+const TICK_MS = 1000;
+/** Events held in the hot index at most (while Cassandra lags, the newest beyond it are found once archived). */
+const HOT_MAX = 500_000;
+
+export interface ArchiveStatus {
+  /** Events archived since start. */
+  archived: number;
+  /** Events written to the histories and not yet archived (as this process saw them). */
+  lagEvents: number;
+  /** Time between the newest event and the archive's cursor, seconds, the worst queue. */
+  lagSeconds: number;
+  /** Why the archive does not advance, while it does not. */
+  failing: string | undefined;
+}
+
+const bucketOf = (ms: number) => ms - (ms % BUCKET_MS);
+
+export class HistoryArchive extends EventEmitter {
+  private readonly queues: QueueManager;
+  private readonly store: MailStore;
+  private readonly log: Logger;
+  private readonly cl: Consistency;
+  private readonly ks: string;
+  private readonly gateway: string;
+  /** The last event archived per queue, once read from archive_cursors. */
+  private readonly cursors = new Map<string, string>();
+  private readonly loaded = new Set<string>();
+  /** The newest event seen per queue, and events seen but not archived. */
+  private readonly newest = new Map<string, string>();
+  private readonly pending = new Map<string, number>();
+  private readonly hot = new Map<string, LifecycleEvent[]>();
+  private hotSize = 0;
+  private readonly dirty = new Set<string>();
+  private soon: NodeJS.Timeout | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private stopped = false;
+  private failing: string | undefined;
+  archived = 0;
+  private readonly onEvent = (ev: LifecycleEvent) => this.seen(ev);
+
+  constructor(queues: QueueManager, store: MailStore, config: Config, log: Logger) {
+    super();
+    this.queues = queues;
+    this.store = store;
+    this.log = log.child({ component: 'archive' });
+    this.cl = consistencyFrom(config);
+    this.ks = store.keyspace;
+    this.gateway = queues.gatewayId;
+  }
+
+  start(): void {
+    this.queues.on('event', this.onEvent);
+    for (const d of this.queues.domains()) this.dirty.add(d);
+    this.ticker = setInterval(() => {
+      for (const d of this.queues.domains()) this.dirty.add(d);
+      void this.kick();
+    }, TICK_MS);
+    this.ticker.unref();
+    void this.kick();
+  }
+
+  /** Archives what is left (while Cassandra answers), then stops. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.queues.off('event', this.onEvent);
+    clearInterval(this.ticker);
+    clearTimeout(this.soon);
+    await this.running;
+    for (const d of this.queues.domains()) this.dirty.add(d);
+    await this.pump();
+  }
+
+  /** Archives every queue up to its newest event now (tests, replay); throws while the archive cannot write. */
+  async drain(): Promise<void> {
+    while (this.running) await this.running;
+    for (const d of this.queues.domains()) this.dirty.add(d);
+    await this.kick();
+    if (this.failing) throw new Error(`the archive does not advance: ${this.failing}`);
+  }
+
+  /** The last event of `domain` the archive confirmed: history up to it may be trimmed. */
+  cursorOf(domain: string): string | undefined {
+    return this.cursors.get(domain);
+  }
+
+  status(): ArchiveStatus {
+    let lagEvents = 0;
+    let lagMs = 0;
+    for (const [d, n] of this.newest) {
+      const c = this.cursors.get(d);
+      if (c && compareIds(n, c) <= 0) continue;
+      lagEvents += this.pending.get(d) ?? 0;
+      lagMs = Math.max(lagMs, parseEntryId(n)[0] - (c ? parseEntryId(c)[0] : parseEntryId(n)[0]));
+    }
+    return { archived: this.archived, lagEvents, lagSeconds: lagMs / 1000, failing: this.failing };
+  }
+
+  private seen(ev: LifecycleEvent): void {
+    const histId = histIdOf(ev.id);
+    const cur = this.newest.get(ev.domain);
+    if (!cur || compareIds(histId, cur) > 0) this.newest.set(ev.domain, histId);
+    this.pending.set(ev.domain, (this.pending.get(ev.domain) ?? 0) + 1);
+    if (ev.messageId && this.hotSize < HOT_MAX) {
+      const list = this.hot.get(ev.messageId);
+      if (list) list.push(ev);
+      else this.hot.set(ev.messageId, [ev]);
+      this.hotSize++;
+    }
+    this.dirty.add(ev.domain);
+    this.later();
+  }
+
+  private kick(): Promise<void> {
+    if (this.running) return this.running;
+    if (this.stopped) return Promise.resolve();
+    this.running = this.pump().finally(() => {
+      this.running = undefined;
+      if (this.dirty.size && !this.stopped) this.later();
+    });
+    return this.running;
+  }
+
+  private later(): void {
+    this.soon ??= setTimeout(() => {
+      this.soon = undefined;
+      void this.kick();
+    }, SOON_MS).unref();
+  }
+
+  private async pump(): Promise<void> {
+    const domains = [...this.dirty];
+    this.dirty.clear();
+    for (const d of domains) {
+      try {
+        await this.archiveQueue(d);
+        if (this.failing) this.log.info({ queue: d }, 'archive advancing again');
+        this.failing = undefined;
+      } catch (err) {
+        const reason = err instanceof Error ? err.message : String(err);
+        if (!this.failing) this.log.warn({ err, queue: d }, 'history not archived: the history is kept whole in Redis until the archive answers');
+        this.failing = reason;
+        return; // every queue is tried again on the next tick
+      }
+    }
+  }
+
+  private async archiveQueue(domain: string): Promise<void> {
+    if (!this.queues.view(domain)) return;
+    await this.store.connect();
+    if (!this.loaded.has(domain)) {
+      const rs = await this.store.client.execute(`SELECT hist FROM ${this.ks}.archive_cursors WHERE gateway = ? AND domain = ?`, [this.gateway, domain], { prepare: true, consistency: this.cl.read });
+      const hist = rs.first()?.get('hist') as string | undefined;
+      if (hist) this.cursors.set(domain, hist);
+      this.loaded.add(domain);
+    }
+    for (;;) {
+      const cursor = this.cursors.get(domain);
+      const rows = await this.queues.historySince(domain, cursor, BLOCK);
+      if (!rows.length) return;
+      const events = rows.map((r) => this.queues.eventOf(domain, r));
+      await this.write(events);
+      const last = rows[rows.length - 1]!.histId;
+      // the first block also records the hour of the queue's first event: where reads by time start
+      const [q, params] = cursor
+        ? [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, updated) VALUES (?, ?, ?, ?)`, [this.gateway, domain, last, new Date()]]
+        : [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, first_bucket, updated) VALUES (?, ?, ?, ?, ?)`, [this.gateway, domain, last, new Date(bucketOf(parseEntryId(rows[0]!.histId)[0])), new Date()]];
+      await this.store.client.execute(q, params, { prepare: true, consistency: this.cl.write, isIdempotent: true });
+      this.cursors.set(domain, last);
+      this.archived += events.length;
+      this.pending.set(domain, Math.max(0, (this.pending.get(domain) ?? 0) - events.length));
+      this.cool(events);
+      this.emit('archived', domain);
+      if (rows.length < BLOCK) return;
+    }
+  }
+
+  /** Archived events leave the hot index. */
+  private cool(events: LifecycleEvent[]): void {
+    for (const ev of events) {
+      const list = this.hot.get(ev.messageId);
+      if (!list) continue;
+      const i = list.findIndex((x) => x.id === ev.id);
+      if (i < 0) continue;
+      list.splice(i, 1);
+      this.hotSize--;
+      if (!list.length) this.hot.delete(ev.messageId);
+    }
+  }
+
+  private async write(events: LifecycleEvent[]): Promise<void> {
+    const histQ = `INSERT INTO ${this.ks}.history (gateway, domain, bucket, ms, seq, kind, message_id, txn, at, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+    const idxQ = `INSERT INTO ${this.ks}.message_events (message_id, gateway, domain, ms, seq, kind, txn, at, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+    type Stmt = { query: string; params: unknown[] };
+    const batches: Stmt[][] = [];
+    let cur: Stmt[] = [];
+    let bytes = 0;
+    let bucket = -1;
+    const byMessage = new Map<string, Stmt[]>();
+    for (const ev of events) {
+      const [ms, seq] = parseEntryId(histIdOf(ev.id));
+      const details = JSON.stringify(ev.details);
+      const b = bucketOf(ms);
+      if (cur.length && (b !== bucket || cur.length >= BATCH_ROWS || bytes + details.length > BATCH_BYTES)) {
+        batches.push(cur);
+        cur = [];
+        bytes = 0;
+      }
+      bucket = b;
+      bytes += details.length + 100;
+      cur.push({ query: histQ, params: [this.gateway, ev.domain, new Date(b), ms, seq, ev.kind, ev.messageId, ev.txn, new Date(ev.at), details] });
+      if (ev.messageId) {
+        const stmt = { query: idxQ, params: [ev.messageId, this.gateway, ev.domain, ms, seq, ev.kind, ev.txn, new Date(ev.at), details] };
+        const list = byMessage.get(ev.messageId);
+        if (list) list.push(stmt);
+        else byMessage.set(ev.messageId, [stmt]);
+      }
+    }
+    if (cur.length) batches.push(cur);
+    const all = [...batches, ...byMessage.values()];
+    const opts = { prepare: true, consistency: this.cl.write, isIdempotent: true, logged: false };
+    let next = 0;
+    const worker = async () => {
+      while (next < all.length) {
+        const b = all[next++]!;
+        await (b.length === 1 ? this.store.client.execute(b[0]!.query, b[0]!.params, opts) : this.store.client.batch(b, opts));
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(PARALLEL, all.length) }, worker));
+  }
+
+  // ---- reading the log ------------------------------------------------------------------------
+
+  /**
+   * One message's story, oldest first per queue: the events not yet archived (the hot index),
+   * then its partition of message_events. Two lookups, no scan, whatever its age.
+   */
+  async story(messageId: string): Promise<LifecycleEvent[]> {
+    const hot = this.hot.get(messageId) ?? [];
+    await this.store.connect();
+    const rs = await this.store.client.execute(`SELECT gateway, domain, ms, seq, kind, txn, at, details FROM ${this.ks}.message_events WHERE message_id = ?`, [messageId], { prepare: true, consistency: this.cl.read, fetchSize: 5000 });
+    const cold = rs.rows.map((r) => this.rowEvent(r, messageId));
+    const seen = new Set(cold.map((e) => e.id));
+    return [...cold, ...hot.filter((e) => !seen.has(e.id))].sort((a, b) => (a.domain < b.domain ? -1 : a.domain > b.domain ? 1 : compareIds(histIdOf(a.id), histIdOf(b.id))));
+  }
+
+  /** The queues (domains) of this gateway with archived events. */
+  async archivedQueues(): Promise<string[]> {
+    await this.store.connect();
+    const rs = await this.store.client.execute(`SELECT domain FROM ${this.ks}.archive_cursors WHERE gateway = ?`, [this.gateway], { prepare: true, consistency: this.cl.read });
+    return rs.rows.map((r) => r.get('domain') as string);
+  }
+
+  /**
+   * The archived events of one queue from `since` (ms, inclusive) up to `until` (exclusive),
+   * oldest first, read partition by partition (one per hour, from the queue's first) in pages.
+   */
+  async *eventsOf(domain: string, since: number, until: number): AsyncGenerator<LifecycleEvent> {
+    await this.store.connect();
+    const rs = await this.store.client.execute(`SELECT first_bucket FROM ${this.ks}.archive_cursors WHERE gateway = ? AND domain = ?`, [this.gateway, domain], { prepare: true, consistency: this.cl.read });
+    const first = (rs.first()?.get('first_bucket') as Date | null | undefined)?.getTime();
+    if (first === undefined) return;
+    for (let b = bucketOf(Math.max(since, first)); b < until; b += BUCKET_MS) {
+      let pageState: string | undefined;
+      do {
+        const page: cassandra.types.ResultSet = await this.store.client.execute(
+          `SELECT domain, ms, seq, kind, message_id, txn, at, details FROM ${this.ks}.history WHERE gateway = ? AND domain = ? AND bucket = ? AND ms >= ? AND ms < ?`,
+          [this.gateway, domain, new Date(b), since, until],
+          { prepare: true, consistency: this.cl.read, fetchSize: 2000, pageState },
+        );
+        for (const r of page.rows) yield this.rowEvent(r, r.get('message_id') as string);
+        pageState = page.pageState ?? undefined;
+      } while (pageState);
+    }
+  }
+
+  private rowEvent(r: cassandra.types.Row, messageId: string): LifecycleEvent {
+    const domain = r.get('domain') as string;
+    const histId = `${String(r.get('ms'))}-${String(r.get('seq'))}`;
+    return {
+      id: eventId(this.gateway, domain, histId),
+      queue: `${this.gateway}:${domain}`,
+      domain,
+      kind: r.get('kind') as LifecycleKind,
+      messageId,
+      txn: Number(r.get('txn')),
+      at: (r.get('at') as Date).getTime(),
+      details: JSON.parse(r.get('details') as string) as Record<string, unknown>,
+    };
+  }
+}
