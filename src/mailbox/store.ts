@@ -2,8 +2,13 @@
 // bodies in chunks, usage counters and the POP3 mailbox lease.
 //
 // Writing a message: pick its bucket (the newest bucket that started at or before its accept
-// time), skip it when its row exists already (a redelivery), write the body chunks, then the
-// metadata row (the commit point: a visible row has a complete body), then bump the counters.
+// time), skip it when its row is committed already (a redelivery), write its row marked pending,
+// the body chunks, then the row again, committed (the commit point: a visible row has a complete
+// body), then bump the counters. A pending row is invisible to readers; it records a body whose
+// delivery was interrupted: the retry (same row id, same body id) writes the same chunks again
+// and commits, deleting the user removes it with the rest, and a pending row older than the
+// queue's maxLifetime (no retry can come any more) is removed with its body by the next reader of
+// the mailbox. So no chunk is ever left without a row that leads to it.
 // Buckets: when the bucket a message went into holds `bucketSize` messages and is the newest, a
 // new bucket opens at now + BUCKET_OPEN_AHEAD_MS. Every message already written has an accept
 // time before that, so it keeps mapping to the same bucket (redeliveries stay idempotent), and
@@ -32,6 +37,8 @@ const READ_AHEAD = 3;
 const CHUNK_WRITE_CONCURRENCY = 4;
 /** Row deletions per unlogged single-partition batch (James: DEFAULT_EXPUNGE_BATCH_SIZE = 50). */
 const DELETE_BATCH = 50;
+/** A pending row this much older than the queue's maxLifetime belongs to a delivery that cannot be retried. */
+const ABANDON_MARGIN_MS = 3600_000;
 const EPOCH = new Date(0);
 
 export interface UserRecord {
@@ -49,6 +56,13 @@ export interface MessageRef {
   bucket: Date;
   size: number;
   chunks: number;
+}
+
+/** A row as stored, committed or not. */
+interface StoredRow extends MessageRef {
+  pending: boolean;
+  /** Accept time, ms. */
+  received: number;
 }
 
 export interface PutMessage {
@@ -75,6 +89,11 @@ export interface StoreOptions extends ClientOptions {
   now?: () => number;
   /** Apply the schema on connect when something is missing; default true. */
   autoSchema?: boolean;
+  /**
+   * Called once a message's body chunks are written, before its row is committed: the point where
+   * a crash leaves a body without a visible message (tests interrupt a delivery there).
+   */
+  afterBody?: (id: string) => void | Promise<void>;
 }
 
 const num = (v: unknown): number => (v === null || v === undefined ? 0 : typeof v === 'number' ? v : Number(String(v)));
@@ -100,6 +119,8 @@ export class MailStore {
   private readonly chunkSize: number;
   private readonly bucketSize: number;
   private readonly autoSchema: boolean;
+  private readonly afterBody: StoreOptions['afterBody'];
+  private readonly abandonAfterMs: number;
   private readyPromise: Promise<void> | undefined;
   private isReady = false;
   private closed = false;
@@ -117,6 +138,8 @@ export class MailStore {
     this.chunkSize = Math.max(1024, config.cassandra.chunkSize);
     this.bucketSize = config.cassandra.bucketSize;
     this.autoSchema = opts.autoSchema ?? true;
+    this.afterBody = opts.afterBody;
+    this.abandonAfterMs = config.relay.retry.maxLifetime + ABANDON_MARGIN_MS;
     const ks = this.keyspace;
     this.q = {
       getUser: `SELECT address, password_hash, quota, created FROM ${ks}.users WHERE address = ?`,
@@ -132,10 +155,10 @@ export class MailStore {
       newestBucket: `SELECT bucket FROM ${ks}.mailbox_buckets WHERE address = ? AND mailbox = ? ORDER BY bucket DESC LIMIT 1`,
       buckets: `SELECT bucket FROM ${ks}.mailbox_buckets WHERE address = ? AND mailbox = ?`,
       countBucket: `UPDATE ${ks}.mailbox_buckets SET messages = messages + ? WHERE address = ? AND mailbox = ? AND bucket = ?`,
-      getRow: `SELECT id FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id = ?`,
-      putRow: `INSERT INTO ${ks}.messages (address, mailbox, bucket, id, size, chunks, queue_id, sender, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      firstPage: `SELECT id, size, chunks FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? LIMIT ?`,
-      nextPage: `SELECT id, size, chunks FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id > ? LIMIT ?`,
+      getRow: `SELECT id, pending FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id = ?`,
+      putRow: `INSERT INTO ${ks}.messages (address, mailbox, bucket, id, size, chunks, queue_id, sender, received, pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      firstPage: `SELECT id, size, chunks, received, pending FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? LIMIT ?`,
+      nextPage: `SELECT id, size, chunks, received, pending FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id > ? LIMIT ?`,
       delRow: `DELETE FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id = ?`,
       delPartition: `DELETE FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ?`,
       putChunk: `INSERT INTO ${ks}.bodies (id, chunk, data) VALUES (?, ?, ?)`,
@@ -377,9 +400,14 @@ export class MailStore {
     const placed = await this.guard('storing a message', async () => {
       await this.ensureMailbox(m.address, m.mailbox);
       const b = await this.bucketFor(m.address, m.mailbox, m.acceptedAt);
-      if ((await this.read(this.q.getRow!, [m.address, m.mailbox, b.bucket, id])).rowLength > 0) return undefined;
-      const chunks = await this.writeBody(id, m.body);
-      await this.write(this.q.putRow!, [m.address, m.mailbox, b.bucket, id, m.body.length, chunks, m.queueId, m.sender, new Date(m.acceptedAt)]);
+      const existing = (await this.read(this.q.getRow!, [m.address, m.mailbox, b.bucket, id])).first();
+      if (existing && existing.get('pending') !== true) return undefined; // committed: a redelivery
+      const chunks = Math.max(1, Math.ceil(m.body.length / this.chunkSize));
+      const row = [m.address, m.mailbox, b.bucket, id, m.body.length, chunks, m.queueId, m.sender, new Date(m.acceptedAt)];
+      if (!existing) await this.write(this.q.putRow!, [...row, true]); // pending, before any chunk
+      await this.writeBody(id, m.body);
+      await this.afterBody?.(id.toString());
+      await this.write(this.q.putRow!, [...row, false]);
       return b;
     });
     if (!placed) return { id: id.toString(), stored: false };
@@ -397,13 +425,12 @@ export class MailStore {
     return { id: id.toString(), stored: true };
   }
 
-  private async writeBody(id: TimeUuid, body: Buffer): Promise<number> {
+  private async writeBody(id: TimeUuid, body: Buffer): Promise<void> {
     const n = Math.max(1, Math.ceil(body.length / this.chunkSize));
     const indexes = Array.from({ length: n }, (_, i) => i);
     await eachLimited(indexes, CHUNK_WRITE_CONCURRENCY, async (i) => {
       await this.write(this.q.putChunk!, [id, i, body.subarray(i * this.chunkSize, (i + 1) * this.chunkSize)]);
     });
-    return n;
   }
 
   /** The messages of a mailbox, oldest first, read `pageSize` rows per query. */
@@ -416,11 +443,35 @@ export class MailStore {
     }
   }
 
+  /**
+   * The committed messages of a mailbox; after the last, removes the pending rows whose delivery
+   * can no longer be retried, with their bodies.
+   */
   private async *listMessagesInner(address: string, mailbox: string, pageSize: number): AsyncGenerator<MessageRef> {
-    for (const bucket of await this.buckets(address, mailbox)) yield* this.bucketRows(address, mailbox, bucket, pageSize);
+    const abandoned: StoredRow[] = [];
+    const cutoff = this.now() - this.abandonAfterMs;
+    for (const bucket of await this.buckets(address, mailbox)) {
+      for await (const r of this.bucketRows(address, mailbox, bucket, pageSize)) {
+        if (!r.pending) yield { id: r.id, bucket: r.bucket, size: r.size, chunks: r.chunks };
+        else if (r.received < cutoff) abandoned.push(r);
+      }
+    }
+    if (abandoned.length > 0) await this.removeAbandoned(address, mailbox, abandoned);
   }
 
-  private async *bucketRows(address: string, mailbox: string, bucket: Date, pageSize: number): AsyncGenerator<MessageRef> {
+  /** Bodies first, then the pending rows that lead to them: a failure in between leaves a row for the next reader. */
+  private async removeAbandoned(address: string, mailbox: string, rows: readonly StoredRow[]): Promise<void> {
+    try {
+      await eachLimited(rows, 16, async (r) => void (await this.write(this.q.delBody!, [TimeUuidType.fromString(r.id)])));
+      await eachLimited(rows, 16, async (r) => void (await this.write(this.q.delRow!, [address, mailbox, r.bucket, TimeUuidType.fromString(r.id)])));
+      this.log.info({ address, mailbox, messages: rows.length }, 'interrupted deliveries removed');
+    } catch (err) {
+      this.log.warn({ err, address, mailbox }, 'interrupted deliveries not removed yet');
+    }
+  }
+
+  /** Every row of one bucket, committed or pending. */
+  private async *bucketRows(address: string, mailbox: string, bucket: Date, pageSize: number): AsyncGenerator<StoredRow> {
     let after: TimeUuid | undefined;
     for (;;) {
       const rs = after
@@ -428,7 +479,8 @@ export class MailStore {
         : await this.read(this.q.firstPage!, [address, mailbox, bucket, pageSize]);
       for (const row of rs.rows) {
         after = row.get('id') as TimeUuid;
-        yield { id: after.toString(), bucket, size: num(row.get('size')), chunks: num(row.get('chunks')) };
+        const received = row.get('received') as Date | null;
+        yield { id: after.toString(), bucket, size: num(row.get('size')), chunks: num(row.get('chunks')), pending: row.get('pending') === true, received: received?.getTime() ?? 0 };
       }
       if (rs.rowLength < pageSize) return;
     }
