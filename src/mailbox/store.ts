@@ -74,8 +74,12 @@ export interface PutMessage {
   /** Accept time, ms. */
   acceptedAt: number;
   sender: string;
-  /** The whole message as POP3 will serve it (CRLF line ends). */
-  body: Buffer;
+  /**
+   * The whole message as POP3 will serve it (CRLF line ends), in parts that are stored one after
+   * the other (the lines a delivery prepends, then the message as queued): chunks are cut across
+   * them, so the message is never copied whole.
+   */
+  body: readonly Buffer[];
 }
 
 export interface MailboxSummary {
@@ -397,15 +401,16 @@ export class MailStore {
    */
   async putMessage(m: PutMessage): Promise<{ id: string; stored: boolean }> {
     const id = messageUuid(m.queueId, m.acceptedAt, m.address, m.mailbox);
+    const size = m.body.reduce((n, b) => n + b.length, 0);
     const placed = await this.guard('storing a message', async () => {
       await this.ensureMailbox(m.address, m.mailbox);
       const b = await this.bucketFor(m.address, m.mailbox, m.acceptedAt);
       const existing = (await this.read(this.q.getRow!, [m.address, m.mailbox, b.bucket, id])).first();
       if (existing && existing.get('pending') !== true) return undefined; // committed: a redelivery
-      const chunks = Math.max(1, Math.ceil(m.body.length / this.chunkSize));
-      const row = [m.address, m.mailbox, b.bucket, id, m.body.length, chunks, m.queueId, m.sender, new Date(m.acceptedAt)];
+      const chunks = Math.max(1, Math.ceil(size / this.chunkSize));
+      const row = [m.address, m.mailbox, b.bucket, id, size, chunks, m.queueId, m.sender, new Date(m.acceptedAt)];
       if (!existing) await this.write(this.q.putRow!, [...row, true]); // pending, before any chunk
-      await this.writeBody(id, m.body);
+      await this.writeBody(id, m.body, chunks);
       await this.afterBody?.(id.toString());
       await this.write(this.q.putRow!, [...row, false]);
       return b;
@@ -416,7 +421,7 @@ export class MailStore {
     try {
       await Promise.all([
         this.count(this.q.countBucket!, [1, m.address, m.mailbox, bucket]),
-        this.count(this.q.addUsage!, [1, m.body.length, m.address]),
+        this.count(this.q.addUsage!, [1, size, m.address]),
       ]);
       if (count + 1 >= this.bucketSize) await this.openNextBucket(m.address, m.mailbox, bucket);
     } catch (err) {
@@ -425,11 +430,11 @@ export class MailStore {
     return { id: id.toString(), stored: true };
   }
 
-  private async writeBody(id: TimeUuid, body: Buffer): Promise<void> {
-    const n = Math.max(1, Math.ceil(body.length / this.chunkSize));
+  /** Writes chunks 0..n-1 of the parts, CHUNK_WRITE_CONCURRENCY at a time. */
+  private async writeBody(id: TimeUuid, parts: readonly Buffer[], n: number): Promise<void> {
     const indexes = Array.from({ length: n }, (_, i) => i);
     await eachLimited(indexes, CHUNK_WRITE_CONCURRENCY, async (i) => {
-      await this.write(this.q.putChunk!, [id, i, body.subarray(i * this.chunkSize, (i + 1) * this.chunkSize)]);
+      await this.write(this.q.putChunk!, [id, i, slice(parts, i * this.chunkSize, (i + 1) * this.chunkSize)]);
     });
   }
 
@@ -585,3 +590,16 @@ export class MailStore {
 }
 
 const ttl = (ms: number) => Math.max(1, Math.ceil(ms / 1000));
+
+/** Bytes [from, to) of the parts laid end to end: a view into one part, or a copy of the few bytes where it spans two. */
+export function slice(parts: readonly Buffer[], from: number, to: number): Buffer {
+  const pieces: Buffer[] = [];
+  let at = 0;
+  for (const p of parts) {
+    const end = at + p.length;
+    if (end > from && at < to) pieces.push(p.subarray(Math.max(0, from - at), Math.min(p.length, to - at)));
+    if (end >= to) break;
+    at = end;
+  }
+  return pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
+}
