@@ -29,9 +29,9 @@ const { TimeUuid: TimeUuidType } = cassandra.types;
 
 /** A new bucket starts this far ahead of the clock, more than the clock skew between gateways. */
 export const BUCKET_OPEN_AHEAD_MS = 2000;
-/** Body chunks read per query. */
+/** Body chunks read per query, at most (pages grow to this from one chunk). */
 const CHUNKS_PER_READ = 4;
-/** Body pages read ahead while one is being sent. */
+/** Body pages in flight while one is being sent (RETR). */
 const READ_AHEAD = 3;
 /** Body chunks written at once for one message. */
 const CHUNK_WRITE_CONCURRENCY = 4;
@@ -491,41 +491,51 @@ export class MailStore {
     }
   }
 
-  /** The body of a message, chunk by chunk. BODY_INCOMPLETE when a chunk is missing. */
-  async *readBody(ref: MessageRef): AsyncGenerator<Buffer> {
+  /**
+   * The body of a message, chunk by chunk. BODY_INCOMPLETE when a chunk is missing.
+   *
+   * Pages grow from one chunk to CHUNKS_PER_READ (1, 2, 4, ...), so the first bytes come after
+   * one small read. With `readAhead` (default) READ_AHEAD pages are in flight while one is being
+   * sent, and a big body streams at the store's throughput instead of one round trip per page;
+   * without it (TOP), a page is read only once the one before is used up, so a reader that stops
+   * early has read little more than what it used.
+   */
+  async *readBody(ref: MessageRef, opts: { readAhead?: boolean } = {}): AsyncGenerator<Buffer> {
     await this.connect();
     const id = TimeUuidType.fromString(ref.id);
-    // pages of CHUNKS_PER_READ chunks, READ_AHEAD pages in flight: a big body streams at the
-    // store's throughput instead of one round trip per page
-    const page = (from: number) => {
-      const p = this.read(this.q.getChunks!, [id, from, Math.min(ref.chunks, from + CHUNKS_PER_READ)]);
+    const ahead = opts.readAhead === false ? 1 : READ_AHEAD;
+    const page = (from: number, to: number) => {
+      const p = this.read(this.q.getChunks!, [id, from, to]);
       p.catch(() => {}); // awaited below, in order; an early failure must not be unhandled
       return p;
     };
-    const pending: { from: number; rows: Promise<cassandra.types.ResultSet> }[] = [];
+    const pending: { from: number; to: number; rows: Promise<cassandra.types.ResultSet> }[] = [];
     let nextFrom = 0;
-    const fill = () => {
-      while (pending.length < READ_AHEAD && nextFrom < ref.chunks) {
-        pending.push({ from: nextFrom, rows: page(nextFrom) });
-        nextFrom += CHUNKS_PER_READ;
+    let size = 1;
+    const fill = (upTo: number) => {
+      while (pending.length < upTo && nextFrom < ref.chunks) {
+        const to = Math.min(ref.chunks, nextFrom + size);
+        pending.push({ from: nextFrom, to, rows: page(nextFrom, to) });
+        nextFrom = to;
+        size = Math.min(size * 2, CHUNKS_PER_READ);
       }
     };
-    fill();
+    fill(ahead);
     while (pending.length > 0) {
-      const { from, rows: wait } = pending.shift()!;
+      const { from, to, rows: wait } = pending.shift()!;
       let rows: cassandra.types.Row[];
       try {
         rows = (await wait).rows;
       } catch (err) {
         throw storeError('reading a message body', err);
       }
-      fill();
-      const to = Math.min(ref.chunks, from + CHUNKS_PER_READ);
+      if (ahead > 1) fill(ahead);
       for (let i = from; i < to; i++) {
         const row = rows[i - from];
         if (!row || row.get('chunk') !== i) throw new MailboxError('BODY_INCOMPLETE', `message ${ref.id}: body chunk ${i} of ${ref.chunks} is missing`);
         yield row.get('data') as Buffer;
       }
+      if (ahead === 1) fill(1);
     }
   }
 
