@@ -34,6 +34,7 @@ import { testConfig } from '../test/helpers/config.ts';
 import { startRedisPool } from '../test/helpers/redis.ts';
 import { freePort, waitFor } from '../test/helpers/waitFor.ts';
 import { portOpen, postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
+import { formatStages, StageProfiler } from './lib/stages.ts';
 
 const A = Number(process.env.BENCH_A ?? 100);
 const B = Number(process.env.BENCH_B ?? 300);
@@ -112,16 +113,46 @@ function pidOnPort(port: number): number | undefined {
   }
 }
 
-const cpuPids: { cassandra?: number | undefined; redis: number[] } = { redis: [] };
+const cpuPids: { cassandra?: number | undefined; redis: number[]; postfix?: number | undefined } = { redis: [] };
+
+/** CPU seconds of a process and all its descendants, dead ones included (reaped children's times count in their parent's). */
+function treeCpu(root: number | undefined): number {
+  if (!root) return 0;
+  const stats = new Map<number, string[]>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const st = readFileSync(`/proc/${name}/stat`, 'utf8');
+      stats.set(Number(name), st.slice(st.lastIndexOf(')') + 2).split(' '));
+    } catch { /* gone meanwhile */ }
+  }
+  const tree = new Set([root]);
+  for (let grew = true; grew;) {
+    grew = false;
+    for (const [pid, f] of stats) {
+      if (!tree.has(pid) && tree.has(Number(f[1]))) {
+        tree.add(pid);
+        grew = true;
+      }
+    }
+  }
+  let ticks = 0;
+  for (const pid of tree) {
+    const f = stats.get(pid);
+    if (f) ticks += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+  }
+  return ticks / 100;
+}
 
 interface CpuMark {
   machine: number;
   self: number;
   cassandra: number;
   redis: number;
+  postfix: number;
 }
 
-/** CPU seconds used so far: the whole machine (/proc/stat), this process, Cassandra, the Redis nodes. */
+/** CPU seconds used so far: the whole machine (/proc/stat), this process, Cassandra, the Redis nodes, the Postfix instance. */
 function cpuNow(): CpuMark {
   let machine = 0;
   try {
@@ -129,15 +160,23 @@ function cpuNow(): CpuMark {
     machine = (f[0]! + f[1]! + f[2]! + f[5]! + f[6]!) / 100; // user nice system irq softirq, in clock ticks
   } catch { /* not Linux */ }
   const u = process.cpuUsage();
-  return { machine, self: (u.user + u.system) / 1e6, cassandra: procCpu(cpuPids.cassandra), redis: cpuPids.redis.reduce((a, p) => a + procCpu(p), 0) };
+  return { machine, self: (u.user + u.system) / 1e6, cassandra: procCpu(cpuPids.cassandra), redis: cpuPids.redis.reduce((a, p) => a + procCpu(p), 0), postfix: treeCpu(cpuPids.postfix) };
 }
 
-function cpuSince(t: CpuMark, who: 'gateway' | 'postfix'): string {
+/**
+ * CPU seconds since `t`: the text for a row, and `server`, the CPU of the side under test (the
+ * gateway less its load generator thread, Redis and Cassandra; or Postfix's processes).
+ */
+function cpuSince(t: CpuMark, who: 'gateway' | 'postfix', load = 0): { text: string; server: number } {
   const n = cpuNow();
-  const d = (k: keyof CpuMark) => (n[k] - t[k]).toFixed(1);
-  return who === 'gateway'
-    ? `CPU s: gateway process ${d('self')}, Cassandra ${d('cassandra')}, Redis ${d('redis')}, machine ${d('machine')}`
-    : `CPU s: load generator ${d('self')}, machine ${d('machine')}`;
+  const d = (k: keyof CpuMark) => n[k] - t[k];
+  const f = (v: number) => v.toFixed(1);
+  if (who === 'postfix') return { text: `CPU s: Postfix ${f(d('postfix'))}, load generator ${f(load)}, machine ${f(d('machine'))}`, server: d('postfix') };
+  const gateway = d('self') - load;
+  return {
+    text: `CPU s: gateway ${f(gateway)}${load ? `, load generator ${f(load)}` : ''}, Cassandra ${f(d('cassandra'))}, Redis ${f(d('redis'))}, machine ${f(d('machine'))}`,
+    server: gateway + d('cassandra') + d('redis'),
+  };
 }
 
 // ---- SMTP load ---------------------------------------------------------------------------------
@@ -164,6 +203,24 @@ async function inject(port: number, msgs: Msg[]): Promise<number> {
   return failed;
 }
 
+/**
+ * inject() in a worker thread, as Postfix's load comes from a process other than Postfix's: the
+ * SMTP clients must not share the gateway's event loop. Resolves once the worker is up and the
+ * messages are in it; go() starts the load and resolves with the number refused.
+ */
+function injector(port: number, msgs: Msg[]): Promise<{ go(): Promise<{ failed: number; cpu: number }> }> {
+  return new Promise((resolve, reject) => {
+    const w = new Worker(new URL(import.meta.url), { workerData: { kind: 'inject', port, msgs } });
+    let done: ((r: { failed: number; cpu: number }) => void) | undefined;
+    w.on('message', (m: { ready?: true; ok?: boolean; failed?: number; cpu?: number; error?: string }) => {
+      if (m.ready) resolve({ go: () => new Promise((ok) => ((done = ok), w.postMessage('go'))) });
+      else if (m.ok) done?.({ failed: m.failed ?? 0, cpu: m.cpu ?? 0 });
+      else reject(new Error(m.error));
+    });
+    w.once('error', reject);
+  });
+}
+
 // ---- the gateway ---------------------------------------------------------------------------------
 
 interface Row {
@@ -173,7 +230,15 @@ interface Row {
   seconds: number;
   acceptSeconds?: number;
   note: string;
+  /** ms per stage of this process's main thread (the gateway's). */
+  stages?: Map<string, number>;
+  /** CPU seconds of the side under test (see cpuSince). */
+  cpu?: number;
 }
+
+const profiler = new StageProfiler();
+/** BENCH_PROFILE=dir: each run's profile is written there too. */
+const profilePath = (name: string) => (process.env.BENCH_PROFILE ? join(process.env.BENCH_PROFILE, `${name.replace(/[^A-Za-z0-9]+/g, '-')}.cpuprofile`) : undefined);
 
 interface Gateway {
   config: Config;
@@ -198,7 +263,7 @@ async function startGatewayParts(contactPoint: string, keyspace: string, dataDir
     smtp: { listen: `127.0.0.1:${smtpPort}`, maxMessageSize: '30MB', maxConnectionsPerClient: 1000 },
     submission: { listen: `127.0.0.1:${await freePort()}` },
     pop3: { listen: `127.0.0.1:${await freePort()}`, auth: { delay: '0s', perClient: 0 } },
-    cassandra: { contactPoints: [contactPoint], keyspace },
+    cassandra: { contactPoints: [contactPoint], keyspace, ...(process.env.BENCH_CHUNK ? { chunkSize: process.env.BENCH_CHUNK } : {}) },
     queue: { historyMaxLength: 10_000 },
   });
   const mailbox = await startMailbox(config, silentLogger);
@@ -257,12 +322,16 @@ async function feedLocal(gw: Gateway, msgs: Msg[], inflight: number): Promise<vo
 async function gatewayRun(gw: Gateway, name: string, msgs: Msg[]): Promise<Row> {
   const bytes = totalBytes(msgs);
   const start = gw.delivered;
+  const load = gw.ingress ? await injector(gw.smtpPort, msgs) : undefined;
   const c0 = cpuNow();
+  await profiler.start();
   const t0 = performance.now();
   let acceptSeconds: number | undefined;
   let note = gw.ingressNote;
-  if (gw.ingress) {
-    const failed = await inject(gw.smtpPort, msgs);
+  let loadCpu = 0;
+  if (load) {
+    const { failed, cpu } = await load.go();
+    loadCpu = cpu;
     acceptSeconds = (performance.now() - t0) / 1000;
     if (failed) note += ` (${failed} refused at SMTP)`;
     await waitFor(() => gw.delivered - start >= msgs.length - failed, { timeout: 1_800_000, every: 20, what: `${name}: delivered` });
@@ -270,7 +339,9 @@ async function gatewayRun(gw: Gateway, name: string, msgs: Msg[]): Promise<Row> 
     await feedLocal(gw, msgs, CLIENTS * 4);
   }
   const seconds = (performance.now() - t0) / 1000;
-  return { name, messages: msgs.length, bytes, seconds, ...(acceptSeconds !== undefined ? { acceptSeconds } : {}), note: `${note}; ${cpuSince(c0, 'gateway')}` };
+  const stages = await profiler.stop(profilePath(name));
+  const cpu = cpuSince(c0, 'gateway', loadCpu);
+  return { name, messages: msgs.length, bytes, seconds, ...(acceptSeconds !== undefined ? { acceptSeconds } : {}), note: `${note}; ${cpu.text}`, stages, cpu: cpu.server };
 }
 
 // ---- Postfix -----------------------------------------------------------------------------------
@@ -317,6 +388,9 @@ async function startMailPostfix(users: string[]): Promise<Postfix | string> {
   }
   mkdirSync(mailDir); // virtual(8) delivers as VMAIL_UID
   chownSync(mailDir, VMAIL_UID, VMAIL_UID);
+  try {
+    cpuPids.postfix = Number(readFileSync(join(pf.queueDir, 'pid', 'master.pid'), 'utf8').trim()) || undefined;
+  } catch { /* no pid file: Postfix's CPU is not counted */ }
   return { port, mailDir, version: postfixVersion(), stop: pf.stop };
 }
 
@@ -334,13 +408,15 @@ function maildirCount(base: string): number {
 
 async function postfixRun(p: Postfix, name: string, msgs: Msg[]): Promise<Row> {
   const before = maildirCount(p.mailDir);
+  const load = await injector(p.port, msgs);
   const c0 = cpuNow();
   const t0 = performance.now();
-  const failed = await inject(p.port, msgs);
+  const { failed, cpu: loadCpu } = await load.go();
   const acceptSeconds = (performance.now() - t0) / 1000;
   await waitFor(() => maildirCount(p.mailDir) - before >= msgs.length - failed, { timeout: 1_800_000, every: 20, what: `${name}: postfix delivered` });
   const seconds = (performance.now() - t0) / 1000;
-  return { name, messages: msgs.length, bytes: totalBytes(msgs), seconds, acceptSeconds, note: `Postfix ${p.version}: smtpd → disk queue → virtual(8) → Maildir, defaults${failed ? `, ${failed} refused` : ''}; ${cpuSince(c0, 'postfix')}` };
+  const cpu = cpuSince(c0, 'postfix', loadCpu);
+  return { name, messages: msgs.length, bytes: totalBytes(msgs), seconds, acceptSeconds, note: `Postfix ${p.version}: smtpd → disk queue → virtual(8) → Maildir, defaults${failed ? `, ${failed} refused` : ''}; ${cpu.text}`, cpu: cpu.server };
 }
 
 // ---- POP3 download -------------------------------------------------------------------------------
@@ -502,7 +578,22 @@ async function startDovecot(user: string, password: string, bodies: Buffer[]): P
 
 // ---- main ----------------------------------------------------------------------------------------
 
-if (!isMainThread) {
+if (!isMainThread && (workerData as { kind?: string }).kind === 'inject') {
+  const d = workerData as { port: number; msgs: { rcpt: string; raw: Uint8Array }[] };
+  const msgs = d.msgs.map((m) => ({ rcpt: m.rcpt, raw: Buffer.from(m.raw.buffer, m.raw.byteOffset, m.raw.byteLength) }));
+  parentPort!.once('message', () => {
+    const c0 = process.threadCpuUsage();
+    inject(d.port, msgs).then(
+      (failed) => {
+        const c = process.threadCpuUsage(c0);
+        parentPort!.postMessage({ ok: true, failed, cpu: (c.user + c.system) / 1e6 });
+      },
+      (err: unknown) => parentPort!.postMessage({ ok: false, error: (err as Error).message }),
+    ).finally(() => process.exit(0));
+  });
+  parentPort!.postMessage({ ready: true });
+  await new Promise<never>(() => {}); // the worker ends with process.exit above
+} else if (!isMainThread) {
   const d = workerData as { port: number; user: string; password: string; verify?: Uint8Array[] };
   try {
     const result = await download(d.port, d.user, d.password, d.verify?.map((v) => Buffer.from(v)));
@@ -543,15 +634,18 @@ try {
   await gatewayRun(gw, 'warm-up', warm);
   if (typeof pfx !== 'string') await postfixRun(pfx, 'warm-up', warm);
 
-  for (const [label, msgs] of [['A: 200 KB–2 MB', wA], ['B: 50 KB–500 KB', wB]] as const) {
+  for (const [label, msgs] of ([['A: 200 KB–2 MB', wA], ['B: 50 KB–500 KB', wB]] as const).filter(([, m]) => m.length > 0)) {
     rows.push(await gatewayRun(gw, `streamgate ${label}`, msgs));
     if (typeof pfx !== 'string') rows.push(await postfixRun(pfx, `postfix ${label}`, msgs));
     else pfNote = `postfix: ${pfx}`;
     const c0 = cpuNow();
+    await profiler.start();
     const t0 = performance.now();
     await feedLocal(gw, msgs, CLIENTS * 4);
     const s = (performance.now() - t0) / 1000;
-    rows.push({ name: `local delivery alone ${label}`, messages: msgs.length, bytes: totalBytes(msgs), seconds: s, note: `LocalDelivery.deliver() with ${CLIENTS * 4} in flight: the Cassandra write path only (chunks of ${gw.config.cassandra.chunkSize / 1024} KB); ${cpuSince(c0, 'gateway')}` });
+    const stages = await profiler.stop(profilePath(`local delivery alone ${label}`));
+    const cpu = cpuSince(c0, 'gateway');
+    rows.push({ name: `local delivery alone ${label}`, messages: msgs.length, bytes: totalBytes(msgs), seconds: s, stages, cpu: cpu.server, note: `LocalDelivery.deliver() with ${CLIENTS * 4} in flight: the Cassandra write path only (chunks of ${gw.config.cassandra.chunkSize / 1024} KB); ${cpu.text}` });
   }
 } finally {
   if (typeof pfx !== 'string') pfx.stop();
@@ -564,9 +658,24 @@ if (pfNote) console.log(pfNote);
 for (const label of ['A: 200 KB–2 MB', 'B: 50 KB–500 KB']) {
   const s = rows.find((r) => r.name === `streamgate ${label}`);
   const p = rows.find((r) => r.name === `postfix ${label}`);
-  if (s && p) console.log(`${label}: streamgate / postfix = ${(p.seconds / s.seconds).toFixed(2)}×`);
+  const alone = rows.find((r) => r.name === `local delivery alone ${label}`);
+  if (s && p) console.log(`${label}: streamgate / postfix = ${(p.seconds / s.seconds).toFixed(2)}× in time; CPU s per MB: streamgate (gateway, Redis, Cassandra) ${((s.cpu ?? 0) / (s.bytes / MB)).toFixed(3)}, Postfix ${((p.cpu ?? 0) / (p.bytes / MB)).toFixed(3)}`);
+  if (s && alone) console.log(`${label}: end to end / Cassandra writes alone = ${(alone.seconds / s.seconds).toFixed(2)}×`);
 }
 console.log('');
+console.log(`The gateway's main thread by stage (V8's sampling profiler; time on the thread while not idle, which on a loaded machine includes time waiting for a core):`);
+for (const r of rows) if (r.stages) console.log(`- ${r.name}: ${formatStages(r.stages, { unit: 'MB', count: r.bytes / MB })}`);
+console.log('');
+
+const cleanup = async () => {
+  await gw.mailbox.store.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
+  await gw.stop();
+  rmSync(dataDir, { recursive: true, force: true });
+};
+if (POP3_N === 0) {
+  await cleanup();
+  process.exit(0);
+}
 
 // POP3: the same 1,000 messages in a Cassandra mailbox and in a Dovecot Maildir
 const t0 = performance.now();
@@ -602,8 +711,6 @@ try {
   }
 } finally {
   if (typeof dv !== 'string') await dv.stop();
-  await gw.mailbox.store.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
-  await gw.stop();
-  rmSync(dataDir, { recursive: true, force: true });
+  await cleanup();
 }
 process.exit(0);

@@ -85,7 +85,7 @@ export class MailboxDelivery implements LocalDelivery {
         return msg.envelope.to.map((rcpt) => ({ rcpt, status: 'bounced', code: 550, enhanced: '5.1.1', text: 'no local sender to keep an outbox copy for' }));
       }
       const submission = typeof msg.meta.submission === 'string' && msg.meta.submission ? msg.meta.submission : msg.id;
-      const r = await this.store.putMessage({ address: sender, mailbox: OUTBOX, queueId: submission, acceptedAt, sender: from, body });
+      const r = await this.store.putMessage({ address: sender, mailbox: OUTBOX, queueId: submission, acceptedAt, sender: from, body: [body] });
       log.info({ address: sender, mailbox: OUTBOX, id: r.id, duplicate: !r.stored }, 'stored');
       return msg.envelope.to.map((rcpt) => ({ rcpt, status: 'delivered', code: 250, enhanced: '2.0.0', text: `kept in the outbox of ${sender}` }));
     }
@@ -94,7 +94,7 @@ export class MailboxDelivery implements LocalDelivery {
       // meta.receivedAt: keyed by those, the sender's outbox gets one copy, not one per domain
       const submission = typeof msg.meta.submission === 'string' && msg.meta.submission ? msg.meta.submission : msg.id;
       const receivedAt = typeof msg.meta.receivedAt === 'number' && msg.meta.receivedAt > 0 ? msg.meta.receivedAt : acceptedAt;
-      const r = await this.store.putMessage({ address: sender, mailbox: OUTBOX, queueId: submission, acceptedAt: receivedAt, sender: from, body });
+      const r = await this.store.putMessage({ address: sender, mailbox: OUTBOX, queueId: submission, acceptedAt: receivedAt, sender: from, body: [body] });
       log.info({ address: sender, mailbox: OUTBOX, id: r.id, duplicate: !r.stored }, 'stored');
     }
 
@@ -131,17 +131,18 @@ export class MailboxDelivery implements LocalDelivery {
     if (!address) return { rcpt, status: 'bounced', code: 553, enhanced: '5.1.3', text: 'bad recipient address syntax' };
     const user = await this.directory.lookup(address);
     if (!user) return { rcpt, status: 'bounced', code: 550, enhanced: '5.1.1', text: `no mailbox here by that name: ${address}` };
+    // the recipient's lines go before the message as queued, which is stored as it is: not copied
     const prefix = Buffer.from(`Return-Path: <${from}>\r\nDelivered-To: ${address}\r\n`, 'latin1');
-    const copy = Buffer.concat([prefix, body]);
+    const size = prefix.length + body.length;
     if (user.quota > 0) {
       const used = await this.store.usage(address);
-      if (used.bytes + copy.length > user.quota) {
-        log.info({ rcpt: address, used: used.bytes, quota: user.quota, size: copy.length }, 'mailbox full');
+      if (used.bytes + size > user.quota) {
+        log.info({ rcpt: address, used: used.bytes, quota: user.quota, size }, 'mailbox full');
         return { rcpt, status: 'bounced', code: 552, enhanced: '5.2.2', text: 'mailbox full' };
       }
     }
-    const r = await this.store.putMessage({ address, mailbox: INBOX, queueId: msg.id, acceptedAt, sender: from, body: copy });
-    log.info({ rcpt: address, mailbox: INBOX, id: r.id, size: copy.length, duplicate: !r.stored }, 'delivered');
+    const r = await this.store.putMessage({ address, mailbox: INBOX, queueId: msg.id, acceptedAt, sender: from, body: [prefix, body] });
+    log.info({ rcpt: address, mailbox: INBOX, id: r.id, size, duplicate: !r.stored }, 'delivered');
     return { rcpt, status: 'delivered', code: 250, enhanced: '2.0.0', text: r.stored ? `delivered to ${address} (${r.id})` : `already delivered to ${address} (${r.id})` };
   }
 }

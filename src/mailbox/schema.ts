@@ -9,6 +9,9 @@
 //                    bounded whatever the rate.
 //   messages         the wide rows: one partition per (user, mailbox, bucket), one narrow row per
 //                    message clustered by its TimeUUID (oldest first). Metadata only, no bytes.
+//                    `pending` is true from before a message's first body chunk is written until
+//                    the row is committed after its last: such a row is invisible to readers and
+//                    records the body to remove should the delivery never finish.
 //   bodies           the message bytes in their own partition per message, split into chunks of
 //                    `cassandra.chunkSize` (a body up to that size is one chunk). Not compressed:
 //                    mail is mostly base64 of already compressed attachments, where LZ4 saves
@@ -77,6 +80,7 @@ export function tableCql(ks: string): Record<(typeof TABLES)[number], string> {
       queue_id text,
       sender text,
       received timestamp,
+      pending boolean,
       PRIMARY KEY ((address, mailbox, bucket), id))
       WITH CLUSTERING ORDER BY (id ASC)
       AND compaction = {'class': 'LeveledCompactionStrategy'}`,
@@ -131,14 +135,28 @@ export function tableCql(ks: string): Record<(typeof TABLES)[number], string> {
   };
 }
 
-/** What is missing: "keyspace" and/or table names. Empty when the schema is complete. */
+/** Columns added after their table was first released: "table.column" → CQL type. */
+export const ADDED_COLUMNS: Record<string, string> = {
+  'messages.pending': 'boolean',
+};
+
+/**
+ * What is missing: "keyspace", table names and "table.column" for columns added since a table
+ * was created. Empty when the schema is complete.
+ */
 export async function missingSchema(client: cassandra.Client, config: Config): Promise<string[]> {
   const ks = config.cassandra.keyspace;
   const k = await client.execute('SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = ?', [ks], { prepare: true });
   if (k.rowLength === 0) return ['keyspace', ...TABLES];
   const t = await client.execute('SELECT table_name FROM system_schema.tables WHERE keyspace_name = ?', [ks], { prepare: true });
   const have = new Set(t.rows.map((r) => r.get('table_name') as string));
-  return TABLES.filter((name) => !have.has(name));
+  const missing: string[] = TABLES.filter((name) => !have.has(name));
+  const c = await client.execute('SELECT table_name, column_name FROM system_schema.columns WHERE keyspace_name = ?', [ks], { prepare: true });
+  const columns = new Set(c.rows.map((r) => `${r.get('table_name') as string}.${r.get('column_name') as string}`));
+  for (const col of Object.keys(ADDED_COLUMNS)) {
+    if (have.has(col.split('.')[0]!) && !columns.has(col)) missing.push(col);
+  }
+  return missing;
 }
 
 export interface ApplyResult {
@@ -165,6 +183,11 @@ export async function applySchema(client: cassandra.Client, config: Config, opts
     if (!missing.includes(name)) continue;
     await client.execute(ddl[name]);
     created.push(name);
+  }
+  for (const col of missing.filter((m) => m.includes('.'))) {
+    const [table, column] = col.split('.') as [string, string];
+    await client.execute(`ALTER TABLE ${ks}.${table} ADD ${column} ${ADDED_COLUMNS[col]!}`);
+    created.push(col);
   }
   let replicationChanged = false;
   if (opts.alterReplication && !missing.includes('keyspace')) {

@@ -2,8 +2,13 @@
 // bodies in chunks, usage counters and the POP3 mailbox lease.
 //
 // Writing a message: pick its bucket (the newest bucket that started at or before its accept
-// time), skip it when its row exists already (a redelivery), write the body chunks, then the
-// metadata row (the commit point: a visible row has a complete body), then bump the counters.
+// time), skip it when its row is committed already (a redelivery), write its row marked pending,
+// the body chunks, then the row again, committed (the commit point: a visible row has a complete
+// body), then bump the counters. A pending row is invisible to readers; it records a body whose
+// delivery was interrupted: the retry (same row id, same body id) writes the same chunks again
+// and commits, deleting the user removes it with the rest, and a pending row older than the
+// queue's maxLifetime (no retry can come any more) is removed with its body by the next reader of
+// the mailbox. So no chunk is ever left without a row that leads to it.
 // Buckets: when the bucket a message went into holds `bucketSize` messages and is the newest, a
 // new bucket opens at now + BUCKET_OPEN_AHEAD_MS. Every message already written has an accept
 // time before that, so it keeps mapping to the same bucket (redeliveries stay idempotent), and
@@ -24,14 +29,16 @@ const { TimeUuid: TimeUuidType } = cassandra.types;
 
 /** A new bucket starts this far ahead of the clock, more than the clock skew between gateways. */
 export const BUCKET_OPEN_AHEAD_MS = 2000;
-/** Body chunks read per query. */
+/** Body chunks read per query, at most (pages grow to this from one chunk). */
 const CHUNKS_PER_READ = 4;
-/** Body pages read ahead while one is being sent. */
+/** Body pages in flight while one is being sent (RETR). */
 const READ_AHEAD = 3;
 /** Body chunks written at once for one message. */
 const CHUNK_WRITE_CONCURRENCY = 4;
 /** Row deletions per unlogged single-partition batch (James: DEFAULT_EXPUNGE_BATCH_SIZE = 50). */
 const DELETE_BATCH = 50;
+/** A pending row this much older than the queue's maxLifetime belongs to a delivery that cannot be retried. */
+const ABANDON_MARGIN_MS = 3600_000;
 const EPOCH = new Date(0);
 
 export interface UserRecord {
@@ -51,6 +58,13 @@ export interface MessageRef {
   chunks: number;
 }
 
+/** A row as stored, committed or not. */
+interface StoredRow extends MessageRef {
+  pending: boolean;
+  /** Accept time, ms. */
+  received: number;
+}
+
 export interface PutMessage {
   /** Owner, as userKey() gives it. */
   address: string;
@@ -60,8 +74,12 @@ export interface PutMessage {
   /** Accept time, ms. */
   acceptedAt: number;
   sender: string;
-  /** The whole message as POP3 will serve it (CRLF line ends). */
-  body: Buffer;
+  /**
+   * The whole message as POP3 will serve it (CRLF line ends), in parts that are stored one after
+   * the other (the lines a delivery prepends, then the message as queued): chunks are cut across
+   * them, so the message is never copied whole.
+   */
+  body: readonly Buffer[];
 }
 
 export interface MailboxSummary {
@@ -75,6 +93,11 @@ export interface StoreOptions extends ClientOptions {
   now?: () => number;
   /** Apply the schema on connect when something is missing; default true. */
   autoSchema?: boolean;
+  /**
+   * Called once a message's body chunks are written, before its row is committed: the point where
+   * a crash leaves a body without a visible message (tests interrupt a delivery there).
+   */
+  afterBody?: (id: string) => void | Promise<void>;
 }
 
 const num = (v: unknown): number => (v === null || v === undefined ? 0 : typeof v === 'number' ? v : Number(String(v)));
@@ -100,6 +123,8 @@ export class MailStore {
   private readonly chunkSize: number;
   private readonly bucketSize: number;
   private readonly autoSchema: boolean;
+  private readonly afterBody: StoreOptions['afterBody'];
+  private readonly abandonAfterMs: number;
   private readyPromise: Promise<void> | undefined;
   private isReady = false;
   private closed = false;
@@ -117,6 +142,8 @@ export class MailStore {
     this.chunkSize = Math.max(1024, config.cassandra.chunkSize);
     this.bucketSize = config.cassandra.bucketSize;
     this.autoSchema = opts.autoSchema ?? true;
+    this.afterBody = opts.afterBody;
+    this.abandonAfterMs = config.relay.retry.maxLifetime + ABANDON_MARGIN_MS;
     const ks = this.keyspace;
     this.q = {
       getUser: `SELECT address, password_hash, quota, created FROM ${ks}.users WHERE address = ?`,
@@ -132,10 +159,10 @@ export class MailStore {
       newestBucket: `SELECT bucket FROM ${ks}.mailbox_buckets WHERE address = ? AND mailbox = ? ORDER BY bucket DESC LIMIT 1`,
       buckets: `SELECT bucket FROM ${ks}.mailbox_buckets WHERE address = ? AND mailbox = ?`,
       countBucket: `UPDATE ${ks}.mailbox_buckets SET messages = messages + ? WHERE address = ? AND mailbox = ? AND bucket = ?`,
-      getRow: `SELECT id FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id = ?`,
-      putRow: `INSERT INTO ${ks}.messages (address, mailbox, bucket, id, size, chunks, queue_id, sender, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      firstPage: `SELECT id, size, chunks FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? LIMIT ?`,
-      nextPage: `SELECT id, size, chunks FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id > ? LIMIT ?`,
+      getRow: `SELECT id, pending FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id = ?`,
+      putRow: `INSERT INTO ${ks}.messages (address, mailbox, bucket, id, size, chunks, queue_id, sender, received, pending) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      firstPage: `SELECT id, size, chunks, received, pending FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? LIMIT ?`,
+      nextPage: `SELECT id, size, chunks, received, pending FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id > ? LIMIT ?`,
       delRow: `DELETE FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id = ?`,
       delPartition: `DELETE FROM ${ks}.messages WHERE address = ? AND mailbox = ? AND bucket = ?`,
       putChunk: `INSERT INTO ${ks}.bodies (id, chunk, data) VALUES (?, ?, ?)`,
@@ -374,12 +401,18 @@ export class MailStore {
    */
   async putMessage(m: PutMessage): Promise<{ id: string; stored: boolean }> {
     const id = messageUuid(m.queueId, m.acceptedAt, m.address, m.mailbox);
+    const size = m.body.reduce((n, b) => n + b.length, 0);
     const placed = await this.guard('storing a message', async () => {
       await this.ensureMailbox(m.address, m.mailbox);
       const b = await this.bucketFor(m.address, m.mailbox, m.acceptedAt);
-      if ((await this.read(this.q.getRow!, [m.address, m.mailbox, b.bucket, id])).rowLength > 0) return undefined;
-      const chunks = await this.writeBody(id, m.body);
-      await this.write(this.q.putRow!, [m.address, m.mailbox, b.bucket, id, m.body.length, chunks, m.queueId, m.sender, new Date(m.acceptedAt)]);
+      const existing = (await this.read(this.q.getRow!, [m.address, m.mailbox, b.bucket, id])).first();
+      if (existing && existing.get('pending') !== true) return undefined; // committed: a redelivery
+      const chunks = Math.max(1, Math.ceil(size / this.chunkSize));
+      const row = [m.address, m.mailbox, b.bucket, id, size, chunks, m.queueId, m.sender, new Date(m.acceptedAt)];
+      if (!existing) await this.write(this.q.putRow!, [...row, true]); // pending, before any chunk
+      await this.writeBody(id, m.body, chunks);
+      await this.afterBody?.(id.toString());
+      await this.write(this.q.putRow!, [...row, false]);
       return b;
     });
     if (!placed) return { id: id.toString(), stored: false };
@@ -388,7 +421,7 @@ export class MailStore {
     try {
       await Promise.all([
         this.count(this.q.countBucket!, [1, m.address, m.mailbox, bucket]),
-        this.count(this.q.addUsage!, [1, m.body.length, m.address]),
+        this.count(this.q.addUsage!, [1, size, m.address]),
       ]);
       if (count + 1 >= this.bucketSize) await this.openNextBucket(m.address, m.mailbox, bucket);
     } catch (err) {
@@ -397,13 +430,12 @@ export class MailStore {
     return { id: id.toString(), stored: true };
   }
 
-  private async writeBody(id: TimeUuid, body: Buffer): Promise<number> {
-    const n = Math.max(1, Math.ceil(body.length / this.chunkSize));
+  /** Writes chunks 0..n-1 of the parts, CHUNK_WRITE_CONCURRENCY at a time. */
+  private async writeBody(id: TimeUuid, parts: readonly Buffer[], n: number): Promise<void> {
     const indexes = Array.from({ length: n }, (_, i) => i);
     await eachLimited(indexes, CHUNK_WRITE_CONCURRENCY, async (i) => {
-      await this.write(this.q.putChunk!, [id, i, body.subarray(i * this.chunkSize, (i + 1) * this.chunkSize)]);
+      await this.write(this.q.putChunk!, [id, i, slice(parts, i * this.chunkSize, (i + 1) * this.chunkSize)]);
     });
-    return n;
   }
 
   /** The messages of a mailbox, oldest first, read `pageSize` rows per query. */
@@ -416,11 +448,35 @@ export class MailStore {
     }
   }
 
+  /**
+   * The committed messages of a mailbox; after the last, removes the pending rows whose delivery
+   * can no longer be retried, with their bodies.
+   */
   private async *listMessagesInner(address: string, mailbox: string, pageSize: number): AsyncGenerator<MessageRef> {
-    for (const bucket of await this.buckets(address, mailbox)) yield* this.bucketRows(address, mailbox, bucket, pageSize);
+    const abandoned: StoredRow[] = [];
+    const cutoff = this.now() - this.abandonAfterMs;
+    for (const bucket of await this.buckets(address, mailbox)) {
+      for await (const r of this.bucketRows(address, mailbox, bucket, pageSize)) {
+        if (!r.pending) yield { id: r.id, bucket: r.bucket, size: r.size, chunks: r.chunks };
+        else if (r.received < cutoff) abandoned.push(r);
+      }
+    }
+    if (abandoned.length > 0) await this.removeAbandoned(address, mailbox, abandoned);
   }
 
-  private async *bucketRows(address: string, mailbox: string, bucket: Date, pageSize: number): AsyncGenerator<MessageRef> {
+  /** Bodies first, then the pending rows that lead to them: a failure in between leaves a row for the next reader. */
+  private async removeAbandoned(address: string, mailbox: string, rows: readonly StoredRow[]): Promise<void> {
+    try {
+      await eachLimited(rows, 16, async (r) => void (await this.write(this.q.delBody!, [TimeUuidType.fromString(r.id)])));
+      await eachLimited(rows, 16, async (r) => void (await this.write(this.q.delRow!, [address, mailbox, r.bucket, TimeUuidType.fromString(r.id)])));
+      this.log.info({ address, mailbox, messages: rows.length }, 'interrupted deliveries removed');
+    } catch (err) {
+      this.log.warn({ err, address, mailbox }, 'interrupted deliveries not removed yet');
+    }
+  }
+
+  /** Every row of one bucket, committed or pending. */
+  private async *bucketRows(address: string, mailbox: string, bucket: Date, pageSize: number): AsyncGenerator<StoredRow> {
     let after: TimeUuid | undefined;
     for (;;) {
       const rs = after
@@ -428,47 +484,58 @@ export class MailStore {
         : await this.read(this.q.firstPage!, [address, mailbox, bucket, pageSize]);
       for (const row of rs.rows) {
         after = row.get('id') as TimeUuid;
-        yield { id: after.toString(), bucket, size: num(row.get('size')), chunks: num(row.get('chunks')) };
+        const received = row.get('received') as Date | null;
+        yield { id: after.toString(), bucket, size: num(row.get('size')), chunks: num(row.get('chunks')), pending: row.get('pending') === true, received: received?.getTime() ?? 0 };
       }
       if (rs.rowLength < pageSize) return;
     }
   }
 
-  /** The body of a message, chunk by chunk. BODY_INCOMPLETE when a chunk is missing. */
-  async *readBody(ref: MessageRef): AsyncGenerator<Buffer> {
+  /**
+   * The body of a message, chunk by chunk. BODY_INCOMPLETE when a chunk is missing.
+   *
+   * Pages grow from one chunk to CHUNKS_PER_READ (1, 2, 4, ...), so the first bytes come after
+   * one small read. With `readAhead` (default) READ_AHEAD pages are in flight while one is being
+   * sent, and a big body streams at the store's throughput instead of one round trip per page;
+   * without it (TOP), a page is read only once the one before is used up, so a reader that stops
+   * early has read little more than what it used.
+   */
+  async *readBody(ref: MessageRef, opts: { readAhead?: boolean } = {}): AsyncGenerator<Buffer> {
     await this.connect();
     const id = TimeUuidType.fromString(ref.id);
-    // pages of CHUNKS_PER_READ chunks, READ_AHEAD pages in flight: a big body streams at the
-    // store's throughput instead of one round trip per page
-    const page = (from: number) => {
-      const p = this.read(this.q.getChunks!, [id, from, Math.min(ref.chunks, from + CHUNKS_PER_READ)]);
+    const ahead = opts.readAhead === false ? 1 : READ_AHEAD;
+    const page = (from: number, to: number) => {
+      const p = this.read(this.q.getChunks!, [id, from, to]);
       p.catch(() => {}); // awaited below, in order; an early failure must not be unhandled
       return p;
     };
-    const pending: { from: number; rows: Promise<cassandra.types.ResultSet> }[] = [];
+    const pending: { from: number; to: number; rows: Promise<cassandra.types.ResultSet> }[] = [];
     let nextFrom = 0;
-    const fill = () => {
-      while (pending.length < READ_AHEAD && nextFrom < ref.chunks) {
-        pending.push({ from: nextFrom, rows: page(nextFrom) });
-        nextFrom += CHUNKS_PER_READ;
+    let size = 1;
+    const fill = (upTo: number) => {
+      while (pending.length < upTo && nextFrom < ref.chunks) {
+        const to = Math.min(ref.chunks, nextFrom + size);
+        pending.push({ from: nextFrom, to, rows: page(nextFrom, to) });
+        nextFrom = to;
+        size = Math.min(size * 2, CHUNKS_PER_READ);
       }
     };
-    fill();
+    fill(ahead);
     while (pending.length > 0) {
-      const { from, rows: wait } = pending.shift()!;
+      const { from, to, rows: wait } = pending.shift()!;
       let rows: cassandra.types.Row[];
       try {
         rows = (await wait).rows;
       } catch (err) {
         throw storeError('reading a message body', err);
       }
-      fill();
-      const to = Math.min(ref.chunks, from + CHUNKS_PER_READ);
+      if (ahead > 1) fill(ahead);
       for (let i = from; i < to; i++) {
         const row = rows[i - from];
         if (!row || row.get('chunk') !== i) throw new MailboxError('BODY_INCOMPLETE', `message ${ref.id}: body chunk ${i} of ${ref.chunks} is missing`);
         yield row.get('data') as Buffer;
       }
+      if (ahead === 1) fill(1);
     }
   }
 
@@ -533,3 +600,16 @@ export class MailStore {
 }
 
 const ttl = (ms: number) => Math.max(1, Math.ceil(ms / 1000));
+
+/** Bytes [from, to) of the parts laid end to end: a view into one part, or a copy of the few bytes where it spans two. */
+export function slice(parts: readonly Buffer[], from: number, to: number): Buffer {
+  const pieces: Buffer[] = [];
+  let at = 0;
+  for (const p of parts) {
+    const end = at + p.length;
+    if (end > from && at < to) pieces.push(p.subarray(Math.max(0, from - at), Math.min(p.length, to - at)));
+    if (end >= to) break;
+    at = end;
+  }
+  return pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces);
+}

@@ -197,6 +197,18 @@ export class Pop3Session {
     });
   }
 
+  /** Several pieces in one gathered write (writev), with write()'s backpressure. */
+  private async writeAll(pieces: Buffer[]): Promise<void> {
+    if (pieces.length <= 1) return pieces.length ? this.write(pieces[0]!) : undefined;
+    const out = this.out;
+    if (out.destroyed || !out.writable) return;
+    out.cork();
+    for (const p of pieces.slice(0, -1)) out.write(p);
+    const last = this.write(pieces[pieces.length - 1]!);
+    out.uncork();
+    await last;
+  }
+
   private send(line: string): Promise<void> {
     return this.write(`${line}\r\n`);
   }
@@ -609,7 +621,7 @@ export class Pop3Session {
       started = true;
       const stuffer = new DotStuffer();
       while (!r.done) {
-        await this.write(stuffer.push(cutter ? cutter.push(r.value) : r.value));
+        await this.writeAll(stuffer.push(cutter ? cutter.push(r.value) : r.value));
         if (cutter?.done) {
           await it.return?.(undefined);
           break;
@@ -626,7 +638,8 @@ export class Pop3Session {
     if (args.length !== 2 || !/^\d{1,9}$/.test(args[1]!)) return this.badCommand('TOP takes a message number and a line count.');
     const p = await this.pick(args[0]);
     if (!p) return;
-    const it = this.deps.store.readBody(p.msg.ref)[Symbol.asyncIterator]();
+    // no read-ahead: a page is read only when the lines asked for go on into it
+    const it = this.deps.store.readBody(p.msg.ref, { readAhead: false })[Symbol.asyncIterator]();
     await this.sendBody(p.n, '+OK', it, it.next(), new TopCutter(Number(args[1])));
   }
 

@@ -50,13 +50,17 @@ export class LineSplitter {
   }
 }
 
-/** Byte-stuffing across chunk boundaries: a "." that starts a line is sent as "..". */
+/**
+ * Byte-stuffing across chunk boundaries, in one pass: a "." that starts a line is sent as "..".
+ * push() returns the chunk as views into it with a "." between where one is added, so nothing is
+ * copied; the pieces go to the socket in one gathered write.
+ */
 export class DotStuffer {
   private atLineStart = true;
   private lastTwo = [0x0d, LF];
 
-  push(chunk: Buffer): Buffer {
-    if (chunk.length === 0) return chunk;
+  push(chunk: Buffer): Buffer[] {
+    if (chunk.length === 0) return [];
     const out: Buffer[] = [];
     let start = 0;
     if (this.atLineStart && chunk[0] === DOT) out.push(DOT_BUF);
@@ -67,7 +71,7 @@ export class DotStuffer {
     out.push(start === 0 ? chunk : chunk.subarray(start));
     this.atLineStart = chunk[chunk.length - 1] === LF;
     this.lastTwo = chunk.length >= 2 ? [chunk[chunk.length - 2]!, chunk[chunk.length - 1]!] : [this.lastTwo[1]!, chunk[0]!];
-    return out.length === 1 ? out[0]! : Buffer.concat(out);
+    return out;
   }
 
   /** The end of the response: CRLF first unless the content ended with one, then ".". */

@@ -5,15 +5,8 @@ import { after, before, describe, test } from 'node:test';
 import cassandra from 'cassandra-driver';
 import { MailboxError } from '../../src/mailbox/client.ts';
 import { messageUuid } from '../../src/mailbox/ids.ts';
-import type { MessageRef } from '../../src/mailbox/store.ts';
 import { newMessageId } from '../../src/message/types.ts';
-import { addUser, mailboxFixture, queued, rawMessage, type MailboxFixture } from './fixture.ts';
-
-async function all(gen: AsyncIterable<MessageRef>): Promise<MessageRef[]> {
-  const out: MessageRef[] = [];
-  for await (const r of gen) out.push(r);
-  return out;
-}
+import { addUser, all, mailboxFixture, queued, rawMessage, type MailboxFixture } from './fixture.ts';
 
 describe('local delivery', { timeout: 120_000 }, () => {
   let f: MailboxFixture;

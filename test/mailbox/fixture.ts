@@ -5,7 +5,7 @@ import type { Config } from '../../src/config/schema.ts';
 import { silentLogger } from '../../src/log.ts';
 import { MailboxDelivery } from '../../src/mailbox/delivery.ts';
 import { MailboxDirectory } from '../../src/mailbox/directory.ts';
-import { MailStore, type StoreOptions } from '../../src/mailbox/store.ts';
+import { MailStore, type MessageRef, type StoreOptions } from '../../src/mailbox/store.ts';
 import { hashPassword } from '../../src/message/password.ts';
 import { newMessageId, type QueuedMessage } from '../../src/message/types.ts';
 import { cassandraForTests } from '../helpers/cassandra.ts';
@@ -69,4 +69,11 @@ export function queued(m: { from?: string; to: string[]; raw: Buffer; id?: strin
   const id = m.id ?? newMessageId(acceptedAt);
   const domain = m.to[0]!.slice(m.to[0]!.lastIndexOf('@') + 1);
   return { queue: `q:${domain}`, domain, id, entryId: '1-0', attempt: 1, envelope: { from: m.from ?? 'sender@remote.test', to: m.to }, raw: m.raw, meta: m.meta ?? {}, acceptedAt };
+}
+
+/** Every message ref a listing yields. */
+export async function all(gen: AsyncIterable<MessageRef>): Promise<MessageRef[]> {
+  const out: MessageRef[] = [];
+  for await (const r of gen) out.push(r);
+  return out;
 }

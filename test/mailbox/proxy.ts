@@ -1,5 +1,6 @@
 // A TCP forwarder on a fixed loopback port in front of the test Cassandra node: close() makes the
-// node unreachable (listener down, every connection cut), open() brings it back on the same port.
+// node unreachable (listener down, every connection cut), open() brings it back on the same port;
+// `down` counts the bytes the node sent to its clients.
 import { connect, createServer, type Server, type Socket } from 'node:net';
 
 export class TcpProxy {
@@ -7,6 +8,8 @@ export class TcpProxy {
   private readonly target: { host: string; port: number };
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
+  /** Bytes from the node to the clients since the proxy was made. */
+  down = 0;
 
   constructor(port: number, target: { host: string; port: number }) {
     this.port = port;
@@ -25,6 +28,7 @@ export class TcpProxy {
         s.on('close', () => this.sockets.delete(s));
         s.on('error', () => {});
       }
+      upstream.on('data', (d: Buffer) => (this.down += d.length));
       client.pipe(upstream).pipe(client);
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());

@@ -1,5 +1,6 @@
 // A small POP3 client over node:net and node:tls for tests: one command at a time or pipelined,
-// single-line and multi-line answers (dot-unstuffed), STLS.
+// single-line and multi-line answers (dot-unstuffed), STLS; and curl's pop3:// as a client.
+import { execFile } from 'node:child_process';
 import { connect as netConnect, type Socket } from 'node:net';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 
@@ -154,4 +155,13 @@ export class Pop3Client {
     await this.closed;
     return r;
   }
+}
+
+/** Runs curl (asynchronously: the server answers from this same process). */
+export function curl(args: string[]): Promise<{ code: number; out: Buffer; err: string }> {
+  return new Promise((resolve) => {
+    execFile('curl', ['-sS', '--max-time', '30', ...args], { encoding: 'buffer', maxBuffer: 64 * 1024 * 1024 }, (e, out, err) => {
+      resolve({ code: e ? Number((e as { code?: number }).code ?? 1) : 0, out, err: err.toString() });
+    });
+  });
 }

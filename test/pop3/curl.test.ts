@@ -1,7 +1,6 @@
 // POP3 with a real client: curl's pop3:// (LIST, RETR, UIDL, DELE; AUTH PLAIN, STLS with
 // --ssl-reqd; user|mailbox as the login name).
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
 import type { MessageRef } from '../../src/mailbox/store.ts';
@@ -9,18 +8,11 @@ import { newMessageId } from '../../src/message/types.ts';
 import { Pop3Server } from '../../src/pop3/server.ts';
 import { testConfig } from '../helpers/config.ts';
 import { addUser, mailboxFixture, queued, rawMessage, type MailboxFixture } from '../mailbox/fixture.ts';
+import { curl } from './client.ts';
 import { selfSignedPair } from './tls.ts';
 
 const D = 'curl.test';
 
-/** Runs curl (asynchronously: the server answers from this same process). */
-function curl(args: string[]): Promise<{ code: number; out: Buffer; err: string }> {
-  return new Promise((resolve) => {
-    execFile('curl', ['-sS', '--max-time', '20', ...args], { encoding: 'buffer', maxBuffer: 64 * 1024 * 1024 }, (e, out, err) => {
-      resolve({ code: e ? Number((e as { code?: number }).code ?? 1) : 0, out, err: err.toString() });
-    });
-  });
-}
 
 describe('pop3 with curl', { timeout: 120_000 }, () => {
   let f: MailboxFixture;
