@@ -15,6 +15,7 @@ import { isIP } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import { registerLoopMetrics } from './loopStats.ts';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
@@ -90,6 +91,7 @@ function fail(reply: FastifyReply, status: number, code: string, message: string
 export function metricsRegistry(queues: QueueManager, memory?: () => MemoryReport): Registry {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'streamgate_process_' });
+  registerLoopMetrics(registry);
   const depth = new Gauge({ name: 'streamgate_queue_depth', help: 'Live messages per destination queue and state', labelNames: ['queue', 'state'], registers: [registry] });
   const bytes = new Gauge({ name: 'streamgate_queue_bytes', help: 'Bytes of live messages per destination queue', labelNames: ['queue'], registers: [registry] });
   const oldest = new Gauge({ name: 'streamgate_queue_oldest_age_seconds', help: 'Age of the oldest live message per queue', labelNames: ['queue'], registers: [registry] });
@@ -101,11 +103,13 @@ export function metricsRegistry(queues: QueueManager, memory?: () => MemoryRepor
   const used = new Gauge({ name: 'streamgate_redis_node_used_memory_bytes', help: 'used_memory of each node (pool and events)', labelNames: ['node'], registers: [registry] });
   const histBlocked = new Gauge({ name: 'streamgate_history_over_budget', help: '1 when history is above its budget and held by events not yet sent', labelNames: ['node'], registers: [registry] });
   const trimmed = new Counter({ name: 'streamgate_history_trimmed_total', help: 'History events trimmed for the history budget', registers: [registry] });
+  const lost = new Counter({ name: 'streamgate_events_lost_total', help: 'Unsent events trimmed from the history because history held by them reached its ceiling (mail is never refused for events)', registers: [registry] });
   const dropped = new Counter({ name: 'streamgate_events_dropped_total', help: 'Undelivered event jobs dropped for the events budget (events.whenFull: drop)', registers: [registry] });
   const paused = new Gauge({ name: 'streamgate_events_publishing_paused', help: '1 while events are not published (budget full with events.whenFull: stop, or the events Redis failing)', registers: [registry] });
   const evJobs = new Gauge({ name: 'streamgate_events_jobs', help: 'Jobs in the events queue (waiting, active, finished)', registers: [registry] });
   const degraded = new Gauge({ name: 'streamgate_degraded', help: '1 when /health says degraded (budgets; mail still accepted)', registers: [registry] });
   let seenTrimmed = 0;
+  let seenLost = 0;
   let seenDropped = 0;
   const collect = () => {
     if (memory) {
@@ -123,6 +127,8 @@ export function metricsRegistry(queues: QueueManager, memory?: () => MemoryRepor
       used.set({ node: m.events.redis }, m.events.usedMemory);
       if (m.historyTrimmed > seenTrimmed) trimmed.inc(m.historyTrimmed - seenTrimmed);
       seenTrimmed = m.historyTrimmed;
+      if (m.eventsLost > seenLost) lost.inc(m.eventsLost - seenLost);
+      seenLost = m.eventsLost;
       if (m.events.dropped > seenDropped) dropped.inc(m.events.dropped - seenDropped);
       seenDropped = m.events.dropped;
       paused.set(m.events.paused ? 1 : 0);
