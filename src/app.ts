@@ -54,18 +54,21 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     parts.push({ name: 'smtp', stop: () => ingress.stop() });
 
     // Producers in, lifecycle events out (BullMQ on events.redis: a Redis of its own by default).
+    const eventsShared = queues.nodes.some((n) => n.is(redisNodeId(config.events.redis)));
     const bullConnection = new Redis(config.events.redis, { maxRetriesPerRequest: null });
     bullConnection.on('error', (err) => log.warn({ err: err.message, component: 'events' }, 'events redis error'));
     parts.push({ name: 'events-redis', stop: async () => void bullConnection.disconnect() });
     const publisher = new EventPublisher(queues, config.events.queue, bullConnection, log, {
       budget: config.events.budget,
       whenFull: config.events.whenFull,
-      dedicated: !queues.nodes.some((n) => n.is(redisNodeId(config.events.redis))),
+      dedicated: !eventsShared,
     });
     await publisher.start();
     parts.push({ name: 'events', stop: () => publisher.stop() });
-    // The history budget across all queues: trims oldest-first, never past the events cursor.
-    const history = new HistoryBudget(queues, config.queue.historyBudget, (domain) => publisher.cursorOf(domain), log);
+    // The history budget across all queues: trims oldest-first, never past the events cursor
+    // unless history held by unsent events would reach into mail's share below the high-water mark.
+    const ceiling = config.queue.memoryHighWater - config.queue.mailBudget - (eventsShared ? config.events.budget : 0);
+    const history = new HistoryBudget(queues, config.queue.historyBudget, (domain) => publisher.cursorOf(domain), log, ceiling);
     history.start();
     parts.push({ name: 'history', stop: async () => history.stop() });
     const producers = new ProducerWorker({ config, queues, connection: bullConnection, log });

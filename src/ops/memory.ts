@@ -11,6 +11,8 @@ export interface MemoryReport {
   nodes: { node: string; up: boolean; usedMemory: number; maxmemory: number; mail: { bytes: number; limit: number }; history: { bytes: number; limit: number; blocked: boolean } }[];
   events: EventsBudgetStatus & { redis: string };
   historyTrimmed: number;
+  /** Events trimmed from the history before they were sent: held history reached its ceiling. */
+  eventsLost: number;
   historyEventBytes: number;
   queues: number;
   /** Why the gateway is degraded (empty: it is not). */
@@ -35,6 +37,7 @@ export function memoryReport(config: Config, queues: QueueManager, history: Hist
     if (events.paused) degraded.push(events.full ? `events budget full on ${redis} (events.whenFull: stop): publishing stopped, the cursors stay until a consumer drains ${config.events.queue}` : `events not published: ${redis} does not take them; catching up from the history`);
     else if (events.full) degraded.push(`events budget full on ${redis} (events.whenFull: drop): ${events.dropped} undelivered events dropped`);
     for (const n of nodes) if (n.history.blocked) degraded.push(`history on ${n.node} above its budget (queue.historyBudget) and held by events not yet sent`);
-    return { nodes, events, historyTrimmed: history.trimmed, historyEventBytes: queues.historyEventBytes, queues: queues.queues.size, degraded };
+    if (history.lost) degraded.push(`${history.lost} events trimmed from the history before they were sent: history held by unsent events reached its ceiling (memoryHighWater less the mail budget)`);
+    return { nodes, events, historyTrimmed: history.trimmed, eventsLost: history.lost, historyEventBytes: queues.historyEventBytes, queues: queues.queues.size, degraded };
   };
 }
