@@ -32,7 +32,8 @@
 // and data_directory in a temp dir, its own loopback port, nothing of the system's Postfix or
 // port 25 touched), installed with apt-get when missing, stopped and removed at the end, also when
 // the benchmark fails. BENCH_PROFILE=dir writes a CPU profile of the ingress-mode gateway;
-// BENCH_TRACE_GC=1 passes --trace-gc to it.
+// BENCH_TRACE_GC=1 passes --trace-gc to it, BENCH_GATEWAY_FLAGS other Node flags (V8's heap
+// sizes, for instance).
 import { spawn } from 'node:child_process';
 import { chmodSync, closeSync, createWriteStream, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -218,6 +219,7 @@ async function startIngressGateway(dir: string): Promise<Target> {
   const pool = await startRedisPool(3, { maxmemory: '2gb' });
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
   if (process.env.BENCH_TRACE_GC) profile.push('--trace-gc');
+  if (process.env.BENCH_GATEWAY_FLAGS) profile.push(...process.env.BENCH_GATEWAY_FLAGS.split(/\s+/).filter(Boolean));
   const child = spawn(NODE, [...profile, import.meta.filename, 'serve'], {
     stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
     env: { ...process.env, BENCH_GATEWAY: JSON.stringify({ nodes: pool.map((r) => r.url), dataDir: join(dir, 'gateway'), log: join(dir, 'gateway.log') }) },
