@@ -78,7 +78,7 @@ async function run(consumer: boolean): Promise<boolean> {
     domains: { local: [], relay: [] }, // the load comes from loopback, a trusted network
     routes: { '*.soak.test': `smtp://127.0.0.1:${sink.port}` },
     queue: { historyBudget: HISTORY_BUDGET },
-    relay: { limits: { default: { connections: 2, messagesPerConnection: 100 } }, idleTimeout: '1s' },
+    relay: { limits: { default: { connections: 20, messagesPerConnection: 100 } }, idleTimeout: '1s' }, // every domain is routed to the one sink: 20 connections to it, as Postfix's default
     events: { redis: events.url, whenFull: WHEN_FULL },
   };
   writeFileSync(join(dir, 'gateway.yaml'), toYaml(config));
