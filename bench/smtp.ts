@@ -33,7 +33,9 @@
 // port 25 touched), installed with apt-get when missing, stopped and removed at the end, also when
 // the benchmark fails. BENCH_PROFILE=dir writes a CPU profile of the ingress-mode gateway;
 // BENCH_TRACE_GC=1 passes --trace-gc to it, BENCH_GATEWAY_FLAGS other Node flags (V8's heap
-// sizes, for instance).
+// sizes, for instance); BENCH_ALLOC_PROFILE=dir writes a sampling allocation profile of it
+// (garbage included: every allocation, also those collected since), read in DevTools or with
+// bench/lib/allocTop.ts.
 import { spawn } from 'node:child_process';
 import { chmodSync, closeSync, createWriteStream, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -86,12 +88,23 @@ if (process.argv[2] === 'serve') {
   await ingress.start();
   const loop = new LoopStats().start();
   process.on('message', () => process.send!(loop.take()));
+  if (process.env.BENCH_ALLOC_PROFILE) {
+    // every allocation sampled, also those the GC collected since: where per-message garbage comes from
+    const { Session } = await import('node:inspector/promises');
+    const { writeFileSync: write } = await import('node:fs');
+    const session = new Session();
+    session.connect();
+    await session.post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+    process.once('SIGTERM', () => {
+      void session.post('HeapProfiler.stopSampling').then(({ profile }) => write(join(process.env.BENCH_ALLOC_PROFILE!, `gateway-${process.pid}.heapprofile`), JSON.stringify(profile)));
+    });
+  }
   process.stdout.write(`${JSON.stringify({ port: ingress.address('mx').port })}\n`);
   process.once('SIGTERM', () => {
     void ingress
       .stop()
       .then(() => queues.stop())
-      .finally(() => process.exit(0));
+      .finally(() => setTimeout(() => process.exit(0), process.env.BENCH_ALLOC_PROFILE ? 2000 : 0));
   });
   await new Promise(() => {});
 }
