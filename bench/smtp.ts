@@ -1,38 +1,58 @@
 // npm run bench:smtp — accepted messages per second and reply latency of the SMTP ingress, with
 // both replicas written before every 250, beside Debian's Postfix on the same machine in the same
-// run under the same load.
+// run under the same load, with the gateway's own stalls (event-loop delay, GC pauses) printed
+// beside each latency row, so that a percentile can be explained.
 //
 // The load: N sessions (BENCH_SESSIONS, default 32), each one connection reused for every message
 // and PIPELINING the envelope (MAIL, RCPT and DATA in one write), messages of 1 KB (70%) and
 // 10 KB (30%), as in the gateway paper. Reply latency is the time from the end of the message data
-// (the final "." line) to the reply. Two runs per target:
+// (the final "." line) to the reply. Per target:
 //   1. closed loop: every session sends its next message as soon as it has the reply, for
 //      BENCH_SECONDS (default 10): the most the target accepts;
-//   2. open loop: BENCH_RATE messages per second offered (default 1000) for BENCH_RATE_SECONDS
-//      (default 10), spread over the same sessions; also the latency from the moment a message was
-//      due (so queueing in the generator counts too).
+//   2. open loop at each rate of BENCH_RATES messages per second offered (default "1000,2000"),
+//      BENCH_RATE_SECONDS each (default 10), spread over the same sessions; for streamgate also at
+//      80% of its own closed-loop maximum. Also the latency from the moment a message was due (so
+//      queueing in the generator counts too).
+// BENCH_RUNS (default 1) repeats the whole and prints the median of each figure over the runs.
 //
-// streamgate: three redis-server processes (a replica pair and the spare) and a gateway child
-// process (the QueueManager and the SMTP ingress; logging at info to a file, as Postfix logs to
-// its maillog), relay domain relay.bench.test, the client untrusted.
-// Postfix: an instance of its own (bench/lib/postfix.ts: config_directory, queue_directory and data_directory in a temp
-// dir, its own loopback port, nothing of the system's Postfix or port 25 touched), installed with
-// apt-get when missing, relaying for relay.bench.test with the client outside mynetworks; each
-// accepted message is put on its hold queue (check_client_access static:HOLD), so that Postfix,
-// like the gateway here, stores it durably and replies but does not try to deliver it. It is
-// stopped and removed at the end, also when the benchmark fails.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, createWriteStream, mkdtempSync, rmSync } from 'node:fs';
+// BENCH_MODE (default "both"):
+//   ingress  streamgate: three redis-server processes (a replica pair and the spare) and a gateway
+//            child process (the QueueManager and the SMTP ingress only; logging at info to a file,
+//            as Postfix logs to its maillog). Postfix: each accepted message is put on its hold
+//            queue (check_client_access static:HOLD), so that Postfix, like the gateway here,
+//            stores it durably and replies but does not deliver it.
+//   whole    the whole gateway (`streamgate start`: ingress, relay delivering to an SMTP sink,
+//            events publisher on an events Redis of its own, Cassandra connected), and Postfix
+//            relaying to the same sink; the sink is a process of its own. Every accepted message
+//            is checked at the sink at the end.
+//   both     ingress, then whole.
+// The client is untrusted; relay.bench.test is a relay domain of both targets.
+//
+// Postfix runs as an instance of its own (bench/lib/postfix.ts: config_directory, queue_directory
+// and data_directory in a temp dir, its own loopback port, nothing of the system's Postfix or
+// port 25 touched), installed with apt-get when missing, stopped and removed at the end, also when
+// the benchmark fails. BENCH_PROFILE=dir writes a CPU profile of the ingress-mode gateway;
+// BENCH_TRACE_GC=1 passes --trace-gc to it, BENCH_GATEWAY_FLAGS other Node flags (V8's heap
+// sizes, for instance); BENCH_ALLOC_PROFILE=dir writes a sampling allocation profile of it
+// (garbage included: every allocation, also those collected since), read in DevTools or with
+// bench/lib/allocTop.ts.
+import { spawn } from 'node:child_process';
+import { chmodSync, closeSync, createWriteStream, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
+import { stringify as toYaml } from 'yaml';
+import type { LoopSnapshot } from '../src/ops/loopStats.ts';
+import { startSinkProcess, type SinkProcess } from './lib/sinkServer.ts';
 import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 import { SmtpSession as Session } from './lib/smtpSession.ts';
 
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 32);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
-const RATE = Number(process.env.BENCH_RATE ?? 1000);
+const RATES = (process.env.BENCH_RATES ?? process.env.BENCH_RATE ?? '1000,2000').split(',').map(Number);
+const MODE = process.env.BENCH_MODE ?? 'both';
+const RUNS = Number(process.env.BENCH_RUNS ?? 1);
 const RATE_SECONDS = Number(process.env.BENCH_RATE_SECONDS ?? 10);
 const DOMAIN = 'relay.bench.test';
 const FROM = 'load@src.bench.test';
@@ -41,11 +61,12 @@ const NODE = process.execPath;
 // ---- the gateway child -------------------------------------------------------------------------
 
 if (process.argv[2] === 'serve') {
-  const [{ SmtpIngress }, { QueueManager }, { createLogger }, { validateConfig }] = await Promise.all([
+  const [{ SmtpIngress }, { QueueManager }, { createLogger }, { validateConfig }, { LoopStats }] = await Promise.all([
     import('../src/ingress/smtp/server.ts'),
     import('../src/queue/manager.ts'),
     import('../src/log.ts'),
     import('../src/config/load.ts'),
+    import('../src/ops/loopStats.ts'),
   ]);
   const settings = JSON.parse(process.env.BENCH_GATEWAY!) as { nodes: string[]; dataDir: string; log: string };
   const config = validateConfig(
@@ -65,12 +86,25 @@ if (process.argv[2] === 'serve') {
   await queues.start();
   const ingress = new SmtpIngress({ config, queues, log });
   await ingress.start();
+  const loop = new LoopStats().start();
+  process.on('message', () => process.send!(loop.take()));
+  if (process.env.BENCH_ALLOC_PROFILE) {
+    // every allocation sampled, also those the GC collected since: where per-message garbage comes from
+    const { Session } = await import('node:inspector/promises');
+    const { writeFileSync: write } = await import('node:fs');
+    const session = new Session();
+    session.connect();
+    await session.post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
+    process.once('SIGTERM', () => {
+      void session.post('HeapProfiler.stopSampling').then(({ profile }) => write(join(process.env.BENCH_ALLOC_PROFILE!, `gateway-${process.pid}.heapprofile`), JSON.stringify(profile)));
+    });
+  }
   process.stdout.write(`${JSON.stringify({ port: ingress.address('mx').port })}\n`);
   process.once('SIGTERM', () => {
     void ingress
       .stop()
       .then(() => queues.stop())
-      .finally(() => process.exit(0));
+      .finally(() => setTimeout(() => process.exit(0), process.env.BENCH_ALLOC_PROFILE ? 2000 : 0));
   });
   await new Promise(() => {});
 }
@@ -88,6 +122,10 @@ const LARGE = message(10 * 1024, 'large');
 const bodyFor = (seq: number) => (seq % 10 < 7 ? SMALL : LARGE);
 
 interface Result {
+  /** What load this was. */
+  load: string;
+  /** The target's own stalls during the phase (streamgate only). */
+  loop?: LoopSnapshot;
   accepted: number;
   refused: number;
   seconds: number;
@@ -106,7 +144,7 @@ const pct = (xs: number[], p: number) => {
 let seqBase = 0;
 
 async function closedLoop(port: number, sessions: Session[], seconds: number): Promise<Result> {
-  const res: Result = { accepted: 0, refused: 0, seconds, latencies: [] };
+  const res: Result = { load: `closed loop, ${seconds} s`, accepted: 0, refused: 0, seconds, latencies: [] };
   const t0 = performance.now();
   const end = t0 + seconds * 1000;
   await Promise.all(
@@ -129,7 +167,7 @@ async function closedLoop(port: number, sessions: Session[], seconds: number): P
 }
 
 async function openLoop(sessions: Session[], rate: number, seconds: number): Promise<Result> {
-  const res: Result = { accepted: 0, refused: 0, seconds, latencies: [], dueLatencies: [] };
+  const res: Result = { load: `${rate.toLocaleString('en')}/s offered, ${seconds} s`, accepted: 0, refused: 0, seconds, latencies: [], dueLatencies: [] };
   const total = Math.round(rate * seconds);
   const idle = [...sessions];
   const backlog: { seq: number; due: number }[] = [];
@@ -174,27 +212,29 @@ async function openLoop(sessions: Session[], rate: number, seconds: number): Pro
   return res;
 }
 
-async function measure(name: string, port: number): Promise<{ closed: Result; open: Result; warmup: Result }> {
-  const sessions = await Promise.all(Array.from({ length: SESSIONS }, () => Session.open(port)));
-  // warm up: a second of load, not in the figures
-  const warmup = await closedLoop(port, sessions, 1);
-  const closed = await closedLoop(port, sessions, SECONDS);
-  console.error(`bench: ${name}: closed loop ${Math.round(closed.accepted / closed.seconds)} msg/s`);
-  const open = await openLoop(sessions, RATE, RATE_SECONDS);
-  console.error(`bench: ${name}: ${RATE}/s offered, ${Math.round(open.accepted / open.seconds)} msg/s accepted`);
-  for (const s of sessions) s.close();
-  return { closed, open, warmup };
-}
-
 // ---- the targets -------------------------------------------------------------------------------
 
-async function startStreamgate(dir: string): Promise<{ port: number; child: ChildProcess; nodes: Redis[]; pool: { stop(): Promise<void> }[] }> {
+interface Target {
+  name: string;
+  port: number;
+  /** The target's stalls since the previous call (streamgate only). */
+  loop?: () => Promise<LoopSnapshot>;
+  /** After the load: where every 250 went, in one line. */
+  check(accepted: number): Promise<string>;
+  stop(): Promise<void>;
+}
+
+const TOKEN = 'bench-smtp-token-0123456789abcdef';
+
+/** The QueueManager and the SMTP ingress alone, in a child process. */
+async function startIngressGateway(dir: string): Promise<Target> {
   const { startRedisPool } = await import('../test/helpers/redis.ts');
   const pool = await startRedisPool(3, { maxmemory: '2gb' });
   const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
   if (process.env.BENCH_TRACE_GC) profile.push('--trace-gc');
+  if (process.env.BENCH_GATEWAY_FLAGS) profile.push(...process.env.BENCH_GATEWAY_FLAGS.split(/\s+/).filter(Boolean));
   const child = spawn(NODE, [...profile, import.meta.filename, 'serve'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
     env: { ...process.env, BENCH_GATEWAY: JSON.stringify({ nodes: pool.map((r) => r.url), dataDir: join(dir, 'gateway'), log: join(dir, 'gateway.log') }) },
   });
   const port = await new Promise<number>((resolve, reject) => {
@@ -207,79 +247,251 @@ async function startStreamgate(dir: string): Promise<{ port: number; child: Chil
     });
     child.once('exit', (code) => reject(new Error(`gateway exited with ${code}`)));
   });
-  const nodes = pool.map((r) => new Redis({ port: r.port, host: r.host, lazyConnect: false }));
-  return { port, child, nodes, pool };
+  const nodes = pool.map((r) => new Redis({ port: r.port, host: r.host }));
+  return {
+    name: 'streamgate',
+    port,
+    loop: () =>
+      new Promise((resolve) => {
+        child.once('message', (m) => resolve(m as LoopSnapshot));
+        child.send('loop');
+      }),
+    async check(accepted) {
+      const lens = await Promise.all(nodes.map((n) => n.xlen(`sg:{bench:${DOMAIN}}:live`)));
+      const pair = lens.filter((n) => n > 0);
+      const ok = pair.length === 2 && pair.every((n) => n === accepted);
+      return `streamgate 250s ${accepted}, live entries on the replica pair ${pair.join(' / ')}: ${ok ? 'every 250 on both replicas' : 'MISMATCH'}`;
+    },
+    async stop() {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
+      for (const n of nodes) n.disconnect();
+      await Promise.all(pool.map((r) => r.stop()));
+    },
+  };
+}
+
+/** The whole gateway (`streamgate start`), relaying to the sink, events on a Redis of its own, Cassandra connected. */
+async function startWholeGateway(dir: string, sink: SinkProcess): Promise<Target> {
+  const [{ startRedisPool, startRedis }, { cassandraForTests }, { freePort, waitFor }] = await Promise.all([
+    import('../test/helpers/redis.ts'),
+    import('../test/helpers/cassandra.ts'),
+    import('../test/helpers/waitFor.ts'),
+  ]);
+  const [pool, events, cassandra] = await Promise.all([startRedisPool(3, { maxmemory: '2gb' }), startRedis({ maxmemory: '1gb' }), cassandraForTests()]);
+  const [smtpPort, opsPort] = [await freePort(), await freePort()];
+  const config = {
+    gateway: { id: 'bench', hostname: 'streamgate.bench.test', dataDir: join(dir, 'whole') },
+    log: { level: 'info', pretty: 'never' },
+    smtp: { listen: `127.0.0.1:${smtpPort}`, maxConnectionsPerClient: 10_000, maxMessagesPerConnection: 1_000_000_000 },
+    submission: { listen: `127.0.0.1:${await freePort()}` },
+    pop3: { listen: `127.0.0.1:${await freePort()}` },
+    ops: { listen: `127.0.0.1:${opsPort}`, tokens: [TOKEN] },
+    redis: { nodes: pool.map((r) => r.url) },
+    cassandra: { contactPoints: [cassandra.contactPoint] },
+    domains: { local: ['local.bench.test'], relay: [DOMAIN] },
+    networks: { trusted: [] },
+    routes: { [DOMAIN]: `smtp://127.0.0.1:${sink.port}` },
+    relay: { limits: { destinations: { [DOMAIN]: { connections: 20 } } } },
+    events: { redis: events.url },
+  };
+  writeFileSync(join(dir, 'whole.yaml'), toYaml(config));
+  const logFile = join(dir, 'whole.log');
+  const out = openSync(logFile, 'a');
+  const child = spawn(NODE, [join(import.meta.dirname, '..', 'src', 'cli', 'main.ts'), 'start', '--config', join(dir, 'whole.yaml')], { stdio: ['ignore', out, out] });
+  closeSync(out);
+  const metrics = async () => (await fetch(`http://127.0.0.1:${opsPort}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+  await waitFor(
+    async () => {
+      if (child.exitCode !== null) throw new Error(`the gateway exited: ${readFileSync(logFile, 'utf8').slice(-500)}`);
+      return (await fetch(`http://127.0.0.1:${opsPort}/health`, { signal: AbortSignal.timeout(1000) }).catch(() => undefined))?.status === 200;
+    },
+    { timeout: 120_000, what: 'the whole gateway' },
+  );
+  const before = await sink.count();
+  return {
+    name: 'streamgate',
+    port: smtpPort,
+    async loop() {
+      const text = await metrics();
+      const g = (name: string, label: string) => Number(new RegExp(`^${name}\\{${label}\\} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN) * 1000;
+      return {
+        delay: { p50: g('streamgate_eventloop_delay_seconds', 'quantile="0.5"'), p99: g('streamgate_eventloop_delay_seconds', 'quantile="0.99"'), p999: g('streamgate_eventloop_delay_seconds', 'quantile="0.999"'), max: g('streamgate_eventloop_delay_seconds', 'quantile="1"') },
+        gc: { count: g('streamgate_gc_pause_seconds', 'stat="count"') / 1000, totalMs: g('streamgate_gc_pause_seconds', 'stat="sum"'), maxMs: g('streamgate_gc_pause_seconds', 'stat="max"') },
+        intervalMs: NaN,
+      };
+    },
+    check: (accepted) => checkSink(sink, before, accepted, 'streamgate'),
+    async stop() {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
+      await Promise.all([...pool, events].map((r) => r.stop()));
+    },
+  };
+}
+
+/** Waits (up to two minutes) for every accepted message at the sink. */
+async function checkSink(sink: SinkProcess, before: number, accepted: number, who: string): Promise<string> {
+  const t0 = Date.now();
+  let got = (await sink.count()) - before;
+  while (got < accepted && Date.now() - t0 < 120_000) {
+    await sleep(250);
+    got = (await sink.count()) - before;
+  }
+  return `${who} 250s ${accepted}, at the sink ${got} after ${((Date.now() - t0) / 1000).toFixed(1)} s: ${got === accepted ? 'every 250 delivered' : got > accepted ? 'MORE than accepted' : 'MISSING'}`;
+}
+
+async function startPostfixTarget(dir: string, sink?: SinkProcess): Promise<Target> {
+  const { freePort } = await import('../test/helpers/waitFor.ts');
+  const port = await freePort();
+  chmodSync(dir, 0o755); // Postfix's daemons run as the postfix user
+  const instance = await startPostfix({
+    dir: join(dir, sink ? 'postfix-relay' : 'postfix'),
+    port,
+    processLimit: Math.max(100, SESSIONS * 2 + 20),
+    mainCf: [
+      'mynetworks = 127.0.0.255/32', // the load generator is not trusted: relaying is decided by relay_domains
+      `relay_domains = ${DOMAIN}`,
+      sink
+        ? 'smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination'
+        : 'smtpd_relay_restrictions = check_client_access static:HOLD, permit_mynetworks, reject_unauth_destination',
+      ...(sink ? [`transport_maps = inline:{ ${DOMAIN}=smtp:[127.0.0.1]:${sink.port} }`, 'default_destination_concurrency_limit = 20'] : []),
+      `message_size_limit = ${25 * 1024 * 1024}`,
+    ],
+  });
+  postfixes.add(instance);
+  const before = sink ? await sink.count() : 0;
+  return {
+    name: `Postfix ${postfixVersion()}`,
+    port,
+    check: async (accepted) => (sink ? checkSink(sink, before, accepted, 'Postfix') : `Postfix 250s ${accepted}, hold queue ${instance.queued('hold')} files`),
+    async stop() {
+      instance.stop();
+      postfixes.delete(instance);
+    },
+  };
+}
+
+interface Measured {
+  phases: Result[];
+  check: string;
+}
+
+async function measure(t: Target, ownMaxShare?: number): Promise<Measured> {
+  const sessions = await Promise.all(Array.from({ length: SESSIONS }, () => Session.open(t.port)));
+  let accepted = 0;
+  try {
+    accepted += (await closedLoop(t.port, sessions, 1)).accepted; // warm-up, not in the figures
+    await t.loop?.();
+    const closed = await closedLoop(t.port, sessions, SECONDS);
+    closed.loop = await t.loop?.();
+    const max = closed.accepted / closed.seconds;
+    console.error(`bench: ${t.name}: closed loop ${Math.round(max)} msg/s`);
+    const phases = [closed];
+    const rates: [number, string?][] = RATES.map((r) => [r]);
+    if (ownMaxShare) rates.push([Math.round(max * ownMaxShare), `${ownMaxShare * 100}% of its maximum`]);
+    for (const [rate, label] of rates) {
+      const open = await openLoop(sessions, rate, RATE_SECONDS);
+      open.loop = await t.loop?.();
+      if (label) open.load = `${label} (${rate.toLocaleString('en')}/s), ${RATE_SECONDS} s`;
+      console.error(`bench: ${t.name}: ${rate}/s offered, ${Math.round(open.accepted / open.seconds)} msg/s accepted, p99 ${pct(open.latencies, 99).toFixed(1)} ms`);
+      phases.push(open);
+    }
+    for (const p of phases) accepted += p.accepted;
+    return { phases, check: await t.check(accepted) };
+  } finally {
+    for (const s of sessions) s.close();
+  }
 }
 
 // ---- the run -----------------------------------------------------------------------------------
 
 const dir = mkdtempSync(join(tmpdir(), 'sg-bench-smtp-'));
-let gateway: Awaited<ReturnType<typeof startStreamgate>> | undefined;
-let postfix: PostfixInstance | undefined;
-const cleanup = () => {
-  postfix?.stop();
-  gateway?.child.kill('SIGKILL');
-};
-process.once('exit', cleanup);
+const postfixes = new Set<PostfixInstance>();
+const stops: (() => Promise<void>)[] = [];
+let sink: SinkProcess | undefined;
+process.once('exit', () => {
+  for (const p of postfixes) p.stop();
+  sink?.stop();
+});
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
 
+const median = (xs: number[]) => {
+  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
+  return s.length ? s[Math.floor((s.length - 1) / 2)]! : NaN;
+};
+
 try {
-  const { freePort } = await import('../test/helpers/waitFor.ts');
-  console.error(`bench: ${SESSIONS} sessions, 70% 1 KB / 30% 10 KB, closed loop ${SECONDS} s, then ${RATE}/s offered for ${RATE_SECONDS} s`);
+  const modes = MODE === 'both' ? ['ingress', 'whole'] : [MODE];
+  if (!modes.every((m) => m === 'ingress' || m === 'whole')) throw new Error(`BENCH_MODE must be ingress, whole or both, not "${MODE}"`);
+  console.error(`bench: ${SESSIONS} sessions, 70% 1 KB / 30% 10 KB, closed loop ${SECONDS} s, then ${RATES.join(', ')}/s offered for ${RATE_SECONDS} s each; ${RUNS} run(s); ${modes.join(' and ')}`);
+  // results[mode][target] = one Measured per run
+  const results = new Map<string, Map<string, Measured[]>>();
+  for (let run = 0; run < RUNS; run++) {
+    for (const mode of modes) {
+      if (mode === 'whole') sink ??= await startSinkProcess();
+      const byTarget = results.get(mode) ?? new Map<string, Measured[]>();
+      results.set(mode, byTarget);
+      for (const which of ['streamgate', 'postfix']) {
+        const t = which === 'streamgate' ? (mode === 'whole' ? await startWholeGateway(dir, sink!) : await startIngressGateway(dir)) : await startPostfixTarget(dir, mode === 'whole' ? sink : undefined);
+        stops.push(() => t.stop());
+        try {
+          const m = await measure(t, which === 'streamgate' ? 0.8 : undefined);
+          byTarget.set(t.name, [...(byTarget.get(t.name) ?? []), m]);
+        } finally {
+          stops.pop();
+          await t.stop();
+        }
+      }
+    }
+  }
 
-  gateway = await startStreamgate(dir);
-  const sg = await measure('streamgate', gateway.port);
-  const key = `sg:{bench:${DOMAIN}}:live`;
-  const lens = await Promise.all(gateway.nodes.map((n) => n.xlen(key)));
-  const acceptedSg = sg.warmup.accepted + sg.closed.accepted + sg.open.accepted;
-  gateway.child.kill('SIGTERM');
-  await new Promise((resolve) => gateway!.child.once('exit', resolve));
-  for (const n of gateway.nodes) n.disconnect();
-  await Promise.all(gateway.pool.map((r) => r.stop()));
-
-  const pfPort = await freePort();
-  chmodSync(dir, 0o755); // Postfix's daemons run as the postfix user
-  postfix = await startPostfix({
-    dir: join(dir, 'postfix'),
-    port: pfPort,
-    processLimit: Math.max(100, SESSIONS * 2 + 20),
-    mainCf: [
-      'mynetworks = 127.0.0.255/32', // the load generator is not trusted: relaying is decided by relay_domains
-      `relay_domains = ${DOMAIN}`,
-      'smtpd_relay_restrictions = check_client_access static:HOLD, permit_mynetworks, reject_unauth_destination',
-      `message_size_limit = ${25 * 1024 * 1024}`,
-    ],
-  });
-  const pf = await measure('postfix', pfPort);
-  const pfQueued = postfix.queued('hold');
-  postfix.stop();
-
-  const row = (target: string, load: string, r: Result) => {
-    const rate = r.accepted / r.seconds;
-    const f = (x: number) => (Number.isNaN(x) ? '-' : x.toFixed(1));
-    const due = r.dueLatencies ? ` ${f(pct(r.dueLatencies, 99))} |` : ' - |';
-    return `| ${target} | ${load} | ${Math.round(rate).toLocaleString('en')} | ${f(pct(r.latencies, 50))} | ${f(pct(r.latencies, 95))} | ${f(pct(r.latencies, 99))} |${due} ${r.refused} |`;
-  };
+  const f = (x: number) => (Number.isNaN(x) ? '-' : x.toFixed(1));
+  for (const [mode, byTarget] of results) {
+    console.log('');
+    console.log(
+      mode === 'ingress'
+        ? `SMTP ingress alone (streamgate: queue + ingress, both replicas before 250; Postfix: queue file fsync'd, held): ${SESSIONS} sessions with PIPELINING, 70% 1 KB / 30% 10 KB`
+        : `Whole gateway (streamgate start: relay to a sink, events publisher, Cassandra; Postfix relaying to the same sink): ${SESSIONS} sessions with PIPELINING, 70% 1 KB / 30% 10 KB`,
+    );
+    console.log(RUNS > 1 ? `median of ${RUNS} runs for each figure` : 'one run');
+    console.log('');
+    console.log('| target | load | accepted msg/s | p50 ms | p95 ms | p99 ms | p99.9 ms | p99 from due ms | loop delay p99 / max ms | GC pauses: n, total, longest ms | refused |');
+    console.log('|---|---|---|---|---|---|---|---|---|---|---|');
+    for (const [name, runs] of byTarget) {
+      runs[0]!.phases.forEach((first, i) => {
+        const all = runs.map((r) => r.phases[i]!);
+        const m = (g: (r: Result) => number) => median(all.map(g));
+        const loop = first.loop
+          ? `${f(m((r) => r.loop!.delay.p99))} / ${f(m((r) => r.loop!.delay.max))}`
+          : '-';
+        const gc = first.loop ? `${m((r) => r.loop!.gc.count)}, ${f(m((r) => r.loop!.gc.totalMs))}, ${f(m((r) => r.loop!.gc.maxMs))}` : '-';
+        const load = first.load.includes('of its maximum') ? first.load.replace(/\(\d[\d,]*\/s\)/, `(${Math.round(m((r) => Number(/\(([\d,]+)\/s\)/.exec(r.load)![1]!.replace(/,/g, '')))).toLocaleString('en')}/s)`) : first.load;
+        console.log(
+          `| ${name} | ${load} | ${Math.round(m((r) => r.accepted / r.seconds)).toLocaleString('en')} | ${f(m((r) => pct(r.latencies, 50)))} | ${f(m((r) => pct(r.latencies, 95)))} | ${f(m((r) => pct(r.latencies, 99)))} | ${f(m((r) => pct(r.latencies, 99.9)))} | ${first.dueLatencies ? f(m((r) => pct(r.dueLatencies!, 99))) : '-'} | ${loop} | ${gc} | ${all.reduce((a, r) => a + r.refused, 0)} |`,
+        );
+      });
+    }
+    const [sg, pf] = [...byTarget.values()];
+    if (sg && pf) {
+      const rate = (ms: Measured[]) => median(ms.map((r) => r.phases[0]!.accepted / r.phases[0]!.seconds));
+      console.log('');
+      console.log(`streamgate / Postfix accepted msg/s (closed loop): ${(rate(sg) / rate(pf)).toFixed(2)}x`);
+      for (const i of RATES.keys()) {
+        const p99 = (ms: Measured[]) => median(ms.map((r) => pct(r.phases[i + 1]!.latencies, 99)));
+        console.log(`p99 at ${RATES[i]!.toLocaleString('en')}/s offered: streamgate ${f(p99(sg))} ms, Postfix ${f(p99(pf))} ms (${(p99(sg) / p99(pf)).toFixed(2)}x)`);
+      }
+    }
+    for (const runs of byTarget.values()) for (const r of runs) console.log(`check: ${r.check}`);
+    const refusals = [...byTarget.values()].flatMap((runs) => runs.flatMap((r) => r.phases.map((p) => p.firstRefusal))).filter(Boolean);
+    if (refusals.length) console.log(`first refusals: ${[...new Set(refusals)].slice(0, 4).join(' | ')}`);
+  }
   console.log('');
-  console.log(`SMTP ingress benchmark: ${SESSIONS} sessions reusing connections with PIPELINING, 70% 1 KB / 30% 10 KB`);
-  console.log('');
-  console.log('| target | load | accepted msg/s | p50 ms | p95 ms | p99 ms | p99 from due ms | refused |');
-  console.log('|---|---|---|---|---|---|---|---|');
-  console.log(row('streamgate (both replicas before 250)', `closed loop, ${SECONDS} s`, sg.closed));
-  console.log(row(`Postfix ${postfixVersion()} (fsync'd queue file before 250)`, `closed loop, ${SECONDS} s`, pf.closed));
-  console.log(row('streamgate', `${RATE}/s offered, ${RATE_SECONDS} s`, sg.open));
-  console.log(row(`Postfix ${postfixVersion()}`, `${RATE}/s offered, ${RATE_SECONDS} s`, pf.open));
-  console.log('');
-  const ratio = sg.closed.accepted / sg.closed.seconds / (pf.closed.accepted / pf.closed.seconds);
-  console.log(`streamgate / Postfix accepted msg/s (closed loop): ${ratio.toFixed(2)}x`);
-  console.log(`latency: from the end of the message data (".") to the reply; "from due": from the moment the open loop had the message due`);
-  const acceptedPf = pf.warmup.accepted + pf.closed.accepted + pf.open.accepted;
-  const pair = lens.filter((n) => n > 0);
-  const ok = pair.length === 2 && pair.every((n) => n === acceptedSg);
-  console.log(`check: streamgate 250s (warm-up included) ${acceptedSg}, live entries on the replica pair ${pair.join(' / ')}: ${ok ? 'every 250 on both replicas' : 'MISMATCH'}; Postfix 250s ${acceptedPf}, hold queue ${pfQueued} files`);
-  const refusals = [sg.closed.firstRefusal, sg.open.firstRefusal, pf.closed.firstRefusal, pf.open.firstRefusal].filter(Boolean);
-  if (refusals.length) console.log(`first refusals: ${refusals.join(' | ')}`);
+  console.log('latency: from the end of the message data (".") to the reply; "from due": from the moment the open loop had the message due; loop delay and GC: the gateway\'s own, measured inside it over the same phase');
 } finally {
-  cleanup();
+  for (const stop of stops) await stop().catch(() => {});
+  for (const p of postfixes) p.stop();
+  sink?.stop();
   rmSync(dir, { recursive: true, force: true });
 }
+process.exit(0);

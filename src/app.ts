@@ -66,13 +66,14 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     parts.push({ name: 'smtp', stop: () => ingress.stop() });
 
     // Producers in, lifecycle events out (BullMQ on events.redis: a Redis of its own by default).
+    const eventsShared = queues.nodes.some((n) => n.is(redisNodeId(config.events.redis)));
     const bullConnection = new Redis(config.events.redis, { maxRetriesPerRequest: null });
     bullConnection.on('error', (err) => log.warn({ err: err.message, component: 'events' }, 'events redis error'));
     parts.push({ name: 'events-redis', stop: async () => void bullConnection.disconnect() });
     const publisher = new EventPublisher(queues, config.events.queue, bullConnection, log, {
       budget: config.events.budget,
       whenFull: config.events.whenFull,
-      dedicated: !queues.nodes.some((n) => n.is(redisNodeId(config.events.redis))),
+      dedicated: !eventsShared,
     });
     await publisher.start();
     parts.push({ name: 'events', stop: () => publisher.stop() });
@@ -81,9 +82,11 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     archive?.start();
     if (archive) parts.push({ name: 'archive', stop: () => archive.stop() });
     // The history budget across all queues, and queue.historyMaxLength once archived: trims
-    // oldest-first, never past the events cursor nor what the archive confirmed.
+    // oldest-first, never past the events cursor nor what the archive confirmed, unless history
+    // held by unsent events would reach into mail's share below the high-water mark.
     const trimBound = (domain: string) => (archive ? lowestCursor(publisher.cursorOf(domain), archive.cursorOf(domain)) : publisher.cursorOf(domain));
-    const history = new HistoryBudget(queues, config.queue.historyBudget, trimBound, log, archive ? config.queue.historyMaxLength : 0);
+    const ceiling = config.queue.memoryHighWater - config.queue.mailBudget - (eventsShared ? config.events.budget : 0);
+    const history = new HistoryBudget(queues, config.queue.historyBudget, trimBound, log, { capTo: archive ? config.queue.historyMaxLength : 0, ceiling });
     archive?.on('archived', (domain: string) => void history.cap(domain));
     history.start();
     parts.push({ name: 'history', stop: async () => history.stop() });

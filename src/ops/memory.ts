@@ -14,6 +14,8 @@ export interface MemoryReport {
   historyTrimmed: number;
   /** The event log in Cassandra: events archived, its lag; absent when events.archive is off. */
   archive?: ArchiveStatus;
+  /** Events trimmed from the history before they were sent (or archived): held history reached its ceiling. */
+  eventsLost: number;
   historyEventBytes: number;
   queues: number;
   /** Why the gateway is degraded (empty: it is not). */
@@ -40,6 +42,7 @@ export function memoryReport(config: Config, queues: QueueManager, history: Hist
     for (const n of nodes) if (n.history.blocked) degraded.push(`history on ${n.node} above its budget (queue.historyBudget) and held by events not yet sent or not yet archived`);
     const arch = archive?.status();
     if (arch?.failing) degraded.push(`history not archived (${arch.failing}): kept whole in Redis until the archive answers`);
-    return { nodes, events, historyTrimmed: history.trimmed, ...(arch ? { archive: arch } : {}), historyEventBytes: queues.historyEventBytes, queues: queues.queues.size, degraded };
+    if (history.lost) degraded.push(`${history.lost} events trimmed from the history before they were sent or archived: history held by them reached its ceiling (memoryHighWater less the mail budget)`);
+    return { nodes, events, historyTrimmed: history.trimmed, eventsLost: history.lost, ...(arch ? { archive: arch } : {}), historyEventBytes: queues.historyEventBytes, queues: queues.queues.size, degraded };
   };
 }

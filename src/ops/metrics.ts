@@ -9,6 +9,7 @@
 // events archive), so that one registry serves /metrics.
 import type { EventEmitter } from 'node:events';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { registerLoopMetrics } from './loopStats.ts';
 import type { LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import { parseEntryId } from '../queue/records.ts';
@@ -103,7 +104,10 @@ export class GatewayMetrics {
     const r = this.registry;
     this.now = opts.now ?? Date.now;
     this.labels = new DestinationLabels(opts.topDestinations, opts.rankEveryMs ?? 60_000);
-    if (opts.processMetrics !== false) collectDefaultMetrics({ register: r, prefix: 'streamgate_process_' });
+    if (opts.processMetrics !== false) {
+      collectDefaultMetrics({ register: r, prefix: 'streamgate_process_' });
+      registerLoopMetrics(r);
+    }
     this.messages = new Counter({ name: 'streamgate_messages_total', help: 'Messages per destination (top destinations, the rest "other"), listener (mx, submission, producer, dsn; "" after acceptance) and outcome', labelNames: ['queue', 'listener', 'outcome'], registers: [r] });
     this.replyLatency = new Histogram({ name: 'streamgate_smtp_reply_seconds', help: 'From the end of DATA to the reply, per listener and reply class (2xx, 4xx, 5xx)', labelNames: ['listener', 'class'], buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [r] });
     this.attemptDuration = new Histogram({ name: 'streamgate_delivery_attempt_seconds', help: 'Duration of a delivery attempt (connect, send, reply) per destination', labelNames: ['queue'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60], registers: [r] });
@@ -253,12 +257,18 @@ export class GatewayMetrics {
     const used = new Gauge({ name: 'streamgate_redis_node_used_memory_bytes', help: 'used_memory of each node (pool and events)', labelNames: ['node'], registers: [r] });
     const histBlocked = new Gauge({ name: 'streamgate_history_over_budget', help: '1 when history is above its budget and held by events not yet sent', labelNames: ['node'], registers: [r] });
     const trimmed = new Counter({ name: 'streamgate_history_trimmed_total', help: 'History events trimmed for the history budget', registers: [r] });
+    const lost = new Counter({ name: 'streamgate_events_lost_total', help: 'Unsent (or unarchived) events trimmed from the history because history held by them reached its ceiling (mail is never refused for events)', registers: [r] });
+    const archLag = new Gauge({ name: 'streamgate_archive_lag_events', help: 'History events written and not yet archived into Cassandra', registers: [r] });
+    const archLagSec = new Gauge({ name: 'streamgate_archive_lag_seconds', help: 'Time between the newest history event and the archive cursor (the worst queue)', registers: [r] });
+    const archived = new Counter({ name: 'streamgate_archived_events_total', help: 'History events archived into Cassandra', registers: [r] });
     const dropped = new Counter({ name: 'streamgate_events_dropped_total', help: 'Undelivered event jobs dropped for the events budget (events.whenFull: drop)', registers: [r] });
     const paused = new Gauge({ name: 'streamgate_events_publishing_paused', help: '1 while events are not published (budget full with events.whenFull: stop, or the events Redis failing)', registers: [r] });
     const evJobs = new Gauge({ name: 'streamgate_events_jobs', help: 'Jobs in the events queue (waiting, active, finished)', registers: [r] });
     const degraded = new Gauge({ name: 'streamgate_degraded', help: '1 when /health says degraded (budgets; mail still accepted)', registers: [r] });
     let seenTrimmed = 0;
     let seenDropped = 0;
+    let seenLost = 0;
+    let seenArchived = 0;
     this.collectors.push(() => {
       const m = memory();
       for (const n of m.nodes) {
@@ -276,6 +286,14 @@ export class GatewayMetrics {
       seenTrimmed = m.historyTrimmed;
       if (m.events.dropped > seenDropped) dropped.inc(m.events.dropped - seenDropped);
       seenDropped = m.events.dropped;
+      if (m.eventsLost > seenLost) lost.inc(m.eventsLost - seenLost);
+      seenLost = m.eventsLost;
+      if (m.archive) {
+        archLag.set(m.archive.lagEvents);
+        archLagSec.set(m.archive.lagSeconds);
+        if (m.archive.archived > seenArchived) archived.inc(m.archive.archived - seenArchived);
+        seenArchived = m.archive.archived;
+      }
       paused.set(m.events.paused ? 1 : 0);
       evJobs.set(m.events.jobs);
       degraded.set(m.degraded.length ? 1 : 0);

@@ -6,7 +6,11 @@
 // with XTRIM MINID in a queue write on both replicas (lua/trimHistory-4.lua). Never past the
 // lifecycle events cursor (DESIGN, invariant 12): a queue's events not yet sent stay. When that
 // leaves the budget exceeded (the events publisher stopped for a full events queue, or failing),
-// the history stays whole and the gateway says it is degraded; mail is never refused for it.
+// the history stays whole and the gateway says it is degraded. Held history may grow up to its
+// ceiling: the share of the node that mail's budget (and the events budget, on a shared node)
+// leaves below queue.memoryHighWater, the mark at which appends of mail are refused. Past the
+// ceiling, mail wins: the oldest events are trimmed although they were not sent, counted as lost
+// (streamgate_events_lost_total, an error in the log), so that events never turn mail away.
 // Trimmed events are counted.
 //
 // Once the history is archived (events/archive.ts, QueueManager option `archived`), the scripts no
@@ -37,9 +41,12 @@ export class HistoryBudget {
   private readonly log: Logger;
   private timer: NodeJS.Timeout | undefined;
   private running = false;
+  private readonly ceiling: number;
   trimmed = 0;
   /** Events cut by cap() (queue.historyMaxLength once archived). */
   capped = 0;
+  /** Events trimmed before they were sent (the ceiling was reached with publishing stopped). */
+  lost = 0;
   private readonly blocked = new Set<string>();
   private readonly capTo: number;
   private readonly capping = new Set<string>();
@@ -47,14 +54,17 @@ export class HistoryBudget {
   /**
    * `cursorOf`: the last event of a queue every consumer of the history has (the events publisher,
    * and the archive when there is one); `capTo`: queue.historyMaxLength when the history is
-   * archived (the scripts do not cap it then), else 0.
+   * archived (the scripts do not cap it then), else 0; `ceiling`: the share of the node held
+   * history may reach before unsent events are trimmed too (memoryHighWater − mailBudget
+   * [− events.budget on a shared node]), at least `share`; none by default.
    */
-  constructor(queues: QueueManager, share: number, cursorOf: (domain: string) => string | undefined, log: Logger, capTo = 0) {
+  constructor(queues: QueueManager, share: number, cursorOf: (domain: string) => string | undefined, log: Logger, opts: { capTo?: number; ceiling?: number } = {}) {
     this.queues = queues;
     this.share = share;
+    this.ceiling = Math.max(share, opts.ceiling ?? Infinity);
     this.cursorOf = cursorOf;
     this.log = log.child({ component: 'history' });
-    this.capTo = capTo;
+    this.capTo = opts.capTo ?? 0;
   }
 
   /** Cuts a queue's history to capTo events, never past its cursor; returns how many went. */
@@ -106,7 +116,17 @@ export class HistoryBudget {
           this.blocked.delete(node.id);
           continue;
         }
-        total += await this.trimNode(node, node.historyBytes - limit * TRIM_TO);
+        total += await this.trimNode(node, node.historyBytes - limit * TRIM_TO, false);
+        if (this.blocked.has(node.id)) {
+          this.queues.tallyMemory();
+          const ceiling = node.maxmemory * this.ceiling;
+          if (node.historyBytes > ceiling) {
+            const lost = await this.trimNode(node, node.historyBytes - limit * TRIM_TO, true);
+            this.lost += lost;
+            total += lost;
+            this.log.error({ node: node.id, lost, lostTotal: this.lost, ceiling: Math.floor(ceiling) }, 'history held by unsent events reached its ceiling: the oldest unsent events trimmed so that mail is not refused (events lost)');
+          }
+        }
       }
       if (total) this.queues.tallyMemory();
     } finally {
@@ -115,14 +135,15 @@ export class HistoryBudget {
     return total;
   }
 
-  private async trimNode(node: RedisNode, excessBytes: number): Promise<number> {
+  /** Trims the node's oldest events across queues; past the events cursors only when `pastCursor`. */
+  private async trimNode(node: RedisNode, excessBytes: number, pastCursor: boolean): Promise<number> {
     const now = this.queues.now();
     const perEvent = this.queues.historyEventBytes;
     const want = Math.ceil(excessBytes / perEvent);
     const cands: { q: Queue; first: number; len: number; upTo: number; cursor: string }[] = [];
     for (const q of this.queues.queues.values()) {
       if (!q.replicas.some((r) => r.node === node) || q.histLen === 0 || !q.appendable) continue;
-      const cursor = this.cursorOf(q.domain);
+      const cursor = pastCursor ? `${now + 1}-0` : this.cursorOf(q.domain);
       if (!cursor) continue;
       cands.push({ q, first: q.histFirstMs || now, len: q.histLen, upTo: parseEntryId(cursor)[0] + 1, cursor });
     }
@@ -154,6 +175,7 @@ export class HistoryBudget {
       });
     }
     this.trimmed += trimmed;
+    if (pastCursor) return trimmed;
     const blocked = possible < want;
     if (blocked && !this.blocked.has(node.id)) {
       this.log.warn({ node: node.id, bytes: node.historyBytes, limit: Math.floor(node.maxmemory * this.share) }, 'history over its budget and held by events not yet sent (the events cursor): kept whole, mail still accepted');

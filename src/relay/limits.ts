@@ -2,7 +2,9 @@
 // rateLimit script: each message reserves its send slot) and connection leases (the
 // connectionLease script: a connection is opened only under a lease). Both run on ONE node, the
 // first node of redis.nodes that is up, which every gateway picks alike; they are not replicated
-// queue writes. With no node up, each gateway falls back to limiting on its own (logged).
+// queue writes, and they read the time from that node (TIME), not from the gateway, so one
+// gateway's wrong clock cannot break them. With no node up, each gateway falls back to limiting
+// on its own clock (logged).
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/schema.ts';
@@ -60,8 +62,12 @@ export class SharedLimits {
   private warned = false;
   private readonly gatewayId: string;
 
-  constructor(opts: { pick: () => RedisNode | undefined; gatewayId: string; leaseMs: number; log: Logger }) {
+  /** This process's clock (tests inject a wrong one): used only when no Redis node is up. */
+  private readonly now: () => number;
+
+  constructor(opts: { pick: () => RedisNode | undefined; gatewayId: string; leaseMs: number; log: Logger; now?: () => number }) {
     this.pick = opts.pick;
+    this.now = opts.now ?? Date.now;
     this.gatewayId = opts.gatewayId;
     this.leaseMs = opts.leaseMs;
     this.log = opts.log;
@@ -82,12 +88,12 @@ export class SharedLimits {
     const interval = 1000 / ratePerSecond;
     for (;;) {
       signal?.throwIfAborted();
-      const now = Date.now();
+      const now = this.now();
       let reply: Reply | undefined;
       const node = this.node();
       if (node) {
         try {
-          reply = (await script(node, 'rateLimit')(`sg:rate:{${key}}`, now, interval, RESERVE_AHEAD, 60_000)) as Reply;
+          reply = (await script(node, 'rateLimit')(`sg:rate:{${key}}`, interval, RESERVE_AHEAD, 60_000)) as Reply;
         } catch (err) {
           this.log.warn({ err, key }, 'rate limiter unavailable');
         }
@@ -117,8 +123,7 @@ export class SharedLimits {
       const node = this.node();
       if (!node) return { key, holder, shared: false };
       try {
-        const now = Date.now();
-        const [ok] = (await script(node, 'connectionLease')(`sg:conn:{${key}}`, 'acquire', now, holder, now + this.leaseMs, limit)) as Reply;
+        const [ok] = (await script(node, 'connectionLease')(`sg:conn:{${key}}`, 'acquire', holder, this.leaseMs, limit)) as Reply;
         if (Number(ok) === 1) return { key, holder, shared: true };
       } catch (err) {
         this.log.warn({ err, key }, 'connection lease unavailable');
@@ -133,10 +138,9 @@ export class SharedLimits {
     const node = this.node();
     if (!node || !lease.shared) return true;
     try {
-      const now = Date.now();
-      const [ok] = (await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'renew', now, lease.holder, now + this.leaseMs, limit)) as Reply;
+      const [ok] = (await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'renew', lease.holder, this.leaseMs, limit)) as Reply;
       if (Number(ok) === 1) return true;
-      const [again] = (await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'acquire', now, lease.holder, now + this.leaseMs, limit)) as Reply;
+      const [again] = (await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'acquire', lease.holder, this.leaseMs, limit)) as Reply;
       return Number(again) === 1;
     } catch {
       return true; // Redis trouble: keep the connection rather than drop mail in flight
@@ -146,7 +150,7 @@ export class SharedLimits {
   async releaseLease(lease: Lease): Promise<void> {
     const node = this.node();
     if (!node || !lease.shared) return;
-    await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'release', Date.now(), lease.holder, 0, 0).catch(() => undefined);
+    await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'release', lease.holder, 0, 0).catch(() => undefined);
   }
 
   /**

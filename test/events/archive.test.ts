@@ -60,7 +60,7 @@ class EventPath {
     this.store = new MailStore(this.config, silentLogger, { connectTimeoutMs: 1000, readTimeoutMs: 3000 });
     this.archive = new HistoryArchive(this.qm, this.store, this.config, silentLogger);
     this.archive.start();
-    this.history = new HistoryBudget(this.qm, this.config.queue.historyBudget, (d) => lowestCursor(this.pub.cursorOf(d), this.archive.cursorOf(d)), silentLogger, MAX);
+    this.history = new HistoryBudget(this.qm, this.config.queue.historyBudget, (d) => lowestCursor(this.pub.cursorOf(d), this.archive.cursorOf(d)), silentLogger, { capTo: MAX });
     this.archive.on('archived', (d: string) => void this.history.cap(d));
   }
 

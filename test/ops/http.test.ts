@@ -96,6 +96,19 @@ describe('ops HTTP API', () => {
     assert.match(text, /streamgate_queue_replica_in_sync\{queue="ops.test",node="127\.0\.0\.1:\d+"\} 1/);
   });
 
+  it('reports a stall of the event loop and GC pauses since the previous scrape', async () => {
+    const scrape = async () => await (await fetch(`${base}/metrics`, auth(READER))).text();
+    const longest = (text: string) => Number(/^streamgate_eventloop_delay_seconds\{quantile="1"\} (\S+)$/m.exec(text)?.[1]);
+    await scrape(); // a new interval begins
+    const until = performance.now() + 200;
+    while (performance.now() < until); // the loop blocked for 200 ms, as a synchronous stall would
+    const stalled = await scrape();
+    assert.ok(longest(stalled) >= 0.19, `longest delay ${longest(stalled)} s after a 200 ms stall`);
+    assert.match(stalled, /^streamgate_gc_pause_seconds\{stat="max"\} \S+$/m);
+    await new Promise((r) => setTimeout(r, 30));
+    assert.ok(longest(await scrape()) < 0.19, 'the next interval no longer counts the stall');
+  });
+
   it('holds, releases and purges with actor and reason, only with a token', async () => {
     const post = (path: string, body: unknown, token?: string) =>
       fetch(`${base}${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) }, body: JSON.stringify(body) });

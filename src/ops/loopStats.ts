@@ -1,0 +1,111 @@
+// The gateway's own stalls: how late the event loop ran its timers (monitorEventLoopDelay) and how
+// long garbage collection stopped it (PerformanceObserver 'gc'), over the interval since the last
+// read. A reply to a sending MTA can be no faster than the loop that writes it, so these figures are
+// what explains a reply-latency percentile: the metrics export them, and `npm run bench:smtp` prints
+// them beside its percentiles.
+import { PerformanceObserver, monitorEventLoopDelay } from 'node:perf_hooks';
+import { Gauge, type Registry } from 'prom-client';
+
+export interface LoopSnapshot {
+  /** Event-loop delay percentiles over the interval, milliseconds. */
+  delay: { p50: number; p99: number; p999: number; max: number };
+  /** GC pauses over the interval: how many, their sum and the longest, milliseconds. */
+  gc: { count: number; totalMs: number; maxMs: number };
+  /** Length of the interval, milliseconds. */
+  intervalMs: number;
+}
+
+/** Sampling period of the delay monitor (ms): a stall of this length or more is always seen. */
+const RESOLUTION_MS = 5;
+
+export class LoopStats {
+  private readonly delay = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
+  private readonly observer = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      this.gcCount++;
+      this.gcTotal += e.duration;
+      if (e.duration > this.gcMax) this.gcMax = e.duration;
+    }
+  });
+  private gcCount = 0;
+  private gcTotal = 0;
+  private gcMax = 0;
+  private since = performance.now();
+
+  start(): this {
+    this.delay.enable();
+    this.observer.observe({ entryTypes: ['gc'] });
+    return this;
+  }
+
+  stop(): void {
+    this.delay.disable();
+    this.observer.disconnect();
+  }
+
+  /** The figures since the previous take (or start), and a new interval begins. */
+  take(): LoopSnapshot {
+    const ms = (ns: number) => (Number.isFinite(ns) ? ns / 1e6 : 0);
+    const d = this.delay;
+    const none = d.count === 0;
+    const snap: LoopSnapshot = {
+      delay: {
+        p50: none ? 0 : ms(d.percentile(50)),
+        p99: none ? 0 : ms(d.percentile(99)),
+        p999: none ? 0 : ms(d.percentile(99.9)),
+        max: none ? 0 : ms(d.max),
+      },
+      gc: { count: this.gcCount, totalMs: this.gcTotal, maxMs: this.gcMax },
+      intervalMs: performance.now() - this.since,
+    };
+    d.reset();
+    this.gcCount = this.gcTotal = this.gcMax = 0;
+    this.since = performance.now();
+    return snap;
+  }
+}
+
+/**
+ * Exports a LoopStats on a registry: each scrape reports the interval since the previous scrape
+ * (as prom-client's own event-loop lag gauges do), so a scrape every 15 s shows the worst stall of
+ * each 15 s.
+ */
+export function registerLoopMetrics(registry: Registry, stats: LoopStats = new LoopStats().start()): LoopStats {
+  let last: LoopSnapshot | undefined;
+  // one take per scrape, shared by the gauges below (collect() runs for each of them)
+  let taken = 0;
+  const current = () => {
+    const now = Date.now();
+    if (!last || now - taken > 50) {
+      last = stats.take();
+      taken = now;
+    }
+    return last;
+  };
+  new Gauge({
+    name: 'streamgate_eventloop_delay_seconds',
+    help: 'Event-loop delay since the previous scrape, by quantile (1 = the longest)',
+    labelNames: ['quantile'],
+    registers: [registry],
+    collect() {
+      const d = current().delay;
+      this.set({ quantile: '0.5' }, d.p50 / 1000);
+      this.set({ quantile: '0.99' }, d.p99 / 1000);
+      this.set({ quantile: '0.999' }, d.p999 / 1000);
+      this.set({ quantile: '1' }, d.max / 1000);
+    },
+  });
+  new Gauge({
+    name: 'streamgate_gc_pause_seconds',
+    help: 'Garbage-collection pauses since the previous scrape: the sum and the longest',
+    labelNames: ['stat'],
+    registers: [registry],
+    collect() {
+      const g = current().gc;
+      this.set({ stat: 'sum' }, g.totalMs / 1000);
+      this.set({ stat: 'max' }, g.maxMs / 1000);
+      this.set({ stat: 'count' }, g.count);
+    },
+  });
+  return stats;
+}
