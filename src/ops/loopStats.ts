@@ -71,24 +71,17 @@ export class LoopStats {
  * each 15 s.
  */
 export function registerLoopMetrics(registry: Registry, stats: LoopStats = new LoopStats().start()): LoopStats {
-  let last: LoopSnapshot | undefined;
-  // one take per scrape, shared by the gauges below (collect() runs for each of them)
-  let taken = 0;
-  const current = () => {
-    const now = Date.now();
-    if (!last || now - taken > 50) {
-      last = stats.take();
-      taken = now;
-    }
-    return last;
-  };
+  // one take per scrape: the first gauge takes the interval's figures, the second (collected
+  // right after it in the same scrape, in registration order) reads the same snapshot
+  let last: LoopSnapshot = stats.take();
   new Gauge({
     name: 'streamgate_eventloop_delay_seconds',
     help: 'Event-loop delay since the previous scrape, by quantile (1 = the longest)',
     labelNames: ['quantile'],
     registers: [registry],
     collect() {
-      const d = current().delay;
+      last = stats.take();
+      const d = last.delay;
       this.set({ quantile: '0.5' }, d.p50 / 1000);
       this.set({ quantile: '0.99' }, d.p99 / 1000);
       this.set({ quantile: '0.999' }, d.p999 / 1000);
@@ -101,7 +94,7 @@ export function registerLoopMetrics(registry: Registry, stats: LoopStats = new L
     labelNames: ['stat'],
     registers: [registry],
     collect() {
-      const g = current().gc;
+      const g = last.gc;
       this.set({ stat: 'sum' }, g.totalMs / 1000);
       this.set({ stat: 'max' }, g.maxMs / 1000);
       this.set({ stat: 'count' }, g.count);
