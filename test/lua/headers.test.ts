@@ -93,7 +93,11 @@ describe('Lua script headers', () => {
     const bare = (lua: string) => lua.replace(/\\[nrt]|\s+/g, '').replace(/\\(.)/g, '$1');
     const byBody = new Map(loadScripts().map((s) => [bare(s.lua), s.name]));
     for (const r of pool) {
-      const m = await r.client().monitor();
+      // MONITOR from a client whose own connection is done (its ready check's INFO answered): a
+      // command seen while ioredis switches the new connection to monitor mode breaks its queue
+      const base = r.client();
+      await base.ping();
+      const m = await base.monitor();
       monitors.push(m);
       m.on('monitor', (_time: string, args: string[]) => {
         const cmd = args[0]?.toLowerCase();
