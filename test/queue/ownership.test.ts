@@ -10,6 +10,7 @@ import { QueueManager } from '../../src/queue/manager.ts';
 import { testConfig } from '../helpers/config.ts';
 import { assertQueueConsistent } from '../helpers/queueCheck.ts';
 import { startRedisPool } from '../helpers/redis.ts';
+import { waitFor } from '../helpers/waitFor.ts';
 
 type Reply = { n: number; ok: boolean; value?: unknown; code?: string; message?: string };
 
@@ -45,8 +46,12 @@ describe('ownership', () => {
       await a.append({ id: 'x1', domain: 'same.test', envelope: { from: 'a@src.test', to: ['b@same.test'] }, raw: Buffer.from('Subject: x\r\n\r\nx\r\n') });
       const c = new QueueManager(cfg, silentLogger, { gatewayId: 'gw-other' });
       await c.start();
-      await sleep(400); // a renewal refreshes the registry's figures
-      const members = await c.members();
+      // a renewal refreshes the registry's figures
+      const members = await waitFor(async () => {
+        const m = await c.members();
+        const same = m.find((x) => x.id === 'gw-same');
+        return same?.queues === 1 && same.messages === 1 ? m : undefined;
+      }, { what: "gw-same's queue and message in the registry" });
       assert.deepEqual(members.map((m) => [m.id, m.live]), [['gw-other', true], ['gw-same', true]]);
       const [other, same] = members;
       assert.ok(other!.epoch > same!.epoch, 'a later join draws a higher epoch');
