@@ -95,7 +95,7 @@ export function registerQueueCommands(program: Command): void {
   for (const verb of ['suspend', 'resume'] as const) {
     queue
       .command(verb)
-      .description(verb === 'suspend' ? 'take nothing more from a destination queue until resume (messages stay queued)' : 'deliver to a suspended destination again')
+      .description(verb === 'suspend' ? 'take nothing more from a destination queue until resume (messages stay queued)' : 'take from a suspended destination queue again')
       .argument('<domain>', 'destination domain (the queue)')
       .requiredOption('-r, --reason <text>', 'why (logged with the actor)')
       .option('--actor <name>', 'who (default: $USER)')

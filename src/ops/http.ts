@@ -336,7 +336,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     members: await queues.members(),
   }));
 
-  app.get('/api/suspended', { schema: { summary: 'The suspended destinations', response: { 200: { type: 'object', additionalProperties: false, properties: { suspended: { type: 'array', items: { type: 'object', additionalProperties: true } } } }, ...errors({ auth: true }) } } }, async () => ({ suspended: opts.relay?.suspended() ?? [] }));
+  app.get('/api/suspended', { schema: { summary: 'The destination queues an operator suspended', response: { 200: { type: 'object', additionalProperties: false, properties: { suspended: { type: 'array', items: { type: 'object', additionalProperties: true } } } }, ...errors({ auth: true }) } } }, async () => ({ suspended: opts.relay?.suspended() ?? [] }));
   for (const verb of ['suspend', 'resume'] as const) {
     app.post<{ Params: { domain: string }; Body: { reason: string; actor?: string } }>(
       `/api/queues/:domain/${verb}`,

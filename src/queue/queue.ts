@@ -17,7 +17,7 @@ import { eventId, type LifecycleEvent, type LifecycleKind, type NewMessage, type
 import { QueueError, SCRIPT_CODES } from './errors.ts';
 import { Batcher } from './batcher.ts';
 import { MinHeap } from './heap.ts';
-import { decodeState, IdGen, liveFields, parseEntryId, queueKeys, type MessageState, type QueueKeys } from './records.ts';
+import { decodeLiveEntry, decodeState, IdGen, parseEntryId, queueKeys, type MessageState, type QueueKeys } from './records.ts';
 import type { ScriptName } from './scripts.ts';
 import { MAIL_OVERHEAD } from './node.ts';
 import { ReplicaSet, UnknownOutcomeError, type Arg, type Owner, type Replica, type WriteResult } from './replicas.ts';
@@ -438,7 +438,7 @@ export class Queue extends EventEmitter implements QueueView {
         continue;
       }
       m.attempts = row.attempt - 1;
-      const f = liveFields(row.fields);
+      const e = decodeLiveEntry(row.fields);
       this.owned.add(row.id);
       out.push({
         queue: this.name,
@@ -446,10 +446,10 @@ export class Queue extends EventEmitter implements QueueView {
         id: row.id,
         entryId: m.entryId,
         attempt: row.attempt,
-        envelope: { from: f.get('f')?.toString() ?? '', to: row.remaining ? (JSON.parse(row.remaining) as string[]) : (JSON.parse(f.get('r')?.toString() ?? '[]') as string[]) },
-        raw: f.get('raw') ?? Buffer.alloc(0),
-        meta: JSON.parse(f.get('meta')?.toString() ?? '{}') as Record<string, unknown>,
-        acceptedAt: Number(f.get('a')?.toString() ?? 0),
+        envelope: { from: e.from, to: row.remaining ? (JSON.parse(row.remaining) as string[]) : e.to },
+        raw: e.raw,
+        meta: e.meta,
+        acceptedAt: e.acceptedAt,
       });
     }
     // Those the node did not take (held or settled meanwhile) go back to what they were.

@@ -53,10 +53,26 @@ export function decodeMeta(values: (string | null)[]): MetaRecord | undefined {
 /** Live stream entry fields, in the order appendMessages writes them: m f r a meta raw. */
 export const LIVE_MSG_ID_INDEX = 1;
 
-export function liveFields(fields: Buffer[]): Map<string, Buffer> {
+/** A live stream entry as the gateway reads it. */
+export interface LiveEntry {
+  from: string;
+  to: string[];
+  acceptedAt: number;
+  meta: Record<string, unknown>;
+  raw: Buffer;
+}
+
+/** Decodes a live stream entry's fields (m f r a meta raw: message id, sender, recipients JSON, accepted ms, meta JSON, body). */
+export function decodeLiveEntry(fields: Buffer[]): LiveEntry {
   const f = new Map<string, Buffer>();
   for (let i = 0; i + 1 < fields.length; i += 2) f.set(fields[i]!.toString(), fields[i + 1]!);
-  return f;
+  return {
+    from: f.get('f')?.toString() ?? '',
+    to: JSON.parse(f.get('r')?.toString() ?? '[]') as string[],
+    acceptedAt: Number(f.get('a')?.toString() ?? 0),
+    meta: JSON.parse(f.get('meta')?.toString() ?? '{}') as Record<string, unknown>,
+    raw: f.get('raw') ?? Buffer.alloc(0),
+  };
 }
 
 /** One history stream entry: t kind, m message id, x txn, at ms, d details (JSON). */

@@ -63,7 +63,11 @@ describe('client module and examples against a real gateway', () => {
     const bad = await run('billing-producer.ts', ['1003:not-an-address'], env);
     assert.equal(bad.code, 1);
     assert.deepEqual(lines(bad.stdout), [{ invoice: '1003', error: 'job invoice-1003: to.0: expected an e-mail address local@domain', refused: true }]);
-    await new Promise((r) => setTimeout(r, 1500));
+    // everything the gateway queued for remote.test is delivered: nothing more can reach the sink
+    await waitFor(() => {
+      const d = t.gw.queues.depth('remote.test');
+      return d.ready + d.deferred + d.inflight === 0;
+    }, { what: 'remote.test drained' });
     const subjects = t.sink.messages.map((m) => /^Subject: (.*)\r$/m.exec(m.raw.toString())?.[1]).sort();
     assert.deepEqual(subjects, ['Invoice 1001', 'Invoice 1002']);
   });

@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import nodemailer from 'nodemailer';
 import type { SmtpIngress } from '../../src/ingress/smtp/server.ts';
 import { waitFor } from '../helpers/waitFor.ts';
-import { RawClient, startHarness, startIngress, uniqueDomain, type Harness } from './helpers.ts';
+import { RawClient, startHarness, startIngress, uniqueDomain, type Harness } from '../helpers/ingress.ts';
 
 const TOTAL = 5000;
 

@@ -9,7 +9,7 @@ import { createLogger } from '../../src/log.ts';
 import { hashPassword } from '../../src/message/password.ts';
 import { testConfig } from '../helpers/config.ts';
 import { waitFor } from '../helpers/waitFor.ts';
-import { RawClient, session, startHarness, startIngress, uniqueDomain, type Harness } from './helpers.ts';
+import { RawClient, session, startHarness, startIngress, uniqueDomain, type Harness } from '../helpers/ingress.ts';
 
 /** Writes raw bytes as one command line and reads the reply. */
 async function rawCmd(c: RawClient, line: Buffer): Promise<{ code: number; text: string }> {

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import nodemailer from 'nodemailer';
 import { hashPassword } from '../../src/message/password.ts';
 import { waitFor } from '../helpers/waitFor.ts';
-import { liveEverywhere, RawClient, session, startHarness, startIngress, uniqueDomain, type Harness } from './helpers.ts';
+import { liveEverywhere, RawClient, session, startHarness, startIngress, uniqueDomain, type Harness } from '../helpers/ingress.ts';
 
 describe('relay policy', () => {
   let h: Harness;

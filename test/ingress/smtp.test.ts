@@ -13,7 +13,7 @@ import { QueueManager } from '../../src/queue/manager.ts';
 import { silentLogger } from '../../src/log.ts';
 import { testConfig } from '../helpers/config.ts';
 import { waitFor } from '../helpers/waitFor.ts';
-import { onReplicas, RawClient, startHarness, startIngress, uniqueDomain, type Harness } from './helpers.ts';
+import { onReplicas, RawClient, startHarness, startIngress, uniqueDomain, type Harness } from '../helpers/ingress.ts';
 
 const run = promisify(execFile);
 const queuedId = (response: string) => /queued as (\S+)/.exec(response)?.[1];

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { ContentScanner } from '../../src/ingress/smtp/hygiene.ts';
 import { hashPassword } from '../../src/message/password.ts';
-import { liveEverywhere, RawClient, startHarness, startIngress, uniqueDomain, type Harness } from './helpers.ts';
+import { liveEverywhere, RawClient, startHarness, startIngress, uniqueDomain, type Harness } from '../helpers/ingress.ts';
 
 describe('content scanner', () => {
   const cases: [string, string | undefined][] = [

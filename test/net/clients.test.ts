@@ -23,3 +23,18 @@ describe('client keys', () => {
     assert.equal(limiter.admit('s5', clientKey('2001:db8:0:8::1', 64)), undefined, 'another /64 is another client');
   });
 });
+
+describe('connection limits', () => {
+  it('counts connections in total and per client', () => {
+    const l = new ConnectionLimiter(3, 2);
+    assert.equal(l.admit('s1', 'a'), undefined);
+    assert.equal(l.admit('s2', 'a'), undefined);
+    assert.equal(l.admit('s3', 'a'), 'tooManyFromClient');
+    assert.equal(l.admit('s4', 'b'), undefined);
+    assert.equal(l.admit('s5', 'c'), 'tooManyConnections');
+    l.release('s1');
+    l.release('s1');
+    assert.equal(l.size, 2);
+    assert.equal(l.admit('s6', 'a'), undefined);
+  });
+});

@@ -212,8 +212,9 @@ describe('a take whose reading replica fails', () => {
       const sent = Array.from({ length: 5 }, (_, i) => msg(domain, i));
       for (const m of sent) await qm.append(m);
       const q = qm.queues.get(domain)!;
-      procOf(q, 0).kill('SIGKILL'); // the reader
-      await sleep(20);
+      const reader = procOf(q, 0);
+      reader.kill('SIGKILL'); // the reader
+      await waitFor(() => reader.proc.signalCode === 'SIGKILL', { what: 'the reading node gone' });
       const got = await qm.take(domain, 5);
       assert.deepEqual(got.map((m) => m.id).sort(), sent.map((m) => m.id).sort());
       for (const m of got) assert.deepEqual(m.raw, sent.find((s) => s.id === m.id)!.raw);

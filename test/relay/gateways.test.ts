@@ -1,5 +1,5 @@
 // The relay across gateway processes: real redis-server nodes, a real SMTP sink, gateway processes
-// (test/relay/fixtures/gateway.ts) that share one destination's limits through Redis, and a
+// (test/helpers/relayProcess.ts) that share one destination's limits through Redis, and a
 // gateway killed with SIGKILL in the middle of delivering.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -10,7 +10,7 @@ import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtpSink.ts';
 import { waitFor } from '../helpers/waitFor.ts';
 
-const FIXTURE = join(import.meta.dirname, 'fixtures', 'gateway.ts');
+const FIXTURE = join(import.meta.dirname, '..', 'helpers', 'relayProcess.ts');
 const children = new Set<ChildProcess>();
 process.once('exit', () => {
   for (const c of children) c.kill('SIGKILL');

@@ -10,9 +10,9 @@ import { silentLogger } from '../../src/log.ts';
 import { SmtpIngress } from '../../src/ingress/smtp/server.ts';
 import type { UserDirectory } from '../../src/message/types.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
-import { testConfig } from '../helpers/config.ts';
-import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
-import { waitFor } from '../helpers/waitFor.ts';
+import { testConfig } from './config.ts';
+import { startRedisPool, type TestRedis } from './redis.ts';
+import { waitFor } from './waitFor.ts';
 
 export interface Harness {
   pool: TestRedis[];
