@@ -12,22 +12,27 @@ import { QueueManager } from '../../src/queue/manager.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
-import { alertRules, sample } from '../helpers/prom.ts';
+import { alertRules, grafanaExprs, sample } from '../helpers/prom.ts';
 import { waitFor } from '../helpers/waitFor.ts';
 
 const TOKEN = 'metrics-token-0123456789';
 
+const scrapeOf = async (t: TestGateway) => (await fetch(`http://127.0.0.1:${t.config.ops.listen.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+
+/** `n` messages over SMTP to remote.test (routed to the gateway's sink). */
+async function sendTo(t: TestGateway, n: number, tag: string): Promise<void> {
+  const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, secure: false, ignoreTLS: true });
+  try {
+    for (let i = 0; i < n; i++) await transport.sendMail({ envelope: { from: 'a@src.test', to: [`r${i}@remote.test`] }, raw: `Subject: ${tag} ${i}\r\n\r\nhello\r\n` });
+  } finally {
+    transport.close();
+  }
+}
+
 describe('metrics of a whole gateway', () => {
   let t: TestGateway;
-  const scrape = async () => (await fetch(`http://127.0.0.1:${t.config.ops.listen.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
-  const send = async (n: number, tag: string) => {
-    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, secure: false, ignoreTLS: true });
-    try {
-      for (let i = 0; i < n; i++) await transport.sendMail({ envelope: { from: 'a@src.test', to: [`r${i}@remote.test`] }, raw: `Subject: ${tag} ${i}\r\n\r\nhello\r\n` });
-    } finally {
-      transport.close();
-    }
-  };
+  const scrape = () => scrapeOf(t);
+  const send = (n: number, tag: string) => sendTo(t, n, tag);
   before(async () => {
     t = await startTestGateway('metrics', { domain: 'metrics.test', hostname: 'mx.metrics.test', overrides: { ops: { tokens: [TOKEN] } } });
   });
@@ -48,10 +53,11 @@ describe('metrics of a whole gateway', () => {
     assert.equal(sample(text, 'streamgate_door_open'), 1);
     assert.equal(sample(text, 'streamgate_redis_node_memory_high_water_ratio'), 0.9);
     for (const r of t.pool) assert.equal(sample(text, 'streamgate_replicas_not_in_sync', { node: `127.0.0.1:${r.port}` }), 0);
-    // every metric the alert rules use is exported (the archive's lag comes from the events archive)
-    for (const rule of alertRules()) {
-      for (const [name] of rule.expr.matchAll(/streamgate_[a-z_]+/g)) {
-        if (name !== 'streamgate_events_archive_lag_seconds') assert.match(text, new RegExp(`^${name}[{ ]`, 'm'), `${rule.alert} uses ${name}`);
+    // every metric the alert rules and the Grafana dashboard use is exported (the archive's lag comes from the events archive)
+    for (const [where, expr] of [...alertRules().map((r) => [r.alert, r.expr]), ...grafanaExprs().map((e) => ['grafana', e])] as [string, string][]) {
+      for (const [name] of expr.matchAll(/streamgate_[a-z_]+/g)) {
+        const declared = name.replace(/_bucket$/, '');
+        if (name !== 'streamgate_events_archive_lag_seconds') assert.ok(text.includes(`\n# TYPE ${declared} `), `${where} uses ${name}, not exported`);
       }
     }
     // every event handed to the events queue: no lag left
@@ -80,15 +86,8 @@ describe('metrics of a whole gateway', () => {
 
 describe('metrics of the relay: dead destinations and suspended queues', () => {
   let t: TestGateway;
-  const scrape = async () => (await fetch(`http://127.0.0.1:${t.config.ops.listen.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
-  const send = async (n: number, tag: string) => {
-    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, secure: false, ignoreTLS: true });
-    try {
-      for (let i = 0; i < n; i++) await transport.sendMail({ envelope: { from: 'a@src.test', to: [`r${i}@remote.test`] }, raw: `Subject: ${tag} ${i}\r\n\r\nhello\r\n` });
-    } finally {
-      transport.close();
-    }
-  };
+  const scrape = () => scrapeOf(t);
+  const send = (n: number, tag: string) => sendTo(t, n, tag);
   before(async () => {
     t = await startTestGateway('metricsdead', {
       domain: 'metricsdead.test', hostname: 'mx.metricsdead.test',
