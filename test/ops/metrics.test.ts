@@ -13,7 +13,7 @@ import { testConfig } from '../helpers/config.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { alertRules, grafanaExprs, sample } from '../helpers/prom.ts';
-import { waitFor } from '../helpers/waitFor.ts';
+import { freePort, waitFor } from '../helpers/waitFor.ts';
 
 const TOKEN = 'metrics-token-0123456789';
 
@@ -34,7 +34,7 @@ describe('metrics of a whole gateway', () => {
   const scrape = () => scrapeOf(t);
   const send = (n: number, tag: string) => sendTo(t, n, tag);
   before(async () => {
-    t = await startTestGateway('metrics', { domain: 'metrics.test', hostname: 'mx.metrics.test', overrides: { ops: { tokens: [TOKEN] } } });
+    t = await startTestGateway('metrics', { domain: 'metrics.test', hostname: 'mx.metrics.test', overrides: { ops: { listen: `127.0.0.1:${await freePort()}`, tokens: [TOKEN] } } });
   });
   after(async () => await t?.stop());
 
@@ -91,7 +91,7 @@ describe('metrics of the relay: dead destinations and suspended queues', () => {
   before(async () => {
     t = await startTestGateway('metricsdead', {
       domain: 'metricsdead.test', hostname: 'mx.metricsdead.test',
-      overrides: { ops: { tokens: [TOKEN] }, relay: { retry: { schedule: ['1s'], jitter: 0 }, deadDestination: { failures: 2, suspend: '2s' } } },
+      overrides: { ops: { listen: `127.0.0.1:${await freePort()}`, tokens: [TOKEN] }, relay: { retry: { schedule: ['1s'], jitter: 0 }, deadDestination: { failures: 2, suspend: '2s' } } },
     });
   });
   after(async () => await t?.stop());
