@@ -11,17 +11,13 @@
 //   BENCH_DOMAINS (1000)    destination domains (one queue each)
 //   BENCH_SECONDS (40)      load time with the page open
 //   BENCH_SCREENSHOT (docs/dashboard.png)  where the screenshot goes ("" for none)
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import nodemailer from 'nodemailer';
-import { stringify as toYaml } from 'yaml';
 import { startBrowser } from '../test/helpers/browser.ts';
 import { startRedis, startRedisPool } from '../test/helpers/redis.ts';
 import { startSmtpSink } from '../test/helpers/smtpSink.ts';
-import { freePort, waitFor } from '../test/helpers/waitFor.ts';
+import { startGatewayProcess } from './lib/gatewayProcess.ts';
 
 const ROOT = join(import.meta.dirname, '..');
 const env = (k: string, d: string) => process.env[k] ?? d;
@@ -31,7 +27,6 @@ const SECONDS = Number(env('BENCH_SECONDS', '40'));
 const SCREENSHOT = env('BENCH_SCREENSHOT', join(ROOT, 'docs', 'dashboard.png'));
 const TOKEN = 'dashboard-bench-token-0123456789';
 
-const dir = mkdtempSync(join(tmpdir(), 'sg-dash-'));
 const [pool, events, sink] = await Promise.all([startRedisPool(3, { maxmemory: '256mb' }), startRedis({ maxmemory: '64mb' }), startSmtpSink()]);
 // every 7th domain defers its recipients, every 50th refuses them
 const domain = (i: number) => `d${String(i).padStart(4, '0')}.dash.test`;
@@ -39,34 +34,18 @@ for (let i = 0; i < DOMAINS; i++) {
   if (i % 50 === 3) sink.answer(`user@${domain(i)}`, { code: 550, text: '5.1.1 no such user' });
   else if (i % 7 === 0) sink.answer(`user@${domain(i)}`, { code: 451, text: '4.7.1 greylisted, try later' });
 }
-const smtpPort = await freePort();
-const opsPort = await freePort();
-const config = {
-  gateway: { id: 'dash', hostname: 'gw.dash.test', dataDir: join(dir, 'data') },
-  log: { level: 'warn', pretty: 'never' },
-  smtp: { listen: `127.0.0.1:${smtpPort}`, maxConnectionsPerClient: 200 },
-  submission: { listen: `127.0.0.1:${await freePort()}` },
-  pop3: { listen: `127.0.0.1:${await freePort()}` },
-  ops: { listen: `127.0.0.1:${opsPort}`, tokens: [TOKEN] },
-  redis: { nodes: pool.map((r) => r.url) },
-  cassandra: { contactPoints: [`127.0.0.1:${await freePort()}`] }, // nobody listens: no mailboxes
-  domains: { local: [], relay: [] },
-  routes: { '*.dash.test': `smtp://127.0.0.1:${sink.port}` },
-  relay: { limits: { default: { connections: 2, messagesPerConnection: 100 } }, idleTimeout: '1s', retry: { schedule: ['20s', '1m'] } },
-  events: { redis: events.url },
-};
-writeFileSync(join(dir, 'gateway.yaml'), toYaml(config));
-const logFile = join(dir, 'gateway.log');
-const out = openSync(logFile, 'a');
-const gw: ChildProcess = spawn(process.execPath, [join(ROOT, 'src/cli/main.ts'), 'start', '--config', join(dir, 'gateway.yaml')], { cwd: ROOT, stdio: ['ignore', out, out] });
-closeSync(out);
+const gateway = await startGatewayProcess('dash', {
+  poolUrls: pool.map((r) => r.url),
+  eventsUrl: events.url,
+  token: TOKEN,
+  config: {
+    routes: { '*.dash.test': `smtp://127.0.0.1:${sink.port}` },
+    relay: { limits: { default: { connections: 2, messagesPerConnection: 100 } }, idleTimeout: '1s', retry: { schedule: ['20s', '1m'] } },
+  },
+});
+const { smtpPort, opsPort } = gateway;
 const browser = await startBrowser();
 try {
-  await waitFor(async () => {
-    if (gw.exitCode !== null) throw new Error(`the gateway exited: ${readFileSync(logFile, 'utf8').slice(-500)}`);
-    return (await fetch(`http://127.0.0.1:${opsPort}/health`, { signal: AbortSignal.timeout(1000) }).catch(() => undefined))?.status === 200;
-  }, { timeout: 60_000, what: 'the gateway' });
-
   const page = await browser.page(1500, 1700);
   await page.evaluateOnNewDocument((token: string) => {
     sessionStorage.setItem('streamgate-token', token);
@@ -116,9 +95,7 @@ try {
   }
 } finally {
   await browser.close();
-  gw.kill('SIGTERM');
-  await new Promise((r) => gw.once('exit', r));
+  await gateway.stop();
   await Promise.all([...pool, events].map((r) => r.stop()));
   await sink.close();
-  rmSync(dir, { recursive: true, force: true });
 }
