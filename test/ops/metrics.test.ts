@@ -82,6 +82,17 @@ describe('metrics of a whole gateway', () => {
     await waitFor(async () => (sample(await scrape(), 'streamgate_smtp_reply_seconds_count', { listener: 'mx', class: '5xx' }) ?? 0) >= 1, { what: '5xx reply observed' });
   });
 
+
+  it('shows the publisher lag grow while the events Redis does not answer, and fall to 0 once it does', async () => {
+    t.eventsRedis.kill('SIGSTOP');
+    try {
+      await send(1, 'lag');
+      await waitFor(async () => (sample(await scrape(), 'streamgate_events_publisher_lag_seconds') ?? 0) >= 2, { timeout: 20_000, what: 'a lag of 2 s' });
+    } finally {
+      t.eventsRedis.kill('SIGCONT');
+    }
+    await waitFor(async () => sample(await scrape(), 'streamgate_events_publisher_lag_seconds') === 0, { timeout: 30_000, what: 'caught up' });
+  });
 });
 
 describe('metrics of the relay: dead destinations and suspended queues', () => {
@@ -156,5 +167,17 @@ describe('metrics label sets at many destinations', () => {
     });
     const text = await (await fetch(`http://127.0.0.1:${ops.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
     assert.equal(sample(text, 'streamgate_test_extra'), 42);
+  });
+
+  it('shows the door closed and the replicas not in sync when both nodes are gone', async () => {
+    const scrape = async () => (await fetch(`http://127.0.0.1:${ops.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+    assert.equal(sample(await scrape(), 'streamgate_door_open'), 1);
+    for (const r of pool) r.kill('SIGKILL');
+    const text = await waitFor(async () => {
+      const s = await scrape();
+      return sample(s, 'streamgate_door_open') === 0 ? s : undefined;
+    }, { timeout: 30_000, what: 'door closed' });
+    for (const n of qm.nodes) assert.ok((sample(text, 'streamgate_replicas_not_in_sync', { node: n.id }) ?? 0) > 0, n.id);
+    for (const n of qm.nodes) assert.equal(sample(text, 'streamgate_redis_node_up', { node: n.id }), 0);
   });
 });
