@@ -17,7 +17,7 @@ interface Frame {
   point: { rates: Record<string, number | null> };
   totals: { queues: number; ready: number; deferred: number; held: number; inflight: number };
   nodes: { id: string; up: boolean; active: string; usedMemory: number; maxmemory: number }[];
-  queues: { domain: string; status: string; depth: { ready: number; deferred: number; held: number; inflight: number; oldest: number | null }; rate: number; gate: { reason: string } | null; suspendedBy: unknown; replicas: { sync: string; up: boolean }[] }[];
+  queues: { domain: string; status: string; depth: { ready: number; deferred: number; held: number; inflight: number; oldest: number | null }; rate: number; notTaken: string | null; replicas: { sync: string; up: boolean }[] }[];
 }
 
 type SortKey = 'depth' | 'age';
@@ -26,7 +26,7 @@ const ESC = '\x1b[';
 
 const secs = (s: number) => (s < 90 ? `${Math.round(s)}s` : s < 5400 ? `${Math.round(s / 60)}m` : s < 172_800 ? `${(s / 3600).toFixed(1)}h` : `${(s / 86_400).toFixed(1)}d`);
 const total = (d: Frame['queues'][number]['depth']) => d.ready + d.deferred + d.held + d.inflight;
-const relayWord = (q: Frame['queues'][number]) => (q.suspendedBy ? 'suspended' : q.gate?.reason === 'suspended' ? 'dead' : q.gate?.reason === 'window' ? 'window' : '');
+const relayWord = (q: Frame['queues'][number]) => q.notTaken ?? '';
 
 /** The screen for one frame: `rows` lines of at most `cols` characters. */
 export function screen(f: Frame, minute: Record<string, number>, sort: SortKey, rows: number, cols: number): string[] {

@@ -15,7 +15,7 @@ import type { QueueManager } from '../queue/manager.ts';
 import { limitsFor } from '../relay/limits.ts';
 import type { Relay } from '../relay/relay.ts';
 import type { MemoryReport } from './memory.ts';
-import type { ReplyObservation } from './metrics.ts';
+import { notTaken, type ReplyObservation } from './metrics.ts';
 
 /** An hour of one-second points. */
 const POINTS = 3600;
@@ -248,8 +248,9 @@ export class LiveFeed {
           rate: s ? s.delivered.reduce((a, b) => a + b, 0) / RATE_WINDOW : 0,
           limit: limitsFor(config.relay.limits, q.domain, q.domain).ratePerSecond,
           reasons: [...reasons].sort((a, b) => b[1] - a[1]).slice(0, 3),
-          // why the relay takes nothing from it: the relay's word for it, as it is today
-          gate: gate ? { reason: gate.reason, until: Number.isFinite(gate.until) ? gate.until : null } : null,
+          // why the relay takes nothing from it (dead, operator, window; null: it does), and until when
+          notTaken: operator.has(q.domain) ? 'operator' : gate ? notTaken(gate.reason) : null,
+          until: gate && Number.isFinite(gate.until) ? gate.until : null,
           suspendedBy: operator.get(q.domain) ?? null,
         };
       }),

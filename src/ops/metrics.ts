@@ -84,6 +84,16 @@ export class DestinationLabels {
   }
 }
 
+/**
+ * Why the relay takes nothing from a queue, in the words of the metrics, the dashboard and
+ * `streamgate top`, from the relay's own word for its gate (the one place that maps them):
+ * dead (every MTA of the destination suspended as dead), operator (suspended by an operator),
+ * window (its delivery window is closed).
+ */
+export function notTaken(gateReason: string): 'dead' | 'operator' | 'window' | string {
+  return ({ suspended: 'dead', paused: 'operator', window: 'window' } as Record<string, string>)[gateReason] ?? gateReason;
+}
+
 export class GatewayMetrics {
   readonly registry = new Registry();
   readonly labels: DestinationLabels;
@@ -222,12 +232,15 @@ export class GatewayMetrics {
   watchRelay(relay: Pick<Relay, 'status' | 'suspended'>): void {
     const dead = new Gauge({ name: 'streamgate_dead_destinations', help: 'Destination MTAs suspended as dead (consecutive connection failures; relay.deadDestination)', registers: [this.registry] });
     const gated = new Gauge({ name: 'streamgate_queues_not_taken', help: 'Destination queues the relay takes nothing from, by reason: dead (all their MTAs dead), operator (suspended), window (delivery window closed)', labelNames: ['reason'], registers: [this.registry] });
-    const WORD: Record<string, string> = { suspended: 'dead', paused: 'operator', window: 'window' };
     this.collectors.push(() => {
       const st = relay.status();
       dead.set(st.suspended.length);
       const n: Record<string, number> = { dead: 0, operator: 0, window: 0 };
-      for (const d of st.domains) if (d.gate) n[WORD[d.gate.reason] ?? d.gate.reason] = (n[WORD[d.gate.reason] ?? d.gate.reason] ?? 0) + 1;
+      for (const d of st.domains) {
+        if (!d.gate) continue;
+        const why = notTaken(d.gate.reason);
+        n[why] = (n[why] ?? 0) + 1;
+      }
       // an operator's suspend counts before the relay has looked at the queue again
       const gatedOp = new Set(st.domains.filter((d) => d.gate?.reason === 'paused').map((d) => d.domain));
       for (const s of relay.suspended()) if (!gatedOp.has(s.domain)) n.operator = (n.operator ?? 0) + 1;
