@@ -121,7 +121,7 @@ export class GatewayMetrics {
     this.residence = new Histogram({ name: 'streamgate_queue_residence_seconds', help: 'Time a message spent queued, whatever its end (delivered, bounced, expired, purged, withdrawn)', labelNames: ['queue', 'outcome'], buckets: [0.01, 0.1, 1, 10, 60, 300, 900, 3600, 14_400, 86_400, 432_000], registers: [r] });
     this.deferralReasons = new Counter({ name: 'streamgate_deferrals_total', help: 'Deferred recipients per destination and classified reason (config/bounces.txt categories)', labelNames: ['queue', 'category'], registers: [r] });
     this.labels.onDrop = (domain) => {
-      for (const m of [this.messages, this.attemptDuration, this.acceptToDelivery, this.residence, this.deferralReasons]) void removeMatching(m, domain);
+      for (const m of [this.messages, this.attemptDuration, this.acceptToDelivery, this.residence, this.deferralReasons]) removeMatching(m, domain).catch(() => {}); // a series left behind is harmless
     };
   }
 
