@@ -24,20 +24,15 @@
 //   BENCH_HISTORY_BUDGET (0.03) queue.historyBudget
 //   BENCH_WHEN_FULL (stop)     events.whenFull
 // The 30-minute setting: BENCH_SECONDS=1800 BENCH_RATE=300 BENCH_MAXMEMORY=1gb BENCH_EVENTS_MAXMEMORY=256mb npm run bench:soak
-import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import nodemailer from 'nodemailer';
-import { stringify as toYaml } from 'yaml';
 import { startRedis, startRedisPool, type TestRedis } from '../test/helpers/redis.ts';
 import { startSmtpSink, type SmtpSink } from '../test/helpers/smtpSink.ts';
-import { freePort, waitFor } from '../test/helpers/waitFor.ts';
+import { startGatewayProcess } from './lib/gatewayProcess.ts';
 
-const ROOT = join(import.meta.dirname, '..');
 const env = (k: string, d: string) => process.env[k] ?? d;
 const RATE = Number(env('BENCH_RATE', '150'));
 const DOMAINS = Number(env('BENCH_DOMAINS', '1000'));
@@ -62,36 +57,21 @@ interface Memory {
 const mb = (b: number) => (b / 1048576).toFixed(1);
 
 async function run(consumer: boolean): Promise<boolean> {
-  const dir = mkdtempSync(join(tmpdir(), 'sg-soak-'));
   const [pool, events, sink] = await Promise.all([startRedisPool(3, { maxmemory: MAXMEMORY }), startRedis({ maxmemory: EVENTS_MAXMEMORY }), startSmtpSink()]);
-  const smtpPort = await freePort();
-  const opsPort = await freePort();
-  const config = {
-    gateway: { id: 'soak', hostname: 'gw.soak.test', dataDir: join(dir, 'data') },
-    log: { level: 'warn', pretty: 'never' },
-    smtp: { listen: `127.0.0.1:${smtpPort}`, maxConnectionsPerClient: 200 },
-    submission: { listen: `127.0.0.1:${await freePort()}` },
-    pop3: { listen: `127.0.0.1:${await freePort()}` },
-    ops: { listen: `127.0.0.1:${opsPort}`, tokens: [TOKEN] },
-    redis: { nodes: pool.map((r) => r.url) },
-    cassandra: { contactPoints: [`127.0.0.1:${await freePort()}`] }, // nobody listens: no mailboxes
-    domains: { local: [], relay: [] }, // the load comes from loopback, a trusted network
-    routes: { '*.soak.test': `smtp://127.0.0.1:${sink.port}` },
-    queue: { historyBudget: HISTORY_BUDGET },
-    relay: { limits: { default: { connections: 20, messagesPerConnection: 100 } }, idleTimeout: '1s' }, // every domain is routed to the one sink: 20 connections to it, as Postfix's default
-    events: { redis: events.url, whenFull: WHEN_FULL },
-  };
-  writeFileSync(join(dir, 'gateway.yaml'), toYaml(config));
-  const logFile = join(dir, 'gateway.log');
-  const out = openSync(logFile, 'a');
-  const gw: ChildProcess = spawn(process.execPath, [join(ROOT, 'src/cli/main.ts'), 'start', '--config', join(dir, 'gateway.yaml')], { cwd: ROOT, stdio: ['ignore', out, out] });
-  closeSync(out);
+  const gateway = await startGatewayProcess('soak', {
+    poolUrls: pool.map((r) => r.url),
+    eventsUrl: events.url,
+    token: TOKEN,
+    config: {
+      routes: { '*.soak.test': `smtp://127.0.0.1:${sink.port}` },
+      queue: { historyBudget: HISTORY_BUDGET },
+      relay: { limits: { default: { connections: 20, messagesPerConnection: 100 } }, idleTimeout: '1s' }, // every domain is routed to the one sink: 20 connections to it, as Postfix's default
+      events: { redis: events.url, whenFull: WHEN_FULL },
+    },
+  });
+  const { gw, smtpPort, opsPort } = gateway;
   const api = async <T>(path: string): Promise<T> => (await fetch(`http://127.0.0.1:${opsPort}${path}`, { headers: { authorization: `Bearer ${TOKEN}` }, signal: AbortSignal.timeout(5000) })).json() as Promise<T>;
   const metric = async (name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(await (await fetch(`http://127.0.0.1:${opsPort}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text())?.[1] ?? 0);
-  await waitFor(async () => {
-    if (gw.exitCode !== null) throw new Error(`the gateway exited: ${readFileSync(logFile, 'utf8').slice(-500)}`);
-    return (await fetch(`http://127.0.0.1:${opsPort}/health`, { signal: AbortSignal.timeout(1000) }).catch(() => undefined))?.status === 200;
-  }, { timeout: 60_000, what: 'the gateway' });
 
   let worker: Worker | undefined;
   let workerConn: Redis | undefined;
@@ -195,11 +175,9 @@ async function run(consumer: boolean): Promise<boolean> {
   for (const [what, ok] of checks) console.log(`${ok ? 'PASS' : 'FAIL'}  ${what}`);
   await worker?.close();
   workerConn?.disconnect();
-  gw.kill('SIGTERM');
-  await new Promise((r) => (gw.exitCode !== null ? r(null) : gw.once('exit', r)));
+  await gateway.stop();
   await Promise.all([...pool, events].map((r: TestRedis) => r.stop()));
   await (sink as SmtpSink).close();
-  rmSync(dir, { recursive: true, force: true });
   return checks.every(([, ok]) => ok);
 }
 

@@ -5,6 +5,7 @@ import { servicesDown, servicesStatus, servicesUp, type ServiceStatus } from '..
 import { registerMailboxCommands } from './mailboxCommands.ts';
 import { registerQueueCommands } from './queueCommands.ts';
 import { registerSendmailCommand } from './sendmail.ts';
+import { registerTopCommand } from './top.ts';
 import { configOption, contextFrom, loggerFor } from './context.ts';
 
 /** Progress of `start` and `services up`: plain lines on standard error, beside the log. */
@@ -119,5 +120,6 @@ export function registerCommands(program: Command): void {
 
   registerMailboxCommands(program);
   registerQueueCommands(program);
+  registerTopCommand(program);
   registerSendmailCommand(program);
 }

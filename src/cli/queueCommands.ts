@@ -12,11 +12,17 @@ interface QueueRow {
   closed?: string;
 }
 
-async function call(opts: { config?: string; token?: string }, method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> {
+/** Where the configured gateway's ops API answers, and the token to give it. */
+export function opsTarget(opts: { config?: string; token?: string }): { base: string; token: string | undefined } {
   const { config } = contextFrom(opts);
   const host = config.ops.listen.host.includes(':') ? `[${config.ops.listen.host}]` : config.ops.listen.host;
-  const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${config.ops.listen.port}${path}`;
-  const token = opts.token ?? process.env.STREAMGATE_OPS_TOKEN;
+  return { base: `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${config.ops.listen.port}`, token: opts.token ?? process.env.STREAMGATE_OPS_TOKEN };
+}
+
+async function call(opts: { config?: string; token?: string }, method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> {
+  const target = opsTarget(opts);
+  const url = target.base + path;
+  const token = target.token;
   let res: Response;
   try {
     res = await fetch(url, {

@@ -15,7 +15,7 @@ import type { QueueManager } from '../queue/manager.ts';
 import { limitsFor } from '../relay/limits.ts';
 import type { Relay } from '../relay/relay.ts';
 import type { MemoryReport } from './memory.ts';
-import type { ReplyObservation } from './metrics.ts';
+import { notTaken, type ReplyObservation } from './metrics.ts';
 
 /** An hour of one-second points. */
 const POINTS = 3600;
@@ -248,8 +248,9 @@ export class LiveFeed {
           rate: s ? s.delivered.reduce((a, b) => a + b, 0) / RATE_WINDOW : 0,
           limit: limitsFor(config.relay.limits, q.domain, q.domain).ratePerSecond,
           reasons: [...reasons].sort((a, b) => b[1] - a[1]).slice(0, 3),
-          // why the relay takes nothing from it (suspended, window-closed, dead-destination)
-          blocked: blocked ? { reason: blocked.reason, until: Number.isFinite(blocked.until) ? blocked.until : null } : null,
+          // why the relay takes nothing from it (dead, operator, window; null: it does), and until when
+          notTaken: operator.has(q.domain) ? 'operator' : blocked ? notTaken(blocked.reason) : null,
+          until: blocked && Number.isFinite(blocked.until) ? blocked.until : null,
           suspendedBy: operator.get(q.domain) ?? null,
         };
       }),

@@ -9,11 +9,12 @@
 // events archive), so that one registry serves /metrics.
 import type { EventEmitter } from 'node:events';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import { registerLoopMetrics } from './loopStats.ts';
 import type { LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import { parseEntryId } from '../queue/records.ts';
 import type { Relay } from '../relay/relay.ts';
+import type { BlockReason } from '../relay/scheduler.ts';
+import { registerLoopMetrics } from './loopStats.ts';
 import type { MemoryReport } from './memory.ts';
 
 /** The label of destinations outside the top. */
@@ -85,6 +86,16 @@ export class DestinationLabels {
   }
 }
 
+/**
+ * Why the relay takes nothing from a queue, in the words of the metrics, the dashboard and
+ * `streamgate top`, from the relay's own word for its gate (the one place that maps them):
+ * dead (every MTA of the destination suspended as dead), operator (suspended by an operator),
+ * window (its delivery window is closed).
+ */
+export function notTaken(blockReason: BlockReason): 'dead' | 'operator' | 'window' {
+  return ({ 'dead-destination': 'dead', suspended: 'operator', 'window-closed': 'window' } as const)[blockReason];
+}
+
 export class GatewayMetrics {
   readonly registry = new Registry();
   readonly labels: DestinationLabels;
@@ -115,7 +126,7 @@ export class GatewayMetrics {
     this.residence = new Histogram({ name: 'streamgate_queue_residence_seconds', help: 'Time a message spent queued, whatever its end (delivered, bounced, expired, purged, withdrawn)', labelNames: ['queue', 'outcome'], buckets: [0.01, 0.1, 1, 10, 60, 300, 900, 3600, 14_400, 86_400, 432_000], registers: [r] });
     this.deferralReasons = new Counter({ name: 'streamgate_deferrals_total', help: 'Deferred recipients per destination and classified reason (config/bounces.txt categories)', labelNames: ['queue', 'category'], registers: [r] });
     this.labels.onDrop = (domain) => {
-      for (const m of [this.messages, this.attemptDuration, this.acceptToDelivery, this.residence, this.deferralReasons]) void removeMatching(m, domain);
+      for (const m of [this.messages, this.attemptDuration, this.acceptToDelivery, this.residence, this.deferralReasons]) removeMatching(m, domain).catch(() => {}); // a series left behind is harmless
     };
   }
 
@@ -226,12 +237,15 @@ export class GatewayMetrics {
   watchRelay(relay: Pick<Relay, 'status' | 'suspended'>): void {
     const dead = new Gauge({ name: 'streamgate_dead_destinations', help: 'Destination MTAs suspended as dead (consecutive connection failures; relay.deadDestination)', registers: [this.registry] });
     const gated = new Gauge({ name: 'streamgate_queues_not_taken', help: 'Destination queues the relay takes nothing from, by reason: dead (all their MTAs dead), operator (suspended), window (delivery window closed)', labelNames: ['reason'], registers: [this.registry] });
-    const WORD: Record<string, string> = { 'dead-destination': 'dead', suspended: 'operator', 'window-closed': 'window' };
     this.collectors.push(() => {
       const st = relay.status();
       dead.set(st.dead.length);
       const n: Record<string, number> = { dead: 0, operator: 0, window: 0 };
-      for (const d of st.domains) if (d.blocked) n[WORD[d.blocked.reason] ?? d.blocked.reason] = (n[WORD[d.blocked.reason] ?? d.blocked.reason] ?? 0) + 1;
+      for (const d of st.domains) {
+        if (!d.blocked) continue;
+        const why = notTaken(d.blocked.reason);
+        n[why] = (n[why] ?? 0) + 1;
+      }
       // an operator's suspend counts before the relay has looked at the queue again
       const gatedOp = new Set(st.domains.filter((d) => d.blocked?.reason === 'suspended').map((d) => d.domain));
       for (const s of relay.suspended()) if (!gatedOp.has(s.domain)) n.operator = (n.operator ?? 0) + 1;
@@ -259,7 +273,7 @@ export class GatewayMetrics {
     const trimmed = new Counter({ name: 'streamgate_history_trimmed_total', help: 'History events trimmed for the history budget', registers: [r] });
     const lost = new Counter({ name: 'streamgate_events_lost_total', help: 'Unsent (or unarchived) events trimmed from the history because history held by them reached its ceiling (mail is never refused for events)', registers: [r] });
     const archLag = new Gauge({ name: 'streamgate_archive_lag_events', help: 'History events written and not yet archived into Cassandra', registers: [r] });
-    const archLagSec = new Gauge({ name: 'streamgate_archive_lag_seconds', help: 'Time between the newest history event and the archive cursor (the worst queue)', registers: [r] });
+    const archLagSec = new Gauge({ name: 'streamgate_events_archive_lag_seconds', help: 'Time between the newest history event and the archive cursor (the worst queue)', registers: [r] });
     const archived = new Counter({ name: 'streamgate_archived_events_total', help: 'History events archived into Cassandra', registers: [r] });
     const dropped = new Counter({ name: 'streamgate_events_dropped_total', help: 'Undelivered event jobs dropped for the events budget (events.whenFull: drop)', registers: [r] });
     const paused = new Gauge({ name: 'streamgate_events_publishing_paused', help: '1 while events are not published (budget full with events.whenFull: stop, or the events Redis failing)', registers: [r] });

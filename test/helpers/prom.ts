@@ -22,3 +22,9 @@ export function sample(text: string, name: string, labels: Record<string, string
   }
   return undefined;
 }
+
+/** Every query of the provisioned Grafana dashboard (compose/grafana/dashboards). */
+export function grafanaExprs(): string[] {
+  const dash = JSON.parse(readFileSync(join(PROMETHEUS_DIR, '..', 'grafana', 'dashboards', 'streamgate.json'), 'utf8')) as { panels: { targets?: { expr: string }[] }[] };
+  return dash.panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr));
+}

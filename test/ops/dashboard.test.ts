@@ -9,7 +9,7 @@ import nodemailer from 'nodemailer';
 import type { Page } from 'puppeteer-core';
 import { startBrowser, type TestBrowser } from '../helpers/browser.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { waitFor } from '../helpers/waitFor.ts';
+import { freePort, waitFor } from '../helpers/waitFor.ts';
 
 const TOKEN = 'dashboard-token-0123456789';
 const D = 'remote.test';
@@ -35,7 +35,7 @@ describe('the dashboard page in a browser', () => {
   const cell = (domain: string, col: string) => text(`#dests tr[data-key="${domain}"] td[data-col="${col}"]`);
 
   before(async () => {
-    t = await startTestGateway('dash', { domain: 'dash.test', hostname: 'mx.dash.test', overrides: { ops: { tokens: [TOKEN] } } });
+    t = await startTestGateway('dash', { domain: 'dash.test', hostname: 'mx.dash.test', overrides: { ops: { listen: `127.0.0.1:${await freePort()}`, tokens: [TOKEN] } } });
     base = `http://127.0.0.1:${t.config.ops.listen.port}`;
     b = await startBrowser();
     page = await b.page();

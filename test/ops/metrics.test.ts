@@ -12,24 +12,29 @@ import { QueueManager } from '../../src/queue/manager.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
-import { alertRules, sample } from '../helpers/prom.ts';
-import { waitFor } from '../helpers/waitFor.ts';
+import { alertRules, grafanaExprs, sample } from '../helpers/prom.ts';
+import { freePort, waitFor } from '../helpers/waitFor.ts';
 
 const TOKEN = 'metrics-token-0123456789';
 
+const scrapeOf = async (t: TestGateway) => (await fetch(`http://127.0.0.1:${t.config.ops.listen.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+
+/** `n` messages over SMTP to remote.test (routed to the gateway's sink). */
+async function sendTo(t: TestGateway, n: number, tag: string): Promise<void> {
+  const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, secure: false, ignoreTLS: true });
+  try {
+    for (let i = 0; i < n; i++) await transport.sendMail({ envelope: { from: 'a@src.test', to: [`r${i}@remote.test`] }, raw: `Subject: ${tag} ${i}\r\n\r\nhello\r\n` });
+  } finally {
+    transport.close();
+  }
+}
+
 describe('metrics of a whole gateway', () => {
   let t: TestGateway;
-  const scrape = async () => (await fetch(`http://127.0.0.1:${t.config.ops.listen.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
-  const send = async (n: number, tag: string) => {
-    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, secure: false, ignoreTLS: true });
-    try {
-      for (let i = 0; i < n; i++) await transport.sendMail({ envelope: { from: 'a@src.test', to: [`r${i}@remote.test`] }, raw: `Subject: ${tag} ${i}\r\n\r\nhello\r\n` });
-    } finally {
-      transport.close();
-    }
-  };
+  const scrape = () => scrapeOf(t);
+  const send = (n: number, tag: string) => sendTo(t, n, tag);
   before(async () => {
-    t = await startTestGateway('metrics', { domain: 'metrics.test', hostname: 'mx.metrics.test', overrides: { ops: { tokens: [TOKEN] } } });
+    t = await startTestGateway('metrics', { domain: 'metrics.test', hostname: 'mx.metrics.test', overrides: { ops: { listen: `127.0.0.1:${await freePort()}`, tokens: [TOKEN] } } });
   });
   after(async () => await t?.stop());
 
@@ -48,10 +53,11 @@ describe('metrics of a whole gateway', () => {
     assert.equal(sample(text, 'streamgate_door_open'), 1);
     assert.equal(sample(text, 'streamgate_redis_node_memory_high_water_ratio'), 0.9);
     for (const r of t.pool) assert.equal(sample(text, 'streamgate_replicas_not_in_sync', { node: `127.0.0.1:${r.port}` }), 0);
-    // every metric the alert rules use is exported (the archive's lag comes from the events archive)
-    for (const rule of alertRules()) {
-      for (const [name] of rule.expr.matchAll(/streamgate_[a-z_]+/g)) {
-        if (name !== 'streamgate_events_archive_lag_seconds') assert.match(text, new RegExp(`^${name}[{ ]`, 'm'), `${rule.alert} uses ${name}`);
+    // every metric the alert rules and the Grafana dashboard use is exported
+    for (const [where, expr] of [...alertRules().map((r) => [r.alert, r.expr]), ...grafanaExprs().map((e) => ['grafana', e])] as [string, string][]) {
+      for (const [name] of expr.matchAll(/streamgate_[a-z_]+/g)) {
+        const declared = name.replace(/_bucket$/, '');
+        assert.ok(text.includes(`\n# TYPE ${declared} `), `${where} uses ${name}, not exported`);
       }
     }
     // every event handed to the events queue: no lag left
@@ -76,23 +82,27 @@ describe('metrics of a whole gateway', () => {
     await waitFor(async () => (sample(await scrape(), 'streamgate_smtp_reply_seconds_count', { listener: 'mx', class: '5xx' }) ?? 0) >= 1, { what: '5xx reply observed' });
   });
 
+
+  it('shows the publisher lag grow while the events Redis does not answer, and fall to 0 once it does', async () => {
+    t.eventsRedis.kill('SIGSTOP');
+    try {
+      await send(1, 'lag');
+      await waitFor(async () => (sample(await scrape(), 'streamgate_events_publisher_lag_seconds') ?? 0) >= 2, { timeout: 20_000, what: 'a lag of 2 s' });
+    } finally {
+      t.eventsRedis.kill('SIGCONT');
+    }
+    await waitFor(async () => sample(await scrape(), 'streamgate_events_publisher_lag_seconds') === 0, { timeout: 30_000, what: 'caught up' });
+  });
 });
 
 describe('metrics of the relay: dead destinations and suspended queues', () => {
   let t: TestGateway;
-  const scrape = async () => (await fetch(`http://127.0.0.1:${t.config.ops.listen.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
-  const send = async (n: number, tag: string) => {
-    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, secure: false, ignoreTLS: true });
-    try {
-      for (let i = 0; i < n; i++) await transport.sendMail({ envelope: { from: 'a@src.test', to: [`r${i}@remote.test`] }, raw: `Subject: ${tag} ${i}\r\n\r\nhello\r\n` });
-    } finally {
-      transport.close();
-    }
-  };
+  const scrape = () => scrapeOf(t);
+  const send = (n: number, tag: string) => sendTo(t, n, tag);
   before(async () => {
     t = await startTestGateway('metricsdead', {
       domain: 'metricsdead.test', hostname: 'mx.metricsdead.test',
-      overrides: { ops: { tokens: [TOKEN] }, relay: { retry: { schedule: ['1s'], jitter: 0 }, deadDestination: { failures: 2, suspend: '2s' } } },
+      overrides: { ops: { listen: `127.0.0.1:${await freePort()}`, tokens: [TOKEN] }, relay: { retry: { schedule: ['1s'], jitter: 0 }, deadDestination: { failures: 2, suspend: '2s' } } },
     });
   });
   after(async () => await t?.stop());
@@ -157,5 +167,17 @@ describe('metrics label sets at many destinations', () => {
     });
     const text = await (await fetch(`http://127.0.0.1:${ops.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
     assert.equal(sample(text, 'streamgate_test_extra'), 42);
+  });
+
+  it('shows the door closed and the replicas not in sync when both nodes are gone', async () => {
+    const scrape = async () => (await fetch(`http://127.0.0.1:${ops.port}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
+    assert.equal(sample(await scrape(), 'streamgate_door_open'), 1);
+    for (const r of pool) r.kill('SIGKILL');
+    const text = await waitFor(async () => {
+      const s = await scrape();
+      return sample(s, 'streamgate_door_open') === 0 ? s : undefined;
+    }, { timeout: 30_000, what: 'door closed' });
+    for (const n of qm.nodes) assert.ok((sample(text, 'streamgate_replicas_not_in_sync', { node: n.id }) ?? 0) > 0, n.id);
+    for (const n of qm.nodes) assert.equal(sample(text, 'streamgate_redis_node_up', { node: n.id }), 0);
   });
 });
