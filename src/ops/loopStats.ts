@@ -1,13 +1,14 @@
-// The gateway's own stalls: how late the event loop ran its timers (monitorEventLoopDelay) and how
+// The gateway's own stalls: how late the event loop ran a timer due every few milliseconds, and how
 // long garbage collection stopped it (PerformanceObserver 'gc'), over the interval since the last
-// read. A reply to a sending MTA can be no faster than the loop that writes it, so these figures are
+// read. The timer is our own rather than monitorEventLoopDelay's: resetting that histogram drops
+// the first sample after the reset, so a stall right after a read would go unseen. A reply to a sending MTA can be no faster than the loop that writes it, so these figures are
 // what explains a reply-latency percentile: the metrics export them, and `npm run bench:smtp` prints
 // them beside its percentiles.
-import { PerformanceObserver, monitorEventLoopDelay } from 'node:perf_hooks';
+import { PerformanceObserver, createHistogram } from 'node:perf_hooks';
 import { Gauge, type Registry } from 'prom-client';
 
 export interface LoopSnapshot {
-  /** Event-loop delay percentiles over the interval, milliseconds. */
+  /** Event-loop delay percentiles over the interval, milliseconds: how late a timer ran. */
   delay: { p50: number; p99: number; p999: number; max: number };
   /** GC pauses over the interval: how many, their sum and the longest, milliseconds. */
   gc: { count: number; totalMs: number; maxMs: number };
@@ -15,11 +16,14 @@ export interface LoopSnapshot {
   intervalMs: number;
 }
 
-/** Sampling period of the delay monitor (ms): a stall of this length or more is always seen. */
+/** Period of the probe timer (ms): a stall of this length or more is always seen. */
 const RESOLUTION_MS = 5;
 
 export class LoopStats {
-  private readonly delay = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
+  /** How late each probe ran, nanoseconds (at least 1: the histogram records positive integers). */
+  private readonly delay = createHistogram();
+  private probe: NodeJS.Timeout | undefined;
+  private last = 0;
   private readonly observer = new PerformanceObserver((list) => {
     for (const e of list.getEntries()) {
       this.gcCount++;
@@ -33,13 +37,19 @@ export class LoopStats {
   private since = performance.now();
 
   start(): this {
-    this.delay.enable();
+    this.last = performance.now();
+    this.probe = setInterval(() => {
+      const now = performance.now();
+      this.delay.record(Math.max(1, Math.round((now - this.last - RESOLUTION_MS) * 1e6)));
+      this.last = now;
+    }, RESOLUTION_MS);
+    this.probe.unref();
     this.observer.observe({ entryTypes: ['gc'] });
     return this;
   }
 
   stop(): void {
-    this.delay.disable();
+    clearInterval(this.probe);
     this.observer.disconnect();
   }
 
