@@ -85,7 +85,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
 
     // Ops HTTP API: dashboard, health, metrics, queues, message history, hold/release/purge/flush.
     const memory = memoryReport(config, queues, history, publisher, archive);
-    const ops = await startOps({ config, queues, relay, log, memory });
+    const ops = await startOps({ config, queues, relay, log, memory, ...(archive ? { story: (id: string) => archive.story(id) } : {}) });
     parts.push({ name: 'ops', stop: () => ops.stop() });
     log.info({ gateway: config.gateway.id, parts: parts.map((p) => p.name) }, 'gateway ready');
 

@@ -70,12 +70,14 @@ export function registerQueueCommands(program: Command): void {
     });
   queue
     .command('show')
-    .description("a message's state and history")
-    .argument('<domain>', 'destination domain (the queue)')
-    .argument('<id>', 'message id')
+    .description("a message's state and history, whatever its age: `show ID` (every queue it went to, from the event log's index) or `show DOMAIN ID` (one queue)")
+    .argument('<id-or-domain>', 'message id, or the destination domain followed by the message id')
+    .argument('[id]', 'message id, after a domain')
+    .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
     .addOption(configOption())
-    .action(async (domain: string, id: string, opts: { config?: string }) => {
-      console.log(JSON.stringify(await call(opts, 'GET', `/api/queues/${encodeURIComponent(domain)}/messages/${encodeURIComponent(id)}`), null, 2));
+    .action(async (first: string, second: string | undefined, opts: { config?: string; token?: string }) => {
+      const path = second === undefined ? `/api/messages/${encodeURIComponent(first)}` : `/api/queues/${encodeURIComponent(first)}/messages/${encodeURIComponent(second)}`;
+      console.log(JSON.stringify(await call(opts, 'GET', path), null, 2));
     });
   for (const verb of ['hold', 'release', 'purge'] as const) {
     queue

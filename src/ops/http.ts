@@ -18,6 +18,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
+import type { LifecycleEvent } from '../message/types.ts';
 import { QueueError } from '../queue/errors.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import type { Relay } from '../relay/relay.ts';
@@ -162,6 +163,8 @@ export interface OpsOptions {
   queues: QueueManager;
   /** For suspend / resume of a destination; without it those calls answer 503. */
   relay?: Pick<Relay, 'suspend' | 'resume' | 'suspended'>;
+  /** One message's story from the event log's index (events/archive.ts); without it /api/messages/:id answers 503. */
+  story?: (messageId: string) => Promise<LifecycleEvent[]>;
   /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
   memory?: () => MemoryReport;
   log: Logger;
@@ -268,30 +271,48 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     return { ...q.table(), depth: q.depth };
   });
 
+  const liveProps = { state: { type: 'string', enum: ['ready', 'deferred', 'held', 'inflight'] }, attempts: { type: 'integer' }, nextAttemptAt: { type: ['integer', 'null'] } } as const;
+  /** A message's answer: its id, where it is live (`live`), its events. */
+  const storySchema = <L extends object>(live: L) => ({ type: 'object', additionalProperties: false, properties: { id: { type: 'string' }, live, events: { type: 'array', items: eventRow } } }) as const;
+  const liveOf = (m: { state: string; attempts: number; nextAt: number }) => ({ state: ({ r: 'ready', d: 'deferred', h: 'held', f: 'inflight' } as Record<string, string>)[m.state]!, attempts: m.attempts, nextAttemptAt: m.nextAt || null });
   app.get<{ Params: { domain: string; id: string } }>('/api/queues/:domain/messages/:id',
     {
       schema: {
         summary: "A message's history and, while it is live, its state",
         params: msgParams,
         response: {
-          200: {
-            type: 'object',
-            additionalProperties: false,
-            properties: {
-              id: { type: 'string' },
-              live: { anyOf: [{ type: 'null' }, { type: 'object', additionalProperties: false, properties: { state: { type: 'string', enum: ['ready', 'deferred', 'held', 'inflight'] }, attempts: { type: 'integer' }, nextAttemptAt: { type: ['integer', 'null'] } } }] },
-              events: { type: 'array', items: eventRow },
-            },
-          },
+          200: storySchema({ anyOf: [{ type: 'null' }, { type: 'object', additionalProperties: false, properties: liveProps }] }),
           ...errors({ auth: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'] } }),
         },
       },
     }, async (req) => {
-    const events = await queues.history(req.params.domain, req.params.id);
+    const d = req.params.domain.toLowerCase();
+    const events = opts.story ? (await opts.story(req.params.id)).filter((e) => e.domain === d) : await queues.history(req.params.domain, req.params.id);
     const q = queues.view(req.params.domain);
     const m = q?.get(req.params.id);
     if (!events.length && !m) throw new QueueError('NOT_FOUND', `no message ${req.params.id} in queue ${req.params.domain}`);
-    return { id: req.params.id, live: m ? { state: { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' }[m.state], attempts: m.attempts, nextAttemptAt: m.nextAt || null } : null, events };
+    return { id: req.params.id, live: m ? liveOf(m) : null, events };
+  });
+
+  app.get<{ Params: { id: string } }>('/api/messages/:id',
+    {
+      schema: {
+        summary: "A message's story in every queue it went to, whatever its age: the event log's index (two lookups, no scan), and its state where it is live",
+        params: { type: 'object', properties: { id: msgParams.properties.id }, required: ['id'] },
+        response: {
+          200: storySchema({ type: 'array', items: { type: 'object', additionalProperties: false, properties: { domain: { type: 'string' }, ...liveProps } } }),
+          ...errors({ auth: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'], 503: ['SG_ERR_NO_EVENT_LOG'] } }),
+        },
+      },
+    }, async (req, reply) => {
+    if (!opts.story) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'the event log is off (events.archive: false): ask the queue, GET /api/queues/:domain/messages/:id');
+    const events = await opts.story(req.params.id);
+    const live = [...new Set(events.map((e) => e.domain))].flatMap((domain) => {
+      const m = queues.view(domain)?.get(req.params.id);
+      return m ? [{ domain, ...liveOf(m) }] : [];
+    });
+    if (!events.length) throw new QueueError('NOT_FOUND', `no message ${req.params.id} in the event log`);
+    return { id: req.params.id, live, events };
   });
 
   const action = { type: 'object', properties: { reason: { type: 'string', minLength: 1, maxLength: 500 }, actor: { type: 'string', minLength: 1, maxLength: 100 } }, required: ['reason'], additionalProperties: false } as const;

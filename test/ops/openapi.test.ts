@@ -53,7 +53,7 @@ describe('ops API: the OpenAPI document', () => {
     const config = testConfig({ redis: { nodes: pool.map((r) => r.url) }, ops: { listen: '127.0.0.1:0', tokens: [ADMIN, { token: READER, role: 'read' }] } });
     qm = new QueueManager(config, silentLogger, { gatewayId: 'gw-openapi' });
     await qm.start();
-    withRelay = await startOps({ config, queues: qm, relay: new Relay(qm, config, silentLogger), log: silentLogger, onRoute: (r) => routes.push(r) });
+    withRelay = await startOps({ config, queues: qm, relay: new Relay(qm, config, silentLogger), log: silentLogger, onRoute: (r) => routes.push(r), story: async (id) => (await qm.history(D, id)).map((e) => ({ ...e, queue: `gw-openapi:${D}`, domain: D, kind: e.kind as 'accepted', details: e.details as Record<string, unknown> })) });
     noRelay = await startOps({ config, queues: qm, log: silentLogger });
     for (let i = 0; i < 6; i++) await qm.append({ id: `oa${i}`, domain: D, envelope: { from: 'a@src.test', to: [`b${i}@${D}`] }, raw: Buffer.from('Subject: x\r\n\r\nhi\r\n') });
   });
@@ -92,11 +92,12 @@ describe('ops API: the OpenAPI document', () => {
       SG_ERR_BAD_HOST: (m, p) => call(P, m, fill(p), { host: 'evil.example', body: bodyFor(m, p) }),
       SG_ERR_UNAUTHORIZED: (m, p) => call(P, m, fill(p), { token: null, body: bodyFor(m, p) }),
       SG_ERR_FORBIDDEN: (m, p) => call(P, m, fill(p), { token: READER, body: bodyFor(m, p) }),
-      SG_ERR_BAD_REQUEST: (m, p) => call(P, m, p.replace('{domain}', 'bad_domain!').replace('{id}', 'oa0'), { body: bodyFor(m, p) }),
+      SG_ERR_BAD_REQUEST: (m, p) => call(P, m, p.includes('{domain}') ? p.replace('{domain}', 'bad_domain!').replace('{id}', 'oa0') : p.replace('{id}', 'bad%20id!'), { body: bodyFor(m, p) }),
       SG_ERR_NOT_FOUND: (m, p) => call(P, m, p.replace('{domain}', 'nowhere.test').replace('{id}', 'none'), { body: bodyFor(m, p) }),
       SG_ERR_BAD_INPUT: (m, p) => call(P, m, fill(p), { body: { reason: 'r', from: 'no-such-node' } }),
       SG_ERR_NO_RELAY: (m, p) => call(noRelay.port, m, fill(p), { body: { reason: 'r' } }),
       SG_ERR_NO_BUDGETS: (m, p) => call(noRelay.port, m, fill(p)), // an ops listener given no memory figures
+      SG_ERR_NO_EVENT_LOG: (m, p) => call(noRelay.port, m, fill(p)), // an ops listener given no event log
       SG_ERR_WRONG_STATE: async (m, p) => {
         if (p.endsWith('/resume')) return call(P, m, fill(p), { body: { reason: 'not suspended' } });
         if (p.endsWith('/hold')) {

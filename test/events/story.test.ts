@@ -1,0 +1,67 @@
+// One message's story whatever its age: `streamgate queue show ID` and GET /api/messages/:id read
+// the event log's index (message id -> its queues and events), so a message whose events Redis
+// trimmed long ago (queue.historyMaxLength 20 here) is still found, in every queue it went to.
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import nodemailer from 'nodemailer';
+import type { LifecycleEvent } from '../../src/message/types.ts';
+import { runCli } from '../helpers/cli.ts';
+import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
+import { waitFor } from '../helpers/waitFor.ts';
+
+const TOKEN = 'story-test-token-0123456789';
+
+describe('a message story from the event log', () => {
+  let t: TestGateway;
+  let file: string;
+  const accepted: LifecycleEvent[] = [];
+  before(async () => {
+    t = await startTestGateway('story', { domain: 'story.test', hostname: 'mx.story.test', overrides: { ops: { tokens: [TOKEN] }, queue: { historyMaxLength: 20 } } });
+    t.gw.queues.on('event', (ev: LifecycleEvent) => ev.kind === 'accepted' && accepted.push(ev));
+    file = join(mkdtempSync(join(tmpdir(), 'sg-story-')), 'c.yaml');
+    writeFileSync(file, `ops: { listen: "127.0.0.1:${t.config.ops.listen.port}", tokens: ["${TOKEN}"] }\n`);
+  });
+  after(async () => await t?.stop());
+
+  it('finds the first message after Redis trimmed its events, through the CLI and the API, and says when an id is unknown', async () => {
+    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, ignoreTLS: true });
+    try {
+      await transport.sendMail({ envelope: { from: 'a@src.test', to: ['r0@remote.test'] }, raw: 'Subject: first\r\n\r\nfirst\r\n' });
+      await waitFor(() => t.sink.messages.length === 1, { what: 'first delivered' });
+      for (let i = 1; i <= 15; i++) await transport.sendMail({ envelope: { from: 'a@src.test', to: [`r${i}@remote.test`] }, raw: `Subject: m${i}\r\n\r\nx\r\n` });
+      await waitFor(() => t.sink.messages.length === 16, { what: 'all delivered' });
+    } finally {
+      transport.close();
+    }
+    const first = accepted.find((e) => e.domain === 'remote.test')!;
+    const q = t.gw.queues.queues.get('remote.test')!;
+    const redis = t.pool.find((p) => q.replicas[0]!.node.is(new URL(p.url).host))!.client();
+    await t.gw.archive!.drain();
+    await waitFor(async () => (await redis.xlen(q.keys[1])) <= 20, { what: 'history cut to queue.historyMaxLength' });
+    const inRedis = (await redis.xrange(q.keys[1], '-', '+')) as [string, string[]][];
+    assert.ok(!inRedis.some(([, f]) => f.includes(first.messageId)), 'the first message is no longer in Redis');
+
+    const shown = await runCli(['queue', 'show', first.messageId, '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
+    assert.equal(shown.status, 0, shown.stderr);
+    const story = JSON.parse(shown.stdout) as { id: string; live: unknown[]; events: LifecycleEvent[] };
+    assert.equal(story.id, first.messageId);
+    assert.deepEqual(story.events.map((e) => [e.domain, e.kind]), [['remote.test', 'accepted'], ['remote.test', 'attempted'], ['remote.test', 'delivered']]);
+    assert.equal(story.events[0]!.id, first.id);
+    assert.deepEqual(story.live, []);
+
+    const res = await fetch(`http://127.0.0.1:${t.config.ops.listen.port}/api/messages/${first.messageId}`, { headers: { authorization: `Bearer ${TOKEN}` } });
+    assert.equal(res.status, 200);
+    assert.deepEqual(((await res.json()) as typeof story).events, story.events);
+    // the queue's own route answers from the index too
+    const perQueue = await runCli(['queue', 'show', 'remote.test', first.messageId, '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
+    assert.equal(perQueue.status, 0, perQueue.stderr);
+    assert.deepEqual((JSON.parse(perQueue.stdout) as typeof story).events.map((e) => e.kind), ['accepted', 'attempted', 'delivered']);
+
+    const unknown = await runCli(['queue', 'show', 'NO-SUCH-MESSAGE', '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
+    assert.equal(unknown.status, 1);
+    assert.match(unknown.stderr, /SG_ERR_NOT_FOUND: no message NO-SUCH-MESSAGE in the event log/);
+  });
+});
