@@ -10,7 +10,7 @@ import nodemailer from 'nodemailer';
 import type { LifecycleEvent } from '../../src/message/types.ts';
 import { runCli } from '../helpers/cli.ts';
 import { startTestGateway, type TestGateway } from '../helpers/gateway.ts';
-import { waitFor } from '../helpers/waitFor.ts';
+import { freePort, waitFor } from '../helpers/waitFor.ts';
 
 const TOKEN = 'story-test-token-0123456789';
 
@@ -19,7 +19,7 @@ describe('a message story from the event log', () => {
   let file: string;
   const accepted: LifecycleEvent[] = [];
   before(async () => {
-    t = await startTestGateway('story', { domain: 'story.test', hostname: 'mx.story.test', overrides: { ops: { tokens: [TOKEN] }, queue: { historyMaxLength: 20 } } });
+    t = await startTestGateway('story', { domain: 'story.test', hostname: 'mx.story.test', overrides: { ops: { listen: `127.0.0.1:${await freePort()}`, tokens: [TOKEN] }, queue: { historyMaxLength: 20 } } });
     t.gw.queues.on('event', (ev: LifecycleEvent) => ev.kind === 'accepted' && accepted.push(ev));
     file = join(mkdtempSync(join(tmpdir(), 'sg-story-')), 'c.yaml');
     writeFileSync(file, `ops: { listen: "127.0.0.1:${t.config.ops.listen.port}", tokens: ["${TOKEN}"] }\n`);
