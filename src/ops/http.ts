@@ -178,15 +178,21 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   // removeAdditional off: a body with a property the schema does not name is a 400, not trimmed
   const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), ajv: { customOptions: { removeAdditional: false } } });
   const registry = metricsRegistry(queues, opts.memory) as Registry & { collectQueues(): void };
-  const tokens = config.ops.tokens.map((t) => ({ key: Buffer.from(t.token), role: t.role }));
+  const tokens = config.ops.tokens.map((t, i) => ({ key: Buffer.from(t.token), role: t.role, name: t.name ?? `token${i + 1}` }));
   const open = new Set(['/', ...config.ops.open.map((name) => `/${name}`)]);
   const hosts = new Set(['localhost', config.gateway.hostname.toLowerCase(), ...config.ops.hosts.map((h) => h.toLowerCase())]);
 
-  /** The role of the request's bearer token, if it carries a known one. */
-  const roleOf = (req: FastifyRequest): 'read' | 'admin' | undefined => {
+  /** The request's bearer token, if it carries a known one. */
+  const tokenOf = (req: FastifyRequest) => {
     const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
     const given = m ? Buffer.from(m[1]!) : undefined;
-    return given && tokens.find((t) => t.key.length === given.length && timingSafeEqual(t.key, given))?.role;
+    return given && tokens.find((t) => t.key.length === given.length && timingSafeEqual(t.key, given));
+  };
+  /** Who did an admin action, for its event: the token's name, and the person the caller names. */
+  const who = (req: FastifyRequest) => {
+    const token = tokenOf(req)?.name ?? 'open';
+    const named = (req.body as { actor?: unknown } | undefined)?.actor;
+    return { actor: typeof named === 'string' ? named : token, token };
   };
 
   app.addHook('onRequest', async (req, reply) => {
@@ -196,7 +202,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     }
     const path = req.url.split('?')[0]!;
     if (req.method === 'GET' && open.has(path)) return undefined;
-    const role = roleOf(req);
+    const role = tokenOf(req)?.role;
     if (!role) {
       return fail(reply, 401, 'SG_ERR_UNAUTHORIZED', tokens.length ? 'expected "Authorization: Bearer <token>" with a token from ops.tokens' : 'no ops.tokens are configured: the API is closed');
     }
@@ -331,8 +337,8 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
         },
       },
       async (req) => {
-        const actor = req.body.actor ?? 'ops-api';
-        await queues[verb](req.params.domain, req.params.id, actor, req.body.reason);
+        const { actor, token } = who(req);
+        await queues[verb](req.params.domain, req.params.id, actor, req.body.reason, { token });
         log.info({ verb, queue: req.params.domain, messageId: req.params.id, actor, reason: req.body.reason }, 'admin action');
         return { ok: true, verb, id: req.params.id };
       },
@@ -342,8 +348,9 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   app.post<{ Params: { domain: string } }>('/api/queues/:domain/flush', { schema: { summary: 'Make every deferred message of the queue due now', params: domainParam, response: { 200: okSchema({ flushed: { type: 'integer' } }), ...errors({ auth: true, write: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'] } }) } } }, async (req) => {
     const q = queues.view(req.params.domain);
     if (!q) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
-    const flushed = q.flush();
-    log.info({ verb: 'flush', queue: q.domain, flushed }, 'admin action');
+    const { actor, token } = who(req);
+    const flushed = await queues.flush(q.domain, actor, 'flush', { token });
+    log.info({ verb: 'flush', queue: q.domain, flushed, actor }, 'admin action');
     return { ok: true, verb: 'flush', flushed };
   });
 
@@ -361,7 +368,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
       },
     },
     async (req) => {
-      const actor = req.body.actor ?? 'ops-api';
+      const { actor } = who(req);
       const r = await queues.forceRecover(req.params.domain, req.body.from, actor, req.body.reason);
       log.warn({ verb: 'recover', queue: req.params.domain, from: req.body.from, actor, reason: req.body.reason, ...r }, 'admin action');
       return { ok: true, verb: 'recover', ...r };
@@ -390,10 +397,12 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
       },
       async (req, reply) => {
         if (!opts.relay) return fail(reply, 503, 'SG_ERR_NO_RELAY', 'this gateway runs no relay');
-        const actor = req.body.actor ?? 'ops-api';
+        const { actor, token } = who(req);
         const domain = req.params.domain.toLowerCase();
         if (verb === 'suspend') opts.relay.suspend(domain, actor, req.body.reason);
         else if (!opts.relay.resume(domain, actor, req.body.reason)) return fail(reply, 409, 'SG_ERR_WRONG_STATE', `${domain} is not suspended`);
+        // the queue's history says so (a destination without a queue yet has no history)
+        if (queues.view(domain)) await queues.mark(domain, verb === 'suspend' ? 'suspended' : 'resumed', { actor, token, reason: req.body.reason, before: { suspended: verb !== 'suspend' }, after: { suspended: verb === 'suspend' } });
         log.info({ verb, queue: domain, actor, reason: req.body.reason }, 'admin action');
         return { ok: true, verb, domain };
       },

@@ -514,14 +514,22 @@ export class QueueManager extends EventEmitter {
   defer(domain: string, msgId: string, nextAt: number, details?: Record<string, unknown>, remaining?: string[]): Promise<number> {
     return this.must(domain).defer(msgId, nextAt, details, remaining);
   }
-  hold(domain: string, msgId: string, actor: string, reason: string): Promise<void> {
-    return this.must(domain).hold(msgId, actor, reason);
+  // Operators' actions: each one an event with actor, reason (and `extra`, such as the token's name) and the state before and after.
+  hold(domain: string, msgId: string, actor: string, reason: string, extra?: Record<string, unknown>): Promise<void> {
+    return this.must(domain).hold(msgId, actor, reason, extra);
   }
-  release(domain: string, msgId: string, actor: string, reason: string): Promise<void> {
-    return this.must(domain).release(msgId, actor, reason);
+  release(domain: string, msgId: string, actor: string, reason: string, extra?: Record<string, unknown>): Promise<void> {
+    return this.must(domain).release(msgId, actor, reason, extra);
   }
-  purge(domain: string, msgId: string, actor: string, reason: string): Promise<void> {
-    return this.must(domain).purge(msgId, actor, reason);
+  purge(domain: string, msgId: string, actor: string, reason: string, extra?: Record<string, unknown>): Promise<void> {
+    return this.must(domain).purge(msgId, actor, reason, extra);
+  }
+  flush(domain: string, actor: string, reason: string, extra?: Record<string, unknown>): Promise<number> {
+    return this.must(domain).flushBy(actor, reason, extra);
+  }
+  /** A queue-level event (suspended, resumed, ...) in the queue's history. */
+  mark(domain: string, kind: LifecycleEvent['kind'], details: Record<string, unknown>): Promise<void> {
+    return this.must(domain).mark(kind, details);
   }
 
   /** What the relay, ops and events see of one queue; undefined when there is none. */

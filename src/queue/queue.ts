@@ -80,6 +80,7 @@ type ReadyItem = [ms: number, seq: number, msg: MemMsg, gen: number];
 type TimerItem = [nextAt: number, msg: MemMsg, gen: number];
 
 const COUNTER: Record<MsgState, keyof Depth> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
+const STATE_NAME: Record<MsgState, string> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
 const WITHDRAW_RETRY_MS = 1000;
 
 export class Queue extends EventEmitter implements QueueView {
@@ -552,20 +553,21 @@ export class Queue extends EventEmitter implements QueueView {
     return m.attempts;
   }
 
-  async hold(msgId: string, actor: string, reason: string): Promise<void> {
-    await this.setHold(msgId, 'held', actor, reason);
+  async hold(msgId: string, actor: string, reason: string, extra: Record<string, unknown> = {}): Promise<void> {
+    await this.setHold(msgId, 'held', { actor, reason, ...extra });
   }
 
-  async release(msgId: string, actor: string, reason: string): Promise<void> {
-    await this.setHold(msgId, 'released', actor, reason);
+  async release(msgId: string, actor: string, reason: string, extra: Record<string, unknown> = {}): Promise<void> {
+    await this.setHold(msgId, 'released', { actor, reason, ...extra });
     this.emit('ready');
   }
 
-  private async setHold(msgId: string, kind: 'held' | 'released', actor: string, reason: string): Promise<void> {
+  /** An operator's action on one message, in its event: actor, reason, and its state before and after. */
+  private async setHold(msgId: string, kind: 'held' | 'released', who: Record<string, unknown>): Promise<void> {
     const m = this.need(msgId);
     const now = this.settings.now();
     const histId = this.histIds.next(now);
-    const details = { actor, reason };
+    const details = { ...who, before: STATE_NAME[m.state], after: kind === 'held' ? 'held' : 'ready' };
     const { res } = await this.write('other', 'holdMessage', now, histId, () => [msgId, kind, JSON.stringify(details)], [msgId]);
     const txn = this.check(res, msgId);
     if (kind === 'released') m.nextAt = 0;
@@ -573,8 +575,18 @@ export class Queue extends EventEmitter implements QueueView {
     this.event(kind, msgId, histId, txn, details);
   }
 
-  async purge(msgId: string, actor: string, reason: string): Promise<void> {
-    await this.settle(msgId, 'purged', { actor, reason });
+  async purge(msgId: string, actor: string, reason: string, extra: Record<string, unknown> = {}): Promise<void> {
+    const m = this.need(msgId);
+    await this.settle(msgId, 'purged', { actor, reason, ...extra, before: STATE_NAME[m.state], after: 'purged' });
+  }
+
+  /** An operator's flush: every deferred message due now, recorded as a queue-level `flushed` event. */
+  async flushBy(actor: string, reason: string, extra: Record<string, unknown> = {}): Promise<number> {
+    const before = { ready: this.depth.ready, deferred: this.depth.deferred };
+    const flushed = this.flush();
+    // deferred messages made due stay deferred in Redis until taken: "after" counts them as ready
+    await this.mark('flushed', { actor, reason, ...extra, flushed, before, after: { ready: before.ready + flushed, deferred: before.deferred - flushed } });
+    return flushed;
   }
 
   /** A queue-level event (a forced recovery), with its actor and reason, in the history. */
