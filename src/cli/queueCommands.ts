@@ -94,6 +94,18 @@ export function registerQueueCommands(program: Command): void {
         console.log(`${verb}: ${domain} ${id}`);
       });
   }
+  queue
+    .command('unpurge')
+    .description('put a purged message back into its queue, under its id, within queue.purgeGrace (recorded with actor and reason)')
+    .argument('<id>', 'message id')
+    .requiredOption('-r, --reason <text>', 'why (kept in the message history)')
+    .option('--actor <name>', 'who (default: $USER)')
+    .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+    .addOption(configOption())
+    .action(async (id: string, opts: { config?: string; reason: string; actor?: string; token?: string }) => {
+      const r = (await call(opts, 'POST', `/api/messages/${encodeURIComponent(id)}/unpurge`, { reason: opts.reason, actor: opts.actor ?? process.env.USER ?? 'cli' })) as { domain: string };
+      console.log(`unpurge: ${r.domain} ${id}`);
+    });
   for (const verb of ['suspend', 'resume'] as const) {
     queue
       .command(verb)

@@ -250,6 +250,10 @@ export const configSchema = z
         // beyond it the oldest events across queues are trimmed (never past the events cursor)
         historyBudget: z.number().gt(0).max(1).default(0.15),
         historyMaxLength: z.number().int().positive().default(100000), // events kept per queue history stream
+        // a purged message's body is kept this long (in Cassandra, with the event log) so that
+        // `streamgate queue unpurge ID` can put it back; after it, the body is gone and the event
+        // stays. "0s": a purge drops the body at once. Needs events.archive
+        purgeGrace: duration('7d'),
       })
       .prefault({}),
     relay: z

@@ -18,6 +18,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
+import type { PurgeVault } from '../events/purgeVault.ts';
 import type { LifecycleEvent } from '../message/types.ts';
 import { QueueError } from '../queue/errors.ts';
 import type { QueueManager } from '../queue/manager.ts';
@@ -165,6 +166,8 @@ export interface OpsOptions {
   relay?: Pick<Relay, 'suspend' | 'resume' | 'suspended'>;
   /** One message's story from the event log's index (events/archive.ts); without it /api/messages/:id answers 503. */
   story?: (messageId: string) => Promise<LifecycleEvent[]>;
+  /** Purges that keep the body for queue.purgeGrace, and unpurge; without it a purge drops the body and unpurge answers 503. */
+  vault?: Pick<PurgeVault, 'purge' | 'unpurge'>;
   /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
   memory?: () => MemoryReport;
   log: Logger;
@@ -338,12 +341,35 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
       },
       async (req) => {
         const { actor, token } = who(req);
-        await queues[verb](req.params.domain, req.params.id, actor, req.body.reason, { token });
+        if (verb === 'purge' && opts.vault) await opts.vault.purge(req.params.domain, req.params.id, actor, req.body.reason, { token });
+        else await queues[verb](req.params.domain, req.params.id, actor, req.body.reason, { token });
         log.info({ verb, queue: req.params.domain, messageId: req.params.id, actor, reason: req.body.reason }, 'admin action');
         return { ok: true, verb, id: req.params.id };
       },
     );
   }
+
+  app.post<{ Params: { id: string }; Body: { reason: string; actor?: string } }>(
+    '/api/messages/:id/unpurge',
+    {
+      schema: {
+        summary: 'Put a purged message back into its queue, under its id, within queue.purgeGrace',
+        params: { type: 'object', properties: { id: msgParams.properties.id }, required: ['id'] },
+        body: action,
+        response: {
+          200: okSchema({ id: { type: 'string' }, domain: { type: 'string' } }),
+          ...errors({ auth: true, write: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'], 503: ['SG_ERR_NO_EVENT_LOG'] } }),
+        },
+      },
+    },
+    async (req, reply) => {
+      if (!opts.vault) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'purges are not kept: the event log is off (events.archive: false) or queue.purgeGrace is 0s');
+      const { actor, token } = who(req);
+      const domain = await opts.vault.unpurge(req.params.id, actor, req.body.reason, { token });
+      log.info({ verb: 'unpurge', queue: domain, messageId: req.params.id, actor, reason: req.body.reason }, 'admin action');
+      return { ok: true, verb: 'unpurge', id: req.params.id, domain };
+    },
+  );
 
   app.post<{ Params: { domain: string } }>('/api/queues/:domain/flush', { schema: { summary: 'Make every deferred message of the queue due now', params: domainParam, response: { 200: okSchema({ flushed: { type: 'integer' } }), ...errors({ auth: true, write: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'] } }) } } }, async (req) => {
     const q = queues.view(req.params.domain);

@@ -527,9 +527,9 @@ export class QueueManager extends EventEmitter {
   flush(domain: string, actor: string, reason: string, extra?: Record<string, unknown>): Promise<number> {
     return this.must(domain).flushBy(actor, reason, extra);
   }
-  /** A queue-level event (suspended, resumed, ...) in the queue's history. */
-  mark(domain: string, kind: LifecycleEvent['kind'], details: Record<string, unknown>): Promise<void> {
-    return this.must(domain).mark(kind, details);
+  /** A queue-level event (suspended, resumed, ...), or one about `msgId` that changes nothing (unpurged), in the queue's history. */
+  mark(domain: string, kind: LifecycleEvent['kind'], details: Record<string, unknown>, msgId = ''): Promise<void> {
+    return this.must(domain).mark(kind, details, msgId);
   }
 
   /** What the relay, ops and events see of one queue; undefined when there is none. */

@@ -80,6 +80,7 @@ type ReadyItem = [ms: number, seq: number, msg: MemMsg, gen: number];
 type TimerItem = [nextAt: number, msg: MemMsg, gen: number];
 
 const COUNTER: Record<MsgState, keyof Depth> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
+const decodeStateMaybe = (s: string | null) => (s ? decodeState(s) : undefined);
 const STATE_NAME: Record<MsgState, string> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
 const WITHDRAW_RETRY_MS = 1000;
 
@@ -590,11 +591,28 @@ export class Queue extends EventEmitter implements QueueView {
   }
 
   /** A queue-level event (a forced recovery), with its actor and reason, in the history. */
-  async mark(kind: LifecycleKind, details: Record<string, unknown>): Promise<void> {
+  async mark(kind: LifecycleKind, details: Record<string, unknown>, msgId = ''): Promise<void> {
     const now = this.settings.now();
     const histId = this.histIds.next(now);
-    const { res } = await this.write('other', 'markQueue', now, histId, () => [kind, JSON.stringify(details)], []);
-    this.event(kind, '', histId, Number(res[1]), details);
+    const { res } = await this.write('other', 'markQueue', now, histId, () => [kind, JSON.stringify(details), ...(msgId ? [msgId] : [])], []);
+    this.event(kind, msgId, histId, Number(res[1]), details);
+  }
+
+  /** A live message as stored: envelope, body, metadata and accept time (from an in-sync replica). */
+  async peek(msgId: string): Promise<{ envelope: { from: string; to: string[] }; raw: Buffer; meta: Record<string, unknown>; acceptedAt: number } | undefined> {
+    const m = this.msgs.get(msgId);
+    const r = this.set.inSync().find((x) => x.node.up);
+    if (!m || !r) return undefined;
+    const [entry] = (await r.node.reads.xrangeBuffer(this.keys[0], m.entryId, m.entryId)) as [Buffer, Buffer[]][];
+    if (!entry) return undefined;
+    const f = liveFields(entry[1]);
+    const remaining = decodeStateMaybe(await r.node.reads.hget(this.keys[3], msgId))?.r;
+    return {
+      envelope: { from: f.get('f')?.toString() ?? '', to: remaining ?? (JSON.parse(f.get('r')?.toString() ?? '[]') as string[]) },
+      raw: f.get('raw') ?? Buffer.alloc(0),
+      meta: JSON.parse(f.get('meta')?.toString() ?? '{}') as Record<string, unknown>,
+      acceptedAt: Number(f.get('a')?.toString() ?? 0),
+    };
   }
 
   /**

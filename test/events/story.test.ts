@@ -64,4 +64,42 @@ describe('a message story from the event log', () => {
     assert.equal(unknown.status, 1);
     assert.match(unknown.stderr, /SG_ERR_NOT_FOUND: no message NO-SUCH-MESSAGE in the event log/);
   });
+
+  it('undoes a purge within queue.purgeGrace through the CLI: the message is back under its id with its body, and every step is in its story', async () => {
+    t.sink.answer('later@remote.test', { code: 451, text: '4.7.1 try later' });
+    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, ignoreTLS: true });
+    try {
+      await transport.sendMail({ envelope: { from: 'a@src.test', to: ['later@remote.test'] }, raw: 'Subject: keep me\r\n\r\nbody to keep\r\n' });
+    } finally {
+      transport.close();
+    }
+    const ev = accepted.at(-1)!;
+    const q = t.gw.queues.queues.get('remote.test')!;
+    await waitFor(() => q.get(ev.messageId)?.state === 'd', { what: 'deferred' });
+    const before = (await q.peek(ev.messageId))!;
+    const purged = await runCli(['queue', 'purge', 'remote.test', ev.messageId, '--reason', 'looked like spam', '--actor', 'carol', '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
+    assert.equal(purged.status, 0, purged.stderr);
+    assert.equal(q.get(ev.messageId), undefined, 'purged');
+    const back = await runCli(['queue', 'unpurge', ev.messageId, '--reason', 'it was not', '--actor', 'carol', '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
+    assert.equal(back.status, 0, back.stderr);
+    assert.equal(back.stdout.trim(), `unpurge: remote.test ${ev.messageId}`);
+    const after = await q.peek(ev.messageId);
+    assert.ok(after, 'live again');
+    assert.deepEqual(after.raw, before.raw);
+    assert.deepEqual(after.envelope, before.envelope);
+    const shown = JSON.parse((await runCli(['queue', 'show', ev.messageId, '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN })).stdout) as { events: LifecycleEvent[]; live: { domain: string }[] };
+    const kinds = shown.events.map((e) => e.kind);
+    const since = kinds.slice(kinds.indexOf('purged'));
+    assert.deepEqual(since.slice(0, 2), ['purged', 'accepted'], kinds.join(' '));
+    assert.ok(since.includes('unpurged'), kinds.join(' ')); // the relay may take it again in between
+    const p = shown.events.find((e) => e.kind === 'purged')!.details;
+    assert.equal(p.actor, 'carol');
+    assert.equal(p.before, 'deferred');
+    assert.ok(Number(p.undoUntil) > Date.now() + 6 * 86_400_000, 'undo possible for queue.purgeGrace (7d)');
+    assert.deepEqual(shown.live.map((l) => l.domain), ['remote.test']);
+    // once undone it is gone from the vault: a second unpurge is refused
+    const again = await runCli(['queue', 'unpurge', ev.messageId, '--reason', 'twice', '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
+    assert.equal(again.status, 1);
+    assert.match(again.stderr, /SG_ERR_NOT_FOUND: no purged message/);
+  });
 });
