@@ -106,6 +106,26 @@ export function registerQueueCommands(program: Command): void {
       const r = (await call(opts, 'POST', `/api/messages/${encodeURIComponent(id)}/unpurge`, { reason: opts.reason, actor: opts.actor ?? process.env.USER ?? 'cli' })) as { domain: string };
       console.log(`unpurge: ${r.domain} ${id}`);
     });
+  queue
+    .command('rebuild-state')
+    .description("rebuild a queue's state from its events alone; --check compares it with the live state and prints the differences (exit 1 when there are any)")
+    .argument('<domain>', 'destination domain (the queue)')
+    .option('--check', 'compare only (the one mode there is: the state is not written)')
+    .option('--json', 'print JSON')
+    .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+    .addOption(configOption())
+    .action(async (domain: string, opts: { config?: string; token?: string; check?: boolean; json?: boolean }) => {
+      if (!opts.check) throw Object.assign(new Error('queue rebuild-state: only --check is built: the live state is compared, never written'), { exitCode: 2 });
+      const r = (await call(opts, 'GET', `/api/queues/${encodeURIComponent(domain)}/rebuild-check`)) as { events: number; rebuilt: number; live: number; counters: { rebuilt: Record<string, number>; live: Record<string, number> }; differences: { id: string; rebuilt: unknown; live: unknown }[] };
+      if (opts.json) console.log(JSON.stringify(r, null, 2));
+      else {
+        console.log(`${domain}: ${r.events} events folded, ${r.rebuilt} messages rebuilt, ${r.live} live`);
+        for (const k of Object.keys(r.counters.live)) if (r.counters.live[k] !== r.counters.rebuilt[k]) console.log(`counter ${k}: rebuilt ${r.counters.rebuilt[k]}, live ${r.counters.live[k]}`);
+        for (const x of r.differences) console.log(`${x.id}: rebuilt ${JSON.stringify(x.rebuilt)}, live ${JSON.stringify(x.live)}`);
+        console.log(r.differences.length ? `-- ${r.differences.length} differences` : '-- identical');
+      }
+      if (r.differences.length || JSON.stringify(r.counters.live) !== JSON.stringify(r.counters.rebuilt)) process.exitCode = 1;
+    });
   for (const verb of ['suspend', 'resume'] as const) {
     queue
       .command(verb)

@@ -18,6 +18,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
+import type { RebuildCheck } from '../events/projection.ts';
 import type { PurgeVault } from '../events/purgeVault.ts';
 import type { LifecycleEvent } from '../message/types.ts';
 import { QueueError } from '../queue/errors.ts';
@@ -168,6 +169,8 @@ export interface OpsOptions {
   story?: (messageId: string) => Promise<LifecycleEvent[]>;
   /** Purges that keep the body for queue.purgeGrace, and unpurge; without it a purge drops the body and unpurge answers 503. */
   vault?: Pick<PurgeVault, 'purge' | 'unpurge'>;
+  /** Rebuilds a queue's projection from the event log and compares it with the live one; without it the check answers 503. */
+  rebuildCheck?: (domain: string) => Promise<RebuildCheck>;
   /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
   memory?: () => MemoryReport;
   log: Logger;
@@ -368,6 +371,22 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
       const domain = await opts.vault.unpurge(req.params.id, actor, req.body.reason, { token });
       log.info({ verb: 'unpurge', queue: domain, messageId: req.params.id, actor, reason: req.body.reason }, 'admin action');
       return { ok: true, verb: 'unpurge', id: req.params.id, domain };
+    },
+  );
+
+  app.get<{ Params: { domain: string } }>(
+    '/api/queues/:domain/rebuild-check',
+    {
+      schema: {
+        summary: "Rebuilds the queue's projection (state, attempts and next attempt of every live message, counters) from its events alone and lists where it differs from the live one",
+        params: domainParam,
+        response: { 200: { type: 'object', additionalProperties: true }, ...errors({ auth: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'], 503: ['SG_ERR_NO_EVENT_LOG'] } }) },
+      },
+    },
+    async (req, reply) => {
+      if (!queues.view(req.params.domain)) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
+      if (!opts.rebuildCheck) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'the event log is off (events.archive: false): the events before the trimmed ones are gone');
+      return opts.rebuildCheck(req.params.domain);
     },
   );
 

@@ -19,7 +19,7 @@ import { provenSource, type ReplicaView } from './proof.ts';
 import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
 import type { Owner } from './replicas.ts';
 import { runScript } from './scripts.ts';
-import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, parseEntryId, type HistoryEntry, type MetaRecord } from './records.ts';
+import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, parseEntryId, type HistoryEntry, type MetaRecord, type StateRecord } from './records.ts';
 
 export type { HistoryEntry } from './records.ts';
 
@@ -589,6 +589,24 @@ export class QueueManager extends EventEmitter {
     if (up < (this.config.queue.writeConcern === 'all' ? 2 : 1)) return false;
     for (const q of this.queues.values()) if (!q.appendable) return false;
     return true;
+  }
+
+  /** Every live message's state record of a queue, from an in-sync replica's state hash (HSCAN, in blocks). */
+  async *liveStates(domain: string): AsyncGenerator<[string, StateRecord]> {
+    const c = this.readerNode(domain).reads;
+    const key = this.must(domain).keys[3];
+    let cursor = '0';
+    do {
+      const [next, flat] = await c.hscan(key, cursor, 'COUNT', 1000);
+      for (let i = 0; i + 1 < flat.length; i += 2) yield [flat[i]!, decodeState(flat[i + 1]!)];
+      cursor = next;
+    } while (cursor !== '0');
+  }
+
+  /** The counters the queue scripts keep (meta hash): live messages per state. */
+  async counters(domain: string): Promise<Record<string, number>> {
+    const v = await this.readerNode(domain).reads.hmget(this.must(domain).keys[2], 'ready', 'deferred', 'held', 'inflight');
+    return { ready: Number(v[0] ?? 0), deferred: Number(v[1] ?? 0), held: Number(v[2] ?? 0), inflight: Number(v[3] ?? 0) };
   }
 
   /** A history entry of `domain`'s queue as the lifecycle event it is. */
