@@ -172,7 +172,7 @@ describe('the event log (events.archive)', () => {
     }
   });
 
-  it(`${(JUDGE_MESSAGES * 3).toLocaleString('en')} events through a queue with historyMaxLength 1,000: each archived exactly once, the first message's story found, the publisher loses none`, async () => {
+  it(`${(JUDGE_MESSAGES * 3).toLocaleString('en')} events through a queue with historyMaxLength 1,000: each archived exactly once, the first message's story found, the publisher loses none, replay from a time re-publishes exactly the events after it`, async () => {
     const path = new EventPath(config, events, 'arch-events-2');
     await path.start();
     try {
@@ -196,6 +196,26 @@ describe('the event log (events.archive)', () => {
       assert.equal(counts.wait, total, 'every event published as a job');
       for (const id of [mine[0]!, mine[Math.floor(total / 2)]!, mine.at(-1)!]) assert.ok(await path.bull.getJob(id), `job ${id}`);
       console.log(`# ${total} events through the queue, published and archived in ${ms} ms (${Math.round((total * 1000) / ms)} events/s)`);
+      // replay from a time: exactly the events from it on, with their ids, into a queue of the operator's choosing
+      const from = mine[Math.floor(total * 0.7)]!.split('/').pop()!.split('-')[0]!;
+      const expected = mine.filter((id) => Number(id.split('/').pop()!.split('-')[0]) >= Number(from));
+      const file = join(mkdtempSync(join(tmpdir(), 'sg-replay-')), 'c.yaml');
+      writeFileSync(file, `gateway: { id: gw-arch }\nevents: { redis: "${events.url}" }\ncassandra: { contactPoints: ["${proxy.address}"], keyspace: ${keyspace} }\n`);
+      const replayed = await runCli(['events', 'replay', '--since', new Date(Number(from)).toISOString(), '--domain', domain, '--queue', 'replayed', '--config', file]);
+      assert.equal(replayed.status, 0, replayed.stderr);
+      assert.match(replayed.stdout, new RegExp(`^judge\\.test: ${expected.length} events re-published$`, 'm'));
+      const rq = new BullQueue('replayed', { connection: path.conn });
+      try {
+        const jobs = await rq.getJobs(['wait'], 0, -1, true);
+        assert.deepEqual(jobs.map((j) => j.id), expected, 'exactly the events after the time, in order, with their ids');
+        const first = jobs[0]!.data as LifecycleEvent;
+        assert.deepEqual(first, (await path.archive.story(first.messageId)).find((e) => e.id === expected[0]), 'the archived event as it was');
+      } finally {
+        await rq.close();
+      }
+      const badSince = await runCli(['events', 'replay', '--since', 'yesterday', '--config', file]);
+      assert.equal(badSince.status, 2);
+      assert.match(badSince.stderr, /--since: expected a time like "2026-11-29T10:00Z" or a duration ago like "24h", got "yesterday"/);
     } finally {
       await path.stop();
     }
