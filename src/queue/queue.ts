@@ -207,12 +207,15 @@ export class Queue extends EventEmitter implements QueueView {
     const entryIds: string[] = [];
     const notBefore: number[] = [];
     const args: Arg[] = [this.settings.maxLength, batch.length];
+    const details: Record<string, unknown>[] = [];
     for (const { msg } of batch) {
       const entryId = this.entryIds.next(now);
       const nb = msg.notBefore && msg.notBefore > now ? msg.notBefore : 0;
       entryIds.push(entryId);
       notBefore.push(nb);
-      args.push(entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), JSON.stringify(msg.meta ?? {}), msg.raw, nb);
+      const d = { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}) };
+      details.push(d);
+      args.push(entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), JSON.stringify(msg.meta ?? {}), msg.raw, nb, JSON.stringify(d));
     }
     const ids = batch.map((b) => b.msg.id);
     let res: unknown[];
@@ -239,7 +242,7 @@ export class Queue extends EventEmitter implements QueueView {
       // A copy the caller will be told to retry is never dispatched: staged until withdrawn.
       if (staged || failure) this.staged.add(msg.id);
       this.track({ id: msg.id, entryId, ms, seq, state: nb ? 'd' : 'r', attempts: 0, nextAt: nb, bytes: msg.raw.length, gen: 0 });
-      this.event('accepted', msg.id, `${hms}-${hseq + k++}`, txn, { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}) });
+      this.event('accepted', msg.id, `${hms}-${hseq + k++}`, txn, details[i]!);
       appended += msg.raw.length;
       if (failure) this.withdraw(msg.id, { reason: 'stored on fewer replicas than the write concern' });
       return failure ?? { entryId, duplicate: false };

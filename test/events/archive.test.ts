@@ -167,6 +167,10 @@ describe('the event log (events.archive)', () => {
       const story = await path.archive.story('a-0');
       assert.deepEqual(story.map((e) => e.kind), ['accepted', 'attempted', 'delivered']);
       assert.equal(story[2]!.details.reply, '250 ok');
+      // the log has each event as consumers got it live (the accepted one with its envelope and size)
+      const live = path.emitted.filter((e) => e.messageId === 'a-0');
+      assert.deepEqual(story, live.map((e) => ({ ...e, at: story.find((x) => x.id === e.id)!.at })));
+      assert.deepEqual(story[0]!.details.envelope, { from: 's@src.test', to: ['r@outage.test'] });
     } finally {
       await path.stop();
     }
