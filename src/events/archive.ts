@@ -91,6 +91,7 @@ export class HistoryArchive extends EventEmitter {
   }
 
   start(): void {
+    this.stopped = false;
     this.queues.on('event', this.onEvent);
     for (const d of this.queues.domains()) this.dirty.add(d);
     this.ticker = setInterval(() => {

@@ -617,7 +617,8 @@ export class QueueManager extends EventEmitter {
 
   /** Events of a queue's history after `afterId` (exclusive), oldest first, at most `count`. */
   async historySince(domain: string, afterId: string | undefined, count: number): Promise<HistoryEntry[]> {
-    const rows = (await this.readerNode(domain).client.xrange(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
+    // on the read connection: a block of events never waits behind the queue's writes, nor they behind it
+    const rows = (await this.readerNode(domain).reads.xrange(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
     return rows.map(decodeHistory);
   }
 
