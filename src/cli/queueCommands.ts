@@ -53,10 +53,23 @@ export function registerQueueCommands(program: Command): void {
   const queue = program.command('queue').description("the running gateway's queues, through its ops API");
   queue
     .command('list')
-    .description('depth and replica state of every destination queue (like mailq)')
+    .description('depth and replica state of every destination queue (like mailq); --at TIME: what was waiting where then, and why, from the event log')
     .addOption(configOption())
     .option('--json', 'print JSON')
-    .action(async (opts: { config?: string; json?: boolean }) => {
+    .option('--at <time>', 'a past moment (ISO 8601, e.g. 2026-11-29T10:00Z)')
+    .action(async (opts: { config?: string; json?: boolean; at?: string }) => {
+      if (opts.at !== undefined) {
+        const past = (await call(opts, 'GET', `/api/queues?at=${encodeURIComponent(opts.at)}`)) as { at: number; totals: { queues: number; ready: number; deferred: number; held: number; inflight: number }; queues: { domain: string; depth: Record<string, number>; messages: { id: string; s: string; a: number; n: number; last: { kind: string; at: number; reason?: string } }[] }[] };
+        if (opts.json) return console.log(JSON.stringify(past, null, 2));
+        const names: Record<string, string> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
+        console.log(`-- as at ${new Date(past.at).toISOString()}, from the event log`);
+        for (const q of past.queues) {
+          console.log(`${q.domain}: ${q.depth.ready} ready, ${q.depth.deferred} deferred, ${q.depth.held} held, ${q.depth.inflight} in flight`);
+          for (const m of q.messages) console.log(`  ${m.id} ${names[m.s]} attempts ${m.a}${m.n ? ` next ${new Date(m.n).toISOString()}` : ''} since ${new Date(m.last.at).toISOString()} (${m.last.kind}${m.last.reason ? `: ${m.last.reason}` : ''})`);
+        }
+        const t = past.totals;
+        return console.log(`-- ${t.queues} queues, ${t.ready + t.deferred + t.held + t.inflight} messages`);
+      }
       const r = (await call(opts, 'GET', '/api/queues')) as { totals: QueueRow['depth'] & { queues: number }; queues: QueueRow[] };
       if (opts.json) return console.log(JSON.stringify(r, null, 2));
       console.log(['QUEUE'.padEnd(30), 'READY'.padStart(8), 'DEFER'.padStart(8), 'HELD'.padStart(6), 'FLIGHT'.padStart(7), 'OLDEST'.padStart(8), '  STATUS   REPLICAS'].join(' '));
@@ -74,9 +87,12 @@ export function registerQueueCommands(program: Command): void {
     .argument('<id-or-domain>', 'message id, or the destination domain followed by the message id')
     .argument('[id]', 'message id, after a domain')
     .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+    .option('--at <time>', 'as it stood at a past moment (ISO 8601), from the event log (with `show ID`)')
     .addOption(configOption())
-    .action(async (first: string, second: string | undefined, opts: { config?: string; token?: string }) => {
-      const path = second === undefined ? `/api/messages/${encodeURIComponent(first)}` : `/api/queues/${encodeURIComponent(first)}/messages/${encodeURIComponent(second)}`;
+    .action(async (first: string, second: string | undefined, opts: { config?: string; token?: string; at?: string }) => {
+      if (second !== undefined && opts.at !== undefined) throw Object.assign(new Error('queue show: --at goes with `show ID` (the event log), not with `show DOMAIN ID`'), { exitCode: 2 });
+      const at = opts.at === undefined ? '' : `?at=${encodeURIComponent(opts.at)}`;
+      const path = second === undefined ? `/api/messages/${encodeURIComponent(first)}${at}` : `/api/queues/${encodeURIComponent(first)}/messages/${encodeURIComponent(second)}`;
       console.log(JSON.stringify(await call(opts, 'GET', path), null, 2));
     });
   for (const verb of ['hold', 'release', 'purge'] as const) {

@@ -84,3 +84,55 @@ export async function rebuildCheck(queues: QueueManager, archive: HistoryArchive
 }
 
 const pick = (st: StateRecord): Projected => ({ s: st.s, a: st.a, n: st.n });
+
+/** One message as it stood at a moment: its state then, and the event that put it there. */
+export interface MessageAt extends Projected {
+  id: string;
+  /** The last event of the message up to the moment: its kind, time and reason (when it has one). */
+  last: { kind: string; at: number; reason?: string };
+}
+
+export interface QueueAt {
+  domain: string;
+  depth: Record<'ready' | 'deferred' | 'held' | 'inflight', number>;
+  messages: MessageAt[];
+}
+
+/**
+ * Time travel: what was waiting where at `at` (ms), and why, folded from the log (the event log,
+ * then the history in Redis after the archive cursor), for every queue of the gateway or one.
+ * Reads each queue's log from its first event up to the moment.
+ */
+export async function queuesAt(queues: QueueManager, archive: HistoryArchive, at: number, only?: string): Promise<QueueAt[]> {
+  const domains = new Set([...(await archive.log.archivedQueues()), ...queues.domains()]);
+  const out: QueueAt[] = [];
+  for (const d of [...domains].sort()) {
+    if (only && d !== only.toLowerCase()) continue;
+    const view = new Map<string, Projected>();
+    const last = new Map<string, MessageAt['last']>();
+    const take = (ev: Pick<LifecycleEvent, 'kind' | 'messageId' | 'details' | 'at'>) => {
+      apply(view, ev);
+      if (view.has(ev.messageId)) last.set(ev.messageId, { kind: ev.kind, at: ev.at, ...(typeof ev.details.reason === 'string' ? { reason: ev.details.reason } : typeof ev.details.reply === 'string' ? { reason: ev.details.reply } : {}) });
+      else last.delete(ev.messageId);
+    };
+    const cursor = archive.cursorOf(d);
+    for await (const ev of archive.eventsOf(d, 0, at + 1)) if (!cursor || compareIds(histIdOf(ev.id), cursor) <= 0) take(ev);
+    if (queues.view(d)) {
+      for (let after = cursor; ; ) {
+        const rows = await queues.historySince(d, after, 2000);
+        const upTo = rows.filter((r) => parseEntryId(r.histId)[0] <= at);
+        for (const r of upTo) take({ kind: r.kind as LifecycleEvent['kind'], messageId: r.messageId, details: r.details, at: r.at });
+        if (upTo.length < rows.length || !rows.length) break;
+        after = rows[rows.length - 1]!.histId;
+      }
+    }
+    const depth = { ready: 0, deferred: 0, held: 0, inflight: 0 };
+    const messages: MessageAt[] = [];
+    for (const [id, p] of view) {
+      depth[COUNTER[p.s]]++;
+      messages.push({ id, ...p, last: last.get(id)! });
+    }
+    if (messages.length) out.push({ domain: d, depth, messages });
+  }
+  return out;
+}

@@ -18,7 +18,7 @@ import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
-import type { RebuildCheck } from '../events/projection.ts';
+import { apply, type Projected, type QueueAt, type RebuildCheck } from '../events/projection.ts';
 import type { PurgeVault } from '../events/purgeVault.ts';
 import type { LifecycleEvent } from '../message/types.ts';
 import { QueueError } from '../queue/errors.ts';
@@ -171,6 +171,8 @@ export interface OpsOptions {
   vault?: Pick<PurgeVault, 'purge' | 'unpurge'>;
   /** Rebuilds a queue's projection from the event log and compares it with the live one; without it the check answers 503. */
   rebuildCheck?: (domain: string) => Promise<RebuildCheck>;
+  /** Time travel: the queues as they stood at a moment, from the event log; without it ?at= answers 503. */
+  queuesAt?: (at: number, domain?: string) => Promise<QueueAt[]>;
   /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
   memory?: () => MemoryReport;
   log: Logger;
@@ -272,7 +274,33 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
 
   app.get('/api/openapi.json', { schema: { summary: 'This document', response: { 200: { description: 'OpenAPI 3.1', type: 'object', additionalProperties: true }, ...errors({ auth: true }) } } }, async () => app.swagger());
 
-  app.get('/api/queues', { schema: { summary: 'Every queue with its table and depth, and the totals', response: { 200: { type: 'object', additionalProperties: false, properties: { totals: { type: 'object', additionalProperties: true }, queues: { type: 'array', items: queueSchema } } }, ...errors({ auth: true }) } } }, async () => ({ totals: queues.totals(), queues: [...queues.views()].map((q) => ({ ...q.table(), depth: q.depth })) }));
+  const atQuery = { type: 'object', properties: { at: { type: 'string', description: 'a past moment (ISO 8601, e.g. 2026-11-29T10:00Z): the answer is folded from the event log as it stood then' } }, additionalProperties: false } as const;
+  /** The moment of ?at=, or undefined; a 400 names what came when it is no time. */
+  const momentOf = (at: string | undefined): number | undefined => {
+    if (at === undefined) return undefined;
+    const t = /^\d{4}-\d{2}-\d{2}/.test(at) ? Date.parse(at) : NaN;
+    if (Number.isNaN(t)) throw Object.assign(new Error(`querystring/at: expected a time like "2026-11-29T10:00Z", got ${JSON.stringify(at)}`), { validation: true });
+    return t;
+  };
+  app.get<{ Querystring: { at?: string } }>(
+    '/api/queues',
+    {
+      schema: {
+        summary: 'Every queue with its table and depth, and the totals; with ?at=, what was waiting where at that moment, and why (time travel, from the event log)',
+        querystring: atQuery,
+        response: { 200: { type: 'object', additionalProperties: false, properties: { at: { type: 'integer' }, totals: { type: 'object', additionalProperties: true }, queues: { type: 'array', items: queueSchema } } }, ...errors({ auth: true, input: true, extra: { 503: ['SG_ERR_NO_EVENT_LOG'] } }) },
+      },
+    },
+    async (req, reply) => {
+      const at = momentOf(req.query.at);
+      if (at === undefined) return { totals: queues.totals(), queues: [...queues.views()].map((q) => ({ ...q.table(), depth: q.depth })) };
+      if (!opts.queuesAt) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'the event log is off (events.archive: false): no past to travel to');
+      const past = await opts.queuesAt(at);
+      const totals = { queues: past.length, ready: 0, deferred: 0, held: 0, inflight: 0 };
+      for (const q of past) for (const k of ['ready', 'deferred', 'held', 'inflight'] as const) totals[k] += q.depth[k];
+      return { at, totals, queues: past };
+    },
+  );
 
   const domainParam = { type: 'object', properties: { domain: { type: 'string', pattern: '^[A-Za-z0-9.-]{1,253}$' } }, required: ['domain'] } as const;
   const msgParams = { type: 'object', properties: { domain: domainParam.properties.domain, id: { type: 'string', pattern: MESSAGE_ID.source } }, required: ['domain', 'id'] } as const;
@@ -306,11 +334,12 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     return { id: req.params.id, live: m ? liveOf(m) : null, events };
   });
 
-  app.get<{ Params: { id: string } }>('/api/messages/:id',
+  app.get<{ Params: { id: string }; Querystring: { at?: string } }>('/api/messages/:id',
     {
       schema: {
         summary: "A message's story in every queue it went to, whatever its age: the event log's index (two lookups, no scan), and its state where it is live",
         params: { type: 'object', properties: { id: msgParams.properties.id }, required: ['id'] },
+        querystring: atQuery,
         response: {
           200: storySchema({ type: 'array', items: { type: 'object', additionalProperties: false, properties: { domain: { type: 'string' }, ...liveProps } } }),
           ...errors({ auth: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'], 503: ['SG_ERR_NO_EVENT_LOG'] } }),
@@ -318,8 +347,16 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
       },
     }, async (req, reply) => {
     if (!opts.story) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'the event log is off (events.archive: false): ask the queue, GET /api/queues/:domain/messages/:id');
-    const events = await opts.story(req.params.id);
+    const at = momentOf(req.query.at);
+    const events = (await opts.story(req.params.id)).filter((e) => at === undefined || e.at <= at);
     const live = [...new Set(events.map((e) => e.domain))].flatMap((domain) => {
+      if (at !== undefined) {
+        // as it stood then: its events up to the moment, folded
+        const view = new Map<string, Projected>();
+        for (const e of events) if (e.domain === domain) apply(view, e);
+        const p = view.get(req.params.id);
+        return p ? [{ domain, ...liveOf({ state: p.s, attempts: p.a, nextAt: p.n }) }] : [];
+      }
       const m = queues.view(domain)?.get(req.params.id);
       return m ? [{ domain, ...liveOf(m) }] : [];
     });

@@ -102,4 +102,47 @@ describe('a message story from the event log', () => {
     assert.equal(again.status, 1);
     assert.match(again.stderr, /SG_ERR_NOT_FOUND: no purged message/);
   });
+
+  it('answers queue list --at and queue show --at from the log, as a recorded timeline says', async () => {
+    const seen: LifecycleEvent[] = [];
+    t.gw.queues.on('event', (ev: LifecycleEvent) => seen.push(ev));
+    const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, ignoreTLS: true });
+    try {
+      await transport.sendMail({ envelope: { from: 'a@src.test', to: ['later@remote.test'] }, raw: 'Subject: timeline\r\n\r\nx\r\n' });
+    } finally {
+      transport.close();
+    }
+    const id = accepted.at(-1)!.messageId;
+    const deferred = await waitFor(() => seen.find((e) => e.messageId === id && e.kind === 'deferred'), { what: 'deferred' });
+    const ops = (args: string[]) => runCli([...args, '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
+    assert.equal((await ops(['queue', 'hold', 'remote.test', id, '--reason', 'check the sender'])).status, 0);
+    const held = seen.find((e) => e.messageId === id && e.kind === 'held')!;
+    assert.equal((await ops(['queue', 'purge', 'remote.test', id, '--reason', 'gone'])).status, 0);
+    const purged = seen.find((e) => e.messageId === id && e.kind === 'purged')!;
+    await t.gw.archive!.drain();
+    type Past = { queues: { domain: string; messages: { id: string; s: string; a: number; n: number; last: { kind: string; at: number; reason?: string } }[] }[] };
+    const at = async (ms: number) => {
+      const r = await ops(['queue', 'list', '--at', new Date(ms).toISOString(), '--json']);
+      assert.equal(r.status, 0, r.stderr);
+      return (JSON.parse(r.stdout) as Past).queues.find((q) => q.domain === 'remote.test')?.messages.find((m) => m.id === id);
+    };
+    const acceptedMs = Number(accepted.at(-1)!.id.split('/').pop()!.split('-')[0]);
+    assert.equal(await at(acceptedMs - 1), undefined, 'before it came');
+    const d = (await at(deferred.at))!;
+    assert.deepEqual([d.s, d.a, d.n, d.last.kind, d.last.reason], ['d', 1, deferred.details.nextAt, 'deferred', deferred.details.reply]);
+    const h = (await at(held.at))!;
+    assert.equal(h.s, 'h');
+    assert.deepEqual([h.last.kind, h.last.reason], ['held', 'check the sender']);
+    assert.equal(await at(purged.at), undefined, 'purged by then');
+    const text = await ops(['queue', 'list', '--at', new Date(held.at).toISOString()]);
+    assert.match(text.stdout, new RegExp(`^  ${id} held attempts \\d+ .*since .* \\(held: check the sender\\)$`, 'm'));
+    const shown = await ops(['queue', 'show', id, '--at', new Date(held.at).toISOString()]);
+    assert.equal(shown.status, 0, shown.stderr);
+    const story = JSON.parse(shown.stdout) as { live: { domain: string; state: string }[]; events: LifecycleEvent[] };
+    assert.deepEqual(story.live.map((l) => [l.domain, l.state]), [['remote.test', 'held']]);
+    assert.equal(story.events.at(-1)!.kind, 'held');
+    const bad = await ops(['queue', 'list', '--at', 'noon']);
+    assert.equal(bad.status, 2);
+    assert.match(bad.stderr, /expected a time like "2026-11-29T10:00Z", got "noon"/);
+  });
 });

@@ -102,12 +102,12 @@ describe('ops API: the OpenAPI document', () => {
       SG_ERR_BAD_HOST: (m, p) => call(P, m, fill(p), { host: 'evil.example', body: bodyFor(m, p) }),
       SG_ERR_UNAUTHORIZED: (m, p) => call(P, m, fill(p), { token: null, body: bodyFor(m, p) }),
       SG_ERR_FORBIDDEN: (m, p) => call(P, m, fill(p), { token: READER, body: bodyFor(m, p) }),
-      SG_ERR_BAD_REQUEST: (m, p) => call(P, m, p.includes('{domain}') ? p.replace('{domain}', 'bad_domain!').replace('{id}', 'oa0') : p.replace('{id}', 'bad%20id!'), { body: bodyFor(m, p) }),
+      SG_ERR_BAD_REQUEST: (m, p) => call(P, m, p.includes('{domain}') ? p.replace('{domain}', 'bad_domain!').replace('{id}', 'oa0') : p.includes('{id}') ? p.replace('{id}', 'bad%20id!') : `${p}?at=soon`, { body: bodyFor(m, p) }),
       SG_ERR_NOT_FOUND: (m, p) => call(P, m, p.replace('{domain}', 'nowhere.test').replace('{id}', 'none'), { body: bodyFor(m, p) }),
       SG_ERR_BAD_INPUT: (m, p) => call(P, m, fill(p), { body: { reason: 'r', from: 'no-such-node' } }),
       SG_ERR_NO_RELAY: (m, p) => call(noRelay.port, m, fill(p), { body: { reason: 'r' } }),
       SG_ERR_NO_BUDGETS: (m, p) => call(noRelay.port, m, fill(p)), // an ops listener given no memory figures
-      SG_ERR_NO_EVENT_LOG: (m, p) => call(noRelay.port, m, fill(p), { body: bodyFor(m, p) }), // an ops listener given no event log
+      SG_ERR_NO_EVENT_LOG: (m, p) => call(noRelay.port, m, p === '/api/queues' ? `${p}?at=2026-11-29T10:00Z` : fill(p), { body: bodyFor(m, p) }), // an ops listener given no event log
       SG_ERR_WRONG_STATE: async (m, p) => {
         if (p.endsWith('/resume')) return call(P, m, fill(p), { body: { reason: 'not suspended' } });
         if (p.endsWith('/hold')) {
