@@ -5,9 +5,10 @@
 
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
   ARGV: 1-6 as in includes/queueWrite.lua, 7 maximum live length of the queue, 8 count n,
-        then n groups of 7: entry id ("ms-seq", caller-chosen, increasing), message id,
-        envelope sender, recipients (JSON array), metadata (JSON object, kept in the entry and
-        in the `accepted` event), raw message, first attempt time ms (0 = ready now)
+        then n groups of 8: entry id ("ms-seq", caller-chosen, increasing), message id,
+        envelope sender, recipients (JSON array), metadata (JSON object, kept in the entry),
+        raw message, first attempt time ms (0 = ready now), the `accepted` event's details (JSON
+        object: the envelope, the size and the metadata, as consumers and the event log get them)
   Returns: { 0, txn, code1, entryId1, code2, entryId2, ... } with per message
              code 0  appended
              code 1  already queued under that message id (entryId is the existing one)
@@ -31,7 +32,7 @@ local c = { r = tonumber(m[1]) or 0, d = tonumber(m[2]) or 0, h = tonumber(m[3])
 local bytes, appended, oldest = tonumber(m[5]) or 0, tonumber(m[6]) or 0, m[7]
 local out = { 0, txn }
 for i = 0, n - 1 do
-  local b = 9 + i * 7
+  local b = 9 + i * 8
   local entryId, msgId = ARGV[b], ARGV[b + 1]
   local existing = redis.call('HGET', KEYS[4], msgId)
   if existing then
@@ -50,12 +51,12 @@ for i = 0, n - 1 do
     bytes = bytes + #raw
     appended = appended + 1
     if not oldest then oldest = entryId end
-    addEvent(KEYS[2], nextHistId(), ARGV[4], 'accepted', msgId, txn, ARGV[2], ARGV[b + 4])
+    addEvent(KEYS[2], nextHistId(), ARGV[4], 'accepted', msgId, txn, ARGV[2], ARGV[b + 7])
     out[#out + 1] = 0
     out[#out + 1] = entryId
   end
 end
-redis.call('HSET', KEYS[3], 'lastEntry', ARGV[9 + (n - 1) * 7])
+redis.call('HSET', KEYS[3], 'lastEntry', ARGV[9 + (n - 1) * 8])
 if oldest then
   redis.call('HSET', KEYS[3], 'ready', c.r, 'deferred', c.d, 'bytes', bytes, 'appended', appended, 'oldest', oldest)
 end

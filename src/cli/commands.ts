@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import type { Config } from '../config/schema.ts';
 import { servicesDown, servicesStatus, servicesUp, type ServiceStatus } from '../services/index.ts';
+import { registerEventsCommands } from './eventsCommands.ts';
 import { registerMailboxCommands } from './mailboxCommands.ts';
 import { registerQueueCommands } from './queueCommands.ts';
 import { registerSendmailCommand } from './sendmail.ts';
@@ -121,5 +122,6 @@ export function registerCommands(program: Command): void {
   registerMailboxCommands(program);
   registerQueueCommands(program);
   registerTopCommand(program);
+  registerEventsCommands(program);
   registerSendmailCommand(program);
 }

@@ -12,7 +12,7 @@ import { MailStore } from '../mailbox/store.ts';
 import { hashPassword } from '../message/password.ts';
 import { configOption, contextFrom, EXIT_USAGE } from './context.ts';
 
-class UsageError extends Error {
+export class UsageError extends Error {
   readonly exitCode = EXIT_USAGE;
 }
 
@@ -25,7 +25,7 @@ function address(text: string): string {
 }
 
 /** The store for one command; logs go to stderr at warn and above, so stdout carries the answer. */
-async function withStore<T>(config: Config, fn: (store: MailStore) => Promise<T>, opts: { autoSchema?: boolean } = {}): Promise<T> {
+export async function withStore<T>(config: Config, fn: (store: MailStore) => Promise<T>, opts: { autoSchema?: boolean } = {}): Promise<T> {
   const log = createLogger({ level: config.log.level === 'silent' ? 'silent' : 'warn', pretty: 'never', destination: process.stderr });
   const store = new MailStore(config, log, { autoSchema: opts.autoSchema ?? true });
   try {

@@ -59,10 +59,23 @@ export function registerQueueCommands(program: Command): void {
   const queue = program.command('queue').description("the running gateway's queues, through its ops API");
   queue
     .command('list')
-    .description('depth and replica state of every destination queue (like mailq)')
+    .description('depth and replica state of every destination queue (like mailq); --at TIME: what was waiting where then, and why, from the event log')
     .addOption(configOption())
     .option('--json', 'print JSON')
-    .action(async (opts: { config?: string; json?: boolean }) => {
+    .option('--at <time>', 'a past moment (ISO 8601, e.g. 2026-11-29T10:00Z)')
+    .action(async (opts: { config?: string; json?: boolean; at?: string }) => {
+      if (opts.at !== undefined) {
+        const past = (await call(opts, 'GET', `/api/queues?at=${encodeURIComponent(opts.at)}`)) as { at: number; totals: { queues: number; ready: number; deferred: number; held: number; inflight: number }; queues: { domain: string; depth: Record<string, number>; messages: { id: string; s: string; a: number; n: number; last: { kind: string; at: number; reason?: string } }[] }[] };
+        if (opts.json) return console.log(JSON.stringify(past, null, 2));
+        const names: Record<string, string> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
+        console.log(`-- as at ${new Date(past.at).toISOString()}, from the event log`);
+        for (const q of past.queues) {
+          console.log(`${q.domain}: ${q.depth.ready} ready, ${q.depth.deferred} deferred, ${q.depth.held} held, ${q.depth.inflight} in flight`);
+          for (const m of q.messages) console.log(`  ${m.id} ${names[m.s]} attempts ${m.a}${m.n ? ` next ${new Date(m.n).toISOString()}` : ''} since ${new Date(m.last.at).toISOString()} (${m.last.kind}${m.last.reason ? `: ${m.last.reason}` : ''})`);
+        }
+        const t = past.totals;
+        return console.log(`-- ${t.queues} queues, ${t.ready + t.deferred + t.held + t.inflight} messages`);
+      }
       const r = (await call(opts, 'GET', '/api/queues')) as { totals: QueueRow['depth'] & { queues: number }; queues: QueueRow[] };
       if (opts.json) return console.log(JSON.stringify(r, null, 2));
       console.log(['QUEUE'.padEnd(30), 'READY'.padStart(8), 'DEFER'.padStart(8), 'HELD'.padStart(6), 'FLIGHT'.padStart(7), 'OLDEST'.padStart(8), '  STATUS   REPLICAS'].join(' '));
@@ -76,12 +89,17 @@ export function registerQueueCommands(program: Command): void {
     });
   queue
     .command('show')
-    .description("a message's state and history")
-    .argument('<domain>', 'destination domain (the queue)')
-    .argument('<id>', 'message id')
+    .description("a message's state and history, whatever its age: `show ID` (every queue it went to, from the event log's index) or `show DOMAIN ID` (one queue)")
+    .argument('<id-or-domain>', 'message id, or the destination domain followed by the message id')
+    .argument('[id]', 'message id, after a domain')
+    .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+    .option('--at <time>', 'as it stood at a past moment (ISO 8601), from the event log (with `show ID`)')
     .addOption(configOption())
-    .action(async (domain: string, id: string, opts: { config?: string }) => {
-      console.log(JSON.stringify(await call(opts, 'GET', `/api/queues/${encodeURIComponent(domain)}/messages/${encodeURIComponent(id)}`), null, 2));
+    .action(async (first: string, second: string | undefined, opts: { config?: string; token?: string; at?: string }) => {
+      if (second !== undefined && opts.at !== undefined) throw Object.assign(new Error('queue show: --at goes with `show ID` (the event log), not with `show DOMAIN ID`'), { exitCode: 2 });
+      const at = opts.at === undefined ? '' : `?at=${encodeURIComponent(opts.at)}`;
+      const path = second === undefined ? `/api/messages/${encodeURIComponent(first)}${at}` : `/api/queues/${encodeURIComponent(first)}/messages/${encodeURIComponent(second)}`;
+      console.log(JSON.stringify(await call(opts, 'GET', path), null, 2));
     });
   for (const verb of ['hold', 'release', 'purge'] as const) {
     queue
@@ -98,6 +116,38 @@ export function registerQueueCommands(program: Command): void {
         console.log(`${verb}: ${domain} ${id}`);
       });
   }
+  queue
+    .command('unpurge')
+    .description('put a purged message back into its queue, under its id, within queue.purgeGrace (recorded with actor and reason)')
+    .argument('<id>', 'message id')
+    .requiredOption('-r, --reason <text>', 'why (kept in the message history)')
+    .option('--actor <name>', 'who (default: $USER)')
+    .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+    .addOption(configOption())
+    .action(async (id: string, opts: { config?: string; reason: string; actor?: string; token?: string }) => {
+      const r = (await call(opts, 'POST', `/api/messages/${encodeURIComponent(id)}/unpurge`, { reason: opts.reason, actor: opts.actor ?? process.env.USER ?? 'cli' })) as { domain: string };
+      console.log(`unpurge: ${r.domain} ${id}`);
+    });
+  queue
+    .command('rebuild-state')
+    .description("rebuild a queue's state from its events alone; --check compares it with the live state and prints the differences (exit 1 when there are any)")
+    .argument('<domain>', 'destination domain (the queue)')
+    .option('--check', 'compare only (the one mode there is: the state is not written)')
+    .option('--json', 'print JSON')
+    .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+    .addOption(configOption())
+    .action(async (domain: string, opts: { config?: string; token?: string; check?: boolean; json?: boolean }) => {
+      if (!opts.check) throw Object.assign(new Error('queue rebuild-state: only --check is built: the live state is compared, never written'), { exitCode: 2 });
+      const r = (await call(opts, 'GET', `/api/queues/${encodeURIComponent(domain)}/rebuild-check`)) as { events: number; rebuilt: number; live: number; counters: { rebuilt: Record<string, number>; live: Record<string, number> }; differences: { id: string; rebuilt: unknown; live: unknown }[] };
+      if (opts.json) console.log(JSON.stringify(r, null, 2));
+      else {
+        console.log(`${domain}: ${r.events} events folded, ${r.rebuilt} messages rebuilt, ${r.live} live`);
+        for (const k of Object.keys(r.counters.live)) if (r.counters.live[k] !== r.counters.rebuilt[k]) console.log(`counter ${k}: rebuilt ${r.counters.rebuilt[k]}, live ${r.counters.live[k]}`);
+        for (const x of r.differences) console.log(`${x.id}: rebuilt ${JSON.stringify(x.rebuilt)}, live ${JSON.stringify(x.live)}`);
+        console.log(r.differences.length ? `-- ${r.differences.length} differences` : '-- identical');
+      }
+      if (r.differences.length || JSON.stringify(r.counters.live) !== JSON.stringify(r.counters.rebuilt)) process.exitCode = 1;
+    });
   for (const verb of ['suspend', 'resume'] as const) {
     queue
       .command(verb)

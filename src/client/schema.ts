@@ -68,7 +68,7 @@ export function jobFailure(jobId: string, issue: { path: PropertyKey[]; message:
 // ---- lifecycle events ---------------------------------------------------------------------------
 
 /** Every kind of lifecycle event, in the order a message usually meets them. */
-export const LIFECYCLE_KINDS = ['accepted', 'attempted', 'deferred', 'requeued', 'delivered', 'bounced', 'expired', 'held', 'released', 'purged', 'withdrawn', 'recovered'] as const;
+export const LIFECYCLE_KINDS = ['accepted', 'attempted', 'deferred', 'requeued', 'delivered', 'bounced', 'expired', 'held', 'released', 'purged', 'withdrawn', 'recovered', 'flushed', 'suspended', 'resumed', 'unpurged'] as const;
 export const lifecycleKind = z.enum(LIFECYCLE_KINDS);
 export type LifecycleKind = (typeof LIFECYCLE_KINDS)[number];
 
@@ -124,6 +124,13 @@ export const eventDetails = {
   withdrawn: z.looseObject({ reason: z.string() }),
   /** Queue-level (messageId ""): an operator opened a closed queue from one replica. */
   recovered: z.looseObject({ ...adminAction, from: z.string(), previousTxn: z.number().nullable(), messages: z.number().int() }),
+  /** Queue-level: an operator made every deferred message due now (flushed: how many; before / after: ready and deferred). */
+  flushed: z.looseObject({ ...adminAction, flushed: z.number().int() }),
+  /** Queue-level: an operator stopped taking from the destination's queue, or started again. */
+  suspended: z.looseObject(adminAction),
+  resumed: z.looseObject(adminAction),
+  /** A purged message put back within queue.purgeGrace (an `accepted` event comes before it): purgedAt (ms). */
+  unpurged: z.looseObject({ ...adminAction, purgedAt: z.number() }),
 } satisfies Record<LifecycleKind, z.ZodType>;
 
 const eventFields = {

@@ -166,9 +166,13 @@ export const configSchema = z
     ops: z
       .strictObject({
         listen: listen('127.0.0.1:8025'),
-        // bearer tokens: "token" (role admin) or { token, role: read | admin }; read: every GET,
-        // admin: every call. No token: only the dashboard page and ops.open answer (401).
-        tokens: z.array(z.union([opsToken.transform((token) => ({ token, role: 'admin' as const })), z.strictObject({ token: opsToken, role: z.enum(['read', 'admin']) })])).default([]),
+        // bearer tokens: "token" (role admin) or { token, role: read | admin, name }; read: every
+        // GET, admin: every call. No token: only the dashboard page and ops.open answer (401).
+        // `name` (default "token<N>", its place in the list) is the actor recorded in the history
+        // for the token's admin actions; the token itself never is
+        tokens: z
+          .array(z.union([opsToken.transform((token) => ({ token, role: 'admin' as const, name: undefined })), z.strictObject({ token: opsToken, role: z.enum(['read', 'admin']), name: z.string().regex(/^[A-Za-z0-9_.@-]{1,64}$/, 'expected 1 to 64 letters, digits, "_", ".", "@" or "-"').optional() })]))
+          .default([]),
         open: z.array(z.enum(['health', 'metrics'])).default(['health']), // answered without a token
         // names the Host header may carry besides gateway.hostname, "localhost" and IP literals
         // (any other name is refused, 403: no DNS rebinding from a page in an operator's browser)
@@ -249,6 +253,10 @@ export const configSchema = z
         // beyond it the oldest events across queues are trimmed (never past the events cursor)
         historyBudget: z.number().gt(0).max(1).default(0.15),
         historyMaxLength: z.number().int().positive().default(100000), // events kept per queue history stream
+        // a purged message's body is kept this long (in Cassandra, with the event log) so that
+        // `streamgate queue unpurge ID` can put it back; after it, the body is gone and the event
+        // stays. "0s": a purge drops the body at once. Needs events.archive
+        purgeGrace: duration('7d'),
       })
       .prefault({}),
     relay: z

@@ -56,7 +56,9 @@ const bucketOf = (ms: number) => ms - (ms % BUCKET_MS);
 export class HistoryArchive extends EventEmitter {
   private readonly queues: QueueManager;
   private readonly store: MailStore;
-  private readonly log: Logger;
+  private readonly logger: Logger;
+  /** Reads of the log this archive writes. */
+  readonly log: EventLog;
   private readonly cl: Consistency;
   private readonly ks: string;
   private readonly gateway: string;
@@ -81,13 +83,15 @@ export class HistoryArchive extends EventEmitter {
     super();
     this.queues = queues;
     this.store = store;
-    this.log = log.child({ component: 'archive' });
+    this.logger = log.child({ component: 'archive' });
     this.cl = consistencyFrom(config);
     this.ks = store.keyspace;
     this.gateway = queues.gatewayId;
+    this.log = new EventLog(store, config, queues.gatewayId);
   }
 
   start(): void {
+    this.stopped = false;
     this.queues.on('event', this.onEvent);
     for (const d of this.queues.domains()) this.dirty.add(d);
     this.ticker = setInterval(() => {
@@ -172,11 +176,11 @@ export class HistoryArchive extends EventEmitter {
     for (const d of domains) {
       try {
         await this.archiveQueue(d);
-        if (this.failing) this.log.info({ queue: d }, 'archive advancing again');
+        if (this.failing) this.logger.info({ queue: d }, 'archive advancing again');
         this.failing = undefined;
       } catch (err) {
         const reason = err instanceof Error ? err.message : String(err);
-        if (!this.failing) this.log.warn({ err, queue: d }, 'history not archived: the history is kept whole in Redis until the archive answers');
+        if (!this.failing) this.logger.warn({ err, queue: d }, 'history not archived: the history is kept whole in Redis until the archive answers');
         this.failing = reason;
         return; // every queue is tried again on the next tick
       }
@@ -275,11 +279,36 @@ export class HistoryArchive extends EventEmitter {
    */
   async story(messageId: string): Promise<LifecycleEvent[]> {
     const hot = this.hot.get(messageId) ?? [];
-    await this.store.connect();
-    const rs = await this.store.client.execute(`SELECT gateway, domain, ms, seq, kind, txn, at, details FROM ${this.ks}.message_events WHERE message_id = ?`, [messageId], { prepare: true, consistency: this.cl.read, fetchSize: 5000 });
-    const cold = rs.rows.map((r) => this.rowEvent(r, messageId));
+    const cold = await this.log.story(messageId);
     const seen = new Set(cold.map((e) => e.id));
     return [...cold, ...hot.filter((e) => !seen.has(e.id))].sort((a, b) => (a.domain < b.domain ? -1 : a.domain > b.domain ? 1 : compareIds(histIdOf(a.id), histIdOf(b.id))));
+  }
+
+  /** See EventLog.eventsOf. */
+  eventsOf(domain: string, since: number, until: number): AsyncGenerator<LifecycleEvent> {
+    return this.log.eventsOf(domain, since, until);
+  }
+}
+
+/** Reads the event log of one gateway: by message (the index), by queue and time. */
+export class EventLog {
+  private readonly store: MailStore;
+  private readonly cl: Consistency;
+  private readonly ks: string;
+  readonly gateway: string;
+
+  constructor(store: MailStore, config: Config, gateway: string) {
+    this.store = store;
+    this.cl = consistencyFrom(config);
+    this.ks = store.keyspace;
+    this.gateway = gateway;
+  }
+
+  /** A message's archived events (its partition of message_events). */
+  async story(messageId: string): Promise<LifecycleEvent[]> {
+    await this.store.connect();
+    const rs = await this.store.client.execute(`SELECT gateway, domain, ms, seq, kind, txn, at, details FROM ${this.ks}.message_events WHERE message_id = ? AND gateway = ?`, [messageId, this.gateway], { prepare: true, consistency: this.cl.read, fetchSize: 5000 });
+    return rs.rows.map((r) => this.rowEvent(r, messageId));
   }
 
   /** The queues (domains) of this gateway with archived events. */

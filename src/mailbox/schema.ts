@@ -29,13 +29,16 @@
 //   message_events   the index of one message's story: per message id, its events (queue,
 //                    position, kind, details), so a lookup is one partition read whatever its age
 //   archive_cursors  per (gateway, domain): the last event archived (the archive's durable cursor)
+//   purged           a purged message kept for queue.purgeGrace (written with that TTL), so that
+//                    `queue unpurge` can put it back: per (gateway, message id) and queue, its
+//                    envelope and metadata, its body in chunks of cassandra.chunkSize
 //
 // `streamgate schema apply` creates what is missing and sets the keyspace's replication from the
 // configuration; the gateway applies the schema at start when a table is missing.
 import type cassandra from 'cassandra-driver';
 import type { Config } from '../config/schema.ts';
 
-export const TABLES = ['users', 'mailboxes', 'mailbox_buckets', 'messages', 'bodies', 'usage', 'pop3_locks', 'history', 'message_events', 'archive_cursors'] as const;
+export const TABLES = ['users', 'mailboxes', 'mailbox_buckets', 'messages', 'bodies', 'usage', 'pop3_locks', 'history', 'message_events', 'archive_cursors', 'purged'] as const;
 
 /** The replication map for CREATE/ALTER KEYSPACE, from `cassandra.replicationStrategy` and `replicationFactor`. */
 export function replicationCql(config: Config): string {
@@ -132,6 +135,18 @@ export function tableCql(ks: string): Record<(typeof TABLES)[number], string> {
       first_bucket timestamp,
       updated timestamp,
       PRIMARY KEY (gateway, domain))`,
+    purged: `CREATE TABLE IF NOT EXISTS ${ks}.purged (
+      gateway text,
+      message_id text,
+      domain text,
+      chunk int,
+      envelope text,
+      meta text,
+      accepted_at timestamp,
+      purged_at timestamp,
+      chunks int,
+      data blob,
+      PRIMARY KEY ((gateway, message_id), domain, chunk))`,
   };
 }
 

@@ -34,8 +34,9 @@ export interface QueuedMessage {
   acceptedAt: number;
 }
 
-// The kinds are part of the contract with consumers (client/schema.ts LIFECYCLE_KINDS): `recovered`
-// is a queue-level event (an operator forced a recovery: actor, reason, from), its messageId "".
+// The kinds are part of the contract with consumers (client/schema.ts LIFECYCLE_KINDS): `recovered`,
+// `flushed`, `suspended` and `resumed` are queue-level events (an operator's action on the queue:
+// actor, reason, before and after), their messageId "".
 export type { LifecycleKind };
 
 /**

@@ -18,6 +18,9 @@ import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
+import { apply, type Projected, type QueueAt, type RebuildCheck } from '../events/projection.ts';
+import type { PurgeVault } from '../events/purgeVault.ts';
+import type { LifecycleEvent } from '../message/types.ts';
 import { QueueError, type QueueErrorCode } from '../queue/errors.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import type { Relay } from '../relay/relay.ts';
@@ -116,6 +119,14 @@ export interface OpsOptions {
   queues: QueueManager;
   /** For suspend / resume of a destination and the dashboard's relay state; without it those calls answer 503. */
   relay?: Pick<Relay, 'suspend' | 'resume' | 'suspended' | 'status'>;
+  /** One message's story from the event log's index (events/archive.ts); without it /api/messages/:id answers 503. */
+  story?: (messageId: string) => Promise<LifecycleEvent[]>;
+  /** Purges that keep the body for queue.purgeGrace, and unpurge; without it a purge drops the body and unpurge answers 503. */
+  vault?: Pick<PurgeVault, 'purge' | 'unpurge'>;
+  /** Rebuilds a queue's projection from the event log and compares it with the live one; without it the check answers 503. */
+  rebuildCheck?: (domain: string) => Promise<RebuildCheck>;
+  /** Time travel: the queues as they stood at a moment, from the event log; without it ?at= answers 503. */
+  queuesAt?: (at: number, domain?: string) => Promise<QueueAt[]>;
   /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
   memory?: () => MemoryReport;
   log: Logger;
@@ -134,15 +145,21 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   const metrics = opts.metrics ?? standaloneMetrics(opts);
   const live = new LiveFeed({ config, queues, relay: opts.relay, memory: opts.memory, onReply: (fn) => metrics.onReply(fn) });
   live.start();
-  const tokens = config.ops.tokens.map((t) => ({ key: Buffer.from(t.token), role: t.role }));
+  const tokens = config.ops.tokens.map((t, i) => ({ key: Buffer.from(t.token), role: t.role, name: t.name ?? `token${i + 1}` }));
   const open = new Set(['/', ...Object.keys(ASSETS), ...config.ops.open.map((name) => `/${name}`)]);
   const hosts = new Set(['localhost', config.gateway.hostname.toLowerCase(), ...config.ops.hosts.map((h) => h.toLowerCase())]);
 
-  /** The role of the request's bearer token, if it carries a known one. */
-  const roleOf = (req: FastifyRequest): 'read' | 'admin' | undefined => {
+  /** The request's bearer token, if it carries a known one. */
+  const tokenOf = (req: FastifyRequest) => {
     const m = /^Bearer (.+)$/.exec(req.headers.authorization ?? '');
     const given = m ? Buffer.from(m[1]!) : undefined;
-    return given && tokens.find((t) => t.key.length === given.length && timingSafeEqual(t.key, given))?.role;
+    return given && tokens.find((t) => t.key.length === given.length && timingSafeEqual(t.key, given));
+  };
+  /** Who did an admin action, for its event: the token's name, and the person the caller names. */
+  const who = (req: FastifyRequest) => {
+    const token = tokenOf(req)?.name ?? 'open';
+    const named = (req.body as { actor?: unknown } | undefined)?.actor;
+    return { actor: typeof named === 'string' ? named : token, token };
   };
 
   app.addHook('onRequest', async (req, reply) => {
@@ -152,7 +169,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     }
     const path = req.url.split('?')[0]!;
     if (req.method === 'GET' && open.has(path)) return undefined;
-    const role = roleOf(req);
+    const role = tokenOf(req)?.role;
     if (!role) {
       return fail(reply, 401, 'SG_ERR_UNAUTHORIZED', tokens.length ? 'expected "Authorization: Bearer <token>" with a token from ops.tokens' : 'no ops.tokens are configured: the API is closed');
     }
@@ -241,7 +258,33 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
 
   app.get('/api/openapi.json', { schema: { summary: 'This document', response: { 200: { description: 'OpenAPI 3.1', type: 'object', additionalProperties: true }, ...errors({ auth: true }) } } }, async () => app.swagger());
 
-  app.get('/api/queues', { schema: { summary: 'Every queue with its table and depth, and the totals', response: { 200: { type: 'object', additionalProperties: false, properties: { totals: { type: 'object', additionalProperties: true }, queues: { type: 'array', items: queueSchema } } }, ...errors({ auth: true }) } } }, async () => ({ totals: queues.totals(), queues: [...queues.views()].map((q) => ({ ...q.table(), depth: q.depth })) }));
+  const atQuery = { type: 'object', properties: { at: { type: 'string', description: 'a past moment (ISO 8601, e.g. 2026-11-29T10:00Z): the answer is folded from the event log as it stood then' } }, additionalProperties: false } as const;
+  /** The moment of ?at=, or undefined; a 400 names what came when it is no time. */
+  const momentOf = (at: string | undefined): number | undefined => {
+    if (at === undefined) return undefined;
+    const t = /^\d{4}-\d{2}-\d{2}/.test(at) ? Date.parse(at) : NaN;
+    if (Number.isNaN(t)) throw Object.assign(new Error(`querystring/at: expected a time like "2026-11-29T10:00Z", got ${JSON.stringify(at)}`), { validation: true });
+    return t;
+  };
+  app.get<{ Querystring: { at?: string } }>(
+    '/api/queues',
+    {
+      schema: {
+        summary: 'Every queue with its table and depth, and the totals; with ?at=, what was waiting where at that moment, and why (time travel, from the event log)',
+        querystring: atQuery,
+        response: { 200: { type: 'object', additionalProperties: false, properties: { at: { type: 'integer' }, totals: { type: 'object', additionalProperties: true }, queues: { type: 'array', items: queueSchema } } }, ...errors({ auth: true, input: true, extra: { 503: ['SG_ERR_NO_EVENT_LOG'] } }) },
+      },
+    },
+    async (req, reply) => {
+      const at = momentOf(req.query.at);
+      if (at === undefined) return { totals: queues.totals(), queues: [...queues.views()].map((q) => ({ ...q.table(), depth: q.depth })) };
+      if (!opts.queuesAt) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'the event log is off (events.archive: false): no past to travel to');
+      const past = await opts.queuesAt(at);
+      const totals = { queues: past.length, ready: 0, deferred: 0, held: 0, inflight: 0 };
+      for (const q of past) for (const k of ['ready', 'deferred', 'held', 'inflight'] as const) totals[k] += q.depth[k];
+      return { at, totals, queues: past };
+    },
+  );
 
   const domainParam = { type: 'object', properties: { domain: { type: 'string', pattern: '^[A-Za-z0-9.-]{1,253}$' } }, required: ['domain'] } as const;
   const msgParams = { type: 'object', properties: { domain: domainParam.properties.domain, id: { type: 'string', pattern: MESSAGE_ID.source } }, required: ['domain', 'id'] } as const;
@@ -252,30 +295,57 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     return { ...q.table(), depth: q.depth };
   });
 
+  const liveProps = { state: { type: 'string', enum: ['ready', 'deferred', 'held', 'inflight'] }, attempts: { type: 'integer' }, nextAttemptAt: { type: ['integer', 'null'] } } as const;
+  /** A message's answer: its id, where it is live (`live`), its events. */
+  const storySchema = <L extends object>(live: L) => ({ type: 'object', additionalProperties: false, properties: { id: { type: 'string' }, live, events: { type: 'array', items: eventRow } } }) as const;
+  const liveOf = (m: { state: string; attempts: number; nextAt: number }) => ({ state: m.state, attempts: m.attempts, nextAttemptAt: m.nextAt || null });
   app.get<{ Params: { domain: string; id: string } }>('/api/queues/:domain/messages/:id',
     {
       schema: {
         summary: "A message's history and, while it is live, its state",
         params: msgParams,
         response: {
-          200: {
-            type: 'object',
-            additionalProperties: false,
-            properties: {
-              id: { type: 'string' },
-              live: { anyOf: [{ type: 'null' }, { type: 'object', additionalProperties: false, properties: { state: { type: 'string', enum: ['ready', 'deferred', 'held', 'inflight'] }, attempts: { type: 'integer' }, nextAttemptAt: { type: ['integer', 'null'] } } }] },
-              events: { type: 'array', items: eventRow },
-            },
-          },
+          200: storySchema({ anyOf: [{ type: 'null' }, { type: 'object', additionalProperties: false, properties: liveProps }] }),
           ...errors({ auth: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'] } }),
         },
       },
     }, async (req) => {
-    const events = await queues.history(req.params.domain, req.params.id);
+    const d = req.params.domain.toLowerCase();
+    const events = opts.story ? (await opts.story(req.params.id)).filter((e) => e.domain === d) : await queues.history(req.params.domain, req.params.id);
     const q = queues.view(req.params.domain);
     const m = q?.get(req.params.id);
     if (!events.length && !m) throw new QueueError('NOT_FOUND', `no message ${req.params.id} in queue ${req.params.domain}`);
-    return { id: req.params.id, live: m ? { state: m.state, attempts: m.attempts, nextAttemptAt: m.nextAt || null } : null, events };
+    return { id: req.params.id, live: m ? liveOf(m) : null, events };
+  });
+
+  app.get<{ Params: { id: string }; Querystring: { at?: string } }>('/api/messages/:id',
+    {
+      schema: {
+        summary: "A message's story in every queue it went to, whatever its age: the event log's index (two lookups, no scan), and its state where it is live",
+        params: { type: 'object', properties: { id: msgParams.properties.id }, required: ['id'] },
+        querystring: atQuery,
+        response: {
+          200: storySchema({ type: 'array', items: { type: 'object', additionalProperties: false, properties: { domain: { type: 'string' }, ...liveProps } } }),
+          ...errors({ auth: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'], 503: ['SG_ERR_NO_EVENT_LOG'] } }),
+        },
+      },
+    }, async (req, reply) => {
+    if (!opts.story) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'the event log is off (events.archive: false): ask the queue, GET /api/queues/:domain/messages/:id');
+    const at = momentOf(req.query.at);
+    const events = (await opts.story(req.params.id)).filter((e) => at === undefined || e.at <= at);
+    const live = [...new Set(events.map((e) => e.domain))].flatMap((domain) => {
+      if (at !== undefined) {
+        // as it stood then: its events up to the moment, folded
+        const view = new Map<string, Projected>();
+        for (const e of events) if (e.domain === domain) apply(view, e);
+        const p = view.get(req.params.id);
+        return p ? [{ domain, ...liveOf({ state: p.s, attempts: p.a, nextAt: p.n }) }] : [];
+      }
+      const m = queues.view(domain)?.get(req.params.id);
+      return m ? [{ domain, ...liveOf(m) }] : [];
+    });
+    if (!events.length) throw new QueueError('NOT_FOUND', `no message ${req.params.id} in the event log`);
+    return { id: req.params.id, live, events };
   });
 
   const action = { type: 'object', properties: { reason: { type: 'string', minLength: 1, maxLength: 500 }, actor: { type: 'string', minLength: 1, maxLength: 100 } }, required: ['reason'], additionalProperties: false } as const;
@@ -294,19 +364,59 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
         },
       },
       async (req) => {
-        const actor = req.body.actor ?? 'ops-api';
-        await queues[verb](req.params.domain, req.params.id, actor, req.body.reason);
+        const { actor, token } = who(req);
+        if (verb === 'purge' && opts.vault) await opts.vault.purge(req.params.domain, req.params.id, actor, req.body.reason, { token });
+        else await queues[verb](req.params.domain, req.params.id, actor, req.body.reason, { token });
         log.info({ verb, queue: req.params.domain, messageId: req.params.id, actor, reason: req.body.reason }, 'admin action');
         return { ok: true, verb, id: req.params.id };
       },
     );
   }
 
+  app.post<{ Params: { id: string }; Body: { reason: string; actor?: string } }>(
+    '/api/messages/:id/unpurge',
+    {
+      schema: {
+        summary: 'Put a purged message back into its queue, under its id, within queue.purgeGrace',
+        params: { type: 'object', properties: { id: msgParams.properties.id }, required: ['id'] },
+        body: action,
+        response: {
+          200: okSchema({ id: { type: 'string' }, domain: { type: 'string' } }),
+          ...errors({ auth: true, write: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'], 503: ['SG_ERR_NO_EVENT_LOG'] } }),
+        },
+      },
+    },
+    async (req, reply) => {
+      if (!opts.vault) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'purges are not kept: the event log is off (events.archive: false) or queue.purgeGrace is 0s');
+      const { actor, token } = who(req);
+      const domain = await opts.vault.unpurge(req.params.id, actor, req.body.reason, { token });
+      log.info({ verb: 'unpurge', queue: domain, messageId: req.params.id, actor, reason: req.body.reason }, 'admin action');
+      return { ok: true, verb: 'unpurge', id: req.params.id, domain };
+    },
+  );
+
+  app.get<{ Params: { domain: string } }>(
+    '/api/queues/:domain/rebuild-check',
+    {
+      schema: {
+        summary: "Rebuilds the queue's projection (state, attempts and next attempt of every live message, counters) from its events alone and lists where it differs from the live one",
+        params: domainParam,
+        response: { 200: { type: 'object', additionalProperties: true }, ...errors({ auth: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'], 503: ['SG_ERR_NO_EVENT_LOG'] } }) },
+      },
+    },
+    async (req, reply) => {
+      if (!queues.view(req.params.domain)) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
+      if (!opts.rebuildCheck) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'the event log is off (events.archive: false): the events before the trimmed ones are gone');
+      return opts.rebuildCheck(req.params.domain);
+    },
+  );
+
   app.post<{ Params: { domain: string } }>('/api/queues/:domain/flush', { schema: { summary: 'Make every deferred message of the queue due now', params: domainParam, response: { 200: okSchema({ flushed: { type: 'integer' } }), ...errors({ auth: true, write: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'] } }) } } }, async (req) => {
     const q = queues.view(req.params.domain);
     if (!q) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
-    const flushed = q.flush();
-    log.info({ verb: 'flush', queue: q.domain, flushed }, 'admin action');
+    const { actor, token } = who(req);
+    const flushed = await queues.flush(q.domain, actor, 'flush', { token });
+    log.info({ verb: 'flush', queue: q.domain, flushed, actor }, 'admin action');
     return { ok: true, verb: 'flush', flushed };
   });
 
@@ -324,7 +434,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
       },
     },
     async (req) => {
-      const actor = req.body.actor ?? 'ops-api';
+      const { actor } = who(req);
       const r = await queues.forceRecover(req.params.domain, req.body.from, actor, req.body.reason);
       log.warn({ verb: 'recover', queue: req.params.domain, from: req.body.from, actor, reason: req.body.reason, ...r }, 'admin action');
       return { ok: true, verb: 'recover', ...r };
@@ -353,10 +463,12 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
       },
       async (req, reply) => {
         if (!opts.relay) return fail(reply, 503, 'SG_ERR_NO_RELAY', 'this gateway runs no relay');
-        const actor = req.body.actor ?? 'ops-api';
+        const { actor, token } = who(req);
         const domain = req.params.domain.toLowerCase();
         if (verb === 'suspend') opts.relay.suspend(domain, actor, req.body.reason);
         else if (!opts.relay.resume(domain, actor, req.body.reason)) return fail(reply, 409, 'SG_ERR_WRONG_STATE', `${domain} is not suspended`);
+        // the queue's history says so (a destination without a queue yet has no history)
+        if (queues.view(domain)) await queues.mark(domain, verb === 'suspend' ? 'suspended' : 'resumed', { actor, token, reason: req.body.reason, before: { suspended: verb !== 'suspend' }, after: { suspended: verb === 'suspend' } });
         log.info({ verb, queue: domain, actor, reason: req.body.reason }, 'admin action');
         return { ok: true, verb, domain };
       },

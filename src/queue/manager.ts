@@ -19,7 +19,7 @@ import { provenSource, type ReplicaView } from './proof.ts';
 import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
 import type { Owner } from './replicas.ts';
 import { runScript } from './scripts.ts';
-import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, parseEntryId, type HistoryEntry, type MetaRecord } from './records.ts';
+import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, parseEntryId, type HistoryEntry, type MetaRecord, type StateRecord } from './records.ts';
 
 export type { HistoryEntry } from './records.ts';
 
@@ -515,14 +515,22 @@ export class QueueManager extends EventEmitter {
   defer(domain: string, msgId: string, nextAt: number, details?: Record<string, unknown>, remaining?: string[]): Promise<number> {
     return this.must(domain).defer(msgId, nextAt, details, remaining);
   }
-  hold(domain: string, msgId: string, actor: string, reason: string): Promise<void> {
-    return this.must(domain).hold(msgId, actor, reason);
+  // Operators' actions: each one an event with actor, reason (and `extra`, such as the token's name) and the state before and after.
+  hold(domain: string, msgId: string, actor: string, reason: string, extra?: Record<string, unknown>): Promise<void> {
+    return this.must(domain).hold(msgId, actor, reason, extra);
   }
-  release(domain: string, msgId: string, actor: string, reason: string): Promise<void> {
-    return this.must(domain).release(msgId, actor, reason);
+  release(domain: string, msgId: string, actor: string, reason: string, extra?: Record<string, unknown>): Promise<void> {
+    return this.must(domain).release(msgId, actor, reason, extra);
   }
-  purge(domain: string, msgId: string, actor: string, reason: string): Promise<void> {
-    return this.must(domain).purge(msgId, actor, reason);
+  purge(domain: string, msgId: string, actor: string, reason: string, extra?: Record<string, unknown>): Promise<void> {
+    return this.must(domain).purge(msgId, actor, reason, extra);
+  }
+  flush(domain: string, actor: string, reason: string, extra?: Record<string, unknown>): Promise<number> {
+    return this.must(domain).flushBy(actor, reason, extra);
+  }
+  /** A queue-level event (suspended, resumed, ...), or one about `msgId` that changes nothing (unpurged), in the queue's history. */
+  mark(domain: string, kind: LifecycleEvent['kind'], details: Record<string, unknown>, msgId = ''): Promise<void> {
+    return this.must(domain).mark(kind, details, msgId);
   }
 
   /** What the relay, ops and events see of one queue; undefined when there is none. */
@@ -584,6 +592,24 @@ export class QueueManager extends EventEmitter {
     return true;
   }
 
+  /** Every live message's state record of a queue, from an in-sync replica's state hash (HSCAN, in blocks). */
+  async *liveStates(domain: string): AsyncGenerator<[string, StateRecord]> {
+    const c = this.readerNode(domain).reads;
+    const key = this.must(domain).keys[3];
+    let cursor = '0';
+    do {
+      const [next, flat] = await c.hscan(key, cursor, 'COUNT', 1000);
+      for (let i = 0; i + 1 < flat.length; i += 2) yield [flat[i]!, decodeState(flat[i + 1]!)];
+      cursor = next;
+    } while (cursor !== '0');
+  }
+
+  /** The counters the queue scripts keep (meta hash): live messages per state. */
+  async counters(domain: string): Promise<Record<string, number>> {
+    const v = await this.readerNode(domain).reads.hmget(this.must(domain).keys[2], 'ready', 'deferred', 'held', 'inflight');
+    return { ready: Number(v[0] ?? 0), deferred: Number(v[1] ?? 0), held: Number(v[2] ?? 0), inflight: Number(v[3] ?? 0) };
+  }
+
   /** A history entry of `domain`'s queue as the lifecycle event it is. */
   eventOf(domain: string, h: HistoryEntry): LifecycleEvent {
     const q = this.must(domain);
@@ -592,7 +618,8 @@ export class QueueManager extends EventEmitter {
 
   /** Events of a queue's history after `afterId` (exclusive), oldest first, at most `count`. */
   async historySince(domain: string, afterId: string | undefined, count: number): Promise<HistoryEntry[]> {
-    const rows = (await this.readerNode(domain).client.xrange(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
+    // on the read connection: a block of events never waits behind the queue's writes, nor they behind it
+    const rows = (await this.readerNode(domain).reads.xrange(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
     return rows.map(decodeHistory);
   }
 

@@ -205,12 +205,15 @@ export class Queue extends EventEmitter implements QueueView {
     const entryIds: string[] = [];
     const notBefore: number[] = [];
     const args: Arg[] = [this.settings.maxLength, batch.length];
+    const details: Record<string, unknown>[] = [];
     for (const { msg } of batch) {
       const entryId = this.entryIds.next(now);
       const nb = msg.notBefore && msg.notBefore > now ? msg.notBefore : 0;
       entryIds.push(entryId);
       notBefore.push(nb);
-      args.push(entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), JSON.stringify(msg.meta ?? {}), msg.raw, nb);
+      const d = { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}) };
+      details.push(d);
+      args.push(entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), JSON.stringify(msg.meta ?? {}), msg.raw, nb, JSON.stringify(d));
     }
     const ids = batch.map((b) => b.msg.id);
     let res: unknown[];
@@ -237,7 +240,7 @@ export class Queue extends EventEmitter implements QueueView {
       // A copy the caller will be told to retry is never dispatched: staged until withdrawn.
       if (staged || failure) this.staged.add(msg.id);
       this.track({ id: msg.id, entryId, ms, seq, state: nb ? 'deferred' : 'ready', attempts: 0, nextAt: nb, bytes: msg.raw.length, gen: 0 });
-      this.event('accepted', msg.id, `${hms}-${hseq + k++}`, txn, { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}) });
+      this.event('accepted', msg.id, `${hms}-${hseq + k++}`, txn, details[i]!);
       appended += msg.raw.length;
       if (failure) this.withdraw(msg.id, { reason: 'stored on fewer replicas than the write concern' });
       return failure ?? { entryId, duplicate: false };
@@ -556,20 +559,21 @@ export class Queue extends EventEmitter implements QueueView {
     return m.attempts;
   }
 
-  async hold(msgId: string, actor: string, reason: string): Promise<void> {
-    await this.setHold(msgId, 'held', actor, reason);
+  async hold(msgId: string, actor: string, reason: string, extra: Record<string, unknown> = {}): Promise<void> {
+    await this.setHold(msgId, 'held', { actor, reason, ...extra });
   }
 
-  async release(msgId: string, actor: string, reason: string): Promise<void> {
-    await this.setHold(msgId, 'released', actor, reason);
+  async release(msgId: string, actor: string, reason: string, extra: Record<string, unknown> = {}): Promise<void> {
+    await this.setHold(msgId, 'released', { actor, reason, ...extra });
     this.emit('ready');
   }
 
-  private async setHold(msgId: string, kind: 'held' | 'released', actor: string, reason: string): Promise<void> {
+  /** An operator's action on one message, in its event: actor, reason, and its state before and after. */
+  private async setHold(msgId: string, kind: 'held' | 'released', who: Record<string, unknown>): Promise<void> {
     const m = this.need(msgId);
     const now = this.settings.now();
     const histId = this.histIds.next(now);
-    const details = { actor, reason };
+    const details = { ...who, before: m.state, after: kind === 'held' ? 'held' : 'ready' };
     const { res } = await this.write('other', 'holdMessage', now, histId, () => [msgId, kind, JSON.stringify(details)], [msgId]);
     const txn = this.check(res, msgId);
     if (kind === 'released') m.nextAt = 0;
@@ -577,16 +581,44 @@ export class Queue extends EventEmitter implements QueueView {
     this.event(kind, msgId, histId, txn, details);
   }
 
-  async purge(msgId: string, actor: string, reason: string): Promise<void> {
-    await this.settle(msgId, 'purged', { actor, reason });
+  async purge(msgId: string, actor: string, reason: string, extra: Record<string, unknown> = {}): Promise<void> {
+    const m = this.need(msgId);
+    await this.settle(msgId, 'purged', { actor, reason, ...extra, before: m.state, after: 'purged' });
+  }
+
+  /** An operator's flush: every deferred message due now, recorded as a queue-level `flushed` event. */
+  async flushBy(actor: string, reason: string, extra: Record<string, unknown> = {}): Promise<number> {
+    const before = { ready: this.depth.ready, deferred: this.depth.deferred };
+    const flushed = this.flush();
+    // deferred messages made due stay deferred in Redis until taken: "after" counts them as ready
+    await this.mark('flushed', { actor, reason, ...extra, flushed, before, after: { ready: before.ready + flushed, deferred: before.deferred - flushed } });
+    return flushed;
   }
 
   /** A queue-level event (a forced recovery), with its actor and reason, in the history. */
-  async mark(kind: LifecycleKind, details: Record<string, unknown>): Promise<void> {
+  async mark(kind: LifecycleKind, details: Record<string, unknown>, msgId = ''): Promise<void> {
     const now = this.settings.now();
     const histId = this.histIds.next(now);
-    const { res } = await this.write('other', 'markQueue', now, histId, () => [kind, JSON.stringify(details)], []);
-    this.event(kind, '', histId, Number(res[1]), details);
+    const { res } = await this.write('other', 'markQueue', now, histId, () => [kind, JSON.stringify(details), ...(msgId ? [msgId] : [])], []);
+    this.event(kind, msgId, histId, Number(res[1]), details);
+  }
+
+  /** A live message as stored: envelope, body, metadata and accept time (from an in-sync replica). */
+  async peek(msgId: string): Promise<{ envelope: { from: string; to: string[] }; raw: Buffer; meta: Record<string, unknown>; acceptedAt: number } | undefined> {
+    const m = this.msgs.get(msgId);
+    const r = this.set.inSync().find((x) => x.node.up);
+    if (!m || !r) return undefined;
+    const [entry] = (await r.node.reads.xrangeBuffer(this.keys[0], m.entryId, m.entryId)) as [Buffer, Buffer[]][];
+    if (!entry) return undefined;
+    const e = decodeLiveEntry(entry[1]);
+    const state = await r.node.reads.hget(this.keys[3], msgId);
+    const remaining = state ? decodeState(state).remaining : undefined;
+    return {
+      envelope: { from: e.from, to: remaining ?? e.to },
+      raw: e.raw,
+      meta: e.meta,
+      acceptedAt: e.acceptedAt,
+    };
   }
 
   /**

@@ -5,10 +5,14 @@ import assert from 'node:assert/strict';
 import { request } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { Validator } from '@seriousme/openapi-schema-validator';
+import { randomBytes } from 'node:crypto';
+import { PurgeVault } from '../../src/events/purgeVault.ts';
 import { silentLogger } from '../../src/log.ts';
+import { MailStore } from '../../src/mailbox/store.ts';
 import { startOps } from '../../src/ops/http.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import { Relay } from '../../src/relay/relay.ts';
+import { cassandraForTests } from '../helpers/cassandra.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { waitFor } from '../helpers/waitFor.ts';
@@ -47,13 +51,17 @@ describe('ops API: the OpenAPI document', () => {
   let noRelay: { port: number; stop(): Promise<void> };
   const routes: { method: string; url: string }[] = [];
   let doc: Doc;
+  let store: MailStore;
+  const keyspace = `sg_openapi_${randomBytes(3).toString('hex')}`;
 
   before(async () => {
     pool = await startRedisPool(2);
     const config = testConfig({ redis: { nodes: pool.map((r) => r.url) }, ops: { listen: '127.0.0.1:0', tokens: [ADMIN, { token: READER, role: 'read' }] } });
     qm = new QueueManager(config, silentLogger, { gatewayId: 'gw-openapi' });
     await qm.start();
-    withRelay = await startOps({ config, queues: qm, relay: new Relay(qm, config, silentLogger), log: silentLogger, onRoute: (r) => routes.push(r) });
+    store = new MailStore(testConfig({ cassandra: { contactPoints: [(await cassandraForTests()).contactPoint], keyspace } }), silentLogger);
+    const vault = new PurgeVault(qm, store, config);
+    withRelay = await startOps({ config, queues: qm, relay: new Relay(qm, config, silentLogger), log: silentLogger, onRoute: (r) => routes.push(r), vault, story: async (id) => (await qm.history(D, id)).map((e) => ({ ...e, queue: `gw-openapi:${D}`, domain: D, kind: e.kind as 'accepted', details: e.details as Record<string, unknown> })) });
     noRelay = await startOps({ config, queues: qm, log: silentLogger });
     for (let i = 0; i < 6; i++) await qm.append({ id: `oa${i}`, domain: D, envelope: { from: 'a@src.test', to: [`b${i}@${D}`] }, raw: Buffer.from('Subject: x\r\n\r\nhi\r\n') });
   });
@@ -61,6 +69,8 @@ describe('ops API: the OpenAPI document', () => {
     await withRelay?.stop();
     await noRelay?.stop();
     await qm?.stop();
+    await store?.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
+    await store?.close();
     await Promise.all((pool ?? []).map((r) => r.stop()));
   });
 
@@ -92,11 +102,12 @@ describe('ops API: the OpenAPI document', () => {
       SG_ERR_BAD_HOST: (m, p) => call(P, m, fill(p), { host: 'evil.example', body: bodyFor(m, p) }),
       SG_ERR_UNAUTHORIZED: (m, p) => call(P, m, fill(p), { token: null, body: bodyFor(m, p) }),
       SG_ERR_FORBIDDEN: (m, p) => call(P, m, fill(p), { token: READER, body: bodyFor(m, p) }),
-      SG_ERR_BAD_REQUEST: (m, p) => call(P, m, p.replace('{domain}', 'bad_domain!').replace('{id}', 'oa0'), { body: bodyFor(m, p) }),
+      SG_ERR_BAD_REQUEST: (m, p) => call(P, m, p.includes('{domain}') ? p.replace('{domain}', 'bad_domain!').replace('{id}', 'oa0') : p.includes('{id}') ? p.replace('{id}', 'bad%20id!') : `${p}?at=soon`, { body: bodyFor(m, p) }),
       SG_ERR_NOT_FOUND: (m, p) => call(P, m, p.replace('{domain}', 'nowhere.test').replace('{id}', 'none'), { body: bodyFor(m, p) }),
       SG_ERR_BAD_INPUT: (m, p) => call(P, m, fill(p), { body: { reason: 'r', from: 'no-such-node' } }),
       SG_ERR_NO_RELAY: (m, p) => call(noRelay.port, m, fill(p), { body: { reason: 'r' } }),
       SG_ERR_NO_BUDGETS: (m, p) => call(noRelay.port, m, fill(p)), // an ops listener given no memory figures
+      SG_ERR_NO_EVENT_LOG: (m, p) => call(noRelay.port, m, p === '/api/queues' ? `${p}?at=2026-11-29T10:00Z` : fill(p), { body: bodyFor(m, p) }), // an ops listener given no event log
       SG_ERR_WRONG_STATE: async (m, p) => {
         if (p.endsWith('/resume')) return call(P, m, fill(p), { body: { reason: 'not suspended' } });
         if (p.endsWith('/hold')) {
