@@ -204,7 +204,21 @@ export const configSchema = z
         writeConsistency: consistency.optional(),
         chunkSize: size('64KB'), // bodies above this are split into chunks of this size
         bucketSize: z.number().int().positive().default(10000), // messages per mailbox partition
-        heap: z.string().regex(/^\d+[mg]$/i, 'expected a JVM heap size like "512m"').default('512m'), // local node
+        heap: z.string().regex(/^\d+[mg]$/i, 'expected a JVM heap size like "512m"').default('512m'), // each local node
+        // what `services up` starts when the first contact point is on loopback: `nodes` Cassandra
+        // nodes (1 to 3) on that address and the next ones (127.0.0.1, .2, .3), same ports, one
+        // cluster; set replicationFactor to at most this
+        local: z
+          .strictObject({ nodes: z.number().int().min(1, 'expected 1 to 3 local nodes').max(3, 'expected 1 to 3 local nodes (127.0.0.1 to 127.0.0.3)').default(1) })
+          .prefault({}),
+      })
+      .superRefine((c, ctx) => {
+        const host = (c.contactPoints[0] ?? '').replace(/:\d+$/, '');
+        if (c.local.nodes > 1 && !/^127\.\d+\.\d+\.([1-9]\d*)$/.test(host)) {
+          ctx.addIssue({ code: 'custom', path: ['local', 'nodes'], message: `expected a first contact point on IPv4 loopback (127.0.0.x:port) for ${c.local.nodes} local nodes, got ${JSON.stringify(c.contactPoints[0])}` });
+        } else if (c.local.nodes > 1 && Number(host.split('.')[3]) + c.local.nodes - 1 > 254) {
+          ctx.addIssue({ code: 'custom', path: ['local', 'nodes'], message: `expected room for ${c.local.nodes} addresses after ${host}` });
+        }
       })
       .prefault({}),
     domains: z

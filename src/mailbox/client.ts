@@ -76,6 +76,12 @@ export interface ClientOptions {
   readTimeoutMs?: number;
 }
 
+/** The port of a "host:port" contact point ("[::1]:port" for IPv6); 9042 without one. */
+function contactPort(cp: string | undefined): number {
+  const m = /:(\d+)$/.exec(cp ?? '');
+  return m && !(cp ?? '').replace(/^\[.*\]/, '').slice(0, -m[0].length).includes(':') ? Number(m[1]) : 9042;
+}
+
 /** A Client for `config.cassandra`; it reconnects by itself (0.5 s growing to 10 s between tries). */
 export function createClient(config: Config, log: Logger, opts: ClientOptions = {}): cassandra.Client {
   const c = config.cassandra;
@@ -84,7 +90,8 @@ export function createClient(config: Config, log: Logger, opts: ClientOptions = 
     localDataCenter: c.localDataCenter,
     queryOptions: { prepare: true, consistency: consistencyFrom(config).read, fetchSize: 1000 },
     socketOptions: { connectTimeout: opts.connectTimeoutMs ?? 5000, readTimeout: opts.readTimeoutMs ?? 12_000 },
-    protocolOptions: { maxSchemaAgreementWaitSeconds: 10 },
+    // the port of the nodes the driver discovers (a local cluster's nodes share one port)
+    protocolOptions: { maxSchemaAgreementWaitSeconds: 10, port: contactPort(c.contactPoints[0]) },
     policies: { reconnection: new cassandra.policies.reconnection.ExponentialReconnectionPolicy(500, 10_000, false) },
     pooling: { coreConnectionsPerHost: { [cassandra.types.distance.local]: 1, [cassandra.types.distance.remote]: 1 } },
     refreshSchemaDelay: 200,

@@ -26,6 +26,7 @@ import { applySchema, missingSchema } from './schema.ts';
 
 type TimeUuid = cassandra.types.TimeUuid;
 const { TimeUuid: TimeUuidType } = cassandra.types;
+const ALL = cassandra.types.consistencies.all;
 
 /** A new bucket starts this far ahead of the clock, more than the clock skew between gateways. */
 export const BUCKET_OPEN_AHEAD_MS = 2000;
@@ -209,8 +210,8 @@ export class MailStore {
     await this.client.shutdown().catch(() => {});
   }
 
-  private read(query: string, params: unknown[]) {
-    return this.client.execute(query, params, { prepare: true, consistency: this.cl.read, isIdempotent: true });
+  private read(query: string, params: unknown[], consistency = this.cl.read) {
+    return this.client.execute(query, params, { prepare: true, consistency, isIdempotent: true });
   }
 
   private write(query: string, params: unknown[]) {
@@ -530,6 +531,16 @@ export class MailStore {
         throw storeError('reading a message body', err);
       }
       if (ahead > 1) fill(ahead);
+      if (rows.length < to - from && this.cl.read !== ALL) {
+        // A committed row promises the whole body at the write consistency, but a read below ALL
+        // may ask a replica that missed chunks (it was down when they were written, and hints or
+        // repair have not reached it yet): ask every replica, which also repairs the one behind.
+        try {
+          rows = (await this.read(this.q.getChunks!, [id, from, to], ALL)).rows;
+        } catch (err) {
+          throw storeError('reading a message body from every replica', err);
+        }
+      }
       for (let i = from; i < to; i++) {
         const row = rows[i - from];
         if (!row || row.get('chunk') !== i) throw new MailboxError('BODY_INCOMPLETE', `message ${ref.id}: body chunk ${i} of ${ref.chunks} is missing`);

@@ -45,6 +45,17 @@ export interface CassandraNodeOptions {
    * crash (not a SIGTERM stop) may lose recent schema changes. For throw-away test nodes.
    */
   unsafeSystem?: boolean;
+  /**
+   * The seeds (host:storagePort) of the cluster this node joins; default none: the node is alone
+   * and its own seed.
+   */
+  seeds?: string[];
+  /** The node's token; default "0" (a node alone). */
+  initialToken?: string;
+  /** Streams its ranges from the cluster before serving (a node added to a cluster with data); default false. */
+  autoBootstrap?: boolean;
+  /** Keeps hints for a peer that is down; default false (a node alone has no peers). */
+  hintedHandoff?: boolean;
 }
 
 const CONF_SRC = resolve(import.meta.dirname, '..', '..', 'config', 'cassandra');
@@ -279,7 +290,7 @@ function initialHeap(heap: string): string {
 }
 
 function jvmArgs(o: {
-  heap: string; lib: string; dir: string; conf: string; host: string; javaMajor: number; unsafeSystem: boolean;
+  heap: string; lib: string; dir: string; conf: string; host: string; javaMajor: number; unsafeSystem: boolean; alone: boolean;
 }): string[] {
   const jamm = readdirSync(o.lib).filter((n) => /^jamm-.*\.jar$/.test(n)).sort().pop();
   if (!jamm) throw new Error(`no jamm-*.jar in ${o.lib}`);
@@ -338,7 +349,8 @@ function jvmArgs(o: {
     `-Dlogback.configurationFile=${join(o.conf, 'logback.xml')}`,
     '-Dcassandra.skip_wait_for_gossip_to_settle=0',
     '-Dcassandra.superuser_setup_delay_ms=0',
-    '-Dcassandra.shutdown_announce_in_ms=0', // one node: no peers to tell, saves 2 s per stop
+    // one node alone: no peers to tell of a stop, saves 2 s per stop
+    ...(o.alone ? ['-Dcassandra.shutdown_announce_in_ms=0'] : []),
     `-Dcassandra.triggers_dir=${join(o.dir, 'triggers')}`,
     ...(o.unsafeSystem ? ['-Dcassandra.unsafesystem=true'] : []),
     `-Djava.io.tmpdir=${tmp}`, `-Djna.tmpdir=${tmp}`,
@@ -408,11 +420,15 @@ export async function startCassandra(opts: CassandraNodeOptions): Promise<{ pid:
     STORAGE_PORT: String(storagePort),
     DATA_DIR: dir,
     CLUSTER_NAME: 'streamgate',
+    INITIAL_TOKEN: opts.initialToken ?? '0',
+    SEEDS: (opts.seeds?.length ? opts.seeds : [`${opts.host}:${storagePort}`]).join(','),
+    AUTO_BOOTSTRAP: String(opts.autoBootstrap ?? false),
+    HINTED_HANDOFF: String(opts.hintedHandoff ?? false),
   };
   writeFileSync(join(conf, 'cassandra.yaml'), renderTemplate(readFileSync(join(CONF_SRC, 'cassandra.yaml'), 'utf8'), vars, 'cassandra.yaml'));
   writeFileSync(join(conf, 'logback.xml'), readFileSync(join(CONF_SRC, 'logback.xml')));
 
-  const args = jvmArgs({ heap: opts.heap ?? '512m', lib, dir, conf, host: opts.host, javaMajor: major, unsafeSystem: opts.unsafeSystem ?? false });
+  const args = jvmArgs({ heap: opts.heap ?? '512m', lib, dir, conf, host: opts.host, javaMajor: major, unsafeSystem: opts.unsafeSystem ?? false, alone: !opts.seeds?.length });
   const out = openSync(outLogPath(dir), 'a');
   let exit: { code: number | null; signal: string | null } | undefined;
   let pid: number;

@@ -1,8 +1,11 @@
 // `streamgate services up|down|status`: the embedded default. Starts, on this machine, what the
 // configuration names on loopback: a redis-server per pool node, one for lifecycle events and
-// producer jobs (events.redis, unless it names a pool node), and one Cassandra node.
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+// producer jobs (events.redis, unless it names a pool node), and Cassandra: one node, or a cluster
+// of `cassandra.local.nodes` (up to 3) on consecutive loopback addresses.
+import { closeSync, existsSync, openSync, readSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import cassandra from 'cassandra-driver';
 import type { Config } from '../config/schema.ts';
 import { cassandraAnswers, startCassandra, stopCassandra, type CassandraNodeOptions } from './cassandra.ts';
 import { isLoopback, redisAnswers, redisPid, startRedis, stopRedis, type RedisNodeOptions } from './redis.ts';
@@ -44,16 +47,64 @@ export function localRedisNodes(config: Config): RedisNodeOptions[] {
   return out;
 }
 
-export function localCassandra(config: Config): CassandraNodeOptions | undefined {
+/** The token of node `i` of `n`: the Murmur3 ring (-2^63 .. 2^63-1) split evenly; 0 for a node alone. */
+export function nodeToken(i: number, n: number): string {
+  if (n === 1) return '0';
+  return (-(2n ** 63n) + (BigInt(i) * 2n ** 64n) / BigInt(n)).toString();
+}
+
+/**
+ * The Cassandra nodes `services up` starts: none unless the first contact point is on loopback;
+ * then `cassandra.local.nodes` of them on that address and the next ones, with the same ports,
+ * each with its own data dir; the first is the seed of the others.
+ */
+export function localCassandraNodes(config: Config): CassandraNodeOptions[] {
   const first = config.cassandra.contactPoints[0];
-  if (!first) return undefined;
+  if (!first) return [];
   const { host, port } = hostPort(first, 9042);
-  if (!isLoopback(host)) return undefined;
-  return {
-    home: join(config.gateway.dataDir, 'cassandra'),
-    dataDir: join(config.gateway.dataDir, 'services', `cassandra-${port}`),
-    host, nativePort: port, heap: config.cassandra.heap,
-  };
+  if (!isLoopback(host)) return [];
+  const n = config.cassandra.local.nodes;
+  const storagePort = port + 10_000 <= 65_535 ? port + 10_000 : port - 10_000;
+  const octets = host.split('.');
+  const hostOf = (i: number) => (i === 0 ? host : [...octets.slice(0, 3), String(Number(octets[3]) + i)].join('.'));
+  const home = join(config.gateway.dataDir, 'cassandra');
+  return Array.from({ length: n }, (_, i) => {
+    const h = hostOf(i);
+    const node: CassandraNodeOptions = {
+      home,
+      dataDir: join(config.gateway.dataDir, 'services', i === 0 ? `cassandra-${port}` : `cassandra-${h}-${port}`),
+      host: h, nativePort: port, heap: config.cassandra.heap,
+    };
+    if (n > 1) Object.assign(node, { storagePort, seeds: [`${host}:${storagePort}`], initialToken: nodeToken(i, n), hintedHandoff: true });
+    return node;
+  });
+}
+
+/** True once a node has written data files (its data dir holds system tables). */
+const hasData = (o: CassandraNodeOptions) => existsSync(join(o.dataDir!, 'data', 'system'));
+
+/** Resolves when the driver, connected to `first`, sees `n` nodes and all of them up. */
+async function ringUp(first: CassandraNodeOptions, n: number, timeoutMs: number): Promise<void> {
+  const client = new cassandra.Client({
+    contactPoints: [`${first.host}:${first.nativePort}`],
+    protocolOptions: { port: first.nativePort }, // the port of the peers it discovers
+    localDataCenter: 'datacenter1',
+    socketOptions: { connectTimeout: 3000, readTimeout: 5000 },
+  });
+  const t0 = Date.now();
+  try {
+    await client.connect();
+    for (;;) {
+      const hosts = client.hosts.values();
+      if (hosts.length >= n && hosts.every((h) => h.isUp())) return;
+      if (Date.now() - t0 > timeoutMs) {
+        throw new Error(`the cassandra ring shows ${hosts.filter((h) => h.isUp()).length} of ${n} nodes up after ${timeoutMs / 1000} s: ${hosts.map((h) => `${h.address} ${h.isUp() ? 'up' : 'down'}`).join(', ')}`);
+      }
+      await sleep(500);
+    }
+  } finally {
+    await client.shutdown().catch(() => {});
+  }
 }
 
 export interface UpOptions {
@@ -91,8 +142,8 @@ export async function servicesUp(config: Config, opts: UpOptions = {}): Promise<
   const say = opts.say ?? console.error;
   const wantCassandra = opts.cassandra !== false;
   const redis = localRedisNodes(config);
-  const cass = wantCassandra ? localCassandra(config) : undefined;
-  ensureTools([...(redis.length ? ['redis-server'] : []), ...(cass ? ['java', 'mvn'] : [])], say);
+  const cass = wantCassandra ? localCassandraNodes(config) : [];
+  ensureTools([...(redis.length ? ['redis-server'] : []), ...(cass.length ? ['java', 'mvn'] : [])], say);
   const t0 = Date.now();
   if (redis.length) say(`redis ×${redis.length} starting on ${redis.map((o) => `${o.host}:${o.port}`).join(', ')}`);
   const started = await Promise.all(
@@ -102,18 +153,28 @@ export async function servicesUp(config: Config, opts: UpOptions = {}): Promise<
     }),
   );
   if (redis.length) say(`redis ×${redis.length} ready in ${seconds(Date.now() - t0)}${started.every((r) => r.state === 'running') ? ' (already running)' : ''}`);
-  if (cass) {
+  // nodes added to a cluster whose first node held data before this start stream their ranges
+  const clusterHadData = cass.length > 1 && hasData(cass[0]!);
+  for (const [i, node] of cass.entries()) {
     const t1 = Date.now();
-    say(`cassandra starting on ${cass.host}:${cass.nativePort} (about a minute)`);
-    const line = (o: { pid?: unknown; ms?: unknown }, m?: string) => say(`${m ?? ''}${typeof o.ms === 'number' ? ` in ${seconds(o.ms)}` : ''}${o.pid ? ` (pid ${String(o.pid)})` : ''}`);
-    const ticker = setInterval(() => say(`cassandra starting, ${seconds(Date.now() - t1)}: ${cassandraPhase(cass.dataDir!) ?? 'JVM starting'}`), 10_000);
+    const name = cass.length > 1 ? `cassandra ${i + 1}/${cass.length}` : 'cassandra';
+    const o = { ...node, autoBootstrap: i > 0 && clusterHadData && !hasData(node) };
+    say(`${name} starting on ${o.host}:${o.nativePort} (about a minute${o.autoBootstrap ? ', more: it joins a cluster with data' : ''})`);
+    const line = (x: { pid?: unknown; ms?: unknown }, m?: string) => say(`${m ?? ''}${typeof x.ms === 'number' ? ` in ${seconds(x.ms)}` : ''}${x.pid ? ` (pid ${String(x.pid)})` : ''}`);
+    const ticker = setInterval(() => say(`${name} starting, ${seconds(Date.now() - t1)}: ${cassandraPhase(o.dataDir!) ?? 'JVM starting'}`), 10_000);
     try {
-      const r = await startCassandra({ ...cass, log: { info: line, warn: line } });
-      if (r.alreadyRunning) say(`cassandra already running (pid ${r.pid})`);
-      started.push({ name: 'cassandra', address: `${cass.host}:${cass.nativePort}`, state: r.alreadyRunning ? 'running' : 'started', pid: r.pid, ms: r.ms });
+      // one at a time: a node joins the ring only while no other is joining
+      const r = await startCassandra({ ...o, log: { info: line, warn: line } });
+      if (r.alreadyRunning) say(`${name} already running (pid ${r.pid})`);
+      started.push({ name: 'cassandra', address: `${o.host}:${o.nativePort}`, state: r.alreadyRunning ? 'running' : 'started', pid: r.pid, ms: r.ms });
     } finally {
       clearInterval(ticker);
     }
+  }
+  if (cass.length > 1) {
+    const t2 = Date.now();
+    await ringUp(cass[0]!, cass.length, 120_000);
+    say(`cassandra ring: ${cass.length} nodes up (${seconds(Date.now() - t2)})`);
   }
   return started;
 }
@@ -124,8 +185,7 @@ export async function servicesDown(config: Config): Promise<ServiceStatus[]> {
     const stopped = await stopRedis(o);
     out.push({ name: 'redis', address: `${o.host}:${o.port}`, state: stopped ? 'stopped' : 'down' });
   }
-  const cass = localCassandra(config);
-  if (cass) {
+  for (const cass of localCassandraNodes(config).reverse()) {
     const stopped = await stopCassandra(cass);
     out.push({ name: 'cassandra', address: `${cass.host}:${cass.nativePort}`, state: stopped ? 'stopped' : 'down' });
   }
@@ -142,7 +202,8 @@ export async function servicesStatus(config: Config): Promise<ServiceStatus[]> {
     const up = await redisAnswers(host, port);
     out.push({ name: 'redis', address: `${host}:${port}`, state: up ? (local ? 'running' : 'external') : 'down', pid: local ? redisPid(local) : undefined });
   }
-  for (const cp of config.cassandra.contactPoints) {
+  const local = localCassandraNodes(config).map((o) => `${o.host}:${o.nativePort}`);
+  for (const cp of [...new Set([...local, ...config.cassandra.contactPoints.map((c) => { const p = hostPort(c, 9042); return `${p.host}:${p.port}`; })])]) {
     const { host, port } = hostPort(cp, 9042);
     const up = await cassandraAnswers(host, port);
     out.push({ name: 'cassandra', address: `${host}:${port}`, state: up ? (isLoopback(host) ? 'running' : 'external') : 'down' });
