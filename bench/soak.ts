@@ -66,7 +66,7 @@ async function run(consumer: boolean): Promise<boolean> {
       routes: { '*.soak.test': `smtp://127.0.0.1:${sink.port}` },
       queue: { historyBudget: HISTORY_BUDGET },
       relay: { limits: { default: { connections: 20, messagesPerConnection: 100 } }, idleTimeout: '1s' }, // every domain is routed to the one sink: 20 connections to it, as Postfix's default
-      events: { redis: events.url, whenFull: WHEN_FULL },
+      events: { redis: events.url, whenFull: WHEN_FULL, archive: false },
     },
   });
   const { gw, smtpPort, opsPort } = gateway;

@@ -34,7 +34,7 @@ export async function startGatewayProcess(name: string, opts: { poolUrls: string
     redis: { nodes: opts.poolUrls },
     cassandra: { contactPoints: [`127.0.0.1:${await freePort()}`] }, // nobody listens: no mailboxes
     domains: { local: [], relay: [] }, // the load comes from loopback, a trusted network
-    events: { redis: opts.eventsUrl },
+    events: { redis: opts.eventsUrl, archive: false }, // no Cassandra: no event log either
     ...opts.config,
   };
   writeFileSync(join(dir, 'gateway.yaml'), toYaml(config));
