@@ -395,20 +395,16 @@ describe('pop3', { timeout: 300_000 }, () => {
     }
   });
 
-  test('TOP n with a huge line count costs no more than RETR', async () => {
+  // what TOP reads from Cassandra (only the chunks its lines are in) is measured in body.test.ts
+  test('TOP n with a huge line count sends the whole message, as RETR does; TOP 1 2 the header and two lines', async () => {
     const address = `top-${Date.now().toString(36)}@${D}`;
     await addUser(f.store, address, PW);
     const raw = Buffer.from(`Subject: short lines\r\n\r\n${'0123456\r\n'.repeat(150_000)}`); // 1.35 MB in 1 KB chunks
     await f.delivery.deliver(queued({ to: [address], raw }));
     const c = (await login(address)).c;
-    let t0 = performance.now();
     const retr = await c.multi('RETR 1');
-    const retrMs = performance.now() - t0;
-    t0 = performance.now();
     const top = await c.multi('TOP 1 999999999');
-    const topMs = performance.now() - t0;
     assert.ok(retr.data.subarray(-raw.length).equals(raw) && top.data.equals(retr.data), 'the whole message either way');
-    assert.ok(topMs < retrMs * 3 + 500, `TOP ${Math.round(topMs)} ms, RETR ${Math.round(retrMs)} ms`);
     const head = await c.multi('TOP 1 2');
     const header = retr.data.toString().split('\r\n\r\n')[0]!;
     assert.equal(head.data.toString(), `${header}\r\n\r\n0123456\r\n0123456\r\n`);
