@@ -26,12 +26,13 @@ import { MailboxDelivery } from '../src/mailbox/delivery.ts';
 import { MailboxDirectory } from '../src/mailbox/directory.ts';
 import { MailStore } from '../src/mailbox/store.ts';
 import { hashPassword } from '../src/message/password.ts';
-import { newMessageId, type QueuedMessage } from '../src/message/types.ts';
+import { type QueuedMessage } from '../src/message/types.ts';
 import { localCassandraNodes, servicesDown, servicesUp } from '../src/services/index.ts';
 import { cassandraForTests, TEST_CASSANDRA_HOME } from '../test/helpers/cassandra.ts';
 import { testConfig } from '../test/helpers/config.ts';
 import { freePort } from '../test/helpers/waitFor.ts';
 import { totalBytes, workload, type Msg } from './lib/workload.ts';
+import { newMessageId } from '../src/message/ids.ts';
 
 const N = Number(process.env.BENCH_N ?? 200);
 const INFLIGHT = Number(process.env.BENCH_INFLIGHT ?? 32);

@@ -27,7 +27,7 @@ import type { Config } from '../src/config/schema.ts';
 import { silentLogger } from '../src/log.ts';
 import { startMailbox, type MailboxService } from '../src/mailbox/service.ts';
 import { hashPassword } from '../src/message/password.ts';
-import { newMessageId, type LifecycleEvent, type QueuedMessage } from '../src/message/types.ts';
+import { type LifecycleEvent, type QueuedMessage } from '../src/message/types.ts';
 import { QueueManager } from '../src/queue/manager.ts';
 import { cassandraForTests } from '../test/helpers/cassandra.ts';
 import { testConfig } from '../test/helpers/config.ts';
@@ -36,6 +36,7 @@ import { freePort, waitFor } from '../test/helpers/waitFor.ts';
 import { portOpen, postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 import { formatStages, StageProfiler } from './lib/stages.ts';
 import { totalBytes, workload, type Msg } from './lib/workload.ts';
+import { newMessageId } from '../src/message/ids.ts';
 
 const A = Number(process.env.BENCH_A ?? 100);
 const B = Number(process.env.BENCH_B ?? 300);

@@ -17,7 +17,6 @@ import { join } from 'node:path';
 import SMTPConnection from 'nodemailer/lib/smtp-connection';
 import { silentLogger } from '../src/log.ts';
 import { SmtpIngress } from '../src/ingress/smtp/server.ts';
-import { newMessageId } from '../src/message/types.ts';
 import { QueueManager } from '../src/queue/manager.ts';
 import { Relay } from '../src/relay/relay.ts';
 import { testConfig } from '../test/helpers/config.ts';
@@ -25,6 +24,7 @@ import { startRedisPool } from '../test/helpers/redis.ts';
 import { startSmtpSink, type SmtpSink } from '../test/helpers/smtpSink.ts';
 import { freePort, waitFor } from '../test/helpers/waitFor.ts';
 import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
+import { newMessageId } from '../src/message/ids.ts';
 
 const N = Number(process.env.BENCH_N ?? 3000);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 32);

@@ -13,10 +13,10 @@ import { startMailbox } from './mailbox/service.ts';
 import { startOps } from './ops/http.ts';
 import { HistoryBudget } from './queue/historyBudget.ts';
 import { QueueManager } from './queue/manager.ts';
-import { lowestCursor } from './queue/records.ts';
 import { memoryReport, type MemoryReport } from './ops/memory.ts';
 import { GatewayMetrics } from './ops/metrics.ts';
 import { startRelay } from './relay/relay.ts';
+import { lowestCursor } from './message/ids.ts';
 
 export interface Gateway {
   queues: QueueManager;

@@ -21,9 +21,9 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { consistencyFrom, type Consistency } from '../mailbox/client.ts';
 import type { MailStore } from '../mailbox/store.ts';
-import { eventId, histIdOf, type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
+import { type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
-import { compareIds, parseEntryId } from '../queue/records.ts';
+import { compareIds, eventId, histIdOf, parseEntryId } from '../message/ids.ts';
 
 /** A history partition holds one hour of a queue's events. */
 export const BUCKET_MS = 3_600_000;

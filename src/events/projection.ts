@@ -7,10 +7,11 @@
 // held -> held; delivered, bounced, expired, purged, withdrawn -> gone. A message accepted with a
 // later first attempt (a producer's delay) is not told apart from a ready one by its event.
 // On a queue taking traffic, messages that change while the check reads show as differences.
-import { histIdOf, type LifecycleEvent } from '../message/types.ts';
+import { type LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
-import { compareIds, parseEntryId, type MessageState, type StateRecord } from '../queue/records.ts';
+import { type MessageState, type StateRecord } from '../queue/records.ts';
 import type { HistoryArchive } from './archive.ts';
+import { compareIds, histIdOf, parseEntryId } from '../message/ids.ts';
 
 export interface Projected {
   s: MessageState;

@@ -14,8 +14,9 @@
 import { Queue as BullQueue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../log.ts';
-import { histIdOf, type LifecycleEvent } from '../message/types.ts';
+import { type LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
+import { compareIds, histIdOf } from '../message/ids.ts';
 
 const FLUSH_MS = 50;
 
@@ -236,7 +237,7 @@ export class EventPublisher {
 
   private advance(domain: string, histId: string): void {
     const cur = this.cursors.get(domain);
-    if (!cur || after(histId, cur)) this.cursors.set(domain, histId);
+    if (!cur || compareIds(histId, cur) > 0) this.cursors.set(domain, histId);
   }
 
   private push(ev: LifecycleEvent): void {
@@ -340,7 +341,7 @@ export class EventPublisher {
     for (const ev of batch) {
       const histId = histIdOf(ev.id);
       const cur = last.get(ev.domain) ?? this.cursors.get(ev.domain);
-      if (!cur || after(histId, cur)) last.set(ev.domain, histId);
+      if (!cur || compareIds(histId, cur) > 0) last.set(ev.domain, histId);
     }
     const pipe = this.redis.pipeline();
     for (const [domain, histId] of last) pipe.set(this.cursorKey(domain), histId);
@@ -388,11 +389,4 @@ export class EventPublisher {
     await this.flush();
     await this.bull.close();
   }
-}
-
-/** True when history id a ("ms-seq") is above b. */
-function after(a: string, b: string): boolean {
-  const [am, as] = a.split('-').map(Number) as [number, number];
-  const [bm, bs] = b.split('-').map(Number) as [number, number];
-  return am > bm || (am === bm && as > bs);
 }

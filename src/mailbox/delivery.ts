@@ -14,8 +14,9 @@ import { domainOf, type LocalDelivery, type QueuedMessage, type RecipientResult 
 import { MailboxError } from './client.ts';
 import type { MailboxDirectory } from './directory.ts';
 import { DomainSet } from '../access/domains.ts';
-import { INBOX, OUTBOX, timeOfMessageId, tryUserKey } from './ids.ts';
+import { INBOX, OUTBOX, tryUserKey } from './ids.ts';
 import type { MailStore } from './store.ts';
+import { timeOfMessageId } from '../message/ids.ts';
 
 const RCPT_CONCURRENCY = 4;
 const CRLF = Buffer.from('\r\n');

@@ -46,20 +46,6 @@ export function tryUserKey(address: string): string | undefined {
   }
 }
 
-const B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
-
-/** The time encoded in the first 10 characters of a newMessageId(), or undefined. */
-export function timeOfMessageId(id: string): number | undefined {
-  if (id.length < 10) return undefined;
-  let t = 0;
-  for (let i = 0; i < 10; i++) {
-    const v = B32.indexOf(id[i]!.toUpperCase());
-    if (v < 0) return undefined;
-    t = t * 32 + v;
-  }
-  return t;
-}
-
 /** The row id of queue message `queueId` (accepted at `acceptedAt` ms) in `address`'s `mailbox`. */
 export function messageUuid(queueId: string, acceptedAt: number, address: string, mailbox: string): cassandra.types.TimeUuid {
   const h = createHash('sha256').update(queueId).update('\0').update(address).update('\0').update(mailbox).digest();

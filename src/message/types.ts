@@ -1,5 +1,4 @@
 // Shared domain types: envelopes, queued messages, lifecycle events.
-import { randomBytes } from 'node:crypto';
 import type { LifecycleKind } from '../client/schema.ts';
 
 export interface Envelope {
@@ -39,22 +38,6 @@ export interface QueuedMessage {
 // actor, reason, before and after), their messageId "".
 export type { LifecycleKind };
 
-/**
- * The id of a lifecycle event: `${gateway}/${domain}/${history entry id}`, unique and stable;
- * consumers deduplicate on it, and it is the BullMQ job id, which may not contain ":". A domain is
- * written with every character outside letters, digits and `.-_[]` percent-encoded, so an
- * address literal such as `[ipv6:2001:db8::1]` becomes `[ipv6%3A2001%3Adb8%3A%3A1]`; a domain
- * name is unchanged. The gateway id has none of them (gateway.id).
- */
-export function eventId(gateway: string, domain: string, histId: string): string {
-  return `${gateway}/${domain.replace(/[^A-Za-z0-9._[\]-]/g, (c) => encodeURIComponent(c).replace(/[!'()*]/g, (x) => `%${x.charCodeAt(0).toString(16).toUpperCase()}`))}/${histId}`;
-}
-
-/** The history entry id ("ms-seq") at the end of an event id. */
-export function histIdOf(eventId: string): string {
-  return eventId.slice(eventId.lastIndexOf('/') + 1);
-}
-
 export interface LifecycleEvent {
   /** Unique and stable, safe as a BullMQ job id: see eventId(). */
   id: string;
@@ -65,29 +48,6 @@ export interface LifecycleEvent {
   txn: number;
   at: number;
   details: Record<string, unknown>;
-}
-
-const B32 = '0123456789ABCDEFGHJKMNPQRSTVWXYZ';
-
-// Random bytes are drawn from the system in blocks: one call per 409 ids, not one per id.
-let pool = Buffer.alloc(0);
-let poolAt = 0;
-
-/** A sortable message id: 10 characters of time, 10 of randomness (Crockford base 32). */
-export function newMessageId(now = Date.now()): string {
-  let t = '';
-  let n = now;
-  for (let i = 0; i < 10; i++) {
-    t = B32[n % 32] + t;
-    n = Math.floor(n / 32);
-  }
-  if (poolAt + 10 > pool.length) {
-    pool = randomBytes(4096);
-    poolAt = 0;
-  }
-  let s = '';
-  for (let i = 0; i < 10; i++) s += B32[pool[poolAt++]! & 31];
-  return t + s;
 }
 
 /** The domain of an address: what follows the last "@", lower-cased. */

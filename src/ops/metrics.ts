@@ -11,11 +11,11 @@ import type { EventEmitter } from 'node:events';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
-import { parseEntryId } from '../queue/records.ts';
 import type { Relay } from '../relay/relay.ts';
 import type { BlockReason } from '../relay/scheduler.ts';
 import { registerLoopMetrics } from './loopStats.ts';
 import type { MemoryReport } from './memory.ts';
+import { compareIds, parseEntryId } from '../message/ids.ts';
 
 /** The label of destinations outside the top. */
 export const OTHER = 'other';
@@ -335,7 +335,7 @@ export class GatewayMetrics {
       let oldest = Infinity;
       for (const [domain, w] of waiting) {
         const cur = cursorOf(domain);
-        if (cur && !idAfter(w.last, cur)) {
+        if (cur && compareIds(w.last, cur) <= 0) {
           waiting.delete(domain);
           continue;
         }
@@ -359,12 +359,6 @@ export class GatewayMetrics {
   stop(): void {
     for (const s of this.stops.splice(0)) s();
   }
-}
-
-function idAfter(a: string, b: string): boolean {
-  const [am, as] = parseEntryId(a);
-  const [bm, bs] = parseEntryId(b);
-  return am > bm || (am === bm && as > bs);
 }
 
 /** Removes a destination's series from a metric, whatever its other labels. */

@@ -20,7 +20,7 @@ import type { Logger } from '../log.ts';
 import type { QueueManager } from './manager.ts';
 import type { RedisNode } from './node.ts';
 import type { Queue } from './queue.ts';
-import { idAfter, parseEntryId } from './records.ts';
+import { idAfter, parseEntryId } from '../message/ids.ts';
 
 const TICK_MS = 5000;
 /** Trims take history down to this share of its budget. */

@@ -9,7 +9,7 @@ import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
-import { eventId, type LifecycleEvent, type NewMessage, type QueuedMessage } from '../message/types.ts';
+import { type LifecycleEvent, type NewMessage, type QueuedMessage } from '../message/types.ts';
 import { copyQueue, type CopyStats } from './copy.ts';
 import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
@@ -19,7 +19,8 @@ import { provenSource, type ReplicaView } from './proof.ts';
 import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
 import type { Owner } from './replicas.ts';
 import { runScript } from './scripts.ts';
-import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, parseEntryId, type HistoryEntry, type MetaRecord, type StateRecord } from './records.ts';
+import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, type HistoryEntry, type MetaRecord, type StateRecord } from './records.ts';
+import { eventId, parseEntryId } from '../message/ids.ts';
 
 export type { HistoryEntry } from './records.ts';
 

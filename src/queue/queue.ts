@@ -13,14 +13,15 @@
 //           once the queue is reloaded they are withdrawn if they were stored after all.
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.ts';
-import { eventId, type LifecycleEvent, type LifecycleKind, type NewMessage, type QueuedMessage } from '../message/types.ts';
+import { type LifecycleEvent, type LifecycleKind, type NewMessage, type QueuedMessage } from '../message/types.ts';
 import { QueueError, SCRIPT_CODES } from './errors.ts';
 import { Batcher } from './batcher.ts';
 import { MinHeap } from './heap.ts';
-import { decodeLiveEntry, decodeState, IdGen, parseEntryId, queueKeys, type MessageState, type QueueKeys } from './records.ts';
+import { decodeLiveEntry, decodeState, queueKeys, type MessageState, type QueueKeys } from './records.ts';
 import type { ScriptName } from './scripts.ts';
 import { MAIL_OVERHEAD } from './node.ts';
 import { ReplicaSet, UnknownOutcomeError, type Arg, type Owner, type Replica, type WriteResult } from './replicas.ts';
+import { eventId, IdGen, parseEntryId } from '../message/ids.ts';
 
 export type { MessageState } from './records.ts';
 export type { Replica, SyncState } from './replicas.ts';

@@ -21,13 +21,13 @@ import { MailStore } from '../../src/mailbox/store.ts';
 import type { LifecycleEvent } from '../../src/message/types.ts';
 import { HistoryBudget } from '../../src/queue/historyBudget.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
-import { lowestCursor } from '../../src/queue/records.ts';
 import type { Config } from '../../src/config/schema.ts';
 import { cassandraForTests } from '../helpers/cassandra.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedis, startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { waitFor, freePort } from '../helpers/waitFor.ts';
 import { TcpProxy } from '../mailbox/proxy.ts';
+import { lowestCursor } from '../../src/message/ids.ts';
 
 const MAX = 1000;
 const TOKEN = 'archive-test-token-0123456789';

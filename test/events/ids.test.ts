@@ -9,12 +9,13 @@ import { Redis } from 'ioredis';
 import { EventPublisher } from '../../src/events/publisher.ts';
 import { normalizeAddress } from '../../src/ingress/smtp/policy.ts';
 import { silentLogger } from '../../src/log.ts';
-import { eventId, type LifecycleEvent } from '../../src/message/types.ts';
+import { type LifecycleEvent } from '../../src/message/types.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import { buildDsn } from '../../src/relay/dsn.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { waitFor } from '../helpers/waitFor.ts';
+import { eventId } from '../../src/message/ids.ts';
 
 const msg = (id: string, domain: string) => ({ id, domain, envelope: { from: 's@src.test', to: [`r@${domain}`] }, raw: Buffer.from(`Subject: ${id}\r\n\r\nx\r\n`) });
 

@@ -5,8 +5,8 @@ import { after, before, describe, test } from 'node:test';
 import cassandra from 'cassandra-driver';
 import { MailboxError } from '../../src/mailbox/client.ts';
 import { messageUuid } from '../../src/mailbox/ids.ts';
-import { newMessageId } from '../../src/message/types.ts';
 import { addUser, all, mailboxFixture, queued, rawMessage, type MailboxFixture } from './fixture.ts';
+import { newMessageId } from '../../src/message/ids.ts';
 
 describe('local delivery', { timeout: 120_000 }, () => {
   let f: MailboxFixture;

@@ -7,9 +7,10 @@ import { MailboxDelivery } from '../../src/mailbox/delivery.ts';
 import { MailboxDirectory } from '../../src/mailbox/directory.ts';
 import { MailStore, type MessageRef, type StoreOptions } from '../../src/mailbox/store.ts';
 import { hashPassword } from '../../src/message/password.ts';
-import { newMessageId, type QueuedMessage } from '../../src/message/types.ts';
+import { type QueuedMessage } from '../../src/message/types.ts';
 import { cassandraForTests } from '../helpers/cassandra.ts';
 import { testConfig } from '../helpers/config.ts';
+import { newMessageId } from '../../src/message/ids.ts';
 
 export interface MailboxFixture {
   config: Config;

@@ -4,12 +4,12 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
 import type { MessageRef } from '../../src/mailbox/store.ts';
-import { newMessageId } from '../../src/message/types.ts';
 import { Pop3Server } from '../../src/pop3/server.ts';
 import { testConfig } from '../helpers/config.ts';
 import { addUser, mailboxFixture, queued, rawMessage, type MailboxFixture } from '../mailbox/fixture.ts';
 import { curl } from './client.ts';
 import { selfSignedPair } from './tls.ts';
+import { newMessageId } from '../../src/message/ids.ts';
 
 const D = 'curl.test';
 

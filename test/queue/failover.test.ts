@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
-import { newMessageId } from '../../src/message/types.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import type { Queue } from '../../src/queue/queue.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedis, startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { waitFor } from '../helpers/waitFor.ts';
+import { newMessageId } from '../../src/message/ids.ts';
 
 const fast = { timeout: '500ms', heartbeat: { every: '100ms', missed: 2 }, rebuildAfter: '1s', blockSize: 100 };
 

@@ -6,14 +6,13 @@ import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { storeMessage } from '../../src/ingress/smtp/store.ts';
 import { silentLogger } from '../../src/log.ts';
-import { newMessageId } from '../../src/message/types.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import type { Queue } from '../../src/queue/queue.ts';
-import { IdGen } from '../../src/queue/records.ts';
 import { testConfig } from '../helpers/config.ts';
 import { assertQueueConsistent } from '../helpers/queueCheck.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { waitFor } from '../helpers/waitFor.ts';
+import { IdGen, newMessageId } from '../../src/message/ids.ts';
 
 const msg = (domain: string, i: number) => ({
   id: newMessageId(),

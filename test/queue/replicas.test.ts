@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
-import { newMessageId } from '../../src/message/types.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
+import { newMessageId } from '../../src/message/ids.ts';
 
 const msg = (domain: string, i: number, size = 400) => ({
   id: newMessageId(),

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { simpleParser } from 'mailparser';
 import { silentLogger } from '../../src/log.ts';
-import { newMessageId, type LocalDelivery, type QueuedMessage } from '../../src/message/types.ts';
+import { type LocalDelivery, type QueuedMessage } from '../../src/message/types.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import type { DnsResolver } from '../../src/relay/mx.ts';
 import { Relay } from '../../src/relay/relay.ts';
@@ -12,6 +12,7 @@ import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtpSink.ts';
 import { waitFor } from '../helpers/waitFor.ts';
+import { newMessageId } from '../../src/message/ids.ts';
 
 const MIN = 60_000;
 

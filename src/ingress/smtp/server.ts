@@ -20,7 +20,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import type { SMTPServerAddress, SMTPServerAuthentication, SMTPServerAuthenticationResponse, SMTPServerDataStream, SMTPServerOptions, SMTPServerSession } from 'smtp-server';
 import type { Config } from '../../config/schema.ts';
 import type { Logger } from '../../log.ts';
-import { newMessageId, type UserDirectory } from '../../message/types.ts';
+import { type UserDirectory } from '../../message/types.ts';
 import type { QueueManager } from '../../queue/manager.ts';
 import { loadTls, type LoadedTls } from '../../access/tls.ts';
 import { FailureThrottle } from '../../access/throttle.ts';
@@ -33,6 +33,7 @@ import { RelayPolicy } from './policy.ts';
 import { REPLIES, reply, SmtpReply } from './replies.ts';
 import { storeMessage, type Stored } from './store.ts';
 import { ConfigUserDirectory } from './users.ts';
+import { newMessageId } from '../../message/ids.ts';
 
 export type ListenerName = 'mx' | 'submission';
 

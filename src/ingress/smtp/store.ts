@@ -14,10 +14,11 @@
 // that local delivery keeps it in the sender's `outbox` (a local recipient's copy does that
 // already otherwise).
 import type { Logger } from '../../log.ts';
-import { domainOf, newMessageId } from '../../message/types.ts';
+import { domainOf } from '../../message/types.ts';
 import { QueueError } from '../../queue/errors.ts';
 import type { QueueManager } from '../../queue/manager.ts';
 import { reply, type SmtpReply } from './replies.ts';
+import { newMessageId } from '../../message/ids.ts';
 
 export interface Submission {
   submissionId: string;
