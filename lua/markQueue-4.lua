@@ -4,8 +4,8 @@
   or such a record about one message (ARGV[9], e.g. a purge undone). No message changes.
 
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
-  ARGV: 1-6 as in includes/queueWrite.lua, 7 event kind, 8 details (JSON), 9 message id (optional;
-        absent: a queue-level event, message id "")
+  ARGV: 1-6 as in includes/queueWrite.lua, 7 event kind, 8 details (JSON),
+        9 message id (a record about one message only)
   Returns: { 0, txn }
            { -6, epoch } the queue belongs to a newer owner (epoch): nothing changed
            { -1, nodeTxn }

@@ -67,11 +67,10 @@ export function registerQueueCommands(program: Command): void {
       if (opts.at !== undefined) {
         const past = (await call(opts, 'GET', `/api/queues?at=${encodeURIComponent(opts.at)}`)) as { at: number; totals: { queues: number; ready: number; deferred: number; held: number; inflight: number }; queues: { domain: string; depth: Record<string, number>; messages: { id: string; s: string; a: number; n: number; last: { kind: string; at: number; reason?: string } }[] }[] };
         if (opts.json) return console.log(JSON.stringify(past, null, 2));
-        const names: Record<string, string> = { r: 'ready', d: 'deferred', h: 'held', f: 'inflight' };
         console.log(`-- as at ${new Date(past.at).toISOString()}, from the event log`);
         for (const q of past.queues) {
           console.log(`${q.domain}: ${q.depth.ready} ready, ${q.depth.deferred} deferred, ${q.depth.held} held, ${q.depth.inflight} in flight`);
-          for (const m of q.messages) console.log(`  ${m.id} ${names[m.s]} attempts ${m.a}${m.n ? ` next ${new Date(m.n).toISOString()}` : ''} since ${new Date(m.last.at).toISOString()} (${m.last.kind}${m.last.reason ? `: ${m.last.reason}` : ''})`);
+          for (const m of q.messages) console.log(`  ${m.id} ${m.s} attempts ${m.a}${m.n ? ` next ${new Date(m.n).toISOString()}` : ''} since ${new Date(m.last.at).toISOString()} (${m.last.kind}${m.last.reason ? `: ${m.last.reason}` : ''})`);
         }
         const t = past.totals;
         return console.log(`-- ${t.queues} queues, ${t.ready + t.deferred + t.held + t.inflight} messages`);

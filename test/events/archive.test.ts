@@ -257,7 +257,7 @@ describe('the event log (events.archive)', () => {
       }
       const bad = await runCli(['queue', 'rebuild-state', domain, '--check', '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
       assert.equal(bad.status, 1);
-      assert.match(bad.stdout, /^s350: rebuilt \{"s":"r","a":0,"n":0\}, live \{"s":"h","a":0,"n":0\}$/m);
+      assert.match(bad.stdout, /^s350: rebuilt \{"s":"ready","a":0,"n":0\}, live \{"s":"held","a":0,"n":0\}$/m);
       assert.match(bad.stdout, /^-- 1 differences$/m);
       const usage = await runCli(['queue', 'rebuild-state', domain, '--config', file], { STREAMGATE_OPS_TOKEN: TOKEN });
       assert.equal(usage.status, 2);

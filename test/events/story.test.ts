@@ -129,9 +129,9 @@ describe('a message story from the event log', () => {
     const acceptedMs = Number(accepted.at(-1)!.id.split('/').pop()!.split('-')[0]);
     assert.equal(await at(acceptedMs - 1), undefined, 'before it came');
     const d = (await at(deferred.at))!;
-    assert.deepEqual([d.s, d.a, d.n, d.last.kind, d.last.reason], ['d', 1, deferred.details.nextAt, 'deferred', deferred.details.reply]);
+    assert.deepEqual([d.s, d.a, d.n, d.last.kind, d.last.reason], ['deferred', 1, deferred.details.nextAt, 'deferred', deferred.details.reply]);
     const h = (await at(held.at))!;
-    assert.equal(h.s, 'h');
+    assert.equal(h.s, 'held');
     assert.deepEqual([h.last.kind, h.last.reason], ['held', 'check the sender']);
     assert.equal(await at(purged.at), undefined, 'purged by then');
     const text = await ops(['queue', 'list', '--at', new Date(held.at).toISOString()]);
