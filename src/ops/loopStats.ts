@@ -1,9 +1,10 @@
 // The gateway's own stalls: how late the event loop ran a timer due every few milliseconds, and how
 // long garbage collection stopped it (PerformanceObserver 'gc'), over the interval since the last
 // read. The timer is our own rather than monitorEventLoopDelay's: resetting that histogram drops
-// the first sample after the reset, so a stall right after a read would go unseen. A reply to a sending MTA can be no faster than the loop that writes it, so these figures are
-// what explains a reply-latency percentile: the metrics export them, and `npm run bench:smtp` prints
-// them beside its percentiles.
+// the first sample after the reset, so a stall right after a read would go unseen. A reply to a
+// sending MTA can be no faster than the loop that writes it, so these figures are what explains a
+// reply-latency percentile: the metrics export them, and `npm run bench:smtp` prints them beside
+// its percentiles.
 import { PerformanceObserver, createHistogram } from 'node:perf_hooks';
 import { Gauge, type Registry } from 'prom-client';
 

@@ -117,7 +117,8 @@ export class GatewayMetrics {
     this.labels = new DestinationLabels(opts.topDestinations, opts.rankEveryMs ?? 60_000);
     if (opts.processMetrics !== false) {
       collectDefaultMetrics({ register: r, prefix: 'streamgate_process_' });
-      registerLoopMetrics(r);
+      const loop = registerLoopMetrics(r);
+      this.stops.push(() => loop.stop());
     }
     this.messages = new Counter({ name: 'streamgate_messages_total', help: 'Messages per destination (top destinations, the rest "other"), listener (mx, submission, producer, dsn; "" after acceptance) and outcome', labelNames: ['queue', 'listener', 'outcome'], registers: [r] });
     this.replyLatency = new Histogram({ name: 'streamgate_smtp_reply_seconds', help: 'From the end of DATA to the reply, per listener and reply class (2xx, 4xx, 5xx)', labelNames: ['listener', 'class'], buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5], registers: [r] });
