@@ -43,10 +43,9 @@ const DOMAIN = 'cassmail.test';
 const MB = 1024 * 1024;
 
 /**
- * CassMail's published figures, where the project has them: the paper's single-node figure as the
- * project's issue tracker quotes it (about 15 MB/s, 0.375× Postfix). The other tables of the paper
- * (Section 5) are not in the sources available here: their column says so, to be filled in from
- * the paper.
+ * CassMail's published figures, where the project has them: the paper's single-node figure (about
+ * 15 MB/s, 0.375× Postfix). The other tables of the paper (Section 5) are not recorded here yet:
+ * their column says so, to be filled in from the paper.
  */
 const PAPER: Record<string, string> = {
   'nodes 1': '≈15 MB/s (0.375× Postfix)',

@@ -33,7 +33,7 @@ const MAX = 1000;
 const TOKEN = 'archive-test-token-0123456789';
 /**
  * Messages of the judging run, three events each: 20,000 (60,000 events) by default, to stay near
- * a minute on a busy 2-core machine; ARCHIVE_TEST_MESSAGES=66667 runs the issue's 200,000.
+ * a minute on a busy 2-core machine; ARCHIVE_TEST_MESSAGES=66667 runs 200,000 events.
  */
 const JUDGE_MESSAGES = Number(process.env.ARCHIVE_TEST_MESSAGES ?? 20_000);
 
