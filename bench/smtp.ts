@@ -31,7 +31,7 @@
 // Postfix runs as an instance of its own (bench/lib/postfix.ts: config_directory, queue_directory
 // and data_directory in a temp dir, its own loopback port, nothing of the system's Postfix or
 // port 25 touched), installed with apt-get when missing, stopped and removed at the end, also when
-// the benchmark fails. BENCH_PROFILE=dir writes a CPU profile of the ingress-mode gateway;
+// the benchmark fails. BENCH_PROFILE=dir writes a CPU profile of the gateway (either mode);
 // BENCH_TRACE_GC=1 passes --trace-gc to it, BENCH_GATEWAY_FLAGS other Node flags (V8's heap
 // sizes, for instance); BENCH_ALLOC_PROFILE=dir writes a sampling allocation profile of it
 // (garbage included: every allocation, also those collected since), read in DevTools or with
@@ -226,14 +226,19 @@ interface Target {
 
 const TOKEN = 'bench-smtp-token-0123456789abcdef';
 
+/** Node flags for the gateway's process, in both modes: profiles, GC trace, BENCH_GATEWAY_FLAGS. */
+function gatewayFlags(): string[] {
+  const flags = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
+  if (process.env.BENCH_TRACE_GC) flags.push('--trace-gc');
+  if (process.env.BENCH_GATEWAY_FLAGS) flags.push(...process.env.BENCH_GATEWAY_FLAGS.split(/\s+/).filter(Boolean));
+  return flags;
+}
+
 /** The QueueManager and the SMTP ingress alone, in a child process. */
 async function startIngressGateway(dir: string): Promise<Target> {
   const { startRedisPool } = await import('../test/helpers/redis.ts');
   const pool = await startRedisPool(3, { maxmemory: '2gb' });
-  const profile = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
-  if (process.env.BENCH_TRACE_GC) profile.push('--trace-gc');
-  if (process.env.BENCH_GATEWAY_FLAGS) profile.push(...process.env.BENCH_GATEWAY_FLAGS.split(/\s+/).filter(Boolean));
-  const child = spawn(NODE, [...profile, import.meta.filename, 'serve'], {
+  const child = spawn(NODE, [...gatewayFlags(), import.meta.filename, 'serve'], {
     stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
     env: { ...process.env, BENCH_GATEWAY: JSON.stringify({ nodes: pool.map((r) => r.url), dataDir: join(dir, 'gateway'), log: join(dir, 'gateway.log') }) },
   });
@@ -298,7 +303,7 @@ async function startWholeGateway(dir: string, sink: SinkProcess): Promise<Target
   writeFileSync(join(dir, 'whole.yaml'), toYaml(config));
   const logFile = join(dir, 'whole.log');
   const out = openSync(logFile, 'a');
-  const child = spawn(NODE, [join(import.meta.dirname, '..', 'src', 'cli', 'main.ts'), 'start', '--config', join(dir, 'whole.yaml')], { stdio: ['ignore', out, out] });
+  const child = spawn(NODE, [...gatewayFlags(), join(import.meta.dirname, '..', 'src', 'cli', 'main.ts'), 'start', '--config', join(dir, 'whole.yaml')], { stdio: ['ignore', out, out] });
   closeSync(out);
   const metrics = async () => (await fetch(`http://127.0.0.1:${opsPort}/metrics`, { headers: { authorization: `Bearer ${TOKEN}` } })).text();
   await waitFor(
