@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import { redisNodeId, type Config } from './config/schema.ts';
 import { HistoryArchive } from './events/archive.ts';
 import { EventPublisher } from './events/publisher.ts';
-import { queuesAt, rebuildCheck } from './events/projection.ts';
+import { queuesAt, rebuildCheck, rebuildState } from './events/projection.ts';
 import { PurgeVault } from './events/purgeVault.ts';
 import { ProducerWorker } from './ingress/producers/worker.ts';
 import { SmtpIngress } from './ingress/smtp/server.ts';
@@ -101,7 +101,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
     metrics.watchMemory(memory);
     metrics.watchPublisher(queues, (domain) => publisher.cursorOf(domain));
     const vault = archive && config.queue.purgeGrace > 0 ? new PurgeVault(queues, mailbox.store, config) : undefined;
-    const ops = await startOps({ config, queues, relay, log, memory, metrics, ...(archive ? { story: (id: string) => archive.story(id), rebuildCheck: (domain: string) => rebuildCheck(queues, archive, domain), queuesAt: (at: number, domain?: string) => queuesAt(queues, archive, at, domain) } : {}), ...(vault ? { vault } : {}) });
+    const ops = await startOps({ config, queues, relay, log, memory, metrics, ...(archive ? { story: (id: string) => archive.story(id), rebuildCheck: (domain: string) => rebuildCheck(queues, archive, domain), rebuildState: (domain: string, who: { actor: string; reason: string; token: string }) => rebuildState(queues, archive, domain, who), queuesAt: (at: number, domain?: string) => queuesAt(queues, archive, at, domain) } : {}), ...(vault ? { vault } : {}) });
     parts.push({ name: 'ops', stop: () => ops.stop() });
     log.info({ gateway: config.gateway.id, parts: parts.map((p) => p.name) }, 'gateway ready');
 

@@ -2,6 +2,7 @@
 import type { Command } from 'commander';
 import type { Config } from '../config/schema.ts';
 import { servicesDown, servicesStatus, servicesUp, type ServiceStatus } from '../services/index.ts';
+import { registerBouncesCommands } from './bouncesCommands.ts';
 import { registerEventsCommands } from './eventsCommands.ts';
 import { registerMailboxCommands } from './mailboxCommands.ts';
 import { registerQueueCommands } from './queueCommands.ts';
@@ -123,5 +124,6 @@ export function registerCommands(program: Command): void {
   registerQueueCommands(program);
   registerTopCommand(program);
   registerEventsCommands(program);
+  registerBouncesCommands(program);
   registerSendmailCommand(program);
 }

@@ -129,14 +129,23 @@ export function registerQueueCommands(program: Command): void {
     });
   queue
     .command('rebuild-state')
-    .description("rebuild a queue's state from its events alone; --check compares it with the live state and prints the differences (exit 1 when there are any)")
+    .description("write a queue's state (each live message's state, attempts, next attempt; the counters) back from its events alone, on both replicas, in the running gateway with the queue's writes held (recorded as a `rebuilt` event); --check compares only and prints the differences (exit 1 when there are any)")
     .argument('<domain>', 'destination domain (the queue)')
-    .option('--check', 'compare only (the one mode there is: the state is not written)')
+    .option('--check', 'compare the rebuilt state with the live one; write nothing')
+    .option('-r, --reason <text>', 'why (kept in the queue history; needed to write)')
+    .option('--actor <name>', 'who (default: $USER)')
     .option('--json', 'print JSON')
     .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
     .addOption(configOption())
-    .action(async (domain: string, opts: { config?: string; token?: string; check?: boolean; json?: boolean }) => {
-      if (!opts.check) throw Object.assign(new Error('queue rebuild-state: only --check is built: the live state is compared, never written'), { exitCode: 2 });
+    .action(async (domain: string, opts: { config?: string; token?: string; check?: boolean; json?: boolean; reason?: string; actor?: string }) => {
+      if (!opts.check) {
+        if (!opts.reason) throw Object.assign(new Error('queue rebuild-state: --reason TEXT is needed to write the state (or --check to compare only)'), { exitCode: 2 });
+        const r = (await call(opts, 'POST', `/api/queues/${encodeURIComponent(domain)}/rebuild-state`, { reason: opts.reason, actor: opts.actor ?? process.env.USER ?? 'cli' })) as { events: number; messages: number; depth: Record<string, number>; withoutBody: string[] };
+        if (opts.json) return console.log(JSON.stringify(r, null, 2));
+        console.log(`${domain}: state rebuilt from ${r.events} events: ${r.messages} messages (${r.depth.ready} ready, ${r.depth.deferred} deferred, ${r.depth.held} held, ${r.depth.inflight} in flight)`);
+        if (r.withoutBody.length) console.log(`-- ${r.withoutBody.length} messages the events say are queued have no live entry (their bodies are gone) and got no state: ${r.withoutBody.slice(0, 20).join(' ')}`);
+        return;
+      }
       const r = (await call(opts, 'GET', `/api/queues/${encodeURIComponent(domain)}/rebuild-check`)) as { events: number; rebuilt: number; live: number; counters: { rebuilt: Record<string, number>; live: Record<string, number> }; differences: { id: string; rebuilt: unknown; live: unknown }[] };
       if (opts.json) console.log(JSON.stringify(r, null, 2));
       else {

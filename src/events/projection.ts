@@ -1,22 +1,27 @@
 // Views are projections of the log: the state of every live message of a queue (state, attempts,
-// next attempt time) and its counters, folded from its events alone (the event log in Cassandra up
-// to the archive's cursor, then the history stream in Redis after it), compared with what the
-// queue scripts keep in the state and meta hashes (`streamgate queue rebuild-state DOMAIN --check`).
-// The fold follows the scripts: accepted -> ready; attempted -> in flight; deferred -> deferred,
-// one more attempt, next attempt at details.nextAt; requeued and released -> ready, no next time;
-// held -> held; delivered, bounced, expired, purged, withdrawn -> gone. A message accepted with a
-// later first attempt (a producer's delay) is not told apart from a ready one by its event.
-// On a queue taking traffic, messages that change while the check reads show as differences.
+// next attempt time, recipients still to do) and its counters, folded from its events alone (the
+// event log in Cassandra up to the archive's cursor, then the history stream in Redis after it),
+// compared with what the queue scripts keep in the state and meta hashes (`streamgate queue
+// rebuild-state DOMAIN --check`), or written back over them (`rebuild-state DOMAIN`).
+// The fold follows the scripts: accepted -> ready (deferred to details.notBefore when it has one);
+// attempted -> in flight; deferred -> deferred, one more attempt, next attempt at details.nextAt,
+// details.remaining the recipients still to do; requeued and released -> ready, no next time;
+// held -> held; delivered, bounced, expired, purged, withdrawn -> gone.
+// On a queue taking traffic, messages that change while the check reads show as differences; the
+// rebuild holds the queue's writes for its last pass, so it has none.
 import { type LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import { type MessageState, type StateRecord } from '../queue/records.ts';
 import type { HistoryArchive } from './archive.ts';
+import { QueueError } from '../queue/errors.ts';
 import { compareIds, histIdOf, parseEntryId } from '../message/ids.ts';
 
 export interface Projected {
   s: MessageState;
   a: number;
   n: number;
+  /** The recipients still to do, when an attempt settled the others. */
+  r?: string[];
 }
 
 const FINAL = new Set(['delivered', 'bounced', 'expired', 'purged', 'withdrawn']);
@@ -25,13 +30,64 @@ const FINAL = new Set(['delivered', 'bounced', 'expired', 'purged', 'withdrawn']
 export function apply(view: Map<string, Projected>, ev: Pick<LifecycleEvent, 'kind' | 'messageId' | 'details'>): void {
   if (!ev.messageId) return;
   const m = view.get(ev.messageId);
-  if (ev.kind === 'accepted') view.set(ev.messageId, { s: 'ready', a: 0, n: 0 });
-  else if (!m) return;
+  if (ev.kind === 'accepted') {
+    const nb = Number(ev.details.notBefore ?? 0);
+    view.set(ev.messageId, { s: nb ? 'deferred' : 'ready', a: 0, n: nb });
+  } else if (!m) return;
   else if (FINAL.has(ev.kind)) view.delete(ev.messageId);
   else if (ev.kind === 'attempted') m.s = 'inflight';
-  else if (ev.kind === 'deferred') Object.assign(m, { s: 'deferred', a: m.a + 1, n: Number(ev.details.nextAt ?? 0) });
-  else if (ev.kind === 'requeued' || ev.kind === 'released') Object.assign(m, { s: 'ready', n: 0 });
+  else if (ev.kind === 'deferred' || ev.kind === 'requeued') {
+    Object.assign(m, ev.kind === 'deferred' ? { s: 'deferred', a: m.a + 1, n: Number(ev.details.nextAt ?? 0) } : { s: 'ready', n: 0 });
+    if (Array.isArray(ev.details.remaining)) m.r = ev.details.remaining as string[];
+  } else if (ev.kind === 'released') Object.assign(m, { s: 'ready', n: 0 });
   else if (ev.kind === 'held') m.s = 'held';
+}
+
+/** A queue's events folded: each live message's state, and the counts the scripts keep of appends and settles. */
+export class Fold {
+  readonly view = new Map<string, Projected>();
+  /** accepted events, and settles per outcome. */
+  appended = 0;
+  readonly settled: Record<string, number> = { delivered: 0, bounced: 0, expired: 0, purged: 0, withdrawn: 0 };
+  events = 0;
+  /** The history id of the last event folded. */
+  last: string | undefined;
+
+  add(ev: Pick<LifecycleEvent, 'kind' | 'messageId' | 'details'>, histId: string): void {
+    if (ev.kind === 'accepted' && ev.messageId) this.appended++;
+    else if (FINAL.has(ev.kind) && this.view.has(ev.messageId)) this.settled[ev.kind]!++;
+    apply(this.view, ev);
+    this.events++;
+    this.last = histId;
+  }
+
+  depth(): Record<MessageState, number> {
+    const c: Record<MessageState, number> = { ready: 0, deferred: 0, held: 0, inflight: 0 };
+    for (const p of this.view.values()) c[p.s]++;
+    return c;
+  }
+
+  /** What the archive confirmed of `domain`: the event log up to its cursor (a row past it, written before a crash, is read from Redis by more()). */
+  static async archived(archive: HistoryArchive, domain: string): Promise<Fold> {
+    const fold = new Fold();
+    const cursor = archive.cursorOf(domain);
+    if (!cursor) return fold;
+    for await (const ev of archive.eventsOf(domain, 0, parseEntryId(cursor)[0] + 1)) {
+      const histId = histIdOf(ev.id);
+      if (compareIds(histId, cursor) <= 0) fold.add(ev, histId);
+    }
+    fold.last = cursor;
+    return fold;
+  }
+
+  /** The history still in Redis after what was folded. */
+  async more(queues: QueueManager, domain: string): Promise<void> {
+    for (;;) {
+      const rows = await queues.historySince(domain, this.last, 2000);
+      if (!rows.length) return;
+      for (const r of rows) this.add({ kind: r.kind as LifecycleEvent['kind'], messageId: r.messageId, details: r.details }, r.histId);
+    }
+  }
 }
 
 export interface RebuildCheck {
@@ -45,45 +101,91 @@ export interface RebuildCheck {
   differences: { id: string; rebuilt: Projected | null; live: Projected | null }[];
 }
 
+const same = (a: Projected, b: Projected) => a.s === b.s && a.a === b.a && a.n === b.n && JSON.stringify(a.r ?? null) === JSON.stringify(b.r ?? null);
+
 /** Rebuilds `domain`'s projection from its events and compares it with the live one. */
 export async function rebuildCheck(queues: QueueManager, archive: HistoryArchive, domain: string): Promise<RebuildCheck> {
   const d = domain.toLowerCase();
   await archive.drain();
-  const view = new Map<string, Projected>();
-  let events = 0;
-  const cursor = archive.cursorOf(d);
-  if (cursor) {
-    // what the archive confirmed comes from the log (a row past the cursor, written before a crash, comes from Redis below)
-    for await (const ev of archive.eventsOf(d, 0, parseEntryId(cursor)[0] + 1)) {
-      if (compareIds(histIdOf(ev.id), cursor) > 0) continue;
-      apply(view, ev);
-      events++;
-    }
-  }
-  for (let after = cursor; ; ) {
-    const rows = await queues.historySince(d, after, 2000);
-    if (!rows.length) break;
-    for (const r of rows) apply(view, { kind: r.kind as LifecycleEvent['kind'], messageId: r.messageId, details: r.details });
-    events += rows.length;
-    after = rows[rows.length - 1]!.histId;
-  }
+  const fold = await Fold.archived(archive, d);
+  await fold.more(queues, d);
   const live = new Map<string, Projected>();
   for await (const [id, st] of queues.liveStates(d)) live.set(id, pick(st));
   const differences: RebuildCheck['differences'] = [];
-  for (const [id, p] of view) {
+  for (const [id, p] of fold.view) {
     const l = live.get(id);
-    if (!l || l.s !== p.s || l.a !== p.a || l.n !== p.n) differences.push({ id, rebuilt: p, live: l ?? null });
+    if (!l || !same(l, p)) differences.push({ id, rebuilt: p, live: l ?? null });
   }
-  for (const [id, l] of live) if (!view.has(id)) differences.push({ id, rebuilt: null, live: l });
-  const count = (m: Map<string, Projected>) => {
-    const c: Record<string, number> = { ready: 0, deferred: 0, held: 0, inflight: 0 };
-    for (const p of m.values()) c[p.s]!++;
-    return c;
-  };
-  return { domain: d, events, rebuilt: view.size, live: live.size, counters: { rebuilt: count(view), live: await queues.counters(d) }, differences };
+  for (const [id, l] of live) if (!fold.view.has(id)) differences.push({ id, rebuilt: null, live: l });
+  return { domain: d, events: fold.events, rebuilt: fold.view.size, live: live.size, counters: { rebuilt: fold.depth(), live: await queues.counters(d) }, differences };
 }
 
-const pick = (st: StateRecord): Projected => ({ s: st.state, a: st.attempts, n: st.nextAt });
+export interface RebuildResult {
+  domain: string;
+  events: number;
+  messages: number;
+  depth: Record<MessageState, number>;
+  /** Messages the events say are queued whose live entry (and body) is gone: no state is written for them. */
+  withoutBody: string[];
+}
+
+/** Message states as the state records code them. */
+const CODES: Record<MessageState, string> = { ready: 'r', deferred: 'd', held: 'h', inflight: 'f' };
+/** State records per put step. */
+const PUT_BLOCK = 1000;
+
+/**
+ * Writes `domain`'s state (every live message's state record, the counters) back from its events
+ * alone, on every replica in sync, in the owning gateway: the event log up to the archive's
+ * cursor is folded first, then, with the queue's writes held, the history after it, and the
+ * live stream gives each message's entry id and size (lua/rebuildState-4.lua writes the steps).
+ * A live message the events do not know refuses the rebuild before anything is written.
+ * `onBlock` is told of every block of state records written.
+ */
+export async function rebuildState(queues: QueueManager, archive: HistoryArchive, domain: string, who: { actor: string; reason: string; token?: string }, opts: { onBlock?: (n: number) => void } = {}): Promise<RebuildResult> {
+  const d = domain.toLowerCase();
+  if (!queues.view(d)) throw new QueueError('NOT_FOUND', `no queue for ${domain}`);
+  await archive.drain();
+  const fold = await Fold.archived(archive, d);
+  return queues.withWritesHeld(d, async (q, reader) => {
+    await fold.more(queues, d);
+    const records: string[] = [];
+    const unknown: string[] = [];
+    const seen = new Set<string>();
+    let bytes = 0;
+    for (let after: string | undefined; ; ) {
+      const rows = await queues.liveIndex(reader, d, after, 2000);
+      for (const [entryId, id, b] of rows) {
+        const p = fold.view.get(id);
+        if (!p) {
+          unknown.push(id);
+          continue;
+        }
+        seen.add(id);
+        bytes += b;
+        records.push(id, JSON.stringify({ e: entryId, s: CODES[p.s], a: p.a, n: p.n, b, ...(p.r ? { r: p.r } : {}) }));
+      }
+      if (rows.length < 2000) break;
+      after = rows[rows.length - 1]![0];
+    }
+    if (unknown.length) throw new QueueError('WRONG_STATE', `the events of ${d} do not know ${unknown.length} of its live messages (${unknown.slice(0, 3).join(', ')}${unknown.length > 3 ? ', …' : ''}): its state cannot be rebuilt from them; nothing was written`);
+    const withoutBody = [...fold.view.keys()].filter((id) => !seen.has(id));
+    for (const id of withoutBody) fold.view.delete(id);
+    const depth = fold.depth();
+    const before = await queues.counters(d);
+    await q.writeState('begin', [queues.now()]);
+    for (let i = 0, n = 0; i < records.length; i += 2 * PUT_BLOCK) {
+      await q.writeState('put', records.slice(i, i + 2 * PUT_BLOCK));
+      opts.onBlock?.(++n);
+    }
+    const counters: [string, string][] = [...Object.entries(depth).map(([k, v]): [string, string] => [k, String(v)]), ['bytes', String(bytes)], ['appended', String(fold.appended)], ...Object.entries(fold.settled).map(([k, v]): [string, string] => [k, v ? String(v) : ''])];
+    const details = { ...who, events: fold.events, messages: seen.size, before, after: depth };
+    await q.writeState('commit', [JSON.stringify(details), ...counters.flat()]);
+    return { domain: d, events: fold.events, messages: seen.size, depth, withoutBody };
+  });
+}
+
+const pick = (st: StateRecord): Projected => ({ s: st.state, a: st.attempts, n: st.nextAt, ...(st.remaining ? { r: st.remaining } : {}) });
 
 /** One message as it stood at a moment: its state then, and the event that put it there. */
 export interface MessageAt extends Projected {

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { MESSAGE_ID } from '../message/headers.ts';
-import { apply, type Projected, type QueueAt, type RebuildCheck } from '../events/projection.ts';
+import { apply, type Projected, type QueueAt, type RebuildCheck, type RebuildResult } from '../events/projection.ts';
 import type { PurgeVault } from '../events/purgeVault.ts';
 import type { LifecycleEvent } from '../message/types.ts';
 import { QueueError, type QueueErrorCode } from '../queue/errors.ts';
@@ -125,6 +125,8 @@ export interface OpsOptions {
   vault?: Pick<PurgeVault, 'purge' | 'unpurge'>;
   /** Rebuilds a queue's projection from the event log and compares it with the live one; without it the check answers 503. */
   rebuildCheck?: (domain: string) => Promise<RebuildCheck>;
+  /** Writes a queue's state back from its events (events/projection.ts rebuildState); without it the rebuild answers 503. */
+  rebuildState?: (domain: string, who: { actor: string; reason: string; token: string }) => Promise<RebuildResult>;
   /** Time travel: the queues as they stood at a moment, from the event log; without it ?at= answers 503. */
   queuesAt?: (at: number, domain?: string) => Promise<QueueAt[]>;
   /** The memory budgets (mail, history, events); without it /api/memory answers 503. */
@@ -408,6 +410,27 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
       if (!queues.view(req.params.domain)) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
       if (!opts.rebuildCheck) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'the event log is off (events.archive: false): the events before the trimmed ones are gone');
       return opts.rebuildCheck(req.params.domain);
+    },
+  );
+
+  app.post<{ Params: { domain: string }; Body: { reason: string; actor?: string } }>(
+    '/api/queues/:domain/rebuild-state',
+    {
+      schema: {
+        summary: "Writes the queue's state (every live message's state record, the counters) back from its events alone, on every replica in sync, the queue's writes held meanwhile; recorded as a `rebuilt` event",
+        params: domainParam,
+        body: action,
+        response: { 200: { type: 'object', additionalProperties: true }, ...errors({ auth: true, write: true, input: true, extra: { 404: ['SG_ERR_NOT_FOUND'], 409: ['SG_ERR_WRONG_STATE'], 503: ['SG_ERR_NO_EVENT_LOG'] } }) },
+      },
+    },
+    async (req, reply) => {
+      const q = queues.view(req.params.domain);
+      if (!q) throw new QueueError('NOT_FOUND', `no queue for ${req.params.domain}`);
+      if (!opts.rebuildState) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'the event log is off (events.archive: false): the events before the trimmed ones are gone');
+      const { actor, token } = who(req);
+      const r = await opts.rebuildState(q.domain, { actor, token, reason: req.body.reason });
+      log.warn({ verb: 'rebuild-state', queue: q.domain, actor, reason: req.body.reason, messages: r.messages, events: r.events }, 'admin action');
+      return { ok: true, verb: 'rebuild-state', ...r };
     },
   );
 

@@ -298,9 +298,10 @@ export class QueueManager extends EventEmitter {
     return this.loadFrom(q, verdict.source.node, verdict.source.meta!, running);
   }
 
-  private async loadFrom(q: Queue, node: RedisNode, meta: MetaRecord, running: boolean): Promise<number> {
+  private async loadFrom(q: Queue, node: RedisNode, meta: MetaRecord, running: boolean, held = false): Promise<number> {
     const src = node.client;
-    const [live, hist, , state] = q.keys;
+    const [live, hist, metaKey, state] = q.keys;
+    if (await src.hget(metaKey, 'rebuilding')) this.log.error({ queue: q.name }, `a state rebuild of the queue did not finish: its messages without a state record are not dispatched until \`streamgate queue rebuild-state ${q.domain} --reason …\` runs again`);
     const lastGen = await src.xinfo('STREAM', live).then(lastGenerated, () => undefined);
     const lastHist = ((await src.xrevrange(hist, '+', '-', 'COUNT', 1)) as [string, string[]][])[0]?.[0];
     const firstHist = ((await src.xrange(hist, '-', '+', 'COUNT', 1)) as [string, string[]][])[0]?.[0];
@@ -331,8 +332,40 @@ export class QueueManager extends EventEmitter {
     }
     const liveLen = await src.xlen(live);
     if (liveLen !== count) this.log.warn({ queue: q.name, stream: liveLen, state: count }, 'live stream and state disagree');
-    await q.endReload(orphans, running ? 'in flight without an owner after a reload' : 'gateway restart');
+    await q.endReload(orphans, running ? 'in flight without an owner after a reload' : 'gateway restart', held);
     return count;
+  }
+
+  /**
+   * Runs `fn` with the queue's writes held: new writes wait, those under way finish first, and
+   * only `fn`'s own (Queue.writeState) go through. When it succeeds the projection is loaded again
+   * from a replica in sync (the messages this process holds in flight stay in flight). Repairs and
+   * copies of the queue wait meanwhile, and it waits for theirs.
+   */
+  async withWritesHeld<T>(domain: string, fn: (q: Queue, reader: RedisNode) => Promise<T>): Promise<T> {
+    const q = this.must(domain);
+    while (q.repairing) await sleep(20);
+    q.repairing = true;
+    q.set.raiseWriteBarrier();
+    try {
+      await q.set.drain();
+      const node = this.readerNode(domain);
+      const out = await fn(q, node);
+      const meta = decodeMeta(await node.client.hmget(q.keys[2], ...META_FIELDS));
+      if (meta) await this.loadFrom(q, node, meta, true, true);
+      return out;
+    } finally {
+      q.set.lowerWriteBarrier();
+      q.repairing = false;
+    }
+  }
+
+  /** A block of a queue's live stream without the bodies (lua/liveIndex-1.lua): entry id, message id, body size; after `afterId`. */
+  async liveIndex(node: RedisNode, domain: string, afterId: string | undefined, count: number): Promise<[entryId: string, msgId: string, bytes: number][]> {
+    const flat = await runScript<(string | number)[]>(node.client, 'liveIndex', [this.must(domain).keys[0], afterId ? `(${afterId}` : '-', count]);
+    const out: [string, string, number][] = [];
+    for (let i = 0; i + 2 < flat.length; i += 3) out.push([String(flat[i]), String(flat[i + 1]), Number(flat[i + 2])]);
+    return out;
   }
 
   /**

@@ -152,7 +152,7 @@ export class Queue extends EventEmitter implements QueueView {
     return { queue: this.name, domain: this.domain, ...this.set.table() };
   }
 
-  private write(kind: 'append' | 'other', script: ScriptName, now: number, histId: string, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
+  private write(kind: 'append' | 'other' | 'held', script: ScriptName, now: number, histId: string, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
     return this.set.write(kind, script, now, histId, this.settings.historyMaxLength, specific, msgIds).then((w) => {
       if (Number(w.res[0]) === -5) {
         // An id behind the queue's highest (a clock gone back, ids taken from an old record):
@@ -212,7 +212,8 @@ export class Queue extends EventEmitter implements QueueView {
       const nb = msg.notBefore && msg.notBefore > now ? msg.notBefore : 0;
       entryIds.push(entryId);
       notBefore.push(nb);
-      const d = { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}) };
+      // a later first attempt is in the event too: the state is rebuilt from the events alone
+      const d = { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}), ...(nb ? { notBefore: nb } : {}) };
       details.push(d);
       args.push(entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), JSON.stringify(msg.meta ?? {}), msg.raw, nb, JSON.stringify(d));
     }
@@ -550,6 +551,8 @@ export class Queue extends EventEmitter implements QueueView {
     const m = this.need(msgId);
     const now = this.settings.now();
     const histId = this.histIds.next(now);
+    // the recipients still to do are in the event too: the state is rebuilt from the events alone
+    if (remaining) details = { ...details, remaining };
     const { res } = await this.write('other', 'deferMessage', now, histId, () => [msgId, nextAt, JSON.stringify(details), remaining ? JSON.stringify(remaining) : '', kind], [msgId]);
     const txn = this.check(res, msgId);
     m.nextAt = nextAt;
@@ -602,6 +605,18 @@ export class Queue extends EventEmitter implements QueueView {
     const histId = this.histIds.next(now);
     const { res } = await this.write('other', 'markQueue', now, histId, () => [kind, JSON.stringify(details), ...(msgId ? [msgId] : [])], []);
     this.event(kind, msgId, histId, Number(res[1]), details);
+  }
+
+  /**
+   * One step of a state rebuild (lua/rebuildState-4.lua: begin, put, commit), written by the holder
+   * of the write barrier (QueueManager.withWritesHeld). The commit's details (args[0]) make its
+   * `rebuilt` event, which goes out as every event does.
+   */
+  async writeState(step: 'begin' | 'put' | 'commit', args: Arg[]): Promise<void> {
+    const now = this.settings.now();
+    const histId = this.histIds.next(now);
+    const { res } = await this.write('held', 'rebuildState', now, histId, () => [step, ...args], []);
+    if (step === 'commit') this.event('rebuilt', '', histId, Number(res[1]), JSON.parse(String(args[0])) as Record<string, unknown>);
   }
 
   /** A live message as stored: envelope, body, metadata and accept time (from an in-sync replica). */
@@ -661,15 +676,21 @@ export class Queue extends EventEmitter implements QueueView {
     return this.owned;
   }
 
-  /** Ends a reload: what is in flight without an owner goes back to ready; unknown appends are withdrawn. */
-  async endReload(orphans: string[], reason: string): Promise<void> {
+  /**
+   * Ends a reload: what is in flight without an owner goes back to ready; unknown appends are
+   * withdrawn. `later`: the requeues are sent without waiting for them (the caller holds the write
+   * barrier, behind which they wait).
+   */
+  async endReload(orphans: string[], reason: string, later = false): Promise<void> {
     for (const id of [...this.owned]) if (this.msgs.get(id)?.state !== 'inflight') this.owned.delete(id);
     for (const id of [...this.staged]) if (!this.msgs.has(id)) this.staged.delete(id);
     for (const id of this.unknown) if (this.msgs.has(id)) this.withdraw(id, { reason: 'the sender was told to retry: the replicas did not answer the append' });
     this.unknown.clear();
-    for (const id of orphans) {
-      await this.requeue(id, { reason }).catch((err: unknown) => this.log.warn({ err, messageId: id }, 'requeue failed'));
-    }
+    const requeue = async () => {
+      for (const id of orphans) await this.requeue(id, { reason }).catch((err: unknown) => this.log.warn({ err, messageId: id }, 'requeue failed'));
+    };
+    if (later) void requeue();
+    else await requeue();
     if (this.depth.ready) this.emit('ready');
   }
 

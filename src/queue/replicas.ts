@@ -159,10 +159,11 @@ export class ReplicaSet extends EventEmitter {
    * and `specific(reader)`; resolves with a reply of a replica that applied it. Throws QueueError:
    * QUEUE_UNAVAILABLE when none took it (UnknownOutcomeError when it may have been applied),
    * STORAGE_FULL on OOM, or, for appends at write concern `all` that reached fewer replicas, an
-   * error whose `partial` is the reply of those that took it.
+   * error whose `partial` is the reply of those that took it. `held`: a write of the one who
+   * raised the write barrier, which does not wait on it.
    */
-  async write(kind: 'append' | 'other', script: ScriptName, now: number, histId: string, histMax: number, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
-    while (this.writeBarrier) await this.writeBarrier.wait;
+  async write(kind: 'append' | 'other' | 'held', script: ScriptName, now: number, histId: string, histMax: number, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
+    while (this.writeBarrier && kind !== 'held') await this.writeBarrier.wait;
     if (this.owner.fenced) throw new QueueError('FENCED', `queue ${this.name}: ${this.owner.fenced}`);
     if (kind === 'append' && !this.appendable) {
       throw new QueueError('QUEUE_UNAVAILABLE', `queue ${this.name} is not writable at write concern ${this.writeConcern} (${this.status})`);

@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { Queue as BullQueue } from 'bullmq';
-import { Redis } from 'ioredis';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,19 +14,16 @@ import { HistoryArchive } from '../../src/events/archive.ts';
 import { rebuildCheck } from '../../src/events/projection.ts';
 import { startOps } from '../../src/ops/http.ts';
 import { runCli } from '../helpers/cli.ts';
-import { EventPublisher } from '../../src/events/publisher.ts';
 import { silentLogger } from '../../src/log.ts';
 import { MailStore } from '../../src/mailbox/store.ts';
 import type { LifecycleEvent } from '../../src/message/types.ts';
-import { HistoryBudget } from '../../src/queue/historyBudget.ts';
-import { QueueManager } from '../../src/queue/manager.ts';
 import type { Config } from '../../src/config/schema.ts';
 import { cassandraForTests } from '../helpers/cassandra.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedis, startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { waitFor, freePort } from '../helpers/waitFor.ts';
 import { TcpProxy } from '../mailbox/proxy.ts';
-import { lowestCursor } from '../../src/message/ids.ts';
+import { EventPath } from '../helpers/eventPath.ts';
 
 const MAX = 1000;
 const TOKEN = 'archive-test-token-0123456789';
@@ -36,79 +32,6 @@ const TOKEN = 'archive-test-token-0123456789';
  * a minute on a busy 2-core machine; ARCHIVE_TEST_MESSAGES=66667 runs 200,000 events.
  */
 const JUDGE_MESSAGES = Number(process.env.ARCHIVE_TEST_MESSAGES ?? 20_000);
-
-/** A gateway's event path without SMTP: queues, publisher, archive and the history trims. */
-class EventPath {
-  qm!: QueueManager;
-  pub!: EventPublisher;
-  archive!: HistoryArchive;
-  history!: HistoryBudget;
-  store!: MailStore;
-  bull!: BullQueue;
-  conn!: Redis;
-  readonly emitted: LifecycleEvent[] = [];
-  readonly config: Config;
-  readonly events: TestRedis;
-  readonly queueName: string;
-  constructor(config: Config, events: TestRedis, queueName: string) {
-    this.config = config;
-    this.events = events;
-    this.queueName = queueName;
-  }
-
-  async start(): Promise<void> {
-    this.qm = new QueueManager(this.config, silentLogger, { gatewayId: 'gw-arch', archived: true });
-    this.qm.on('event', (ev: LifecycleEvent) => this.emitted.push(ev));
-    await this.qm.start();
-    this.conn = new Redis(this.events.url, { maxRetriesPerRequest: null });
-    this.bull = new BullQueue(this.queueName, { connection: this.conn });
-    this.pub = new EventPublisher(this.qm, this.queueName, this.conn, silentLogger);
-    await this.pub.start();
-    this.store = new MailStore(this.config, silentLogger, { connectTimeoutMs: 1000, readTimeoutMs: 3000 });
-    this.archive = new HistoryArchive(this.qm, this.store, this.config, silentLogger);
-    this.archive.start();
-    this.history = new HistoryBudget(this.qm, this.config.queue.historyBudget, (d) => lowestCursor(this.pub.cursorOf(d), this.archive.cursorOf(d)), silentLogger, { capTo: MAX });
-    this.archive.on('archived', (d: string) => void this.history.cap(d));
-  }
-
-  async stop(): Promise<void> {
-    await this.archive.stop().catch(() => {});
-    await this.pub.stop();
-    await this.bull.close();
-    this.conn.disconnect();
-    await this.qm.stop();
-    await this.store.close();
-  }
-
-  /** `n` messages through the queue of `domain`: accepted, attempted, delivered (three events each). */
-  async traffic(domain: string, n: number, tag: string): Promise<string[]> {
-    const ids: string[] = [];
-    const raw = Buffer.from(`Subject: ${tag}\r\n\r\n${'x'.repeat(200)}\r\n`);
-    for (let i = 0; i < n; i += 500) {
-      const batch = Array.from({ length: Math.min(500, n - i) }, (_, k) => `${tag}-${i + k}`);
-      ids.push(...batch);
-      await Promise.all(batch.map((id) => this.qm.append({ id, domain, envelope: { from: 's@src.test', to: [`r@${domain}`] }, raw })));
-      for (;;) {
-        const taken = await this.qm.take(domain, 500);
-        if (!taken.length) break;
-        await Promise.all(taken.map((m) => this.qm.settle(domain, m.id, 'delivered', { reply: '250 ok' })));
-      }
-    }
-    return ids;
-  }
-
-  async histLens(domain: string, pool: TestRedis[]): Promise<number[]> {
-    const q = this.qm.queues.get(domain)!;
-    return Promise.all(q.replicas.map((r) => pool.find((p) => r.node.is(new URL(p.url).host))!.client().xlen(q.keys[1])));
-  }
-
-  /** Every row of the queue's archived history: [ms-seq] in clustering order. */
-  async archivedIds(domain: string): Promise<string[]> {
-    const out: string[] = [];
-    for await (const ev of this.archive.eventsOf(domain, 0, Date.now() + 60_000)) out.push(ev.id);
-    return out;
-  }
-}
 
 describe('the event log (events.archive)', () => {
   let pool: TestRedis[];
