@@ -8,6 +8,9 @@
   ARGV: 1 operation: "acquire", "renew", "take" (a lease whose holder stopped renewing) or
         "release", 2 token, 3 lease ms
   Returns: { 1, ttlMs }             held by this token now
+           { 2, ttlMs }             renew of a lease that had lapsed on this node (or that a
+                                    restarted node lost): held again, but others may have adopted
+                                    the member's queues meanwhile
            { 0, ttlMs, holder }     held by another token (nothing changed)
            release: { 1, 0 }
 ]]
@@ -20,6 +23,7 @@ end
 if holder and holder ~= token and op ~= 'take' then
   return { 0, redis.call('PTTL', KEYS[1]), holder }
 end
--- acquire with no holder, renew (also of a key a restarted node lost), or take
+-- acquire with no holder, renew (also of a key that lapsed or a restarted node lost), or take
 redis.call('SET', KEYS[1], token, 'PX', ms)
+if op == 'renew' and not holder then return { 2, ms } end
 return { 1, ms }

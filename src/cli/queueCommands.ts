@@ -5,6 +5,11 @@ import { configOption, contextFrom } from './context.ts';
 
 interface QueueRow {
   domain: string;
+  /** The queue's full name (`<gateway id>:<domain>`). */
+  queue: string;
+  /** The gateway writing it, and, for one it adopted, the gateway it came from. */
+  owner: string;
+  adoptedFrom: string | null;
   status: string;
   depth: { ready: number; deferred: number; held: number; inflight: number; bytes: number; oldest: number | null };
   replicas: { node: string; sync: string; active: string; standby: string | null; txn: number }[];
@@ -77,10 +82,12 @@ export function registerQueueCommands(program: Command): void {
       }
       const r = (await call(opts, 'GET', '/api/queues')) as { totals: QueueRow['depth'] & { queues: number }; queues: QueueRow[] };
       if (opts.json) return console.log(JSON.stringify(r, null, 2));
-      console.log(['QUEUE'.padEnd(30), 'READY'.padStart(8), 'DEFER'.padStart(8), 'HELD'.padStart(6), 'FLIGHT'.padStart(7), 'OLDEST'.padStart(8), '  STATUS   REPLICAS'].join(' '));
+      console.log(['QUEUE'.padEnd(30), 'READY'.padStart(8), 'DEFER'.padStart(8), 'HELD'.padStart(6), 'FLIGHT'.padStart(7), 'OLDEST'.padStart(8), '  OWNER'.padEnd(26), 'STATUS   REPLICAS'].join(' '));
       for (const q of r.queues) {
         const reps = q.replicas.map((x) => `${x.node}:${x.sync}/${x.active}`).join(' ');
-        console.log([q.domain.padEnd(30), String(q.depth.ready).padStart(8), String(q.depth.deferred).padStart(8), String(q.depth.held).padStart(6), String(q.depth.inflight).padStart(7), age(q.depth.oldest).padStart(8), ` ${q.status.padEnd(9)} ${reps}`].join(' '));
+        // an adopted queue by its full name (its domain may have a queue of this gateway too), and where it came from
+        const owner = q.adoptedFrom ? `${q.owner} (from ${q.adoptedFrom})` : q.owner;
+        console.log([(q.adoptedFrom ? q.queue : q.domain).padEnd(30), String(q.depth.ready).padStart(8), String(q.depth.deferred).padStart(8), String(q.depth.held).padStart(6), String(q.depth.inflight).padStart(7), age(q.depth.oldest).padStart(8), `  ${owner}`.padEnd(26), `${q.status.padEnd(9)} ${reps}`].join(' '));
         if (q.closed) console.log(`   closed: ${q.closed} (streamgate queue recover ${q.domain} --from NODE --reason ...)`);
       }
       const t = r.totals;

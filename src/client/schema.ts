@@ -68,7 +68,7 @@ export function jobFailure(jobId: string, issue: { path: PropertyKey[]; message:
 // ---- lifecycle events ---------------------------------------------------------------------------
 
 /** Every kind of lifecycle event, in the order a message usually meets them. */
-export const LIFECYCLE_KINDS = ['accepted', 'attempted', 'deferred', 'requeued', 'delivered', 'bounced', 'expired', 'held', 'released', 'purged', 'withdrawn', 'recovered', 'flushed', 'suspended', 'resumed', 'unpurged', 'rebuilt'] as const;
+export const LIFECYCLE_KINDS = ['accepted', 'attempted', 'deferred', 'requeued', 'delivered', 'bounced', 'expired', 'held', 'released', 'purged', 'withdrawn', 'recovered', 'flushed', 'suspended', 'resumed', 'unpurged', 'rebuilt', 'adopted'] as const;
 export const lifecycleKind = z.enum(LIFECYCLE_KINDS);
 export type LifecycleKind = (typeof LIFECYCLE_KINDS)[number];
 
@@ -133,6 +133,8 @@ export const eventDetails = {
   unpurged: z.looseObject({ ...adminAction, purgedAt: z.number() }),
   /** Queue-level: an operator rebuilt the queue's state from its events (before / after: the counters). */
   rebuilt: z.looseObject({ ...adminAction, events: z.number().int(), messages: z.number().int() }),
+  /** Queue-level: the queue of a gateway whose lease lapsed, taken over by another (from, by: gateway ids; epoch; messages loaded). */
+  adopted: z.looseObject({ from: z.string(), by: z.string(), epoch: z.number().int(), messages: z.number().int() }),
 } satisfies Record<LifecycleKind, z.ZodType>;
 
 const eventFields = {

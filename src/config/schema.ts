@@ -89,6 +89,12 @@ export const configSchema = z
         id: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected letters, digits, "_", "." or "-"').default('gw1'),
         hostname: z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, 'expected a host name').default('localhost'), // name used in banners, Received headers, DSNs
         lease: duration('10s'), // membership lease on the pool, renewed every third of it; a process whose id is held by a live member refuses to start
+        adoption: z
+          .strictObject({
+            every: duration('1s'), // how often each member looks for members whose lease lapsed
+            grace: duration('0s'), // how long a lapsed member's queues wait before they are adopted (a restart with its id in that time takes them back)
+          })
+          .prefault({}),
         dataDir: z.string().default('.streamgate'), // local state: generated TLS pair, service data, pid files
       })
       .prefault({}),
@@ -254,6 +260,7 @@ export const configSchema = z
         heartbeat: z.strictObject({ every: duration('1s'), missed: z.number().int().positive().default(3) }).prefault({}),
         rebuildAfter: duration('10s'), // grace before a queue is rebuilt on the spare
         blockSize: z.number().int().min(1).max(100000).default(1000), // entries per block when copying or recovering
+        recoveryParallel: z.number().int().min(1).max(256).default(8), // queues recovered (at start) or adopted at once
         maxLength: z.number().int().positive().default(1000000), // live messages per queue
         // share of each node's maxmemory the budgets below may use together (mail + history, and
         // events too when events.redis is a pool node); a configuration whose budgets add up to

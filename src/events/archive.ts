@@ -93,9 +93,9 @@ export class HistoryArchive extends EventEmitter {
   start(): void {
     this.stopped = false;
     this.queues.on('event', this.onEvent);
-    for (const d of this.queues.domains()) this.dirty.add(d);
+    for (const d of this.queues.refs()) this.dirty.add(d);
     this.ticker = setInterval(() => {
-      for (const d of this.queues.domains()) this.dirty.add(d);
+      for (const d of this.queues.refs()) this.dirty.add(d);
       void this.kick();
     }, TICK_MS);
     this.ticker.unref();
@@ -109,14 +109,14 @@ export class HistoryArchive extends EventEmitter {
     clearInterval(this.ticker);
     clearTimeout(this.soon);
     await this.running;
-    for (const d of this.queues.domains()) this.dirty.add(d);
+    for (const d of this.queues.refs()) this.dirty.add(d);
     await this.pump();
   }
 
   /** Archives every queue up to its newest event now (tests, replay); throws while the archive cannot write. */
   async drain(): Promise<void> {
     while (this.running) await this.running;
-    for (const d of this.queues.domains()) this.dirty.add(d);
+    for (const d of this.queues.refs()) this.dirty.add(d);
     await this.kick();
     if (this.failing) throw new Error(`the archive does not advance: ${this.failing}`);
   }

@@ -206,7 +206,7 @@ export interface QueueAt {
  * Reads each queue's log from its first event up to the moment.
  */
 export async function queuesAt(queues: QueueManager, archive: HistoryArchive, at: number, only?: string): Promise<QueueAt[]> {
-  const domains = new Set([...(await archive.log.archivedQueues()), ...queues.domains()]);
+  const domains = new Set([...(await archive.log.archivedQueues()), ...queues.refs()]);
   const out: QueueAt[] = [];
   for (const d of [...domains].sort()) {
     if (only && d !== only.toLowerCase()) continue;

@@ -17,6 +17,7 @@ import type { Logger } from '../log.ts';
 import { type LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import { compareIds, histIdOf } from '../message/ids.ts';
+import { splitQueueName } from '../queue/placement.ts';
 
 const FLUSH_MS = 50;
 
@@ -111,7 +112,11 @@ export class EventPublisher {
     this.opts = opts;
     this.log = log.child({ component: 'events' });
     this.bull = new BullQueue(queueName, { connection: redis, defaultJobOptions: JOB_OPTIONS });
-    this.cursorKey = (domain) => `sg:events:cursor:{${queues.gatewayId}}:${domain}`;
+    // by queue name: an adopted queue's events go on from the cursor of the gateway it came from
+    this.cursorKey = (ref) => {
+      const { origin, domain } = splitQueueName(queues.nameOf(ref));
+      return `sg:events:cursor:{${origin}}:${domain}`;
+    };
     this.parkedKey = `sg:events:parked:{${queues.gatewayId}}`;
     this.state = { policy: opts.whenFull, bytes: 0, limit: 0, jobs: 0, waiting: 0, full: false, paused: false, dropped: 0, parked: 0, usedMemory: 0, maxmemory: 0 };
   }
@@ -134,7 +139,7 @@ export class EventPublisher {
     let caught = 0;
     this.holding = true;
     try {
-      for (const domain of this.queues.domains()) caught += await this.catchUp(domain);
+      for (const domain of this.queues.refs()) caught += await this.catchUp(domain);
     } catch (err) {
       if (!(err instanceof BudgetFull)) throw err;
       this.pause();
@@ -242,6 +247,13 @@ export class EventPublisher {
 
   private push(ev: LifecycleEvent): void {
     if (this.degraded || this.state.paused) return; // in the history: the catch-up sends it
+    if (ev.kind === 'adopted') {
+      // a queue taken over from another gateway: what it had not sent yet comes from the history,
+      // after that gateway's cursor, before this event (a catch-up of every queue)
+      this.degraded = true;
+      this.startRecovery();
+      return;
+    }
     if (this.opts.whenFull === 'stop' && this.state.limit > 0 && this.state.bytes >= this.state.limit) {
       this.state.full = true;
       return this.pause();
@@ -293,7 +305,7 @@ export class EventPublisher {
       this.degraded = false;
       do {
         this.heldOver = false;
-        for (const domain of this.queues.domains()) await this.catchUp(domain);
+        for (const domain of this.queues.refs()) await this.catchUp(domain);
       } while (this.heldOver);
       clearInterval(this.retry);
       this.log.info('events flowing again');
@@ -340,8 +352,9 @@ export class EventPublisher {
     const last = new Map<string, string>();
     for (const ev of batch) {
       const histId = histIdOf(ev.id);
-      const cur = last.get(ev.domain) ?? this.cursors.get(ev.domain);
-      if (!cur || compareIds(histId, cur) > 0) last.set(ev.domain, histId);
+      const ref = this.queues.refOf(ev.queue);
+      const cur = last.get(ref) ?? this.cursors.get(ref);
+      if (!cur || compareIds(histId, cur) > 0) last.set(ref, histId);
     }
     const pipe = this.redis.pipeline();
     for (const [domain, histId] of last) pipe.set(this.cursorKey(domain), histId);

@@ -188,14 +188,14 @@ export class LiveFeed {
     for (const fn of this.subscribers) fn(frame);
   }
 
-  /** The destinations with the most live messages now. */
+  /** The queues (refs: a destination domain, or an adopted queue's name) with the most live messages now. */
   private busiest(): string[] {
     const top: [string, number][] = [];
     for (const q of this.src.queues.views()) {
       const n = total(q.depth);
       if (!n) continue;
-      if (top.length < BUSIEST) top.push([q.domain, n]);
-      else if (n > top[top.length - 1]![1]) top[top.length - 1] = [q.domain, n];
+      if (top.length < BUSIEST) top.push([q.ref, n]);
+      else if (n > top[top.length - 1]![1]) top[top.length - 1] = [q.ref, n];
       else continue;
       top.sort((a, b) => b[1] - a[1]);
     }

@@ -107,7 +107,7 @@ export class HistoryBudget {
     this.running = true;
     let total = 0;
     try {
-      for (const d of this.queues.domains()) await this.cap(d);
+      for (const d of this.queues.refs()) await this.cap(d);
       await this.queues.sampleHistory(3).catch(() => {});
       this.queues.tallyMemory();
       for (const node of this.queues.nodes) {
@@ -143,7 +143,7 @@ export class HistoryBudget {
     const cands: { q: Queue; first: number; len: number; upTo: number; cursor: string }[] = [];
     for (const q of this.queues.queues.values()) {
       if (!q.replicas.some((r) => r.node === node) || q.histLen === 0 || !q.appendable) continue;
-      const cursor = pastCursor ? `${now + 1}-0` : this.cursorOf(q.domain);
+      const cursor = pastCursor ? `${now + 1}-0` : this.cursorOf(q.ref);
       if (!cursor) continue;
       cands.push({ q, first: q.histFirstMs || now, len: q.histLen, upTo: parseEntryId(cursor)[0] + 1, cursor });
     }

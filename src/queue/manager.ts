@@ -1,9 +1,14 @@
 // The queue layer's front: the node pool, this process's membership and ownership epoch
 // (membership.ts), placement of each destination queue on an ordered pair of nodes (rendezvous
-// hashing, recorded on the nodes so a restart finds it), recovery at start from a replica proven
-// current (proof.ts), and repair: a replica out of sync is wiped and copied again whole; a replica
+// hashing, recorded on the nodes so a restart finds it: placement.ts), recovery at start from a
+// replica proven current (proof.ts), adoption of the queues of a member whose lease lapsed
+// (takeover.ts), and repair: a replica out of sync is wiped and copied again whole; a replica
 // on a dead node is rebuilt on the spare after a grace period. Other parts use only this class
 // (view(), views() and the message operations), never the queue map.
+//
+// A queue is known here by its ref: the destination domain for the queue this gateway writes new
+// mail to, the full queue name for one it adopted (which takes no new mail and is delivered from
+// until it is empty). Every operation takes a ref or a full queue name.
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -15,6 +20,8 @@ import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
 import { MAIL_OVERHEAD, RedisNode } from './node.ts';
 import { listMembers, Membership, type MemberRecord } from './membership.ts';
+import { queueNameOf, readPlacement, splitQueueName, writePlacement, type PlacementRecord } from './placement.ts';
+import { claimQueueName, Takeover, type PoolMember } from './takeover.ts';
 import { provenSource, type ReplicaView } from './proof.ts';
 import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
 import type { Owner } from './replicas.ts';
@@ -41,18 +48,17 @@ export interface ManagerOptions {
   archived?: boolean;
 }
 
-interface PlacementRecord {
-  nodes: string[];
-  epoch: number;
-}
-
 export class QueueManager extends EventEmitter {
   readonly nodes: RedisNode[];
-  /** The queues and their internals: for the queue layer and its tests. Other parts use view(), views() and the methods below. */
+  /** The queues by ref, and their internals: for the queue layer and its tests. Other parts use view(), views() and the methods below. */
   readonly queues = new Map<string, Queue>();
+  /** The same queues by full name. */
+  private readonly byName = new Map<string, Queue>();
+  /** Destination domains whose queue name `<gateway id>:<domain>` another member adopted: a new queue for one gets a name of its own. */
+  private readonly taken = new Set<string>();
+  private takeover: Takeover | undefined;
   readonly gatewayId: string;
   readonly now: () => number;
-  private readonly placementKey: string;
   private repairTimer: NodeJS.Timeout | undefined;
   private stopped = false;
   private readonly log: Logger;
@@ -74,7 +80,6 @@ export class QueueManager extends EventEmitter {
     this.now = opts.now ?? Date.now;
     this.archived = !!opts.archived;
     this.log = log.child({ component: 'queue' });
-    this.placementKey = `sg:placement:{${this.gatewayId}}`;
     const q = config.queue;
     this.nodes = config.redis.nodes.map(
       (n) => new RedisNode({ url: n.url, standby: n.standby, name: n.name, timeoutMs: q.timeout, heartbeatMs: q.heartbeat.every, missed: q.heartbeat.missed, log: this.log }),
@@ -127,11 +132,25 @@ export class QueueManager extends EventEmitter {
     this.tallyMemory();
     this.repairTimer = setInterval(() => this.repairAll(), this.config.queue.heartbeat.every);
     this.repairTimer.unref();
+    const a = this.config.gateway.adoption;
+    this.takeover = new Takeover(this, { every: a.every, grace: a.grace, timeoutMs: this.config.queue.timeout, parallel: this.config.queue.recoveryParallel }, this.log);
+    this.takeover.start();
+  }
+
+  /** True while this process may adopt queues: running, and not fenced. */
+  get adopting(): boolean {
+    return !this.stopped && !this.owner.fenced;
+  }
+
+  /** Looks for members whose lease lapsed now and adopts what falls to this one (also run every gateway.adoption.every). */
+  adoptNow(): Promise<number> {
+    return this.takeover?.sweep() ?? Promise.resolve(0);
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.repairTimer);
+    await this.takeover?.stop();
     for (const q of this.queues.values()) {
       while (q.repairing) await sleep(20);
       q.stop();
@@ -165,19 +184,26 @@ export class QueueManager extends EventEmitter {
   }
 
   private async recordPlacement(q: Queue, epoch: number): Promise<void> {
-    const rec: PlacementRecord = { nodes: q.replicas.map((r) => r.node.id), epoch };
+    const rec: PlacementRecord = { nodes: q.replicas.map((r) => r.node.id), epoch, ...(q.origin !== this.gatewayId ? { name: q.name } : {}) };
     q.placementEpoch = epoch;
-    await Promise.allSettled(this.nodes.filter((n) => n.up).map((n) => n.client.hset(this.placementKey, q.domain, JSON.stringify(rec))));
+    await writePlacement(this.nodes, this.gatewayId, q.adopted ? q.name : q.domain, rec);
     this.log.info({ table: q.table() }, 'placement');
   }
 
-  private newQueue(domain: string, replicas: Replica[]): Queue {
-    const q = new Queue(domain, replicas, this.settings(), this.log);
+  private newQueue(domain: string, replicas: Replica[], from: { origin?: string; adopted?: boolean } = {}): Queue {
+    const q = new Queue(domain, replicas, this.settings(), this.log, from);
     q.on('event', (ev: LifecycleEvent) => this.emit('event', ev));
-    q.on('ready', () => this.emit('ready', q.domain));
+    q.on('ready', () => this.emit('ready', q.ref));
     q.on('settled', (outcome: string, seconds: number) => this.emit('settled', q.domain, outcome, seconds));
     q.on('table', () => this.emit('health'));
     q.on('fenced', (reason: string) => this.fence(reason));
+    return q;
+  }
+
+  /** Makes a queue known by its ref and name. */
+  private register(q: Queue): Queue {
+    this.queues.set(q.ref, q);
+    this.byName.set(q.name, q);
     return q;
   }
 
@@ -193,10 +219,11 @@ export class QueueManager extends EventEmitter {
         if (pair.length === 0 || (pair.length < 2 && this.config.queue.writeConcern === 'all')) {
           throw new QueueError('QUEUE_UNAVAILABLE', `not enough redis nodes up to place queue ${d}`);
         }
-        const q = this.newQueue(d, pair.map((node) => ({ node, sync: 'Sync' as const, txn: 0, outSince: 0 })));
+        // the name <gateway id>:<domain> went to another member with an earlier process's queue: this one's is named apart
+        const origin = this.taken.has(d) ? `${this.gatewayId}~${this.owner.epoch}` : this.gatewayId;
+        const q = this.newQueue(d, pair.map((node) => ({ node, sync: 'Sync' as const, txn: 0, outSince: 0 })), { origin });
         await this.recordPlacement(q, 1);
-        this.queues.set(d, q);
-        return q;
+        return this.register(q); // after the placement is recorded: appends wait for it, in order
       })();
       this.creating.set(d, p);
       p.then(() => this.creating.delete(d), () => this.creating.delete(d));
@@ -207,33 +234,86 @@ export class QueueManager extends EventEmitter {
 
   // ---- recovery -----------------------------------------------------------------------------
 
-  /** Finds this gateway's queues on the nodes and rebuilds their projections from a replica proven current. */
+  /**
+   * Finds this gateway's queues on the nodes and rebuilds their projections from a replica proven
+   * current, at most queue.recoveryParallel at once. Each queue's name is claimed first on a
+   * majority of the nodes: one another member adopted while this id was gone stays with it (its
+   * domain then gets a queue of a new name here when mail comes).
+   */
   private async recover(): Promise<void> {
     const t0 = Date.now();
-    const records = new Map<string, PlacementRecord>();
-    for (const n of this.nodes.filter((x) => x.up)) {
-      const all = await n.client.hgetall(this.placementKey);
-      for (const [domain, json] of Object.entries(all)) {
-        const rec = JSON.parse(json) as PlacementRecord;
-        const cur = records.get(domain);
-        if (!cur || rec.epoch > cur.epoch) records.set(domain, rec);
-      }
-    }
+    const records = await readPlacement(this.nodes.filter((n) => n.up), this.gatewayId, this.config.queue.timeout);
     let messages = 0;
-    for (const [domain, rec] of records) {
-      const replicas: Replica[] = rec.nodes.map((id) => {
-        const node = this.nodes.find((n) => n.is(id));
-        if (!node) throw new QueueError('BAD_INPUT', `queue ${domain} is placed on ${id}, which is not in redis.nodes`);
-        return { node, sync: 'NG' as const, txn: -1, outSince: this.now() };
-      });
-      const q = this.newQueue(domain, replicas);
-      this.queues.set(domain, q);
+    let queues = 0;
+    const mine = { id: this.gatewayId, epoch: this.owner.epoch };
+    const one = async ([field, rec]: [string, PlacementRecord]) => {
+      const name = queueNameOf(this.gatewayId, field, rec);
+      const adoptedHere = field.includes(':');
+      if (rec.adoptedBy) {
+        if (!adoptedHere) this.taken.add(field);
+        return;
+      }
+      const claim = await claimQueueName(this.nodes, name, mine, mine, this.config.queue.timeout);
+      if (!claim.ok) {
+        if (!adoptedHere) this.taken.add(field);
+        this.log.info({ queue: name, holder: claim.holder }, 'queue left to the member that adopted it');
+        return;
+      }
+      const { origin, domain } = splitQueueName(name);
+      const q = this.register(this.newQueue(domain, this.replicasOf(name, rec, this.now()), { origin, adopted: adoptedHere }));
       q.placementEpoch = rec.epoch;
       await this.claim(q);
-      messages += await this.loadQueue(q, false);
+      const loaded = await this.loadQueue(q, false); // not `messages += await …`: the queues load side by side
+      messages += loaded;
+      queues++;
+    };
+    const all = [...records];
+    const parallel = this.config.queue.recoveryParallel;
+    for (let i = 0; i < all.length; i += parallel) {
+      const got = await Promise.allSettled(all.slice(i, i + parallel).map(one));
+      const failed = got.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
     }
-    this.lastRecovery = { queues: records.size, messages, ms: Date.now() - t0 };
-    if (records.size) this.log.info(this.lastRecovery, 'recovered');
+    this.lastRecovery = { queues, messages, ms: Date.now() - t0 };
+    if (queues) this.log.info(this.lastRecovery, 'recovered');
+  }
+
+  private replicasOf(name: string, rec: PlacementRecord, since: number): Replica[] {
+    return rec.nodes.map((id) => {
+      const node = this.nodes.find((n) => n.is(id));
+      if (!node) throw new QueueError('BAD_INPUT', `queue ${name} is placed on ${id}, which is not in redis.nodes`);
+      return { node, sync: 'NG' as const, txn: -1, outSince: since };
+    });
+  }
+
+  /**
+   * Adopts one queue of a member whose lease lapsed (takeover.ts): claims its name on a majority of
+   * the nodes with an epoch above that member's, records it in this gateway's placement, claims it
+   * on its replicas (the old owner's writes are refused from then on), loads it from a replica
+   * proven current (in-flight messages go back to ready; FIFO order, attempts, retry times and
+   * acceptance times are the replicas'), leaves a tombstone in the old member's placement, and
+   * writes an `adopted` event. False when another member holds the name.
+   */
+  async adopt(from: PoolMember, field: string, rec: PlacementRecord): Promise<boolean> {
+    const name = queueNameOf(from.id, field, rec);
+    if (this.byName.has(name) || !this.adopting) return false;
+    const t0 = Date.now();
+    if (this.owner.epoch <= from.epoch) this.owner.epoch = await this.membership!.redraw();
+    const claim = await claimQueueName(this.nodes, name, { id: this.gatewayId, epoch: this.owner.epoch }, from, this.config.queue.timeout);
+    if (!claim.ok) return false;
+    const { origin, domain } = splitQueueName(name);
+    const q = this.register(this.newQueue(domain, this.replicasOf(name, rec, this.now()), { origin, adopted: true }));
+    await this.recordPlacement(q, rec.epoch + 1);
+    await this.claim(q);
+    const messages = await this.loadQueue(q, false);
+    await writePlacement(this.nodes, from.id, field, { nodes: [], epoch: rec.epoch + 1, name, adoptedBy: this.gatewayId });
+    const details = { from: from.id, fromEpoch: from.epoch, by: this.gatewayId, epoch: this.owner.epoch, messages, ms: Date.now() - t0 };
+    await q.mark('adopted', details).catch((err: unknown) => this.log.warn({ err, queue: name }, 'adopted event not written'));
+    this.log.warn({ queue: name, ...details }, 'queue adopted');
+    this.emit('adopted', q.ref, details);
+    this.emit('health');
+    if (q.readyCount) this.emit('ready', q.ref);
+    return true;
   }
 
   /** Puts this process's epoch on every replica that answers: an older owner's writes are refused from now on. */
@@ -531,12 +611,17 @@ export class QueueManager extends EventEmitter {
 
   /** Withdraws a stored copy whose sender was told to retry; see Queue.withdraw. */
   withdraw(domain: string, msgId: string, details: Record<string, unknown>): void {
-    this.queues.get(domain.toLowerCase())?.withdraw(msgId, details);
+    this.find(domain)?.withdraw(msgId, details);
   }
 
-  private must(domain: string): Queue {
-    const q = this.queues.get(domain.toLowerCase());
-    if (!q) throw new QueueError('NOT_FOUND', `no queue for ${domain}`);
+  /** The queue of a ref (a destination domain, or an adopted queue's name) or of a full queue name. */
+  private find(ref: string): Queue | undefined {
+    return this.queues.get(ref.toLowerCase()) ?? this.byName.get(ref);
+  }
+
+  private must(ref: string): Queue {
+    const q = this.find(ref);
+    if (!q) throw new QueueError('NOT_FOUND', `no queue for ${ref}`);
     return q;
   }
 
@@ -567,9 +652,9 @@ export class QueueManager extends EventEmitter {
     return this.must(domain).mark(kind, details, msgId);
   }
 
-  /** What the relay, ops and events see of one queue; undefined when there is none. */
-  view(domain: string): QueueView | undefined {
-    return this.queues.get(domain.toLowerCase());
+  /** What the relay, ops and events see of one queue (by ref or full name); undefined when there is none. */
+  view(ref: string): QueueView | undefined {
+    return this.find(ref);
   }
 
   /** Every queue, as the relay, ops and events see it. */
@@ -577,9 +662,24 @@ export class QueueManager extends EventEmitter {
     return this.queues.values();
   }
 
-  /** The destination domains that have a queue. */
-  domains(): string[] {
+  /** The refs of every queue: the destination domain of each own queue, the full name of each adopted one. */
+  refs(): string[] {
     return [...this.queues.keys()];
+  }
+
+  /** The ref of a queue known by its full name (the name itself when there is no such queue here). */
+  refOf(name: string): string {
+    return this.byName.get(name)?.ref ?? name;
+  }
+
+  /** The full name of a queue known by its ref. */
+  nameOf(ref: string): string {
+    return this.find(ref)?.name ?? (ref.includes(':') ? ref : `${this.gatewayId}:${ref}`);
+  }
+
+  /** The destination domains that have a queue here (own or adopted), each once. */
+  domains(): string[] {
+    return [...new Set([...this.queues.values()].map((q) => q.domain))];
   }
 
   requeue(domain: string, msgId: string, details?: Record<string, unknown>): Promise<void> {
@@ -647,7 +747,7 @@ export class QueueManager extends EventEmitter {
   /** A history entry of `domain`'s queue as the lifecycle event it is. */
   eventOf(domain: string, h: HistoryEntry): LifecycleEvent {
     const q = this.must(domain);
-    return { id: eventId(this.gatewayId, q.domain, h.histId), queue: q.name, domain: q.domain, kind: h.kind as LifecycleEvent['kind'], messageId: h.messageId, txn: h.txn, at: h.at, details: h.details };
+    return { id: eventId(q.origin, q.domain, h.histId), queue: q.name, domain: q.domain, kind: h.kind as LifecycleEvent['kind'], messageId: h.messageId, txn: h.txn, at: h.at, details: h.details };
   }
 
   /** Events of a queue's history after `afterId` (exclusive), oldest first, at most `count`. */
@@ -677,7 +777,7 @@ export class QueueManager extends EventEmitter {
       if (rows.length < HISTORY_BLOCK || (msgId && found.some((h) => h.kind === 'accepted'))) break;
       end = `(${rows[rows.length - 1]![0]}`;
     }
-    return found.reverse().map((h) => ({ id: eventId(this.gatewayId, q.domain, h.histId), kind: h.kind, messageId: h.messageId, txn: h.txn, at: h.at, details: h.details }));
+    return found.reverse().map((h) => ({ id: eventId(q.origin, q.domain, h.histId), kind: h.kind, messageId: h.messageId, txn: h.txn, at: h.at, details: h.details }));
   }
 
   /** The node of an in-sync replica, for reads. */

@@ -37,6 +37,8 @@ const MEMBERS_KEY = 'sg:members';
 interface LeaseAnswer {
   node: RedisNode;
   held: boolean;
+  /** A renewal found the lease gone on this node (it had lapsed, or the node lost it). */
+  lapsed: boolean;
   ttl: number;
   holder: string | undefined;
 }
@@ -76,7 +78,7 @@ export class Membership extends EventEmitter {
     const res = await Promise.allSettled(up.map((n) => withDeadline(runScript<[number, number, string?]>(n.client, 'memberLease', [this.key, op, this.token, this.leaseMs]), this.timeoutMs, `lease on ${n.id}`)));
     const out: LeaseAnswer[] = [];
     res.forEach((r, i) => {
-      if (r.status === 'fulfilled') out.push({ node: up[i]!, held: Number(r.value[0]) === 1, ttl: Number(r.value[1]), holder: r.value[2] });
+      if (r.status === 'fulfilled') out.push({ node: up[i]!, held: Number(r.value[0]) >= 1, lapsed: Number(r.value[0]) === 2, ttl: Number(r.value[1]), holder: r.value[2] });
     });
     return out;
   }
@@ -116,6 +118,18 @@ export class Membership extends EventEmitter {
     this.log.info({ gateway: this.id, epoch: this.epoch, token: this.token }, 'joined the pool');
   }
 
+  /**
+   * Draws a new epoch, above any drawn before (the epoch of a member whose queues this one is about
+   * to adopt included), and records it in the registry before it is used: an adopter's claims on
+   * queue names carry it, and whoever later adopts from this member must see it.
+   */
+  async redraw(): Promise<number> {
+    this.epoch = await this.drawEpoch();
+    await this.register();
+    this.log.info({ gateway: this.id, epoch: this.epoch }, 'new ownership epoch');
+    return this.epoch;
+  }
+
   private async drawEpoch(): Promise<number> {
     const up = this.nodes.filter((n) => n.up);
     const draw = await Promise.allSettled(up.map((n) => withDeadline(runScript<number>(n.client, 'ownerEpoch', ['sg:epoch', 'draw']), this.timeoutMs, `epoch on ${n.id}`)));
@@ -128,6 +142,15 @@ export class Membership extends EventEmitter {
 
   private async renew(): Promise<void> {
     const answers = await this.onAll('renew').catch(() => []);
+    const lapsed = answers.filter((a) => a.lapsed);
+    if (lapsed.length >= this.majority) {
+      // Paused or cut off past the lease: other members may have adopted this one's queues.
+      clearInterval(this.timer);
+      this.log.error({ gateway: this.id, nodes: lapsed.map((a) => a.node.id) }, 'the lease lapsed before it was renewed');
+      await this.onAll('release').catch(() => []); // what this renewal re-created: a new process with the id takes it at once
+      this.emit('lost', `the lease of gateway id ${this.id} lapsed before it was renewed; other members may have adopted its queues`);
+      return;
+    }
     const taken = answers.filter((a) => !a.held);
     if (taken.length >= this.majority) {
       clearInterval(this.timer);
@@ -144,12 +167,16 @@ export class Membership extends EventEmitter {
     if (Date.now() - this.lostAt > this.leaseMs) this.log.warn({ gateway: this.id, answers: answers.length }, 'the lease is held on fewer than a majority of the nodes');
   }
 
-  /** Gives the id back (a clean stop) and leaves the registry. */
+  /**
+   * Gives the id back (a clean stop). A member that still holds messages stays in the registry,
+   * not live: the other members adopt its queues (takeover.ts); one that holds none leaves it.
+   */
   async leave(): Promise<void> {
     clearInterval(this.timer);
     if (!this.epoch) return;
     await this.onAll('release').catch(() => {});
-    await Promise.allSettled(this.nodes.filter((n) => n.up).map((n) => n.client.hdel(MEMBERS_KEY, this.id)));
+    if (this.load().messages) await this.register();
+    else await forgetMember(this.nodes, this.id);
   }
 
   /** This member's record in the registry (its figures now), on every node that answers. */
@@ -178,6 +205,11 @@ export async function listMembers(nodes: RedisNode[], timeoutMs: number): Promis
       }),
   );
   return [...best.values()].sort((a, b) => a.id.localeCompare(b.id));
+}
+
+/** Takes a member out of the registry (it left holding nothing, or every queue of it was adopted). */
+export async function forgetMember(nodes: RedisNode[], id: string): Promise<void> {
+  await Promise.allSettled(nodes.filter((n) => n.up).map((n) => n.client.hdel(MEMBERS_KEY, id)));
 }
 
 /** True when a lease holder's token names a process of this host that no longer runs. */

@@ -65,6 +65,8 @@ export interface QueueSettings {
 export interface QueueView {
   readonly domain: string;
   readonly name: string;
+  /** How the manager knows it: the destination domain for this gateway's own queue, the full name for one it adopted. */
+  readonly ref: string;
   readonly depth: Readonly<Depth>;
   /** Messages that could be taken now. */
   readonly readyCount: number;
@@ -85,6 +87,12 @@ const WITHDRAW_RETRY_MS = 1000;
 export class Queue extends EventEmitter implements QueueView {
   readonly name: string;
   readonly domain: string;
+  /** The gateway id its name starts with (its events' ids and cursors use it): this process's, or, adopted, the one it came from. */
+  readonly origin: string;
+  /** See QueueView.ref. */
+  readonly ref: string;
+  /** Adopted from a gateway whose lease lapsed (takeover.ts): no new mail comes to it. */
+  readonly adopted: boolean;
   readonly keys: QueueKeys;
   readonly set: ReplicaSet;
   entryIds = new IdGen();
@@ -110,11 +118,15 @@ export class Queue extends EventEmitter implements QueueView {
   private readonly log: Logger;
   private readonly settings: QueueSettings;
 
-  constructor(domain: string, replicas: Replica[], settings: QueueSettings, log: Logger) {
+  /** `origin`: the gateway id of its name (default this process's); `adopted`: taken over from another member. */
+  constructor(domain: string, replicas: Replica[], settings: QueueSettings, log: Logger, from: { origin?: string; adopted?: boolean } = {}) {
     super();
     this.domain = domain;
     this.settings = settings;
-    this.name = `${settings.gatewayId}:${domain}`;
+    this.origin = from.origin ?? settings.gatewayId;
+    this.adopted = !!from.adopted;
+    this.name = `${this.origin}:${domain}`;
+    this.ref = this.adopted ? this.name : domain;
     this.keys = queueKeys(this.name);
     this.log = log.child({ queue: this.name });
     this.set = new ReplicaSet(this.name, this.keys, replicas, settings, this.log);
@@ -149,7 +161,7 @@ export class Queue extends EventEmitter implements QueueView {
   }
 
   table() {
-    return { queue: this.name, domain: this.domain, ...this.set.table() };
+    return { queue: this.name, domain: this.domain, owner: this.settings.gatewayId, adoptedFrom: this.adopted ? this.origin : null, ...this.set.table() };
   }
 
   private write(kind: 'append' | 'other' | 'held', script: ScriptName, now: number, histId: string, specific: (reader: boolean) => Arg[], msgIds: string[]): Promise<WriteResult> {
@@ -168,7 +180,7 @@ export class Queue extends EventEmitter implements QueueView {
   private event(kind: LifecycleKind, msgId: string, histId: string, txn: number, details: Record<string, unknown>): void {
     if (!this.settings.historyMaxLength || this.histLen < this.settings.historyMaxLength) this.histLen++;
     if (!this.histFirstMs) this.histFirstMs = this.settings.now();
-    const ev: LifecycleEvent = { id: eventId(this.settings.gatewayId, this.domain, histId), queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };
+    const ev: LifecycleEvent = { id: eventId(this.origin, this.domain, histId), queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };
     this.emit('event', ev);
   }
 

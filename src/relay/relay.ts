@@ -235,7 +235,7 @@ export class Relay {
   // ---- settling -----------------------------------------------------------------------------
 
   private async requeue(msg: QueuedMessage, reason: string): Promise<void> {
-    if (this.qm.view(msg.domain)) await this.qm.requeue(msg.domain, msg.id, { reason });
+    if (this.qm.view(msg.queue)) await this.qm.requeue(msg.queue, msg.id, { reason });
   }
 
   private details(msg: QueuedMessage, a: Attempt, ms: number): Record<string, unknown> {
@@ -259,7 +259,7 @@ export class Relay {
     const details = this.details(msg, a, ms);
     if (!deferred.length) {
       if (bounced.length) await this.dsn(msg, bounced.map((r) => this.failedRcpt(r, a, 'failed')), `B${msg.attempt}`);
-      await this.qm.settle(msg.domain, msg.id, delivered.length ? 'delivered' : 'bounced', details);
+      await this.qm.settle(msg.queue, msg.id, delivered.length ? 'delivered' : 'bounced', details);
       return;
     }
     const next = this.retry.next(msg.attempt, msg.acceptedAt, now);
@@ -272,7 +272,7 @@ export class Relay {
       const until = this.retry.expiresAt(msg.acceptedAt);
       await this.dsn(msg, deferred.map((r) => ({ ...this.failedRcpt(r, a, 'delayed'), lastAttempt: now })), 'W', until);
     }
-    await this.qm.defer(msg.domain, msg.id, next.at, { ...details, nextAt: next.at }, deferred.map((r) => r.rcpt));
+    await this.qm.defer(msg.queue, msg.id, next.at, { ...details, nextAt: next.at }, deferred.map((r) => r.rcpt));
   }
 
   /** Settles as expired: every recipient still to do fails with 4.4.7, bounced ones with their own status. */
@@ -284,7 +284,7 @@ export class Relay {
     });
     await this.dsn(msg, rcpts, 'E');
     const details = { ...this.details(msg, a, ms), maxLifetime: this.config.relay.retry.maxLifetime };
-    await this.qm.settle(msg.domain, msg.id, 'expired', details);
+    await this.qm.settle(msg.queue, msg.id, 'expired', details);
   }
 
   private failedRcpt(r: RecipientOutcome, a: Attempt, action: 'failed' | 'delayed'): DsnRecipient {

@@ -18,7 +18,9 @@ import type { Windows } from './windows.ts';
 /** Why a queue is blocked: nothing is taken from it now. */
 export type BlockReason = 'suspended' | 'window-closed' | 'dead-destination';
 
+/** One queue's dispatch state, by the queue's ref (QueueView.ref): its domain's, or an adopted queue's of the same domain. */
 interface DomainState {
+  ref: string;
   domain: string;
   inflight: number;
   pumping: boolean;
@@ -56,7 +58,10 @@ export class Scheduler {
   private wakeTarget = Infinity;
   private stopping = false;
   private started = false;
-  private readonly onReady = (domain: string) => this.pump(this.state(domain));
+  private readonly onReady = (ref: string) => {
+    const q = this.opts.queues.view(ref);
+    if (q) this.pump(this.state(q.ref, q.domain));
+  };
 
   constructor(opts: SchedulerOptions) {
     this.opts = opts;
@@ -107,7 +112,7 @@ export class Scheduler {
     const d = domain.toLowerCase();
     if (!this.suspends.delete(d)) return false;
     this.log.info({ domain: d, actor, reason }, 'queue resumed');
-    this.pump(this.state(d));
+    for (const q of this.opts.queues.views()) if (q.domain === d) this.pump(this.state(q.ref, q.domain));
     return true;
   }
 
@@ -121,7 +126,7 @@ export class Scheduler {
     if (this.stopping) return;
     const now = this.opts.now();
     for (const q of this.opts.queues.views()) {
-      const d = this.state(q.domain);
+      const d = this.state(q.ref, q.domain);
       if (!this.suspends.has(d.domain) && (d.wakeAt <= now || (q.readyCount > 0 && !d.blocked))) this.pump(d);
     }
     this.opts.dispatcher.sweep();
@@ -129,22 +134,23 @@ export class Scheduler {
 
   /** A blocked queue looks again now (one of its dead destinations is back, or its probe failed). */
   recheck(domain: string): void {
-    const d = this.domains.get(domain);
-    if (!d?.blocked) return;
-    d.wakeAt = 0;
-    this.pump(d);
+    for (const d of this.domains.values()) {
+      if (d.domain !== domain || !d.blocked) continue;
+      d.wakeAt = 0;
+      this.pump(d);
+    }
   }
 
   /** Per queue: messages in flight, why nothing is taken (if so) and when it is looked at next. */
-  status(): { domain: string; inflight: number; blocked: { reason: BlockReason; until: number } | null; wakeAt: number | null }[] {
-    return [...this.domains.values()].map((d) => ({ domain: d.domain, inflight: d.inflight, blocked: d.blocked ?? null, wakeAt: Number.isFinite(d.wakeAt) ? d.wakeAt : null }));
+  status(): { domain: string; queue: string; inflight: number; blocked: { reason: BlockReason; until: number } | null; wakeAt: number | null }[] {
+    return [...this.domains.values()].map((d) => ({ domain: d.domain, queue: d.ref, inflight: d.inflight, blocked: d.blocked ?? null, wakeAt: Number.isFinite(d.wakeAt) ? d.wakeAt : null }));
   }
 
-  private state(domain: string): DomainState {
-    let d = this.domains.get(domain);
+  private state(ref: string, domain: string): DomainState {
+    let d = this.domains.get(ref);
     if (!d) {
-      d = { domain, inflight: 0, pumping: false, again: false, wakeAt: 0, blocked: undefined };
-      this.domains.set(domain, d);
+      d = { ref, domain, inflight: 0, pumping: false, again: false, wakeAt: 0, blocked: undefined };
+      this.domains.set(ref, d);
     }
     return d;
   }
@@ -191,8 +197,11 @@ export class Scheduler {
   }
 
   private async pumpLoop(d: DomainState): Promise<void> {
-    const q = this.opts.queues.view(d.domain);
-    if (!q) return;
+    const q = this.opts.queues.view(d.ref);
+    if (!q) {
+      this.domains.delete(d.ref); // an adopted queue deleted once empty
+      return;
+    }
     do {
       d.again = false;
       const now = this.opts.now();
@@ -208,7 +217,7 @@ export class Scheduler {
       d.blocked = undefined;
       const cap = b.probe ? (d.inflight === 0 ? 1 : 0) : Math.min(TAKE_MAX, this.opts.capFor(d.domain));
       while (d.inflight < cap && q.readyCount > 0 && !this.stopping) {
-        const batch = await this.opts.queues.take(d.domain, Math.min(cap - d.inflight, TAKE_MAX));
+        const batch = await this.opts.queues.take(d.ref, Math.min(cap - d.inflight, TAKE_MAX));
         if (!batch.length) break;
         for (const m of batch) {
           d.inflight++;

@@ -179,7 +179,7 @@ describe('ops HTTP API', () => {
     assert.equal((await cli(['queue', 'list', '--config', file])).status, 1, 'reads need a token too');
     const list = await cli(['queue', 'list', '--config', file], { STREAMGATE_OPS_TOKEN: READER });
     assert.equal(list.status, 0, list.stderr);
-    assert.match(list.stdout, /^ops\.test\s+\d+\s+0\s+0\s+0\s+\d+s\s+whole/m);
+    assert.match(list.stdout, /^ops\.test\s+\d+\s+0\s+0\s+0\s+\d+s\s+gw-ops\s+whole/m);
     const show = await cli(['queue', 'show', 'ops.test', 'ops2', '--config', file], { STREAMGATE_OPS_TOKEN: READER });
     assert.equal(show.status, 0, show.stderr);
     assert.equal(JSON.parse(show.stdout).live.state, 'ready');
