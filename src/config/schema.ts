@@ -82,6 +82,9 @@ export function redisNodeId(url: string): string {
   return `${u.hostname.includes(':') && !u.hostname.startsWith('[') ? `[${u.hostname}]` : u.hostname}:${u.port || '6379'}`;
 }
 
+/** The most gateway processes one `streamgate start` runs (gateway.workers). */
+export const MAX_WORKERS = 64;
+
 export const configSchema = z
   .strictObject({
     gateway: z
@@ -89,6 +92,15 @@ export const configSchema = z
         id: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'expected letters, digits, "_", "." or "-"').default('gw1'),
         hostname: z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, 'expected a host name').default('localhost'), // name used in banners, Received headers, DSNs
         lease: duration('10s'), // membership lease on the pool, renewed every third of it; a process whose id is held by a live member refuses to start
+        // gateway processes under one `streamgate start` (node:cluster), sharing the SMTP, submission,
+        // POP3 and ops listeners; with more than 1 each is a member of the pool of its own, id
+        // `<id>-1` … `<id>-N`, with its own queues; "auto": one per core (os.availableParallelism)
+        workers: z
+          .unknown()
+          .transform((v, ctx): number | 'auto' =>
+            v === 'auto' || (typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= MAX_WORKERS) ? v : fail(ctx, `expected a whole number from 1 to ${MAX_WORKERS} or "auto", got ${JSON.stringify(v)}`),
+          )
+          .prefault(1),
         dataDir: z.string().default('.streamgate'), // local state: generated TLS pair, service data, pid files
       })
       .prefault({}),
