@@ -1,5 +1,6 @@
 // The configuration schema: every option, its type and its default. config/streamgate.example.yaml
 // documents the same options for operators; test/config/example.test.ts keeps the two in step.
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseDuration, parseListen, parseSize } from './units.ts';
 
@@ -130,6 +131,11 @@ export const configSchema = z
         // while the queues cannot be written: refuse = answer new connections 421 4.3.2;
         // close = stop listening (a load balancer moves traffic elsewhere) until they can
         whenUnwritable: z.enum(['refuse', 'close']).default('refuse'),
+        // addresses of load balancers (HAProxy `send-proxy`) whose connections to the SMTP and
+        // submission listeners begin with a PROXY protocol v1 header naming the real client: that
+        // client's address is then the one trusted networks, limits and logs see. Exact addresses,
+        // no ranges; a connection from any other address is taken as it comes. Default none.
+        proxyProtocol: z.array(z.string().refine((a) => isIP(a) !== 0, 'expected an IP address such as "10.5.0.10" (no range)')).default([]),
         auth: authLimits,
         // error replies (4xx/5xx) and junk commands, as Postfix's smtpd does
         errors: z
