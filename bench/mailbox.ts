@@ -33,6 +33,7 @@ import { cassandraForTests } from '../test/helpers/cassandra.ts';
 import { testConfig } from '../test/helpers/config.ts';
 import { startRedisPool } from '../test/helpers/redis.ts';
 import { freePort, waitFor } from '../test/helpers/waitFor.ts';
+import { machineCpu, pidOnPort, procCpu, treeCpu } from './lib/cpu.ts';
 import { portOpen, postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 import { formatStages, StageProfiler } from './lib/stages.ts';
 import { totalBytes, workload, type Msg } from './lib/workload.ts';
@@ -55,58 +56,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 
 
-/** CPU seconds a process has used (utime + stime), 0 when it cannot be read. */
-function procCpu(pid: number | undefined): number {
-  if (!pid) return 0;
-  try {
-    const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
-    return (Number(f[11]) + Number(f[12])) / 100;
-  } catch {
-    return 0;
-  }
-}
-
-/** The pid listening on a loopback TCP port (ss), for the CPU breakdown. */
-function pidOnPort(port: number): number | undefined {
-  try {
-    const m = /pid=(\d+)/.exec(execFileSync('ss', ['-ltnpH', `sport = :${port}`]).toString());
-    return m ? Number(m[1]) : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
 const cpuPids: { cassandra?: number | undefined; redis: number[]; postfix?: number | undefined } = { redis: [] };
-
-/** CPU seconds of a process and all its descendants, dead ones included (reaped children's times count in their parent's). */
-function treeCpu(root: number | undefined): number {
-  if (!root) return 0;
-  const stats = new Map<number, string[]>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const st = readFileSync(`/proc/${name}/stat`, 'utf8');
-      stats.set(Number(name), st.slice(st.lastIndexOf(')') + 2).split(' '));
-    } catch { /* gone meanwhile */ }
-  }
-  const tree = new Set([root]);
-  for (let grew = true; grew;) {
-    grew = false;
-    for (const [pid, f] of stats) {
-      if (!tree.has(pid) && tree.has(Number(f[1]))) {
-        tree.add(pid);
-        grew = true;
-      }
-    }
-  }
-  let ticks = 0;
-  for (const pid of tree) {
-    const f = stats.get(pid);
-    if (f) ticks += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
-  }
-  return ticks / 100;
-}
 
 interface CpuMark {
   machine: number;
@@ -118,13 +68,8 @@ interface CpuMark {
 
 /** CPU seconds used so far: the whole machine (/proc/stat), this process, Cassandra, the Redis nodes, the Postfix instance. */
 function cpuNow(): CpuMark {
-  let machine = 0;
-  try {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
-    machine = (f[0]! + f[1]! + f[2]! + f[5]! + f[6]!) / 100; // user nice system irq softirq, in clock ticks
-  } catch { /* not Linux */ }
   const u = process.cpuUsage();
-  return { machine, self: (u.user + u.system) / 1e6, cassandra: procCpu(cpuPids.cassandra), redis: cpuPids.redis.reduce((a, p) => a + procCpu(p), 0), postfix: treeCpu(cpuPids.postfix) };
+  return { machine: machineCpu(), self: (u.user + u.system) / 1e6, cassandra: procCpu(cpuPids.cassandra), redis: cpuPids.redis.reduce((a, p) => a + procCpu(p), 0), postfix: treeCpu(cpuPids.postfix) };
 }
 
 /**

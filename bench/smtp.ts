@@ -28,6 +28,16 @@
 //   both     ingress, then whole.
 // The client is untrusted; relay.bench.test is a relay domain of both targets.
 //
+// BENCH_WORKERS (whole mode; default 1): gateway.workers of the whole gateway, a number or "auto"
+// (one per core), or a list ("1,2,3"): one streamgate target per value, each measured in the same
+// run as Postfix. With more than one worker the loop-delay and GC columns are left empty (/metrics
+// answers for one worker at a time).
+//
+// After each target it prints the CPU seconds each process used while it was measured (the
+// closed loop and the open loops): the gateway (with workers: the primary and each worker), each
+// redis-server, Cassandra, the sink, the load generator (this process), Postfix (its master and
+// every child, exited ones included), and the whole machine, so the reader sees where the cores go.
+//
 // Postfix runs as an instance of its own (bench/lib/postfix.ts: config_directory, queue_directory
 // and data_directory in a temp dir, its own loopback port, nothing of the system's Postfix or
 // port 25 touched), installed with apt-get when missing, stopped and removed at the end, also when
@@ -38,12 +48,13 @@
 // bench/lib/allocTop.ts.
 import { spawn } from 'node:child_process';
 import { chmodSync, closeSync, createWriteStream, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { stringify as toYaml } from 'yaml';
 import type { LoopSnapshot } from '../src/ops/loopStats.ts';
+import { childrenOf, machineCpu, pidOnPort, procCpu, treeCpu } from './lib/cpu.ts';
 import { startSinkProcess, type SinkProcess } from './lib/sinkServer.ts';
 import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 import { SmtpSession as Session } from './lib/smtpSession.ts';
@@ -54,6 +65,7 @@ const RATES = (process.env.BENCH_RATES ?? process.env.BENCH_RATE ?? '1000,2000')
 const MODE = process.env.BENCH_MODE ?? 'both';
 const RUNS = Number(process.env.BENCH_RUNS ?? 1);
 const RATE_SECONDS = Number(process.env.BENCH_RATE_SECONDS ?? 10);
+const WORKERS = (process.env.BENCH_WORKERS ?? '1').split(',').map((w) => (w.trim() === 'auto' ? 'auto' : Number(w))) as (number | 'auto')[];
 const DOMAIN = 'relay.bench.test';
 const FROM = 'load@src.bench.test';
 const NODE = process.execPath;
@@ -221,6 +233,8 @@ interface Target {
   loop?: () => Promise<LoopSnapshot>;
   /** After the load: where every 250 went, in one line. */
   check(accepted: number): Promise<string>;
+  /** CPU seconds used so far by each process of the target and what it depends on, by name. */
+  cpu(): Map<string, number>;
   stop(): Promise<void>;
 }
 
@@ -256,6 +270,7 @@ async function startIngressGateway(dir: string): Promise<Target> {
   return {
     name: 'streamgate',
     port,
+    cpu: () => new Map([['gateway', procCpu(child.pid)], ...redisCpu(pool)]),
     loop: () =>
       new Promise((resolve) => {
         child.once('message', (m) => resolve(m as LoopSnapshot));
@@ -277,7 +292,7 @@ async function startIngressGateway(dir: string): Promise<Target> {
 }
 
 /** The whole gateway (`streamgate start`), relaying to the sink, events on a Redis of its own, Cassandra connected. */
-async function startWholeGateway(dir: string, sink: SinkProcess): Promise<Target> {
+async function startWholeGateway(dir: string, sink: SinkProcess, workers: number | 'auto'): Promise<Target> {
   const [{ startRedisPool, startRedis }, { cassandraForTests }, { freePort, waitFor }] = await Promise.all([
     import('../test/helpers/redis.ts'),
     import('../test/helpers/cassandra.ts'),
@@ -286,7 +301,7 @@ async function startWholeGateway(dir: string, sink: SinkProcess): Promise<Target
   const [pool, events, cassandra] = await Promise.all([startRedisPool(3, { maxmemory: '2gb' }), startRedis({ maxmemory: '1gb' }), cassandraForTests()]);
   const [smtpPort, opsPort] = [await freePort(), await freePort()];
   const config = {
-    gateway: { id: 'bench', hostname: 'streamgate.bench.test', dataDir: join(dir, 'whole') },
+    gateway: { id: 'bench', hostname: 'streamgate.bench.test', dataDir: join(dir, 'whole'), workers },
     log: { level: 'info', pretty: 'never' },
     smtp: { listen: `127.0.0.1:${smtpPort}`, maxConnectionsPerClient: 10_000, maxMessagesPerConnection: 1_000_000_000 },
     submission: { listen: `127.0.0.1:${await freePort()}` },
@@ -309,15 +324,26 @@ async function startWholeGateway(dir: string, sink: SinkProcess): Promise<Target
   await waitFor(
     async () => {
       if (child.exitCode !== null) throw new Error(`the gateway exited: ${readFileSync(logFile, 'utf8').slice(-500)}`);
-      return (await fetch(`http://127.0.0.1:${opsPort}/health`, { signal: AbortSignal.timeout(1000) }).catch(() => undefined))?.status === 200;
+      // the summary comes once every worker is up (/health alone could be the first worker's answer)
+      return /^streamgate: Ctrl-C stops/m.test(readFileSync(logFile, 'utf8')) && (await fetch(`http://127.0.0.1:${opsPort}/health`, { signal: AbortSignal.timeout(1000) }).catch(() => undefined))?.status === 200;
     },
-    { timeout: 120_000, what: 'the whole gateway' },
+    { timeout: 180_000, what: 'the whole gateway' },
   );
   const before = await sink.count();
+  const several = workers === 'auto' ? availableParallelism() > 1 : workers > 1;
+  const cassandraPid = pidOnPort(cassandra.port);
   return {
-    name: 'streamgate',
+    name: several ? `streamgate, ${workers === 'auto' ? `auto (${availableParallelism()})` : workers} workers` : 'streamgate',
     port: smtpPort,
-    async loop() {
+    cpu: () =>
+      new Map([
+        ...(several ? [['primary', procCpu(child.pid)] as const, ...childrenOf(child.pid!).map((pid, i) => [`worker ${i + 1}`, procCpu(pid)] as const)] : [['gateway', procCpu(child.pid)] as const]),
+        ...redisCpu(pool),
+        ['events redis', procCpu(events.proc.pid)],
+        ['Cassandra', procCpu(cassandraPid)],
+        ['sink', procCpu(sink.pid)],
+      ]),
+    loop: several ? undefined : async () => {
       const text = await metrics();
       const g = (name: string, label: string) => Number(new RegExp(`^${name}\\{${label}\\} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN) * 1000;
       return {
@@ -366,9 +392,11 @@ async function startPostfixTarget(dir: string, sink?: SinkProcess): Promise<Targ
   });
   postfixes.add(instance);
   const before = sink ? await sink.count() : 0;
+  const master = Number(readFileSync(join(instance.queueDir, 'pid', 'master.pid'), 'utf8').trim()) || undefined;
   return {
     name: `Postfix ${postfixVersion()}`,
     port,
+    cpu: () => new Map([['Postfix', treeCpu(master)], ...(sink ? [['sink', procCpu(sink.pid)] as const] : [])]),
     check: async (accepted) => (sink ? checkSink(sink, before, accepted, 'Postfix') : `Postfix 250s ${accepted}, hold queue ${instance.queued('hold')} files`),
     async stop() {
       instance.stop();
@@ -380,6 +408,21 @@ async function startPostfixTarget(dir: string, sink?: SinkProcess): Promise<Targ
 interface Measured {
   phases: Result[];
   check: string;
+  /** CPU seconds per process over the measured phases, in one line. */
+  cpu: string;
+}
+
+/** The pool's redis-server processes by port, for the CPU breakdown. */
+const redisCpu = (pool: { port: number; proc: { pid?: number | undefined } }[]) => pool.map((r) => [`redis :${r.port}`, procCpu(r.proc.pid)] as const);
+
+/** CPU seconds per process between two readings, the load generator (this process) and the machine. */
+function cpuLine(t: Target, from: { at: number; procs: Map<string, number>; self: number; machine: number }): string {
+  const now = t.cpu();
+  const self = process.cpuUsage();
+  const secs = (performance.now() - from.at) / 1000;
+  const parts = [...now].map(([name, v]) => `${name} ${(v - (from.procs.get(name) ?? 0)).toFixed(1)}`);
+  parts.push(`load generator ${((self.user + self.system) / 1e6 - from.self).toFixed(1)}`);
+  return `${t.name}: ${parts.join(', ')}; machine ${(machineCpu() - from.machine).toFixed(1)} of ${(secs * availableParallelism()).toFixed(1)} (${availableParallelism()} cores × ${secs.toFixed(1)} s)`;
 }
 
 async function measure(t: Target, ownMaxShare?: number): Promise<Measured> {
@@ -388,6 +431,8 @@ async function measure(t: Target, ownMaxShare?: number): Promise<Measured> {
   try {
     accepted += (await closedLoop(t.port, sessions, 1)).accepted; // warm-up, not in the figures
     await t.loop?.();
+    const u = process.cpuUsage();
+    const cpu0 = { at: performance.now(), procs: t.cpu(), self: (u.user + u.system) / 1e6, machine: machineCpu() };
     const closed = await closedLoop(t.port, sessions, SECONDS);
     closed.loop = await t.loop?.();
     const max = closed.accepted / closed.seconds;
@@ -402,8 +447,9 @@ async function measure(t: Target, ownMaxShare?: number): Promise<Measured> {
       console.error(`bench: ${t.name}: ${rate}/s offered, ${Math.round(open.accepted / open.seconds)} msg/s accepted, p99 ${pct(open.latencies, 99).toFixed(1)} ms`);
       phases.push(open);
     }
+    const cpu = cpuLine(t, cpu0);
     for (const p of phases) accepted += p.accepted;
-    return { phases, check: await t.check(accepted) };
+    return { phases, check: await t.check(accepted), cpu };
   } finally {
     for (const s of sessions) s.close();
   }
@@ -437,11 +483,13 @@ try {
       if (mode === 'whole') sink ??= await startSinkProcess();
       const byTarget = results.get(mode) ?? new Map<string, Measured[]>();
       results.set(mode, byTarget);
-      for (const which of ['streamgate', 'postfix']) {
-        const t = which === 'streamgate' ? (mode === 'whole' ? await startWholeGateway(dir, sink!) : await startIngressGateway(dir)) : await startPostfixTarget(dir, mode === 'whole' ? sink : undefined);
+      const targets = [...(mode === 'whole' ? WORKERS.map((w) => ['streamgate', w] as const) : [['streamgate', 1] as const]), ['postfix', 1] as const];
+      for (const [which, workers] of targets) {
+        const t = which === 'streamgate' ? (mode === 'whole' ? await startWholeGateway(dir, sink!, workers) : await startIngressGateway(dir)) : await startPostfixTarget(dir, mode === 'whole' ? sink : undefined);
         stops.push(() => t.stop());
         try {
           const m = await measure(t, which === 'streamgate' ? 0.8 : undefined);
+          console.error(`bench: cpu s: ${m.cpu}`);
           byTarget.set(t.name, [...(byTarget.get(t.name) ?? []), m]);
         } finally {
           stops.pop();
@@ -477,17 +525,21 @@ try {
         );
       });
     }
-    const [sg, pf] = [...byTarget.values()];
-    if (sg && pf) {
+    const pf = [...byTarget].find(([name]) => name.startsWith('Postfix'))?.[1];
+    for (const [name, sg] of byTarget) {
+      if (!pf || name.startsWith('Postfix')) continue;
       const rate = (ms: Measured[]) => median(ms.map((r) => r.phases[0]!.accepted / r.phases[0]!.seconds));
       console.log('');
-      console.log(`streamgate / Postfix accepted msg/s (closed loop): ${(rate(sg) / rate(pf)).toFixed(2)}x`);
+      console.log(`${name} / Postfix accepted msg/s (closed loop): ${(rate(sg) / rate(pf)).toFixed(2)}x`);
       for (const i of RATES.keys()) {
         const p99 = (ms: Measured[]) => median(ms.map((r) => pct(r.phases[i + 1]!.latencies, 99)));
-        console.log(`p99 at ${RATES[i]!.toLocaleString('en')}/s offered: streamgate ${f(p99(sg))} ms, Postfix ${f(p99(pf))} ms (${(p99(sg) / p99(pf)).toFixed(2)}x)`);
+        console.log(`p99 at ${RATES[i]!.toLocaleString('en')}/s offered: ${name} ${f(p99(sg))} ms, Postfix ${f(p99(pf))} ms (${(p99(sg) / p99(pf)).toFixed(2)}x)`);
       }
     }
     for (const runs of byTarget.values()) for (const r of runs) console.log(`check: ${r.check}`);
+    console.log('');
+    console.log('CPU seconds per process while each target was measured:');
+    for (const runs of byTarget.values()) for (const r of runs) console.log(`cpu s: ${r.cpu}`);
     const refusals = [...byTarget.values()].flatMap((runs) => runs.flatMap((r) => r.phases.map((p) => p.firstRefusal))).filter(Boolean);
     if (refusals.length) console.log(`first refusals: ${[...new Set(refusals)].slice(0, 4).join(' | ')}`);
   }

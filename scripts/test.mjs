@@ -1,5 +1,5 @@
 // `npm test`: the whole suite against real servers. Installs what a clean machine lacks
-// (redis-server, swaks, curl, openssl, docker-compose for `config -q`, chromium for the dashboard's
+// (redis-server, swaks, curl, openssl, docker-compose for `config -q`, haproxy for `haproxy -c`, chromium for the dashboard's
 // browser tests, promtool (Debian's prometheus) for the alert rules, tmux for `streamgate top`, Java
 // and Maven through apt-get as root; Cassandra's jars from Maven Central),
 // starts one Cassandra node shared by every test file, runs node's test runner over test/, and
@@ -10,7 +10,7 @@ import { startTestCassandra } from '../test/helpers/cassandra.ts';
 
 const say = (line) => console.error(`streamgate test: ${line}`);
 try {
-  ensureTools(['redis-server', 'java', 'mvn', 'swaks', 'curl', 'openssl', 'docker-compose', 'chromium', 'promtool', 'tmux'], say);
+  ensureTools(['redis-server', 'java', 'mvn', 'swaks', 'curl', 'openssl', 'docker-compose', 'haproxy', 'chromium', 'promtool', 'tmux'], say);
 } catch (err) {
   say(err.message);
   process.exit(1);

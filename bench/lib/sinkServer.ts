@@ -7,6 +7,7 @@ import { SMTPServer } from 'smtp-server';
 
 export interface SinkProcess {
   port: number;
+  pid: number;
   count(): Promise<number>;
   stop(): void;
 }
@@ -19,6 +20,7 @@ export async function startSinkProcess(): Promise<SinkProcess> {
   });
   return {
     port,
+    pid: child.pid!,
     count: () =>
       new Promise((resolve) => {
         child.once('message', (m) => resolve((m as { count: number }).count));

@@ -1,5 +1,8 @@
 // The CLI's commands. Each later part adds its own here (queue, user, mailbox, schema).
+import cluster from 'node:cluster';
 import type { Command } from 'commander';
+import { loadTls } from '../access/tls.ts';
+import type { Logger } from '../log.ts';
 import type { Config } from '../config/schema.ts';
 import { servicesDown, servicesStatus, servicesUp, type ServiceStatus } from '../services/index.ts';
 import { registerBouncesCommands } from './bouncesCommands.ts';
@@ -9,12 +12,13 @@ import { registerQueueCommands } from './queueCommands.ts';
 import { registerSendmailCommand } from './sendmail.ts';
 import { registerTopCommand } from './top.ts';
 import { configOption, contextFrom, loggerFor } from './context.ts';
+import { READY, runPrimary, workerCount, workerGatewayId } from './workers.ts';
 
 /** Progress of `start` and `services up`: plain lines on standard error, beside the log. */
 const say = (line: string) => console.error(`streamgate: ${line}`);
 
 /** The one summary `start` ends its start with: where everything listens. */
-function listeners(config: Config, seconds: number, ownServices: boolean): string {
+function listeners(config: Config, seconds: number, ownServices: boolean, workers?: { id: string; pid: number }[]): string {
   const at = (l: { host: string; port: number }) => (l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`);
   const rows: [string, string][] = [
     ['SMTP', `${at(config.smtp.listen)}  (inbound MTAs; \`streamgate sendmail\` submits here)`],
@@ -24,11 +28,12 @@ function listeners(config: Config, seconds: number, ownServices: boolean): strin
     ['Redis', config.redis.nodes.map((n) => n.url.replace(/^rediss?:\/\/([^@/]*@)?/, '')).join(', ')],
     ['Cassandra', config.cassandra.contactPoints.join(', ')],
     ['events', `${config.events.redis.replace(/^rediss?:\/\/([^@/]*@)?/, '')}  (Redis of lifecycle events and producer jobs)`],
+    ...(workers ? [['workers', `${workers.map((w) => `${w.id} (pid ${w.pid})`).join(', ')}  (sharing the listeners above)`] as [string, string]] : []),
   ];
   return [
     `streamgate: ready in ${seconds.toFixed(1)} s`,
     ...rows.map(([name, where]) => `  ${name.padEnd(11)} ${where}`),
-    `streamgate: Ctrl-C stops the gateway${ownServices ? ' and the local services it started' : ''}`,
+    `streamgate: Ctrl-C stops the gateway${workers ? ' workers' : ''}${ownServices ? ' and the local services it started' : ''}`,
   ].join('\n');
 }
 
@@ -39,10 +44,25 @@ function printServices(rows: ServiceStatus[]): void {
   }
 }
 
+/**
+ * Runs one gateway in this process until stopRequested resolves or the gateway is fenced (status 1
+ * then: a newer member owns its queues; a supervisor may start it again, as a new member).
+ */
+async function serve(config: Config, log: Logger, stopRequested: Promise<string>, ready: () => void | Promise<void>, tell: (line: string) => void): Promise<void> {
+  const { startGateway } = await import('../app.ts'); // the whole gateway, loaded only to run it
+  const gateway = await startGateway(config, log);
+  await ready();
+  const fenced = new Promise<string>((resolve) => gateway.queues.once('fenced', (reason: string) => resolve(`fenced: ${reason}`)));
+  const signal = await Promise.race([stopRequested, fenced]);
+  tell(`stopping (${signal})`);
+  if (signal.startsWith('fenced')) process.exitCode = 1;
+  await gateway.stop().catch((err: unknown) => log.error({ err }, 'stop failed'));
+}
+
 export function registerCommands(program: Command): void {
   program
     .command('start')
-    .description('run the gateway until SIGINT or SIGTERM')
+    .description('run the gateway (gateway.workers processes of it) until SIGINT or SIGTERM')
     .addOption(configOption())
     .option('--with-services', 'start the local Redis nodes and Cassandra first and stop them on exit')
     .action(async (opts: { config?: string; withServices?: boolean }) => {
@@ -56,28 +76,38 @@ export function registerCommands(program: Command): void {
       const onSignal = (signal: string) => () => signalled(signal);
       process.once('SIGINT', onSignal('SIGINT'));
       process.once('SIGTERM', onSignal('SIGTERM'));
+      if (cluster.isWorker) {
+        // One of gateway.workers: its id came from the primary (STREAMGATE_GATEWAY__ID); the
+        // primary started the services and prints the summary.
+        const tell = (line: string) => say(`${config.gateway.id}: ${line}`);
+        await serve(config, log, stopRequested, () => void process.send?.(READY), tell);
+        tell('stopped');
+        return log.flush?.();
+      }
       let ownServices = false;
       const downServices = async () => {
         if (!ownServices) return;
         const rows = await servicesDown(config);
         say(`local services stopped: ${rows.filter((r) => r.state === 'stopped').map((r) => `${r.name} ${r.address}`).join(', ') || 'no local services'}`);
       };
+      const summary = async (workers?: { id: string; pid: number }[]) => {
+        await new Promise<void>((resolve) => log.flush(() => resolve())); // the summary comes after the log's start lines
+        console.error(listeners(config, (Date.now() - t0) / 1000, ownServices, workers));
+      };
       try {
         if (opts.withServices) {
           const rows = await servicesUp(config, { say });
           ownServices = rows.some((r) => r.state === 'started');
         }
-        say('starting the gateway');
-        const { startGateway } = await import('../app.ts'); // the whole gateway, loaded only to run it
-        const gateway = await startGateway(config, log);
-        await new Promise<void>((resolve) => log.flush(() => resolve())); // the summary comes after the log's start lines
-        console.error(listeners(config, (Date.now() - t0) / 1000, ownServices));
-        const fenced = new Promise<string>((resolve) => gateway.queues.once('fenced', (reason: string) => resolve(`fenced: ${reason}`)));
-        const signal = await Promise.race([stopRequested, fenced]);
-        say(`stopping (${signal})`);
-        // A fenced process stops with status 1: a newer member owns its queues (a supervisor may start it again, as a new member).
-        if (signal.startsWith('fenced')) process.exitCode = 1;
-        await gateway.stop().catch((err: unknown) => log.error({ err }, 'stop failed'));
+        const count = workerCount(config);
+        if (count > 1) {
+          say(`starting ${count} gateway workers, ${workerGatewayId(config, 1)} to ${workerGatewayId(config, count)}`);
+          await loadTls(config, log); // a generated pair is made once, here, and read by every worker
+          process.exitCode = await runPrimary(config, log, { count, say, stopRequested, onReady: summary });
+        } else {
+          say('starting the gateway');
+          await serve(config, log, stopRequested, () => summary(), say);
+        }
       } finally {
         await downServices();
       }

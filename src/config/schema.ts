@@ -1,5 +1,6 @@
 // The configuration schema: every option, its type and its default. config/streamgate.example.yaml
 // documents the same options for operators; test/config/example.test.ts keeps the two in step.
+import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseDuration, parseListen, parseSize } from './units.ts';
 
@@ -82,6 +83,9 @@ export function redisNodeId(url: string): string {
   return `${u.hostname.includes(':') && !u.hostname.startsWith('[') ? `[${u.hostname}]` : u.hostname}:${u.port || '6379'}`;
 }
 
+/** The most gateway processes one `streamgate start` runs (gateway.workers). */
+export const MAX_WORKERS = 64;
+
 export const configSchema = z
   .strictObject({
     gateway: z
@@ -95,6 +99,15 @@ export const configSchema = z
             grace: duration('0s'), // how long a lapsed member's queues wait before they are adopted (a restart with its id in that time takes them back)
           })
           .prefault({}),
+        // gateway processes under one `streamgate start` (node:cluster), sharing the SMTP, submission,
+        // POP3 and ops listeners; with more than 1 each is a member of the pool of its own, id
+        // `<id>-1` … `<id>-N`, with its own queues; "auto": one per core (os.availableParallelism)
+        workers: z
+          .unknown()
+          .transform((v, ctx): number | 'auto' =>
+            v === 'auto' || (typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= MAX_WORKERS) ? v : fail(ctx, `expected a whole number from 1 to ${MAX_WORKERS} or "auto", got ${JSON.stringify(v)}`),
+          )
+          .prefault(1),
         dataDir: z.string().default('.streamgate'), // local state: generated TLS pair, service data, pid files
       })
       .prefault({}),
@@ -124,6 +137,11 @@ export const configSchema = z
         // while the queues cannot be written: refuse = answer new connections 421 4.3.2;
         // close = stop listening (a load balancer moves traffic elsewhere) until they can
         whenUnwritable: z.enum(['refuse', 'close']).default('refuse'),
+        // addresses of load balancers (HAProxy `send-proxy`) whose connections to the SMTP and
+        // submission listeners begin with a PROXY protocol v1 header naming the real client: that
+        // client's address is then the one trusted networks, limits and logs see. Exact addresses,
+        // no ranges; a connection from any other address is taken as it comes. Default none.
+        proxyProtocol: z.array(z.string().refine((a) => isIP(a) !== 0, 'expected an IP address such as "10.5.0.10" (no range)')).default([]),
         auth: authLimits,
         // error replies (4xx/5xx) and junk commands, as Postfix's smtpd does
         errors: z

@@ -251,6 +251,8 @@ export class SmtpIngress extends EventEmitter {
       onRcptTo: (address, session, cb) => hook(this.log, 'rcpt', () => this.onRcptTo(address, session), cb),
       onData: (stream, session, cb) => this.onData(listener, stream, session, cb),
       onClose: (session) => this.limiter.release(session.id),
+      // behind a balancer (smtp.proxyProtocol), the PROXY header's client is the session's remoteAddress
+      ...(s.proxyProtocol.length ? { useProxy: s.proxyProtocol } : {}),
     };
     if (!submission) return { ...base, disabledCommands: ['AUTH'], authOptional: true };
     return {

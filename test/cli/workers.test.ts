@@ -1,0 +1,213 @@
+// gateway.workers: one `streamgate start` (the installed command, in a subprocess) runs two
+// gateway processes that share one SMTP port, each a member of the pool with its own queues; a
+// worker killed is restarted and rejoins with its queues; SIGTERM to the primary drains both and
+// leaves no process, and every message acknowledged, before or during the drain, is delivered
+// once the gateway runs again.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import nodemailer from 'nodemailer';
+import { stringify as toYaml } from 'yaml';
+import { restartDelay } from '../../src/cli/workers.ts';
+import { buildCli, install, runCommand, type Installed } from '../helpers/cli.ts';
+import { startRedis, startRedisPool, type TestRedis } from '../helpers/redis.ts';
+import { startSmtpSink, type SmtpSink } from '../helpers/smtpSink.ts';
+import { freePort, waitFor } from '../helpers/waitFor.ts';
+
+const TOKEN = 'workers-test-token-0123456789';
+const DOMAIN = 'work.test';
+
+interface Member {
+  id: string;
+  token: string;
+  epoch: number;
+  live: boolean;
+  messages: number;
+}
+
+const pidOf = (m: Member) => Number(m.token.split(':')[1]);
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+const testId = (raw: Buffer) => /X-Test-Id: (\S+)/.exec(raw.toString())?.[1] ?? '?';
+
+describe('gateway.workers', { timeout: 300_000 }, () => {
+  let bin: Installed;
+  let pool: TestRedis[];
+  let events: TestRedis;
+  let sink: SmtpSink;
+  let dir: string;
+  let configFile: string;
+  let smtpPort: number;
+  const children = new Set<ChildProcess>();
+
+  /** The configuration: two workers, every listener on a free port, work.test routed to the sink; closed: its delivery window is shut. */
+  const writeConfig = async (closed: boolean) => {
+    const hour = String((new Date().getUTCHours() + 12) % 24).padStart(2, '0');
+    const config = {
+      gateway: { id: 'gwk', workers: 2, lease: '3s', hostname: 'gw.workers.test', dataDir: join(dir, 'data') },
+      log: { level: 'info', pretty: 'never' },
+      smtp: { listen: `127.0.0.1:${smtpPort}`, maxConnectionsPerClient: 200 },
+      submission: { listen: `127.0.0.1:${await freePort()}` },
+      pop3: { listen: `127.0.0.1:${await freePort()}` },
+      ops: { listen: `127.0.0.1:${await freePort()}`, tokens: [TOKEN] },
+      redis: { nodes: pool.map((r) => r.url) },
+      cassandra: { contactPoints: [`127.0.0.1:${await freePort()}`] }, // nobody listens: no mailboxes here
+      domains: { local: [], relay: [] }, // loopback is a trusted network: it may send anywhere
+      events: { redis: events.url, archive: false },
+      routes: { [DOMAIN]: `smtp://127.0.0.1:${sink.port}` },
+      relay: { retry: { schedule: ['1s'], jitter: 0 }, ...(closed ? { windows: { [DOMAIN]: [`${hour}:00-${hour}:01`] } } : {}) },
+    };
+    writeFileSync(configFile, toYaml(config));
+  };
+
+  const start = async () => {
+    const child = spawn(bin.bin, ['start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PATH: `${join(process.execPath, '..')}:${process.env.PATH ?? ''}` } });
+    children.add(child);
+    child.once('exit', () => children.delete(child));
+    const out = { text: '' };
+    child.stdout!.on('data', (d) => (out.text += d));
+    child.stderr!.on('data', (d) => (out.text += d));
+    await waitFor(() => {
+      if (child.exitCode !== null) throw new Error(`start exited ${child.exitCode}: ${out.text.slice(-2000)}`);
+      return /^streamgate: Ctrl-C stops/m.test(out.text);
+    }, { timeout: 90_000, what: 'the summary of start' });
+    return { child, out };
+  };
+
+  const members = async (): Promise<Member[]> => {
+    const r = await runCommand(bin.bin, ['gateways', '--json', '--config', configFile], { env: { STREAMGATE_OPS_TOKEN: TOKEN } });
+    assert.equal(r.code, 0, r.stderr);
+    return (JSON.parse(r.stdout) as { members: Member[] }).members;
+  };
+
+  /** One message on a connection of its own; true once it got its 250. */
+  const send = async (tag: string): Promise<boolean> => {
+    const t = nodemailer.createTransport({ host: '127.0.0.1', port: smtpPort, secure: false, ignoreTLS: true, connectionTimeout: 5000, greetingTimeout: 5000, socketTimeout: 10_000 });
+    try {
+      await t.sendMail({ envelope: { from: 'a@src.test', to: [`b@${DOMAIN}`] }, raw: `From: a@src.test\r\nTo: b@${DOMAIN}\r\nSubject: ${tag}\r\nX-Test-Id: ${tag}\r\n\r\nbody ${tag}\r\n` });
+      return true;
+    } catch {
+      return false;
+    } finally {
+      t.close();
+    }
+  };
+
+  before(async () => {
+    buildCli();
+    bin = install('local');
+    pool = await startRedisPool(3);
+    events = await startRedis();
+    sink = await startSmtpSink({ hideStartTls: true });
+    dir = mkdtempSync(join(tmpdir(), 'sg-workers-'));
+    configFile = join(dir, 'gateway.yaml');
+    smtpPort = await freePort();
+  });
+  after(async () => {
+    for (const c of children) c.kill('SIGKILL');
+    await Promise.all([...pool, events].map((r) => r.stop()));
+    await sink.close();
+    bin.remove();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('two workers share one SMTP port, a killed worker rejoins, SIGTERM drains both and loses nothing acknowledged', async () => {
+    await writeConfig(true); // work.test's window is shut: what is accepted stays in the queues
+    const { child, out } = await start();
+    assert.match(out.text, /^streamgate: starting 2 gateway workers, gwk-1 to gwk-2$/m);
+    assert.match(out.text, /^ {2}workers {5}gwk-1 \(pid \d+\), gwk-2 \(pid \d+\)/m);
+
+    // several connections to the one port: both workers take some, each into its own queue
+    const acked: string[] = [];
+    for (let i = 0; i < 16; i++) if (await send(`first-${i}`)) acked.push(`first-${i}`);
+    assert.equal(acked.length, 16, 'every message of the first batch acknowledged');
+    let listed = await waitFor(async () => {
+      const m = await members();
+      return m.length === 2 && m.every((x) => x.live && x.messages > 0) && m[0]!.messages + m[1]!.messages === 16 ? m : undefined;
+    }, { timeout: 20_000, what: 'two live members holding the 16 messages between them' });
+    assert.deepEqual(listed.map((m) => m.id), ['gwk-1', 'gwk-2']);
+    const [one, two] = listed as [Member, Member];
+    assert.notEqual(pidOf(one), pidOf(two), 'two processes');
+
+    // SIGKILL one worker: the primary restarts it, and it rejoins with its queue
+    process.kill(pidOf(two), 'SIGKILL');
+    listed = await waitFor(async () => {
+      const m = await members();
+      const again = m.find((x) => x.id === 'gwk-2');
+      return again?.live && pidOf(again) !== pidOf(two) && again.messages === two.messages ? m : undefined;
+    }, { timeout: 30_000, what: 'gwk-2 back under a new process, with its messages' });
+    const back = listed.find((x) => x.id === 'gwk-2')!;
+    assert.ok(back.epoch > two.epoch, 'it rejoined as a new member (a higher epoch)');
+    assert.equal(listed.find((x) => x.id === 'gwk-1')!.token, one.token, 'the other worker went on untouched');
+    const died = out.text.split('\n').filter((l) => l.includes('worker died; restarting it'));
+    assert.equal(died.length, 1, out.text.slice(-3000));
+    assert.match(died[0]!, /"gateway":"gwk-2"/);
+    assert.match(died[0]!, /"signal":"SIGKILL"/);
+    assert.match(died[0]!, /"restartInMs":1000/);
+    await waitFor(() => /"gateway":"gwk-2","workerPid":\d+,"msg":"worker restarted"/.test(out.text), { what: 'the line saying gwk-2 was restarted' });
+
+    // SIGTERM to the primary while four clients send: all drain and exit, nothing acked is lost
+    let sending = true;
+    const clients = [0, 1, 2, 3].map(async (c) => {
+      for (let i = 0; sending; i++) {
+        const tag = `drain-${c}-${i}`;
+        if (await send(tag)) acked.push(tag);
+      }
+    });
+    await waitFor(() => acked.length >= 40, { timeout: 30_000, what: 'load under way' });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    child.kill('SIGTERM');
+    const code = await exited;
+    sending = false;
+    await Promise.all(clients);
+    assert.equal(code, 0, out.text.slice(-3000));
+    assert.match(out.text, /^streamgate: stopping 2 gateway workers \(SIGTERM\)$/m);
+    assert.match(out.text, /^streamgate: gwk-1: stopped$/m);
+    assert.match(out.text, /^streamgate: gwk-2: stopped$/m);
+    assert.match(out.text, /^streamgate: stopped$/m);
+    for (const pid of [pidOf(one), pidOf(back), child.pid!]) assert.equal(alive(pid), false, `pid ${pid} gone`);
+
+    // the same two members start again with the window open: every acked message arrives, once
+    await writeConfig(false);
+    const again = await start();
+    try {
+      await waitFor(() => {
+        const got = new Set(sink.messages.map((m) => testId(m.raw)));
+        return acked.every((t) => got.has(t));
+      }, { timeout: 60_000, what: `${acked.length} acknowledged messages at the sink` });
+      const got = sink.messages.map((m) => testId(m.raw));
+      assert.deepEqual(acked.filter((t) => !got.includes(t)), [], 'no acknowledged message lost');
+      assert.equal(new Set(got).size, got.length, 'each delivered once');
+    } finally {
+      again.child.kill('SIGTERM');
+      await new Promise((r) => again.child.once('exit', r));
+    }
+  });
+
+  it('a worker that keeps dying soon after its start waits longer each time: 1 s, doubling, at most 30 s', () => {
+    assert.deepEqual([1, 2, 3, 4, 5, 6, 7, 20].map(restartDelay), [1000, 2000, 4000, 8000, 16_000, 30_000, 30_000, 30_000]);
+  });
+
+  it('gateway.workers takes a whole number from 1 to 64 or "auto", and says so otherwise', async () => {
+    for (const [value, ok] of [['auto', true], ['3', true], ['0', false], ['65', false], ['1.5', false], ['many', false]] as const) {
+      writeFileSync(configFile, `gateway:\n  workers: ${value}\n`);
+      const r = await runCommand(bin.bin, ['config', 'check', '--config', configFile]);
+      if (ok) {
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal((JSON.parse(r.stdout) as { gateway: { workers: unknown } }).gateway.workers, value === 'auto' ? 'auto' : Number(value));
+      } else {
+        assert.equal(r.code, 2, value);
+        assert.equal(r.stderr.trim(), `streamgate: ${configFile}: gateway.workers: expected a whole number from 1 to 64 or "auto", got ${value === 'many' ? '"many"' : value}`);
+      }
+    }
+  });
+});
