@@ -14,6 +14,7 @@
 //
 //   npm run bench:mailbox   BENCH_A=100 (200 KB–2 MB messages)  BENCH_B=300 (50–500 KB)
 //                           BENCH_POP3=1000  BENCH_CLIENTS=8 (SMTP clients)  BENCH_USERS=20  BENCH_RUNS=3
+//                           BENCH_WARMUP=80 (MB sent through each path before anything is measured)
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -45,6 +46,7 @@ const POP3_N = Number(process.env.BENCH_POP3 ?? 1000);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 8);
 const USERS = Number(process.env.BENCH_USERS ?? 20);
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const WARMUP_MB = Number(process.env.BENCH_WARMUP ?? 80);
 const DOMAIN = 'bench.test';
 const PASSWORD = 'bench-password';
 const VMAIL_UID = 5000;
@@ -57,6 +59,42 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 
 const cpuPids: { cassandra?: number | undefined; redis: number[]; postfix?: number | undefined } = { redis: [] };
+
+const SHARED_POOL = /^(Native-Transpor|MutationStage|ReadStage|CounterMutation|ViewMutationSta|RequestResponse|SharedPool-Work|Mutation|Read).*$/;
+
+/**
+ * CPU seconds of each thread group of a process (/proc/PID/task/TID/stat), threads named alike
+ * counted together: for Cassandra, "MutationStage", "Native-Transport-Requests",
+ * "COMMIT-LOG-ALLOCATOR", "MemtableFlushWriter", "CompactionExecutor", the JVM's GC threads...
+ */
+function threadCpu(pid: number | undefined): Map<string, number> {
+  // Cassandra's shared-pool workers rename themselves after the stage they run at the moment
+  // (a read, a mutation, a native-transport request): their CPU is counted under one name
+  const out = new Map<string, number>();
+  if (!pid) return out;
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const t of tasks) {
+    try {
+      const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const name = st.slice(st.indexOf('(') + 1, st.lastIndexOf(')')).replace(/[\s:#_-]*\d+$/, '').replace(/^(GC Thread|G1 Conc|G1 Refine|C[12] CompilerThre).*/, '$1').replace(SHARED_POOL, 'request stages');
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+      out.set(name, (out.get(name) ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
+    } catch { /* ended meanwhile */ }
+  }
+  return out;
+}
+
+/** "MutationStage 0.41 s, ..." for the thread groups that used CPU between two threadCpu() readings, busiest first. */
+function threadCpuSince(before: Map<string, number>, after: Map<string, number>, top = 8): string {
+  const d = [...after].map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const).filter(([, v]) => v >= 0.01).sort((a, b) => b[1] - a[1]);
+  const total = d.reduce((a, [, v]) => a + v, 0);
+  return `${total.toFixed(2)} s: ${d.slice(0, top).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}${d.length > top ? ', …' : ''}`;
+}
 
 interface CpuMark {
   machine: number;
@@ -143,6 +181,8 @@ interface Row {
   stages?: Map<string, number>;
   /** CPU seconds of the side under test (see cpuSince). */
   cpu?: number;
+  /** Cassandra's CPU by thread group over the run. */
+  cassandraThreads?: string;
 }
 
 const profiler = new StageProfiler();
@@ -233,6 +273,7 @@ async function gatewayRun(gw: Gateway, name: string, msgs: Msg[]): Promise<Row> 
   const start = gw.delivered;
   const load = gw.ingress ? await injector(gw.smtpPort, msgs) : undefined;
   const c0 = cpuNow();
+  const th0 = threadCpu(cpuPids.cassandra);
   await profiler.start();
   const t0 = performance.now();
   let acceptSeconds: number | undefined;
@@ -250,7 +291,8 @@ async function gatewayRun(gw: Gateway, name: string, msgs: Msg[]): Promise<Row> 
   const seconds = (performance.now() - t0) / 1000;
   const stages = await profiler.stop(profilePath(name));
   const cpu = cpuSince(c0, 'gateway', loadCpu);
-  return { name, messages: msgs.length, bytes, seconds, ...(acceptSeconds !== undefined ? { acceptSeconds } : {}), note: `${note}; ${cpu.text}`, stages, cpu: cpu.server };
+  const cassandraThreads = threadCpuSince(th0, threadCpu(cpuPids.cassandra));
+  return { name, messages: msgs.length, bytes, seconds, ...(acceptSeconds !== undefined ? { acceptSeconds } : {}), note: `${note}; ${cpu.text}`, stages, cpu: cpu.server, cassandraThreads };
 }
 
 // ---- Postfix -----------------------------------------------------------------------------------
@@ -347,35 +389,42 @@ async function download(port: number, user: string, password: string, verify?: B
     waiter?.();
   });
   sock.on('error', () => {});
-  let buf: Buffer = Buffer.alloc(0);
-  const take = async (find: (b: Buffer, from: number) => number): Promise<Buffer> => {
-    let scanned = 0;
+  // what arrived is searched chunk by chunk (and across each boundary), never concatenated while
+  // a response is incomplete: the client's cost stays linear in the bytes, as it must for a
+  // benchmark whose faster side would otherwise be capped by its client
+  const take = async (needle: Buffer, before: Buffer): Promise<Buffer[]> => {
+    const got: Buffer[] = [];
+    const k = needle.length - 1;
+    let tail = before; // the bytes before the next chunk (at most k)
     for (;;) {
-      if (chunks.length) {
-        buf = buf.length ? Buffer.concat([buf, ...chunks]) : chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
-        chunks.length = 0;
+      while (chunks.length) {
+        const d = chunks.shift()!;
+        let end = -1;
+        if (tail.length) {
+          const i = Buffer.concat([tail, d.subarray(0, k)]).indexOf(needle);
+          if (i >= 0) end = i + needle.length - tail.length;
+        }
+        if (end < 0) {
+          const i = d.indexOf(needle);
+          if (i >= 0) end = i + needle.length;
+        }
+        if (end >= 0) {
+          got.push(d.subarray(0, end));
+          if (end < d.length) chunks.unshift(d.subarray(end));
+          return got;
+        }
+        got.push(d);
+        tail = d.length >= k ? d.subarray(d.length - k) : Buffer.concat([tail, d]).subarray(-k);
       }
-      const end = find(buf, Math.max(0, scanned - 5));
-      if (end >= 0) {
-        const out = buf.subarray(0, end);
-        buf = buf.subarray(end);
-        return out;
-      }
-      scanned = buf.length;
       if (closed) throw new Error('POP3 connection closed');
       await new Promise<void>((r) => (waiter = r));
       waiter = undefined;
     }
   };
-  const line = async () => (await take((b, from) => { const i = b.indexOf('\r\n', from); return i < 0 ? -1 : i + 2; })).toString('latin1').trimEnd();
-  const multi = async () => {
-    const body = await take((b, from) => {
-      if (from === 0 && b.subarray(0, 3).toString('latin1') === '.\r\n') return 3;
-      const i = b.indexOf('\r\n.\r\n', from);
-      return i < 0 ? -1 : i + 5;
-    });
-    return body;
-  };
+  const CRLF = Buffer.from('\r\n');
+  const line = async () => Buffer.concat(await take(CRLF, Buffer.alloc(0))).toString('latin1').trimEnd();
+  // a multi-line response ends with CRLF.CRLF, its status line's CRLF counting for an empty one
+  const multi = () => take(Buffer.from('\r\n.\r\n'), CRLF);
   const cmd = async (c: string) => {
     sock.write(`${c}\r\n`);
     const r = await line();
@@ -386,13 +435,14 @@ async function download(port: number, user: string, password: string, verify?: B
   await cmd(`USER ${user}`);
   await cmd(`PASS ${password}`);
   await cmd('LIST');
-  const list = (await multi()).toString('latin1').split('\r\n').filter((l) => /^\d+ \d+$/.test(l));
+  const list = Buffer.concat(await multi()).toString('latin1').split('\r\n').filter((l) => /^\d+ \d+$/.test(l));
   let bytes = 0;
   for (let i = 1; i <= list.length; i++) {
     await cmd(`RETR ${i}`);
-    const body = await multi();
-    bytes += body.length;
-    if (verify) {
+    const parts = await multi();
+    const body = verify ? Buffer.concat(parts) : undefined;
+    bytes += parts.reduce((n, b) => n + b.length, 0);
+    if (verify && body) {
       const got = Buffer.from(body.subarray(0, body.length - 3).toString('latin1').replace(/(^|\r\n)\.\./g, '$1.'), 'latin1');
       const want = verify[i - 1]!;
       if (!got.equals(want)) throw new Error(`RETR ${i}: ${got.length} bytes differ from the ${want.length} stored`);
@@ -538,9 +588,12 @@ const pfx = await startMailPostfix(users);
 const rows: Row[] = [];
 let pfNote = '';
 try {
-  // a warm-up on both sides (prepared statements, JIT, Postfix processes)
-  const warm = workload(10, 50 * 1024, 100 * 1024, 9, rcpt);
+  // a warm-up on both sides (prepared statements, Postfix's processes, and the JIT compilers of
+  // the gateway and of Cassandra's JVM: a node just started spends a third of its CPU compiling
+  // for the first tens of MB, which a running node has long done)
+  const warm = workload(Math.max(1, Math.round(WARMUP_MB / 1.1)), 200 * 1024, 2 * MB, 9, rcpt);
   await gatewayRun(gw, 'warm-up', warm);
+  await feedLocal(gw, warm, CLIENTS * 4);
   if (typeof pfx !== 'string') await postfixRun(pfx, 'warm-up', warm);
 
   for (const [label, msgs] of ([['A: 200 KB–2 MB', wA], ['B: 50 KB–500 KB', wB]] as const).filter(([, m]) => m.length > 0)) {
@@ -548,13 +601,14 @@ try {
     if (typeof pfx !== 'string') rows.push(await postfixRun(pfx, `postfix ${label}`, msgs));
     else pfNote = `postfix: ${pfx}`;
     const c0 = cpuNow();
+    const th0 = threadCpu(cpuPids.cassandra);
     await profiler.start();
     const t0 = performance.now();
     await feedLocal(gw, msgs, CLIENTS * 4);
     const s = (performance.now() - t0) / 1000;
     const stages = await profiler.stop(profilePath(`local delivery alone ${label}`));
     const cpu = cpuSince(c0, 'gateway');
-    rows.push({ name: `local delivery alone ${label}`, messages: msgs.length, bytes: totalBytes(msgs), seconds: s, stages, cpu: cpu.server, note: `LocalDelivery.deliver() with ${CLIENTS * 4} in flight: the Cassandra write path only (chunks of ${gw.config.cassandra.chunkSize / 1024} KB); ${cpu.text}` });
+    rows.push({ name: `local delivery alone ${label}`, messages: msgs.length, bytes: totalBytes(msgs), seconds: s, stages, cpu: cpu.server, cassandraThreads: threadCpuSince(th0, threadCpu(cpuPids.cassandra)), note: `LocalDelivery.deliver() with ${CLIENTS * 4} in flight: the Cassandra write path only (chunks of ${gw.config.cassandra.chunkSize / 1024} KB); ${cpu.text}` });
   }
 } finally {
   if (typeof pfx !== 'string') pfx.stop();
@@ -574,6 +628,9 @@ for (const label of ['A: 200 KB–2 MB', 'B: 50 KB–500 KB']) {
 console.log('');
 console.log(`The gateway's main thread by stage (V8's sampling profiler; time on the thread while not idle, which on a loaded machine includes time waiting for a core):`);
 for (const r of rows) if (r.stages) console.log(`- ${r.name}: ${formatStages(r.stages, { unit: 'MB', count: r.bytes / MB })}`);
+console.log('');
+console.log(`Cassandra's CPU by thread group (/proc; what ran during the run, flushes and compactions of earlier writes included):`);
+for (const r of rows) if (r.cassandraThreads) console.log(`- ${r.name}: ${r.cassandraThreads}`);
 console.log('');
 
 const cleanup = async () => {
@@ -605,7 +662,12 @@ try {
   const port = gw.mailbox.pop3.address.port;
   await downloadInWorker(port, popUser, PASSWORD, stored); // warm-up, and every byte checked
   const ours: number[] = [];
+  const c0 = cpuNow();
+  const th0 = threadCpu(cpuPids.cassandra);
+  await profiler.start();
   for (let k = 0; k < RUNS; k++) ours.push((await downloadInWorker(port, popUser, PASSWORD)).seconds);
+  const popStages = await profiler.stop(profilePath('streamgate POP3'));
+  const popCpu = `${cpuSince(c0, 'gateway').text} (the client's thread counted in the gateway's); Cassandra by thread group ${threadCpuSince(th0, threadCpu(cpuPids.cassandra))}`;
   const s = median(ours);
   console.log(`| streamgate POP3 | ${s.toFixed(2)} s | **${(popBytes / MB / s).toFixed(1)} MB/s** | ${(stored.length / s).toFixed(0)} | Cassandra, pages of ${gw.config.pop3.pageSize} rows, bodies in ${gw.config.cassandra.chunkSize / 1024} KB chunks |`);
   if (typeof dv === 'string') console.log(`| dovecot | – | – | – | ${dv} |`);
@@ -618,6 +680,9 @@ try {
     console.log('');
     console.log(`POP3: streamgate / dovecot = ${(d / s).toFixed(2)}×`);
   }
+  console.log('');
+  console.log(`The gateway's main thread during the streamgate downloads, by stage: ${formatStages(popStages, { unit: 'MB', count: (RUNS * popBytes) / MB })}`);
+  console.log(`The streamgate downloads' ${popCpu}`);
 } finally {
   if (typeof dv !== 'string') await dv.stop();
   await cleanup();
