@@ -28,7 +28,9 @@ export class EventPath {
   readonly queueName: string;
   readonly max: number;
   readonly gatewayId: string;
-  constructor(config: Config, events: TestRedis, queueName: string, opts: { max?: number; gatewayId?: string } = {}) {
+  readonly batch: number | false;
+  constructor(config: Config, events: TestRedis, queueName: string, opts: { max?: number; gatewayId?: string; batch?: number } = {}) {
+    this.batch = opts.batch ?? false;
     this.max = opts.max ?? 1000;
     this.gatewayId = opts.gatewayId ?? 'gw-arch';
     this.config = config;
@@ -42,7 +44,7 @@ export class EventPath {
     await this.qm.start();
     this.conn = new Redis(this.events.url, { maxRetriesPerRequest: null });
     this.bull = new BullQueue(this.queueName, { connection: this.conn });
-    this.pub = new EventPublisher(this.qm, this.queueName, this.conn, silentLogger);
+    this.pub = new EventPublisher(this.qm, this.queueName, this.conn, silentLogger, { budget: 0.8, whenFull: 'stop', batch: this.batch });
     await this.pub.start();
     this.store = new MailStore(this.config, silentLogger, { connectTimeoutMs: 1000, readTimeoutMs: 3000 });
     this.archive = new HistoryArchive(this.qm, this.store, this.config, silentLogger);
@@ -61,7 +63,7 @@ export class EventPath {
   }
 
   /** `n` messages through the queue of `domain`: accepted, attempted, delivered (three events each). */
-  async traffic(domain: string, n: number, tag: string): Promise<string[]> {
+  async traffic(domain: string, n: number, tag: string, delivered: Record<string, unknown> = { reply: '250 ok' }): Promise<string[]> {
     const ids: string[] = [];
     const raw = Buffer.from(`Subject: ${tag}\r\n\r\n${'x'.repeat(200)}\r\n`);
     for (let i = 0; i < n; i += 500) {
@@ -71,7 +73,7 @@ export class EventPath {
       for (;;) {
         const taken = await this.qm.take(domain, 500);
         if (!taken.length) break;
-        await Promise.all(taken.map((m) => this.qm.settle(domain, m.id, 'delivered', { reply: '250 ok' })));
+        await Promise.all(taken.map((m) => this.qm.settle(domain, m.id, 'delivered', delivered)));
       }
     }
     return ids;
