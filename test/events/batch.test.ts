@@ -3,7 +3,6 @@
 // event exactly once with its id, in each queue's order; `streamgate events replay` sends the
 // archived events again as batches of the same events with the same ids.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,42 +10,27 @@ import { after, before, describe, it } from 'node:test';
 import { Queue as BullQueue } from 'bullmq';
 import { connect, EVENT_BATCH_JOB, type StreamgateEvent } from '../../src/client/index.ts';
 import type { Config } from '../../src/config/schema.ts';
-import { silentLogger } from '../../src/log.ts';
-import { MailStore } from '../../src/mailbox/store.ts';
 import { compareIds, histIdOf } from '../../src/message/ids.ts';
 import type { LifecycleEvent } from '../../src/message/types.ts';
-import { cassandraForTests } from '../helpers/cassandra.ts';
 import { runCli } from '../helpers/cli.ts';
-import { testConfig } from '../helpers/config.ts';
-import { EventPath } from '../helpers/eventPath.ts';
-import { startRedis, startRedisPool, type TestRedis } from '../helpers/redis.ts';
+import { EventPath, startEventLogServers, type EventLogServers } from '../helpers/eventPath.ts';
 import { waitFor } from '../helpers/waitFor.ts';
 
 const BATCH = 50;
 
 describe('events.batch: several events per job, each with its id', () => {
-  let pool: TestRedis[];
-  let events: TestRedis;
-  let keyspace: string;
+  let servers: EventLogServers;
   let config: Config;
-  let contactPoint: string;
   before(async () => {
-    contactPoint = (await cassandraForTests()).contactPoint;
-    [pool, events] = await Promise.all([startRedisPool(2), startRedis()]);
-    keyspace = `sg_batch_${randomBytes(3).toString('hex')}`;
-    config = testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { historyMaxLength: 1000 }, cassandra: { contactPoints: [contactPoint], keyspace }, events: { batch: BATCH } });
+    servers = await startEventLogServers('batch');
+    config = servers.config({ events: { batch: BATCH } });
   });
-  after(async () => {
-    const s = new MailStore(testConfig({ cassandra: { contactPoints: [contactPoint], keyspace } }), silentLogger);
-    await s.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
-    await s.close();
-    await Promise.all([...(pool ?? []), ...(events ? [events] : [])].map((r) => r.stop()));
-  });
+  after(async () => await servers?.stop());
 
   it('a consumer of batched jobs receives every event exactly once, ids intact and in order; a replay re-publishes them with the same ids', async () => {
-    const path = new EventPath(config, events, 'batch-events', { gatewayId: 'gw-batch', batch: BATCH });
+    const path = new EventPath(config, servers.events, 'batch-events', { gatewayId: 'gw-batch', batch: BATCH });
     await path.start();
-    const client = connect({ connection: events.url, eventsQueue: 'batch-events' });
+    const client = connect({ connection: servers.events.url, eventsQueue: 'batch-events' });
     const got: StreamgateEvent[] = [];
     try {
       const consumer = client.onEvent((ev) => void got.push(ev), { concurrency: 1 });
@@ -85,7 +69,7 @@ describe('events.batch: several events per job, each with its id', () => {
       const from = Number(histIdOf(mine[Math.floor(mine.length / 2)]!.id).split('-')[0]);
       const expected = mine.filter((e) => Number(histIdOf(e.id).split('-')[0]) >= from).map((e) => e.id);
       const file = join(mkdtempSync(join(tmpdir(), 'sg-batch-')), 'c.yaml');
-      writeFileSync(file, `gateway: { id: gw-batch }\nevents: { redis: "${events.url}", batch: ${BATCH} }\ncassandra: { contactPoints: ["${contactPoint}"], keyspace: ${keyspace} }\n`);
+      writeFileSync(file, `gateway: { id: gw-batch }\nevents: { redis: "${servers.events.url}", batch: ${BATCH} }\ncassandra: { contactPoints: ["${servers.contactPoint}"], keyspace: ${servers.keyspace} }\n`);
       const r = await runCli(['events', 'replay', '--since', new Date(from).toISOString(), '--domain', 'one.test', '--queue', 'batch-replayed', '--config', file]);
       assert.equal(r.status, 0, r.stderr);
       assert.match(r.stdout, new RegExp(`^one\\.test: ${expected.length} events re-published$`, 'm'));

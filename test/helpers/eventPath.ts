@@ -11,7 +11,10 @@ import { lowestCursor } from '../../src/message/ids.ts';
 import type { LifecycleEvent } from '../../src/message/types.ts';
 import { HistoryBudget } from '../../src/queue/historyBudget.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
-import type { TestRedis } from './redis.ts';
+import { randomBytes } from 'node:crypto';
+import { cassandraForTests } from './cassandra.ts';
+import { testConfig } from './config.ts';
+import { startRedis, startRedisPool, type TestRedis } from './redis.ts';
 
 /** A gateway's event path without SMTP: queues, publisher, archive and the history trims. */
 export class EventPath {
@@ -90,4 +93,35 @@ export class EventPath {
     for await (const ev of this.archive.eventsOf(domain, 0, Date.now() + 60_000)) out.push(ev.id);
     return out;
   }
+}
+
+/** What an event-log test runs against: a pool of two Redis nodes, an events Redis, the run's Cassandra and a keyspace of its own. */
+export interface EventLogServers {
+  pool: TestRedis[];
+  events: TestRedis;
+  contactPoint: string;
+  keyspace: string;
+  /** A test configuration on these servers, with `overrides`. */
+  config(overrides?: Record<string, unknown>): Config;
+  /** Drops the keyspace and stops the Redis servers. */
+  stop(): Promise<void>;
+}
+
+export async function startEventLogServers(name: string): Promise<EventLogServers> {
+  const contactPoint = (await cassandraForTests()).contactPoint;
+  const [pool, events] = await Promise.all([startRedisPool(2), startRedis()]);
+  const keyspace = `sg_${name}_${randomBytes(3).toString('hex')}`;
+  return {
+    pool,
+    events,
+    contactPoint,
+    keyspace,
+    config: (overrides = {}) => testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { historyMaxLength: 1000 }, cassandra: { contactPoints: [contactPoint], keyspace }, ...overrides }),
+    async stop() {
+      const s = new MailStore(testConfig({ cassandra: { contactPoints: [contactPoint], keyspace } }), silentLogger);
+      await s.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
+      await s.close();
+      await Promise.all([...pool, events].map((r) => r.stop()));
+    },
+  };
 }
