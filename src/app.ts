@@ -76,6 +76,7 @@ export async function startGateway(config: Config, log: Logger): Promise<Gateway
       budget: config.events.budget,
       whenFull: config.events.whenFull,
       dedicated: !eventsShared,
+      batch: config.events.batch,
     });
     await publisher.start();
     parts.push({ name: 'events', stop: () => publisher.stop() });

@@ -38,7 +38,7 @@ export function registerEventsCommands(program: Command): void {
       const conn = new Redis(config.events.redis, { maxRetriesPerRequest: 1 });
       const bull = new BullQueue(opts.queue ?? config.events.queue, { connection: conn });
       try {
-        const rows = await withStore(config, (store) => replay(new EventLog(store, config, config.gateway.id), bull, { since, ...(opts.kind ? { kinds: new Set(opts.kind) } : {}), ...(opts.domain ? { domains: new Set(opts.domain.map((d) => d.toLowerCase())) } : {}) }));
+        const rows = await withStore(config, (store) => replay(new EventLog(store, config, config.gateway.id), bull, { since, batch: config.events.batch, ...(opts.kind ? { kinds: new Set(opts.kind) } : {}), ...(opts.domain ? { domains: new Set(opts.domain.map((d) => d.toLowerCase())) } : {}) }));
         for (const r of rows) console.log(`${r.domain}: ${r.events} events re-published`);
         console.log(`-- ${rows.reduce((a, r) => a + r.events, 0)} events since ${new Date(since).toISOString()} to ${opts.queue ?? config.events.queue}`);
       } finally {

@@ -6,7 +6,7 @@
 // behind it: docs/integration.md.
 import { Queue, QueueEvents, UnrecoverableError, Worker, type Job } from 'bullmq';
 import { Redis, type RedisOptions } from 'ioredis';
-import { JOB_ID, JOB_ID_EXPECTED, eventSchema, jobFailure, jobResultSchema, jobSchema, type JobResult, type LifecycleKind, type ProducerJob, type StreamgateEvent } from './schema.ts';
+import { JOB_ID, JOB_ID_EXPECTED, EVENT_BATCH_JOB, eventBatchSchema, eventSchema, jobFailure, jobResultSchema, jobSchema, type JobResult, type LifecycleKind, type ProducerJob, type StreamgateEvent } from './schema.ts';
 
 export * from './schema.ts';
 
@@ -156,7 +156,9 @@ export class StreamgateClient {
    * Runs a BullMQ worker on the lifecycle events queue: the handler gets each event, typed by its
    * kind. Delivery is at least once: deduplicate on event.id. A handler that throws gets the event
    * again later (the gateway publishes events with retries); events that do not match the
-   * gateway's event schema fail in BullMQ without reaching the handler.
+   * gateway's event schema fail in BullMQ without reaching the handler. A batch job (events.batch)
+   * gives the handler its events one after the other; when the handler throws, the job is tried
+   * again from its first event (those already handled come again: the id says so).
    */
   onEvent<K extends LifecycleKind = LifecycleKind>(handler: EventHandler<K>, opts: EventOptions & { kinds?: readonly K[] } = {}): EventConsumer {
     const kinds = opts.kinds ? new Set<string>(opts.kinds) : undefined;
@@ -164,15 +166,26 @@ export class StreamgateClient {
     const worker = new Worker(
       this.opts.eventsQueue,
       async (job) => {
-        const parsed = eventSchema.safeParse(job.data);
-        if (!parsed.success) {
-          const i = parsed.error.issues[0]!;
-          throw new UnrecoverableError(`event ${job.id}: ${i.path.map(String).join('.') || 'data'}: ${i.message}`);
+        // a batch job (events.batch) carries several events, in order: each goes to the handler
+        let items: unknown[] = [job.data];
+        if (job.name === EVENT_BATCH_JOB) {
+          const batch = eventBatchSchema.safeParse(job.data);
+          if (!batch.success) throw new UnrecoverableError(`event batch ${job.id}: ${batch.error.issues[0]!.path.map(String).join('.') || 'data'}: ${batch.error.issues[0]!.message}`);
+          items = batch.data.events;
         }
-        const ev = parsed.data;
-        if (kinds && !kinds.has(ev.kind)) return;
-        if (from !== undefined && ev.at < from) return;
-        await handler(ev as Extract<StreamgateEvent, { kind: K }>, { attemptsMade: job.attemptsMade, job });
+        const events = items.map((data, k) => {
+          const parsed = eventSchema.safeParse(data);
+          if (!parsed.success) {
+            const i = parsed.error.issues[0]!;
+            throw new UnrecoverableError(`event ${job.name === EVENT_BATCH_JOB ? `${job.id} #${k}` : job.id}: ${i.path.map(String).join('.') || 'data'}: ${i.message}`);
+          }
+          return parsed.data;
+        });
+        for (const ev of events) {
+          if (kinds && !kinds.has(ev.kind)) continue;
+          if (from !== undefined && ev.at < from) continue;
+          await handler(ev as Extract<StreamgateEvent, { kind: K }>, { attemptsMade: job.attemptsMade, job });
+        }
       },
       { connection: this.conn(), concurrency: opts.concurrency ?? 1 },
     );

@@ -151,6 +151,14 @@ const eventFields = {
   at: z.number(),
 };
 
+/**
+ * With events.batch N, each job carries up to N events of one queue, consecutive and in order:
+ * named EVENT_BATCH_JOB, its data { events: [...] }, its id "<first event id>..<last ms-seq>";
+ * each event keeps its own id inside.
+ */
+export const EVENT_BATCH_JOB = 'batch';
+export const eventBatchSchema = z.strictObject({ events: z.array(z.unknown()).min(1) });
+
 /** A lifecycle event as published (one BullMQ job per event, named by its kind, id = event id). */
 export const eventSchema = z.discriminatedUnion(
   'kind',

@@ -1,6 +1,7 @@
 // Lifecycle events out to billing and notification consumers: a BullMQ queue (events.queue) with
 // one job per event, the event id as job id so a consumer sees each event once even when this
-// publisher sends it twice. The source is the queues' history streams, read through a durable
+// publisher sends it twice; or, with events.batch N, up to N consecutive events of one queue per
+// job (eventJobs()), each keeping its id inside, for consumers to deduplicate on. The source is the queues' history streams, read through a durable
 // cursor per destination queue (kept in the events Redis): live events are sent as they happen,
 // and at start everything after the cursor is sent again, so a crash loses no event.
 //
@@ -18,6 +19,7 @@ import { type LifecycleEvent } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
 import { compareIds, histIdOf } from '../message/ids.ts';
 import { splitQueueName } from '../queue/placement.ts';
+import { EVENT_BATCH_JOB } from '../client/schema.ts';
 
 const FLUSH_MS = 50;
 
@@ -41,6 +43,8 @@ export interface EventsBudgetOptions {
   whenFull: 'stop' | 'drop';
   /** The events Redis holds nothing but events and producer jobs: its used_memory counts whole. */
   dedicated?: boolean;
+  /** events.batch: false, one job per event; N, up to N events of one queue per job. */
+  batch?: number | false;
 }
 
 export interface EventsBudgetStatus {
@@ -65,6 +69,37 @@ class BudgetFull extends Error {}
 
 /** The job id of an event: its id, which eventId() keeps free of ":" (BullMQ refuses it). */
 export const jobIdOf = (ev: { id: string }) => ev.id;
+
+export interface EventJob {
+  name: string;
+  data: unknown;
+  opts: { jobId: string };
+  /** The events it carries. */
+  events: LifecycleEvent[];
+}
+
+/**
+ * The jobs that carry `events` (in history order): one per event (named by its kind, the event
+ * as data, its id as job id), or with `batch` N, runs of up to N consecutive events of one queue
+ * (named EVENT_BATCH_JOB, data { events }, id "<first event id>..<last ms-seq>": the same run sent
+ * again is the same job).
+ */
+export function eventJobs(events: LifecycleEvent[], batch: number | false | undefined): EventJob[] {
+  if (!batch) return events.map((ev) => ({ name: ev.kind, data: ev, opts: { jobId: jobIdOf(ev) }, events: [ev] }));
+  const out: EventJob[] = [];
+  let run: LifecycleEvent[] = [];
+  const close = () => {
+    if (!run.length) return;
+    out.push({ name: EVENT_BATCH_JOB, data: { events: run }, opts: { jobId: `${jobIdOf(run[0]!)}..${histIdOf(run[run.length - 1]!.id)}` }, events: run });
+    run = [];
+  };
+  for (const ev of events) {
+    if (run.length >= batch || (run.length && run[0]!.domain !== ev.domain)) close();
+    run.push(ev);
+  }
+  close();
+  return out;
+}
 
 /** Why BullMQ would refuse `id` as a custom job id, or undefined. */
 export function unfitJobId(id: string): string | undefined {
@@ -230,7 +265,8 @@ export class EventPublisher {
     if (cursor) this.advance(domain, cursor);
     let n = 0;
     for (;;) {
-      if (this.state.limit > 0 && this.opts.whenFull === 'stop' && (this.state.jobs + n) * this.jobBytes >= this.state.limit) throw new BudgetFull();
+      // state.jobs counts the jobs send() added
+      if (this.state.limit > 0 && this.opts.whenFull === 'stop' && this.state.jobs * this.jobBytes >= this.state.limit) throw new BudgetFull();
       const rows = await this.queues.historySince(domain, cursor, BATCH);
       if (!rows.length) break;
       await this.send(rows.map((r) => this.queues.eventOf(domain, r)));
@@ -322,7 +358,8 @@ export class EventPublisher {
     if (this.buffer.length) void this.flush();
   }
 
-  private async send(batch: LifecycleEvent[]): Promise<void> {
+  /** Sends the events as jobs, parks those the events queue refuses, then moves the cursors; returns the jobs added. */
+  private async send(batch: LifecycleEvent[]): Promise<number> {
     const refused: [LifecycleEvent, string][] = [];
     const fit: LifecycleEvent[] = [];
     for (const ev of batch) {
@@ -330,20 +367,23 @@ export class EventPublisher {
       if (why) refused.push([ev, why]);
       else fit.push(ev);
     }
-    const job = (ev: LifecycleEvent) => ({ name: ev.kind, data: ev, opts: { jobId: jobIdOf(ev) } });
-    if (fit.length) {
+    const jobs = eventJobs(fit, this.opts.batch);
+    let added = 0;
+    if (jobs.length) {
       try {
-        await this.bull.addBulk(fit.map(job));
+        await this.bull.addBulk(jobs);
+        added = jobs.length;
       } catch (err) {
         if (this.storeFault(err)) throw err;
         // The events Redis answers but refused the batch: one event it cannot take must not hold
-        // the others. Each is sent alone, and one refused alone is parked.
-        for (const ev of fit) {
+        // the others. Each job is sent alone, and the events of one refused alone are parked.
+        for (const job of jobs) {
           try {
-            await this.bull.add(ev.kind, ev, { jobId: jobIdOf(ev) });
+            await this.bull.add(job.name, job.data, job.opts);
+            added++;
           } catch (e) {
             if (this.storeFault(e)) throw e;
-            refused.push([ev, e instanceof Error ? e.message : String(e)]);
+            for (const ev of job.events) refused.push([ev, e instanceof Error ? e.message : String(e)]);
           }
         }
       }
@@ -361,8 +401,9 @@ export class EventPublisher {
     await pipe.exec();
     for (const [domain, histId] of last) this.advance(domain, histId);
     this.sent += batch.length - refused.length;
-    this.state.jobs += batch.length - refused.length;
+    this.state.jobs += added;
     this.state.bytes = this.state.jobs * this.jobBytes;
+    return added;
   }
 
   /** A failure of the events Redis itself (the batch is sent again later), not of one event. */

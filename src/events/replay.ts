@@ -2,11 +2,12 @@
 // one named) with their original ids as job ids, so a consumer that lost a day reads it again and
 // deduplicates as it always does. Events from a time on, optionally of some kinds and queues, in
 // each queue's order. BullMQ does not add a job whose id it still keeps (waiting, or among the
-// finished it keeps): such an event is not sent twice.
+// finished it keeps): such an event is not sent twice. With events.batch N the events go as the
+// publisher sends them, up to N of one queue per job, each with its own id inside.
 import type { Queue as BullQueue } from 'bullmq';
 import type { LifecycleEvent } from '../message/types.ts';
 import type { EventLog } from './archive.ts';
-import { JOB_OPTIONS } from './publisher.ts';
+import { eventJobs, JOB_OPTIONS } from './publisher.ts';
 
 export interface ReplayOptions {
   /** From this time (ms, inclusive) to `until` (exclusive; default now). */
@@ -14,6 +15,8 @@ export interface ReplayOptions {
   until?: number;
   kinds?: ReadonlySet<string>;
   domains?: ReadonlySet<string>;
+  /** events.batch: up to this many events per job (false: one job per event). */
+  batch?: number | false;
 }
 
 const BATCH = 500;
@@ -27,7 +30,7 @@ export async function replay(log: EventLog, bull: BullQueue, opts: ReplayOptions
     let batch: LifecycleEvent[] = [];
     let n = 0;
     const send = async () => {
-      await bull.addBulk(batch.map((ev) => ({ name: ev.kind, data: ev, opts: { ...JOB_OPTIONS, jobId: ev.id } })));
+      await bull.addBulk(eventJobs(batch, opts.batch).map((j) => ({ name: j.name, data: j.data, opts: { ...JOB_OPTIONS, ...j.opts } })));
       n += batch.length;
       batch = [];
     };

@@ -83,6 +83,10 @@ describe('configuration', () => {
   it('rejects a wrong type and a bad duration or size, naming key, expectation and value', () => {
     assert.throws(() => validateConfig({ queue: { blockSize: 'many' } }), /queue\.blockSize: expected number, got "many"/);
     assert.throws(() => validateConfig({ queue: { timeout: '2 fortnights' } }), /queue\.timeout: expected a duration like "2s", "20m" or "5d", got "2 fortnights"/);
+    assert.throws(() => validateConfig({ events: { batch: 1 } }), /events\.batch: expected false \(one job per event\) or a whole number of events per job from 2 to 1000, got 1/);
+    assert.throws(() => validateConfig({ events: { batch: 'many' } }), /events\.batch: expected false .* got "many"/);
+    assert.equal(validateConfig({ events: { batch: 50 } }).events.batch, 50);
+    assert.equal(validateConfig({}).events.batch, false);
     assert.throws(() => validateConfig({ relay: { retry: { maxLifetime: 5 } } }), /relay\.retry\.maxLifetime: expected string, got 5/);
     assert.throws(() => validateConfig({ smtp: { maxMessageSize: '25 parsecs' } }), /smtp\.maxMessageSize: expected a size like "512KB" or "25MB", got "25 parsecs"/);
     assert.throws(() => validateConfig({ queue: { writeConcern: 'most' } }), /queue\.writeConcern: expected one of "all", "one", got "most"/);

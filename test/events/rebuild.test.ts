@@ -5,21 +5,16 @@
 // ones before, field for field, and --check then finds no difference. A rebuild cut off half-way
 // leaves what a second run repairs, even with appends going on meanwhile.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { Config } from '../../src/config/schema.ts';
 import { rebuildCheck, rebuildState } from '../../src/events/projection.ts';
 import { silentLogger } from '../../src/log.ts';
-import { MailStore } from '../../src/mailbox/store.ts';
 import { startOps } from '../../src/ops/http.ts';
-import { cassandraForTests } from '../helpers/cassandra.ts';
 import { runCli } from '../helpers/cli.ts';
-import { testConfig } from '../helpers/config.ts';
-import { EventPath } from '../helpers/eventPath.ts';
-import { startRedis, startRedisPool, type TestRedis } from '../helpers/redis.ts';
+import { EventPath, startEventLogServers, type EventLogServers } from '../helpers/eventPath.ts';
+import type { TestRedis } from '../helpers/redis.ts';
 
 const TOKEN = 'rebuild-test-token-0123456789';
 const N = 10_000;
@@ -32,21 +27,18 @@ interface Snapshot {
 }
 
 describe('queue rebuild-state: the state written back from the events', () => {
+  let servers: EventLogServers;
   let pool: TestRedis[];
-  let events: TestRedis;
-  let keyspace: string;
-  let config: Config;
   let path: EventPath;
   let ops: { port: number; stop(): Promise<void> };
   let file: string;
   const domain = 'rebuilt.test';
 
   before(async () => {
-    const node = await cassandraForTests();
-    [pool, events] = await Promise.all([startRedisPool(2), startRedis()]);
-    keyspace = `sg_rebuild_${randomBytes(3).toString('hex')}`;
-    config = testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { historyMaxLength: 1000 }, cassandra: { contactPoints: [node.contactPoint], keyspace } });
-    path = new EventPath(config, events, 'rebuild-events', { gatewayId: 'gw-rebuild' });
+    servers = await startEventLogServers('rebuild');
+    pool = servers.pool;
+    const config = servers.config();
+    path = new EventPath(config, servers.events, 'rebuild-events', { gatewayId: 'gw-rebuild' });
     await path.start();
     ops = await startOps({
       config: { ...config, ops: { ...config.ops, listen: { host: '127.0.0.1', port: 0 }, tokens: [{ token: TOKEN, role: 'admin', name: 'ops-alice' }] } },
@@ -61,10 +53,7 @@ describe('queue rebuild-state: the state written back from the events', () => {
   after(async () => {
     await ops?.stop();
     await path?.stop();
-    const s = new MailStore(testConfig({ cassandra: { contactPoints: [(await cassandraForTests()).contactPoint], keyspace } }), silentLogger);
-    await s.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
-    await s.close();
-    await Promise.all([...(pool ?? []), ...(events ? [events] : [])].map((r) => r.stop()));
+    await servers?.stop();
   });
 
   const keys = () => path.qm.queues.get(domain)!.keys;

@@ -11,7 +11,10 @@ import { lowestCursor } from '../../src/message/ids.ts';
 import type { LifecycleEvent } from '../../src/message/types.ts';
 import { HistoryBudget } from '../../src/queue/historyBudget.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
-import type { TestRedis } from './redis.ts';
+import { randomBytes } from 'node:crypto';
+import { cassandraForTests } from './cassandra.ts';
+import { testConfig } from './config.ts';
+import { startRedis, startRedisPool, type TestRedis } from './redis.ts';
 
 /** A gateway's event path without SMTP: queues, publisher, archive and the history trims. */
 export class EventPath {
@@ -28,7 +31,9 @@ export class EventPath {
   readonly queueName: string;
   readonly max: number;
   readonly gatewayId: string;
-  constructor(config: Config, events: TestRedis, queueName: string, opts: { max?: number; gatewayId?: string } = {}) {
+  readonly batch: number | false;
+  constructor(config: Config, events: TestRedis, queueName: string, opts: { max?: number; gatewayId?: string; batch?: number } = {}) {
+    this.batch = opts.batch ?? false;
     this.max = opts.max ?? 1000;
     this.gatewayId = opts.gatewayId ?? 'gw-arch';
     this.config = config;
@@ -42,7 +47,7 @@ export class EventPath {
     await this.qm.start();
     this.conn = new Redis(this.events.url, { maxRetriesPerRequest: null });
     this.bull = new BullQueue(this.queueName, { connection: this.conn });
-    this.pub = new EventPublisher(this.qm, this.queueName, this.conn, silentLogger);
+    this.pub = new EventPublisher(this.qm, this.queueName, this.conn, silentLogger, { budget: 0.8, whenFull: 'stop', batch: this.batch });
     await this.pub.start();
     this.store = new MailStore(this.config, silentLogger, { connectTimeoutMs: 1000, readTimeoutMs: 3000 });
     this.archive = new HistoryArchive(this.qm, this.store, this.config, silentLogger);
@@ -61,7 +66,7 @@ export class EventPath {
   }
 
   /** `n` messages through the queue of `domain`: accepted, attempted, delivered (three events each). */
-  async traffic(domain: string, n: number, tag: string): Promise<string[]> {
+  async traffic(domain: string, n: number, tag: string, delivered: Record<string, unknown> = { reply: '250 ok' }): Promise<string[]> {
     const ids: string[] = [];
     const raw = Buffer.from(`Subject: ${tag}\r\n\r\n${'x'.repeat(200)}\r\n`);
     for (let i = 0; i < n; i += 500) {
@@ -71,7 +76,7 @@ export class EventPath {
       for (;;) {
         const taken = await this.qm.take(domain, 500);
         if (!taken.length) break;
-        await Promise.all(taken.map((m) => this.qm.settle(domain, m.id, 'delivered', { reply: '250 ok' })));
+        await Promise.all(taken.map((m) => this.qm.settle(domain, m.id, 'delivered', delivered)));
       }
     }
     return ids;
@@ -88,4 +93,35 @@ export class EventPath {
     for await (const ev of this.archive.eventsOf(domain, 0, Date.now() + 60_000)) out.push(ev.id);
     return out;
   }
+}
+
+/** What an event-log test runs against: a pool of two Redis nodes, an events Redis, the run's Cassandra and a keyspace of its own. */
+export interface EventLogServers {
+  pool: TestRedis[];
+  events: TestRedis;
+  contactPoint: string;
+  keyspace: string;
+  /** A test configuration on these servers, with `overrides`. */
+  config(overrides?: Record<string, unknown>): Config;
+  /** Drops the keyspace and stops the Redis servers. */
+  stop(): Promise<void>;
+}
+
+export async function startEventLogServers(name: string): Promise<EventLogServers> {
+  const contactPoint = (await cassandraForTests()).contactPoint;
+  const [pool, events] = await Promise.all([startRedisPool(2), startRedis()]);
+  const keyspace = `sg_${name}_${randomBytes(3).toString('hex')}`;
+  return {
+    pool,
+    events,
+    contactPoint,
+    keyspace,
+    config: (overrides = {}) => testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { historyMaxLength: 1000 }, cassandra: { contactPoints: [contactPoint], keyspace }, ...overrides }),
+    async stop() {
+      const s = new MailStore(testConfig({ cassandra: { contactPoints: [contactPoint], keyspace } }), silentLogger);
+      await s.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
+      await s.close();
+      await Promise.all([...pool, events].map((r) => r.stop()));
+    },
+  };
 }
