@@ -7,6 +7,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { loadTls } from '../access/tls.ts';
 import { Pop3Server } from '../pop3/server.ts';
+import { PoolState } from '../queue/poolState.ts';
 import { MailboxDelivery } from './delivery.ts';
 import { MailboxDirectory } from './directory.ts';
 import { MailStore } from './store.ts';
@@ -50,15 +51,19 @@ export async function startMailbox(config: Config, log: Logger): Promise<Mailbox
   attempt(RETRY_MIN_MS, 0);
 
   let pop3: Pop3Server;
+  let pool: PoolState | undefined;
   try {
     // the gateway's one key and certificate (config.tls, or the self-signed pair in dataDir/tls),
     // shared with the SMTP listeners
     const { key, cert } = await loadTls(config, mlog);
-    pop3 = new Pop3Server({ config, store, directory: users, log, tls: { key, cert } });
+    // failed logins are counted on the pool, for every member (its own connections to redis.nodes)
+    pool = PoolState.connect(config.redis.nodes.map((n) => n.url), config.queue.timeout, log);
+    pop3 = new Pop3Server({ config, store, directory: users, log, tls: { key, cert }, pool });
     await pop3.listen();
   } catch (err) {
     stopped = true;
     if (timer) clearTimeout(timer);
+    await pool?.close();
     await store.close();
     throw err;
   }
@@ -72,6 +77,7 @@ export async function startMailbox(config: Config, log: Logger): Promise<Mailbox
       stopped = true;
       if (timer) clearTimeout(timer);
       await pop3.stop();
+      await pool?.close();
       await store.close();
     },
   };

@@ -7,7 +7,8 @@ import type { MailboxDirectory } from '../mailbox/directory.ts';
 import type { MailStore } from '../mailbox/store.ts';
 import { ConnectionLimiter } from '../net/clients.ts';
 import { TrustedNetworks } from '../access/networks.ts';
-import { FailureThrottle } from '../access/throttle.ts';
+import { SharedFailureThrottle } from '../access/throttle.ts';
+import type { PoolState } from '../queue/poolState.ts';
 import type { TlsPair } from '../access/tls.ts';
 import { Pop3Session } from './session.ts';
 
@@ -18,13 +19,15 @@ export interface Pop3ServerOptions {
   log: Logger;
   /** Key and certificate for STLS; without them STLS is not offered. */
   tls?: TlsPair | undefined;
+  /** Where failed logins are counted for every member; without it, in this process. */
+  pool?: PoolState | undefined;
 }
 
 export class Pop3Server {
   private readonly opts: Pop3ServerOptions;
   private readonly log: Logger;
   private readonly sessions = new Set<Pop3Session>();
-  private readonly limiter: FailureThrottle;
+  private readonly limiter: SharedFailureThrottle;
   private readonly connections: ConnectionLimiter;
   private readonly trusted: TrustedNetworks;
   private readonly secureContext: SecureContext | undefined;
@@ -34,7 +37,7 @@ export class Pop3Server {
     this.opts = opts;
     this.log = opts.log.child({ component: 'pop3' });
     const auth = opts.config.pop3.auth;
-    this.limiter = new FailureThrottle({ perConnection: 0, perClient: auth.perClient, window: auth.window, delay: 0 });
+    this.limiter = new SharedFailureThrottle({ perConnection: 0, perClient: auth.perClient, window: auth.window, delay: 0 }, opts.pool, 'pop3-auth');
     this.connections = new ConnectionLimiter(opts.config.pop3.maxConnections, opts.config.pop3.maxConnectionsPerClient);
     this.trusted = new TrustedNetworks(opts.config.networks.trusted);
     this.secureContext = opts.tls ? createSecureContext({ key: opts.tls.key, cert: opts.tls.cert, minVersion: 'TLSv1.2' }) : undefined;

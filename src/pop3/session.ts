@@ -22,7 +22,7 @@ import { INBOX, mailboxName, tryUserKey } from '../mailbox/ids.ts';
 import type { MailStore, MessageRef } from '../mailbox/store.ts';
 import { clientKey } from '../net/clients.ts';
 import type { TrustedNetworks } from '../access/networks.ts';
-import type { FailureThrottle } from '../access/throttle.ts';
+import type { SharedFailureThrottle } from '../access/throttle.ts';
 import { DotStuffer, LineSplitter, TOO_LONG, TopCutter } from './text.ts';
 
 /** Longest command line accepted (RFC 2449 allows 255 octets; AUTH responses may be longer). */
@@ -38,7 +38,7 @@ export interface SessionDeps {
   config: Config;
   store: MailStore;
   directory: MailboxDirectory;
-  limiter: FailureThrottle;
+  limiter: SharedFailureThrottle;
   trusted: TrustedNetworks;
   secureContext: SecureContext | undefined;
   log: Logger;
@@ -347,7 +347,7 @@ export class Pop3Session {
 
   private async authFailed(name: string | undefined): Promise<void> {
     this.failures++;
-    this.deps.limiter.fail(this.client);
+    await this.deps.limiter.fail(this.client);
     this.log.info({ user: name, failures: this.failures }, 'login failed');
     const delay = this.deps.config.pop3.auth.delay;
     if (delay > 0) await sleep(delay);
@@ -360,7 +360,7 @@ export class Pop3Session {
   }
 
   private async login(name: string, password: string): Promise<void> {
-    if (this.deps.limiter.blocked(this.client)) {
+    if ((await this.deps.limiter.check(this.client)).blocked) {
       this.log.info({ user: name }, 'login refused: too many failures from this address');
       await this.send('-ERR [AUTH] Too many failed logins from your address; try again later.');
       this.finish();

@@ -5,7 +5,16 @@
 // probe message goes; success brings the destination back, failure makes it dead again for twice
 // as long (at most 8 × `suspend`). (An operator's suspend of a queue is another thing:
 // scheduler.ts.)
+//
+// With a pool (PoolState) the state is shared by every member and kept on every node
+// (lua/deadDestination-2.lua, on the nodes' clocks): a destination one member finds dead is dead
+// for all, one probe goes for all, and the loss of any one node forgets nothing. This process
+// keeps a copy for the scheduler's synchronous looks, refreshed by refresh() (every relay sweep),
+// with the times converted to its own clock from the time left the nodes answer. Without a
+// majority of the nodes it decides on its own meanwhile.
+import { randomBytes } from 'node:crypto';
 import type { Config } from '../config/schema.ts';
+import type { PoolState } from '../queue/poolState.ts';
 
 export type DestState = { state: 'up' } | { state: 'dead'; until: number } | { state: 'probe' } | { state: 'probing' };
 
@@ -17,14 +26,52 @@ interface Entry {
   probing: boolean;
 }
 
+/** A probe claim on the pool lasts this long at most (a member that dies with one out does not block the others). */
+const PROBE_CLAIM_MS = 5 * 60_000;
+
 export class DeadDestinations {
   private readonly entries = new Map<string, Entry>();
   private readonly cfg: Config['relay']['deadDestination'];
   private readonly now: () => number;
+  private readonly pool: PoolState | undefined;
+  private readonly holder = `${process.pid}.${randomBytes(4).toString('hex')}`;
 
-  constructor(cfg: Config['relay']['deadDestination'], now: () => number) {
+  constructor(cfg: Config['relay']['deadDestination'], now: () => number, pool?: PoolState) {
     this.cfg = cfg;
     this.now = now;
+    this.pool = pool;
+  }
+
+  private run(op: 'fail' | 'success' | 'claim' | 'unclaim' | 'list', dest: string): Promise<unknown[][] | undefined> {
+    if (!this.pool) return Promise.resolve(undefined);
+    return this.pool.run<unknown[]>('deadDestination', [`sg:dead:{${dest}}`, 'sg:dead', op, dest, this.cfg.failures, this.cfg.suspend, PROBE_CLAIM_MS, this.holder]).catch(() => undefined);
+  }
+
+  /**
+   * Takes in what the pool says is dead now (every member's findings); returns the destinations
+   * whose state changed here (dead found by another member, or back), for their queues to look again.
+   */
+  async refresh(): Promise<string[]> {
+    const answers = await this.run('list', '');
+    if (!answers) return [];
+    const left = new Map<string, number>();
+    for (const a of answers) for (let i = 0; i + 1 < a.length; i += 2) left.set(String(a[i]), Math.max(left.get(String(a[i])) ?? -Infinity, Number(a[i + 1])));
+    const changed: string[] = [];
+    const now = this.now();
+    for (const [dest, ms] of left) {
+      const e = this.entries.get(dest) ?? { failures: this.cfg.failures, until: 0, rounds: 1, probing: false };
+      const until = now + Math.max(ms, 0);
+      if (e.until === 0) changed.push(dest);
+      if (e.until === 0 || Math.abs(e.until - until) > 1000) e.until = until || 1;
+      this.entries.set(dest, e);
+    }
+    for (const [dest, e] of this.entries) {
+      if (e.until !== 0 && !left.has(dest) && !e.probing) {
+        this.entries.delete(dest); // back: another member reached it
+        changed.push(dest);
+      }
+    }
+    return changed;
   }
 
   /** up; dead until; probe (the wait is over and no probe is out); probing (one is out). */
@@ -36,24 +83,51 @@ export class DeadDestinations {
     return { state: 'probe' };
   }
 
-  /** True when the caller may send (up, or it has just claimed the single probe). */
-  claim(dest: string): boolean {
+  /** True when the caller may send (up, or it has just claimed the single probe, of every member's). */
+  async claim(dest: string): Promise<boolean> {
     const e = this.entries.get(dest);
     if (!e || e.until === 0) return true;
     if (e.probing || this.now() < e.until) return false;
+    const answers = await this.run('claim', dest);
+    if (answers && answers.filter((a) => Number(a[0]) === 1).length < this.pool!.majority) {
+      if (answers.every((a) => Number(a[0]) === 0)) e.until = Math.max(e.until, this.now() + Math.max(...answers.map((a) => Number(a[1]))));
+      if (this.now() >= e.until) e.until = this.now() + 1000; // another member's probe is out: look again in a while
+      void this.run('unclaim', dest);
+      return false;
+    }
     e.probing = true;
     return true;
   }
 
   /** A session was established (whatever the replies): the destination is alive. */
-  success(dest: string): boolean {
+  async success(dest: string): Promise<boolean> {
     const e = this.entries.get(dest);
     this.entries.delete(dest);
+    // only a destination this process saw fail is written: a healthy one costs nothing
+    const answers = e ? await this.run('success', dest) : undefined;
+    void answers;
     return !!e && e.until !== 0;
   }
 
-  /** A failure to reach it; returns true when this failure makes it dead. */
-  failure(dest: string): boolean {
+  /** A failure to reach it; returns true when this failure makes it dead (here, or on the pool). */
+  async failure(dest: string): Promise<boolean> {
+    const answers = await this.run('fail', dest);
+    if (answers) {
+      const now = this.now();
+      const e = this.entries.get(dest) ?? { failures: 0, until: 0, rounds: 0, probing: false };
+      this.entries.set(dest, e);
+      const dead = answers.some((a) => Number(a[0]) === 1);
+      const left = Math.max(...answers.map((a) => Number(a[1])));
+      e.failures = Math.max(...answers.map((a) => Number(a[2])));
+      e.rounds = Math.max(...answers.map((a) => Number(a[3])));
+      if (dead || left > 0) e.until = now + Math.max(left, 1);
+      if (dead) e.probing = false;
+      return dead;
+    }
+    return this.failedHere(dest);
+  }
+
+  private failedHere(dest: string): boolean {
     const e = this.entries.get(dest) ?? { failures: 0, until: 0, rounds: 0, probing: false };
     this.entries.set(dest, e);
     e.failures++;
@@ -70,6 +144,7 @@ export class DeadDestinations {
   unclaim(dest: string): void {
     const e = this.entries.get(dest);
     if (e) e.probing = false;
+    void this.run('unclaim', dest);
   }
 
   /** Dead destinations, for status pages. */

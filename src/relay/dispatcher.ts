@@ -9,6 +9,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { Classifier } from './classify.ts';
 import { DeadDestinations } from './dead.ts';
+import type { PoolState } from '../queue/poolState.ts';
 import { SmtpPool, type AttemptResult, type TlsMode } from './deliver.ts';
 import { limitsFor, type DestLimits, type SharedLimits } from './limits.ts';
 import { matchDomain } from '../access/domains.ts';
@@ -34,6 +35,7 @@ const PROBE_RECHECK_MS = 1000;
 
 export class Dispatcher {
   private readonly dead: DeadDestinations;
+  private refreshing = false;
   /** Per destination domain, the dead-destination keys of the hosts last tried for it. */
   private readonly hostsOf = new Map<string, string[]>();
   private readonly queues = new Map<string, PQueue>();
@@ -45,13 +47,14 @@ export class Dispatcher {
   /** Told, per destination domain that uses it, when a destination resumed or its probe failed: its queue looks again. */
   private readonly onChange: (domain: string) => void;
 
-  constructor(opts: { config: Config; limits: SharedLimits; classifier: Classifier; now: () => number; log: Logger; onChange?: (domain: string) => void }) {
+  /** `pool`: where dead destinations are shared with the other members (dead.ts); without it they are this process's. */
+  constructor(opts: { config: Config; limits: SharedLimits; classifier: Classifier; now: () => number; log: Logger; onChange?: (domain: string) => void; pool?: PoolState }) {
     this.onChange = opts.onChange ?? (() => {});
     this.config = opts.config;
     this.limits = opts.limits;
     this.classifier = opts.classifier;
     this.log = opts.log;
-    this.dead = new DeadDestinations(opts.config.relay.deadDestination, opts.now);
+    this.dead = new DeadDestinations(opts.config.relay.deadDestination, opts.now, opts.pool);
   }
 
   /** The dead-destination key of a host. */
@@ -145,7 +148,7 @@ export class Dispatcher {
     let until = Infinity;
     for (const t of targets) {
       const key = Dispatcher.destKey(t);
-      if (!this.dead.claim(key)) {
+      if (!(await this.dead.claim(key))) {
         const s = this.dead.state(key);
         until = Math.min(until, s.state === 'dead' ? s.until : 0);
         continue;
@@ -161,12 +164,12 @@ export class Dispatcher {
           const r = await pool.send(envelope, raw, signal);
           // Recorded before the next task of this destination starts.
           if (!r.reached) {
-            if (this.dead.failure(key)) {
+            if (await this.dead.failure(key)) {
               const s = this.dead.state(key);
               this.log.warn({ dest: key, until: s.state === 'dead' ? s.until : undefined, reply: r.reply }, 'destination dead');
               if (probe) this.changed(key);
             }
-          } else if (this.dead.success(key)) {
+          } else if (await this.dead.success(key)) {
             this.log.info({ dest: key }, 'destination back');
             this.changed(key);
           }
@@ -204,6 +207,13 @@ export class Dispatcher {
 
   /** Forgets pools unused for a while (their connections have long been closed). */
   sweep(): void {
+    if (!this.refreshing) {
+      this.refreshing = true;
+      void this.dead
+        .refresh()
+        .then((changed) => changed.forEach((d) => this.changed(d)))
+        .finally(() => (this.refreshing = false));
+    }
     const cutoff = Date.now() - POOL_IDLE_DROP;
     for (const [k, p] of this.pools) if (p.used < cutoff && p.pool.connections === 0) this.pools.delete(k);
     for (const [k, q] of this.queues) if (q.size === 0 && q.pending === 0 && ![...this.pools.keys()].some((pk) => pk.startsWith(`${k}|`))) this.queues.delete(k);

@@ -11,6 +11,7 @@ import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import type { RedisNode } from '../queue/node.ts';
 import { matchDomain } from '../access/domains.ts';
+import type { PoolState } from '../queue/poolState.ts';
 import { runScript } from '../queue/scripts.ts';
 
 export interface DestLimits {
@@ -65,8 +66,12 @@ export class SharedLimits {
   /** This process's clock (tests inject a wrong one): used only when no Redis node is up. */
   private readonly now: () => number;
 
-  constructor(opts: { pick: () => RedisNode | undefined; gatewayId: string; leaseMs: number; log: Logger; now?: () => number }) {
+  /** Where once() markers are kept: every node of the pool (without it, the picked node). */
+  private readonly pool: PoolState | undefined;
+
+  constructor(opts: { pick: () => RedisNode | undefined; gatewayId: string; leaseMs: number; log: Logger; now?: () => number; pool?: PoolState }) {
     this.pick = opts.pick;
+    this.pool = opts.pool;
     this.now = opts.now ?? Date.now;
     this.gatewayId = opts.gatewayId;
     this.leaseMs = opts.leaseMs;
@@ -154,14 +159,18 @@ export class SharedLimits {
   }
 
   /**
-   * True the first time it is called for `key` within `ttlMs` across every gateway (SET NX on the
-   * same node); used so a delay warning goes out once per message.
+   * True the first time it is called for `key` within `ttlMs` across every gateway (SET NX on
+   * every node of the pool, true when a majority set it: the loss of any one node does not send a
+   * second warning); used so a delay warning goes out once per message.
    */
   async once(key: string, ttlMs: number): Promise<boolean> {
-    const node = this.node();
+    const ms = Math.max(1, Math.ceil(ttlMs));
+    const answers = await this.pool?.run<number>('markOnce', [key, ms]);
+    if (answers) return answers.filter((a) => Number(a) === 1).length >= this.pool!.majority;
+    const node = this.pool ? undefined : this.node();
     if (node) {
       try {
-        return (await node.client.set(key, '1', 'PX', Math.max(1, Math.ceil(ttlMs)), 'NX')) === 'OK';
+        return (await node.client.set(key, '1', 'PX', ms, 'NX')) === 'OK';
       } catch {
         /* fall through to the local record */
       }

@@ -19,6 +19,7 @@ import { RetryPolicy } from './retry.ts';
 import { Routes } from './routes.ts';
 import { Scheduler } from './scheduler.ts';
 import { Windows } from './windows.ts';
+import { PoolState } from '../queue/poolState.ts';
 
 export interface RelayOptions {
   /** Mailbox delivery for the `local` route; without it such messages are deferred. */
@@ -33,6 +34,12 @@ export interface RelayOptions {
   /** How long stop() waits for deliveries in progress (ms); default 10000. */
   drainMs?: number;
   classifier?: Classifier;
+  /**
+   * Where dead destinations are kept: 'pool' (default), shared by every member on the nodes'
+   * clocks; 'process', this relay's own, on its clock (tests that move an injected clock past
+   * dead times).
+   */
+  deadDestinations?: 'pool' | 'process';
 }
 
 interface Attempt {
@@ -72,8 +79,9 @@ export class Relay {
     this.retry = new RetryPolicy(config.relay.retry, opts.random);
     this.mx = new MxResolver({ resolver: opts.resolver, now: this.now });
     const classifier = opts.classifier ?? Classifier.fromFile(config.relay.bounceRules);
-    const limits = (this.limits = new SharedLimits({ pick: () => qm.nodes.find((n) => n.up), gatewayId: qm.gatewayId, leaseMs: config.relay.connectionLease, log: this.log }));
-    this.dispatcher = new Dispatcher({ config, limits, classifier, now: this.now, log: this.log, onChange: (domain) => this.scheduler.recheck(domain) });
+    const pool = PoolState.of(qm.nodes, config.queue.timeout, this.log);
+    const limits = (this.limits = new SharedLimits({ pick: () => qm.nodes.find((n) => n.up), gatewayId: qm.gatewayId, leaseMs: config.relay.connectionLease, log: this.log, pool }));
+    this.dispatcher = new Dispatcher({ config, limits, classifier, now: this.now, log: this.log, onChange: (domain) => this.scheduler.recheck(domain), ...(opts.deadDestinations === 'process' ? {} : { pool }) });
     this.scheduler = new Scheduler({
       queues: qm,
       windows: new Windows(config.relay.windows, config.relay.timezone),

@@ -60,7 +60,7 @@ describe('the client module for applications', () => {
     const r = await runCommand(process.execPath, ['use.mjs'], { cwd: dir });
     assert.equal(r.code, 0, r.stderr);
     const out = JSON.parse(r.stdout) as { connect: string; submit: string; kinds: string[]; job: boolean };
-    assert.deepEqual(out, { connect: 'function', submit: 'function', kinds: ['accepted', 'attempted', 'deferred', 'requeued', 'delivered', 'bounced', 'expired', 'held', 'released', 'purged', 'withdrawn', 'recovered', 'flushed', 'suspended', 'resumed', 'unpurged', 'rebuilt'], job: true });
+    assert.deepEqual(out, { connect: 'function', submit: 'function', kinds: ['accepted', 'attempted', 'deferred', 'requeued', 'delivered', 'bounced', 'expired', 'held', 'released', 'purged', 'withdrawn', 'recovered', 'flushed', 'suspended', 'resumed', 'unpurged', 'rebuilt', 'adopted'], job: true });
     // the types come with it: an application's tsc sees the job type through the same export
     writeFileSync(join(dir, 'app.ts'), WRONG('streamgate/client'));
     writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify({ compilerOptions: { module: 'nodenext', moduleResolution: 'nodenext', target: 'es2024', strict: true, noEmit: true, skipLibCheck: true, types: [] }, files: ['app.ts'] }));

@@ -85,7 +85,8 @@ describe('relay', () => {
     const qm = new QueueManager(cfg, silentLogger, { gatewayId: name, now });
     await qm.start();
     const resolver = new TableResolver();
-    const relay = new Relay(qm, cfg, silentLogger, { now, resolver, sweepMs: 30, local: opts.local });
+    // dead-destination waits are moved through on the injected clock: kept by this relay, not on the pool's clocks
+    const relay = new Relay(qm, cfg, silentLogger, { now, resolver, sweepMs: 30, local: opts.local, deadDestinations: 'process' });
     relay.start();
     return {
       qm,

@@ -23,7 +23,8 @@ import type { Logger } from '../../log.ts';
 import { type UserDirectory } from '../../message/types.ts';
 import type { QueueManager } from '../../queue/manager.ts';
 import { loadTls, type LoadedTls } from '../../access/tls.ts';
-import { FailureThrottle } from '../../access/throttle.ts';
+import { FailureThrottle, SharedFailureThrottle } from '../../access/throttle.ts';
+import { PoolState } from '../../queue/poolState.ts';
 import { hardCommandLength, screenCommand } from './commands.ts';
 import { GatewayServer, type ConnectionRules, type GatewayConnection } from './connection.ts';
 import { addedHeaders, ContentScanner, faultReply, SMUGGLING } from './hygiene.ts';
@@ -88,7 +89,7 @@ export class SmtpIngress extends EventEmitter {
   /** The logger handed to smtp-server, which adds component: 'smtp-server' itself. */
   private readonly libraryLog: Logger;
   private readonly limiter: ConnectionLimiter;
-  private readonly authGuard: FailureThrottle;
+  private readonly authGuard: SharedFailureThrottle;
   private readonly errorGuard: FailureThrottle;
   /** Message bytes held by all DATA transfers (smtp.maxBytesInFlight). */
   bytesInFlight = 0;
@@ -117,7 +118,7 @@ export class SmtpIngress extends EventEmitter {
     this.policy = new RelayPolicy(opts.config, this.users);
     const s = opts.config.smtp;
     this.limiter = new ConnectionLimiter(s.maxConnections, s.maxConnectionsPerClient);
-    this.authGuard = new FailureThrottle(s.auth);
+    this.authGuard = new SharedFailureThrottle(s.auth, PoolState.of(opts.queues.nodes, opts.config.queue.timeout, this.log), 'smtp-auth');
     this.errorGuard = new FailureThrottle({ perConnection: s.errors.hardLimit, perClient: s.errors.perClient, window: s.errors.window, delay: s.errors.sleep });
     this.deadlines = new DataDeadlines(s.dataTimeout, s.minDataRate);
     this.localDomains = new Set(opts.config.domains.local);
@@ -313,7 +314,7 @@ export class SmtpIngress extends EventEmitter {
     };
     if (!this.doorOpen || this.stopping) throw refuse(reply(this.stopping ? 'shuttingDown' : 'doorClosed'));
     if (this.errorGuard.blocked(client)) throw refuse(reply('tooManyErrors'));
-    if (listener === 'submission' && this.authGuard.blocked(client)) {
+    if (listener === 'submission' && (await this.authGuard.check(client)).blocked) {
       await sleep(this.config.smtp.auth.delay);
       throw refuse(reply('authTooManyFailures'));
     }
@@ -325,8 +326,8 @@ export class SmtpIngress extends EventEmitter {
     const st = this.state(session);
     const client = st.client;
     const log = this.log.child({ session: session.id, client: session.remoteAddress });
-    const delay = this.authGuard.delayFor(client);
-    if (this.authGuard.blocked(client)) {
+    const { delay, blocked } = await this.authGuard.check(client);
+    if (blocked) {
       await sleep(delay);
       throw reply('authTooManyFailures');
     }
@@ -350,7 +351,7 @@ export class SmtpIngress extends EventEmitter {
       return { user: username };
     }
     st.authFailures++;
-    const over = this.authGuard.fail(client, st.authFailures);
+    const over = await this.authGuard.fail(client, st.authFailures);
     log.warn({ user: username, method: auth.method, failures: st.authFailures }, 'authentication failed');
     await sleep(this.config.smtp.auth.delay);
     throw over ? reply('authTooManyFailures') : why;
