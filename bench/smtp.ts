@@ -421,7 +421,11 @@ function cpuLine(t: Target, from: { at: number; procs: Map<string, number>; self
 }
 
 async function measure(t: Target, ownMaxShare?: number): Promise<Measured> {
-  const sessions = await Promise.all(Array.from({ length: SESSIONS }, () => Session.open(t.port)));
+  // one after the other: node:cluster's primary hands each connection to the next worker free to
+  // take it, so a burst of connects can land mostly on one worker (one still busy starting takes
+  // few), and these sessions stay open for the whole measurement
+  const sessions: Session[] = [];
+  for (let i = 0; i < SESSIONS; i++) sessions.push(await Session.open(t.port));
   let accepted = 0;
   try {
     accepted += (await closedLoop(t.port, sessions, 1)).accepted; // warm-up, not in the figures
