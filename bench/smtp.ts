@@ -28,10 +28,12 @@
 //   both     ingress, then whole.
 // The client is untrusted; relay.bench.test is a relay domain of both targets.
 //
-// BENCH_WORKERS (whole mode; default 1): gateway.workers of the whole gateway, a number or "auto"
-// (one per core), or a list ("1,2,3"): one streamgate target per value, each measured in the same
-// run as Postfix. With more than one worker the loop-delay and GC columns are left empty (/metrics
-// answers for one worker at a time).
+// BENCH_WORKERS (default 1): gateway.workers, a number or "auto" (one per core), or a list
+// ("1,2,3"): one streamgate target per value, each measured in the same run as Postfix. In whole
+// mode it is the gateway's own setting; in ingress mode the child becomes a node:cluster primary
+// that forks that many queue + ingress processes (ids bench-1 … bench-N, each a member with its
+// own queue) sharing one SMTP port, as `streamgate start` does. With more than one worker the
+// loop-delay and GC columns are left empty (they are one process's figures).
 //
 // After each target it prints the CPU seconds each process used while it was measured (the
 // closed loop and the open loops): the gateway (with workers: the primary and each worker), each
@@ -47,6 +49,8 @@
 // (garbage included: every allocation, also those collected since), read in DevTools or with
 // bench/lib/allocTop.ts.
 import { spawn } from 'node:child_process';
+import cluster from 'node:cluster';
+import { once } from 'node:events';
 import { chmodSync, closeSync, createWriteStream, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -80,26 +84,42 @@ if (process.argv[2] === 'serve') {
     import('../src/config/load.ts'),
     import('../src/ops/loopStats.ts'),
   ]);
-  const settings = JSON.parse(process.env.BENCH_GATEWAY!) as { nodes: string[]; dataDir: string; log: string };
+  const settings = JSON.parse(process.env.BENCH_GATEWAY!) as { nodes: string[]; dataDir: string; log: string; workers: number; port: number };
+  if (settings.workers > 1 && cluster.isPrimary) {
+    // as `streamgate start` with gateway.workers: node:cluster, one queue + ingress process per
+    // worker (ids bench-1 … bench-N, each a member with its own queue), one SMTP port for all
+    const workers = Array.from({ length: settings.workers }, (_, i) => cluster.fork({ BENCH_GATEWAY_ID: `bench-${i + 1}` }));
+    await Promise.all(workers.map((w) => once(w, 'message')));
+    process.stdout.write(`${JSON.stringify({ port: settings.port })}\n`);
+    process.once('SIGTERM', () => {
+      void Promise.all(workers.map(async (w) => {
+        const exited = once(w, 'exit');
+        w.process.kill('SIGTERM');
+        await exited;
+      })).finally(() => process.exit(0));
+    });
+    await new Promise(() => {});
+  }
+  const id = process.env.BENCH_GATEWAY_ID ?? 'bench';
   const config = validateConfig(
     {
-      gateway: { id: 'bench', hostname: 'streamgate.bench.test', dataDir: settings.dataDir },
+      gateway: { id, hostname: 'streamgate.bench.test', dataDir: settings.dataDir },
       log: { level: 'info' },
       redis: { nodes: settings.nodes },
-      smtp: { listen: '127.0.0.1:0', maxConnectionsPerClient: 10_000, maxMessagesPerConnection: 1_000_000_000 },
+      smtp: { listen: `127.0.0.1:${settings.port}`, maxConnectionsPerClient: 10_000, maxMessagesPerConnection: 1_000_000_000 },
       submission: { listen: '127.0.0.1:0' },
       domains: { local: [], relay: [DOMAIN] },
       networks: { trusted: [] },
     },
     'bench',
   );
-  const log = createLogger({ level: process.env.BENCH_LOG_LEVEL ?? 'info', destination: createWriteStream(settings.log) });
+  const log = createLogger({ level: process.env.BENCH_LOG_LEVEL ?? 'info', destination: createWriteStream(cluster.isWorker ? `${settings.log}.${id}` : settings.log) });
   const queues = new QueueManager(config, log);
   await queues.start();
   const ingress = new SmtpIngress({ config, queues, log });
   await ingress.start();
   const loop = new LoopStats().start();
-  process.on('message', () => process.send!(loop.take()));
+  if (!cluster.isWorker) process.on('message', () => process.send!(loop.take()));
   if (process.env.BENCH_ALLOC_PROFILE) {
     // every allocation sampled, also those the GC collected since: where per-message garbage comes from
     const { Session } = await import('node:inspector/promises');
@@ -111,7 +131,8 @@ if (process.argv[2] === 'serve') {
       void session.post('HeapProfiler.stopSampling').then(({ profile }) => write(join(process.env.BENCH_ALLOC_PROFILE!, `gateway-${process.pid}.heapprofile`), JSON.stringify(profile)));
     });
   }
-  process.stdout.write(`${JSON.stringify({ port: ingress.address('mx').port })}\n`);
+  if (cluster.isWorker) process.send!({ ready: true });
+  else process.stdout.write(`${JSON.stringify({ port: ingress.address('mx').port })}\n`);
   process.once('SIGTERM', () => {
     void ingress
       .stop()
@@ -249,12 +270,14 @@ function gatewayFlags(): string[] {
 }
 
 /** The QueueManager and the SMTP ingress alone, in a child process. */
-async function startIngressGateway(dir: string): Promise<Target> {
-  const { startRedisPool } = await import('../test/helpers/redis.ts');
+async function startIngressGateway(dir: string, workers: number | 'auto'): Promise<Target> {
+  const [{ startRedisPool }, { freePort }] = await Promise.all([import('../test/helpers/redis.ts'), import('../test/helpers/waitFor.ts')]);
+  const count = workers === 'auto' ? availableParallelism() : workers;
+  const ids = count > 1 ? Array.from({ length: count }, (_, i) => `bench-${i + 1}`) : ['bench'];
   const pool = await startRedisPool(3, { maxmemory: '2gb' });
   const child = spawn(NODE, [...gatewayFlags(), import.meta.filename, 'serve'], {
     stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
-    env: { ...process.env, BENCH_GATEWAY: JSON.stringify({ nodes: pool.map((r) => r.url), dataDir: join(dir, 'gateway'), log: join(dir, 'gateway.log') }) },
+    env: { ...process.env, BENCH_GATEWAY: JSON.stringify({ nodes: pool.map((r) => r.url), dataDir: join(dir, 'gateway'), log: join(dir, 'gateway.log'), workers: count, port: count > 1 ? await freePort() : 0 }) },
   });
   const port = await new Promise<number>((resolve, reject) => {
     let out = '';
@@ -268,19 +291,23 @@ async function startIngressGateway(dir: string): Promise<Target> {
   });
   const nodes = pool.map((r) => new Redis({ port: r.port, host: r.host }));
   return {
-    name: 'streamgate',
+    name: count > 1 ? `streamgate, ${workers === 'auto' ? `auto (${count})` : count} workers` : 'streamgate',
     port,
-    cpu: () => new Map([['gateway', procCpu(child.pid)], ...redisCpu(pool)]),
-    loop: () =>
-      new Promise((resolve) => {
-        child.once('message', (m) => resolve(m as LoopSnapshot));
-        child.send('loop');
-      }),
+    cpu: () => new Map([...(count > 1 ? [['primary', procCpu(child.pid)] as const, ...childrenOf(child.pid!).map((pid, i) => [`worker ${i + 1}`, procCpu(pid)] as const)] : [['gateway', procCpu(child.pid)] as const]), ...redisCpu(pool)]),
+    loop:
+      count > 1
+        ? undefined
+        : () =>
+            new Promise((resolve) => {
+              child.once('message', (m) => resolve(m as LoopSnapshot));
+              child.send('loop');
+            }),
     async check(accepted) {
-      const lens = await Promise.all(nodes.map((n) => n.xlen(`sg:{bench:${DOMAIN}}:live`)));
-      const pair = lens.filter((n) => n > 0);
-      const ok = pair.length === 2 && pair.every((n) => n === accepted);
-      return `streamgate 250s ${accepted}, live entries on the replica pair ${pair.join(' / ')}: ${ok ? 'every 250 on both replicas' : 'MISMATCH'}`;
+      // each member's queue on its replica pair: both replicas hold every message it acknowledged
+      const pairs = await Promise.all(ids.map(async (id) => (await Promise.all(nodes.map((n) => n.xlen(`sg:{${id}:${DOMAIN}}:live`)))).filter((n) => n > 0)));
+      const total = pairs.reduce((a, p) => a + (p[0] ?? 0), 0);
+      const ok = pairs.every((p) => p.length === 0 || (p.length === 2 && p[0] === p[1])) && total === accepted;
+      return `streamgate 250s ${accepted}, live entries on the replica pair${ids.length > 1 ? ' of each member' : ''} ${pairs.map((p) => p.join(' / ')).join(', ')}: ${ok ? 'every 250 on both replicas' : 'MISMATCH'}`;
     },
     async stop() {
       child.kill('SIGTERM');
@@ -426,7 +453,11 @@ function cpuLine(t: Target, from: { at: number; procs: Map<string, number>; self
 }
 
 async function measure(t: Target, ownMaxShare?: number): Promise<Measured> {
-  const sessions = await Promise.all(Array.from({ length: SESSIONS }, () => Session.open(t.port)));
+  // one after the other: node:cluster's primary hands each connection to the next worker free to
+  // take it, so a burst of connects can land mostly on one worker (one still busy starting takes
+  // few), and these sessions stay open for the whole measurement
+  const sessions: Session[] = [];
+  for (let i = 0; i < SESSIONS; i++) sessions.push(await Session.open(t.port));
   let accepted = 0;
   try {
     accepted += (await closedLoop(t.port, sessions, 1)).accepted; // warm-up, not in the figures
@@ -483,9 +514,9 @@ try {
       if (mode === 'whole') sink ??= await startSinkProcess();
       const byTarget = results.get(mode) ?? new Map<string, Measured[]>();
       results.set(mode, byTarget);
-      const targets = [...(mode === 'whole' ? WORKERS.map((w) => ['streamgate', w] as const) : [['streamgate', 1] as const]), ['postfix', 1] as const];
+      const targets = [...WORKERS.map((w) => ['streamgate', w] as const), ['postfix', 1] as const];
       for (const [which, workers] of targets) {
-        const t = which === 'streamgate' ? (mode === 'whole' ? await startWholeGateway(dir, sink!, workers) : await startIngressGateway(dir)) : await startPostfixTarget(dir, mode === 'whole' ? sink : undefined);
+        const t = which === 'streamgate' ? (mode === 'whole' ? await startWholeGateway(dir, sink!, workers) : await startIngressGateway(dir, workers)) : await startPostfixTarget(dir, mode === 'whole' ? sink : undefined);
         stops.push(() => t.stop());
         try {
           const m = await measure(t, which === 'streamgate' ? 0.8 : undefined);

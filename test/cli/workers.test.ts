@@ -138,6 +138,14 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
     const [one, two] = listed as [Member, Member];
     assert.notEqual(pidOf(one), pidOf(two), 'two processes');
 
+    // a second start with the same ids: its first worker finds gwk-1 held by a live member, so the
+    // start stops with that worker's line and exit 1; the running members are untouched
+    const second = await runCommand(bin.bin, ['start', '--config', configFile]);
+    assert.equal(second.code, 1, second.stderr);
+    assert.match(second.stderr, /^streamgate: gateway id gwk-1 is held by a live member \(.+\); give this process another gateway\.id$/m);
+    assert.match(second.stderr, /^streamgate: gateway worker 1 \(gwk-1\) exited with status 1 before it was ready$/m);
+    assert.deepEqual((await members()).map((m) => [m.id, m.token, m.live]), [[one.id, one.token, true], [two.id, two.token, true]]);
+
     // SIGKILL one worker: the primary restarts it, and it rejoins with its queue
     process.kill(pidOf(two), 'SIGKILL');
     listed = await waitFor(async () => {
