@@ -43,14 +43,20 @@ function stageOf(node: ProfileNode): string | undefined {
   return undefined;
 }
 
-/** CPU milliseconds per stage in one profile, idle left out. */
-export function stagesOf(profile: Profile): Map<string, number> {
+/** The profile's nodes by id, and each node's parent. */
+function tree(profile: Profile): { byId: Map<number, ProfileNode>; parent: Map<number, number> } {
   const parent = new Map<number, number>();
   const byId = new Map<number, ProfileNode>();
   for (const n of profile.nodes) {
     byId.set(n.id, n);
     for (const c of n.children ?? []) parent.set(c, n.id);
   }
+  return { byId, parent };
+}
+
+/** CPU milliseconds per stage in one profile, idle left out. */
+export function stagesOf(profile: Profile): Map<string, number> {
+  const { byId, parent } = tree(profile);
   const stage = new Map<number, string>();
   const resolve = (id: number): string => {
     const known = stage.get(id);
@@ -83,12 +89,7 @@ export function stagesOf(profile: Profile): Map<string, number> {
  * reached through the stack, so this is a lower bound of that part's cost.
  */
 export function stackShare(profile: Profile, re: RegExp): number {
-  const parent = new Map<number, number>();
-  const byId = new Map<number, ProfileNode>();
-  for (const n of profile.nodes) {
-    byId.set(n.id, n);
-    for (const c of n.children ?? []) parent.set(c, n.id);
-  }
+  const { byId, parent } = tree(profile);
   const hit = new Map<number, boolean>();
   const under = (id: number): boolean => {
     const known = hit.get(id);
