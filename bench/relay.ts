@@ -8,8 +8,18 @@
 // Postfix runs in processes of its own); the load generator and the sinks are in this process for
 // both sides. A third row gives the relay alone, draining a queue filled beforehand.
 //
+// The events path's share of the gateway's CPU at its top rate: the gateway run again with the
+// lifecycle events published (an events Redis of its own) and archived into Cassandra (the event
+// log, with the history trims), once with one job per event and once with events.batch; each
+// run's CPU seconds per message (the whole gateway process, from the first message until every
+// event is archived and published) beside the run without events. The events path's share is what
+// it adds: 1 - CPU per message without / with it. The profile's share (samples with a frame of
+// src/events, BullMQ or the Cassandra driver on the stack) is printed beside it as a lower bound.
+//
 //   npm run bench:relay            BENCH_N=3000 (messages per side)  BENCH_CLIENTS=32 (SMTP clients)
 //                                  BENCH_CONNECTIONS=20 (the gateway's connections to the sink, as Postfix's default)
+//                                  BENCH_EVENTS_BATCH=100 (events.batch of the batched run; 0 skips the events runs)
+//                                  BENCH_PROFILE=dir (each gateway run's CPU profile written there)
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,13 +34,30 @@ import { startRedisPool } from '../test/helpers/redis.ts';
 import { startSmtpSink, type SmtpSink } from '../test/helpers/smtpSink.ts';
 import { freePort, waitFor } from '../test/helpers/waitFor.ts';
 import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
-import { newMessageId } from '../src/message/ids.ts';
+import { lowestCursor, newMessageId } from '../src/message/ids.ts';
+import { randomBytes } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { HistoryArchive } from '../src/events/archive.ts';
+import { EventPublisher } from '../src/events/publisher.ts';
+import { MailStore } from '../src/mailbox/store.ts';
+import { HistoryBudget } from '../src/queue/historyBudget.ts';
+import { cassandraForTests } from '../test/helpers/cassandra.ts';
+import { startRedis } from '../test/helpers/redis.ts';
+import { StageProfiler, stackShare } from './lib/stages.ts';
 
 const N = Number(process.env.BENCH_N ?? 3000);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 32);
 /** Connections to the sink: Postfix's default per destination (default_destination_concurrency_limit). */
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 20);
 const DOMAIN = 'bench.test';
+const EVENTS_BATCH = Number(process.env.BENCH_EVENTS_BATCH ?? 100);
+/** Source paths of the events path, for the profile's share, and of its parts. */
+const EVENTS_PATH = /\/src\/events\/|\/bullmq\/|\/cassandra-driver\/|\/src\/queue\/historyBudget/;
+const EVENTS_PARTS: [string, RegExp][] = [
+  ['archive', /\/src\/events\/archive|\/cassandra-driver\//],
+  ['publisher', /\/src\/events\/publisher|\/bullmq\//],
+  ['history trims', /\/src\/queue\/historyBudget/],
+];
 
 function message(i: number): Buffer {
   const size = i % 10 < 7 ? 1024 : 10 * 1024;
@@ -80,38 +107,72 @@ interface Figure {
   seconds: number;
   injectSeconds: number;
   note: string;
+  /** The gateway process's CPU ms per message, and the profile's share of the events path. */
+  cpuPerMsg?: number;
+  profileShare?: number;
+  parts?: Record<string, number>;
+}
+
+/** The events path of a gateway run: published to an events Redis, archived into Cassandra, batched or not. */
+interface EventsSetting {
+  redis: string;
+  contactPoint: string;
+  keyspace: string;
+  batch: number | false;
+}
+
+interface ChildStatus {
+  cpuMs: number;
+  emitted: number;
+  archived: number;
+  sent: number;
+  share: number;
+  /** The profile's share per part of the events path. */
+  parts: Record<string, number>;
 }
 
 /**
  * The gateway runs in a child process of its own (QueueManager, relay, SMTP ingress), as Postfix
  * runs in processes of its own: the load generator and the sink stay in this process for both.
  */
-async function runGateway(sink: SmtpSink): Promise<Figure> {
+async function runGateway(sink: SmtpSink, name = 'streamgate', events?: Omit<EventsSetting, 'redis'>): Promise<Figure> {
   const pool = await startRedisPool(2);
+  const eventsRedis = events ? await startRedis({ maxmemory: '1gb' }) : undefined;
   const port = await freePort();
-  const settings = { nodes: pool.map((r) => r.url), sinkPort: sink.port, port };
-  const child = spawn(process.execPath, [import.meta.filename, 'serve'], { env: { ...process.env, BENCH_GATEWAY: JSON.stringify(settings) }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const settings = { nodes: pool.map((r) => r.url), sinkPort: sink.port, port, ...(events ? { events: { ...events, redis: eventsRedis!.url } } : {}) };
+  const child = spawn(process.execPath, [import.meta.filename, 'serve'], { env: { ...process.env, BENCH_GATEWAY: JSON.stringify(settings) }, stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const ask = (cmd: string) => new Promise<ChildStatus>((resolve) => {
+    child.once('message', (m) => resolve(m as ChildStatus));
+    child.send(cmd);
+  });
   try {
     await new Promise<void>((resolve, reject) => {
-      child.stdout.on('data', (d: Buffer) => (d.toString().includes('ready') ? resolve() : undefined));
+      child.stdout!.on('data', (d: Buffer) => (d.toString().includes('ready') ? resolve() : undefined));
       child.once('exit', (code) => reject(new Error(`gateway exited with ${code}`)));
     });
+    const before = sink.messages.length;
+    const s0 = await ask('start');
     const t0 = Date.now();
     const failed = await inject(port);
     const injected = Date.now();
-    await waitFor(() => sink.messages.length >= N - failed, { timeout: 600_000, every: 20, what: 'gateway: all at the sink' });
+    await waitFor(() => sink.messages.length - before >= N - failed, { timeout: 600_000, every: 20, what: 'gateway: all at the sink' });
     const t1 = Date.now();
-    const note = `SMTP ingress → replicated queue (2 Redis nodes) → relay → sink, the gateway in its own process${failed ? ` (${failed} refused at SMTP)` : ''}`;
-    return { name: 'streamgate', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note };
+    // the CPU counted runs until the events path has caught up with every event of the run
+    if (events) await waitFor(async () => { const st = await ask('status'); return st.archived >= st.emitted && st.sent >= st.emitted; }, { timeout: 600_000, every: 100, what: 'events archived and published' });
+    const s1 = await ask('stop');
+    const how = events ? `, events published (${events.batch ? `events.batch ${events.batch}` : 'one job per event'}) and archived into Cassandra` : ', no events path';
+    const note = `SMTP ingress → replicated queue (2 Redis nodes) → relay → sink, the gateway in its own process${how}${failed ? ` (${failed} refused at SMTP)` : ''}`;
+    return { name, msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note, cpuPerMsg: (s1.cpuMs - s0.cpuMs) / N, profileShare: s1.share, parts: s1.parts };
   } finally {
     child.kill('SIGTERM');
     await new Promise((r) => (child.exitCode === null ? child.once('exit', r) : r(null)));
-    await Promise.all(pool.map((r) => r.stop()));
+    await Promise.all([...pool, ...(eventsRedis ? [eventsRedis] : [])].map((r) => r.stop()));
   }
 }
 
 if (process.argv[2] === 'serve') {
-  const settings = JSON.parse(process.env.BENCH_GATEWAY!) as { nodes: string[]; sinkPort: number; port: number };
+  const settings = JSON.parse(process.env.BENCH_GATEWAY!) as { nodes: string[]; sinkPort: number; port: number; events?: EventsSetting };
+  const ev = settings.events;
   const config = testConfig({
     gateway: { id: 'bench-gw', hostname: 'gw.bench.test', dataDir: mkdtempSync(join(tmpdir(), 'sg-bench-relay-')) },
     redis: { nodes: settings.nodes },
@@ -120,18 +181,55 @@ if (process.argv[2] === 'serve') {
     domains: { local: [], relay: [DOMAIN] },
     smtp: { listen: `127.0.0.1:${settings.port}` },
     submission: { listen: '127.0.0.1:0' },
+    ...(ev ? { events: { redis: ev.redis, batch: ev.batch }, cassandra: { contactPoints: [ev.contactPoint], keyspace: ev.keyspace } } : {}),
   });
-  const qm = new QueueManager(config, silentLogger);
+  const qm = new QueueManager(config, silentLogger, { archived: !!ev });
   await qm.start();
   const relay = new Relay(qm, config, silentLogger);
   relay.start();
+  // the events path as src/app.ts wires it: publisher, event log, history trims
+  let emitted = 0;
+  qm.on('event', () => emitted++);
+  const conn = ev ? new Redis(ev.redis, { maxRetriesPerRequest: null }) : undefined;
+  const publisher = conn ? new EventPublisher(qm, config.events.queue, conn, silentLogger, { budget: config.events.budget, whenFull: config.events.whenFull, dedicated: true, batch: config.events.batch }) : undefined;
+  await publisher?.start();
+  const store = ev ? new MailStore(config, silentLogger) : undefined;
+  await store?.connect();
+  const archive = store ? new HistoryArchive(qm, store, config, silentLogger) : undefined;
+  archive?.start();
+  const history = archive && publisher ? new HistoryBudget(qm, config.queue.historyBudget, (d) => lowestCursor(publisher.cursorOf(d), archive.cursorOf(d)), silentLogger, { capTo: config.queue.historyMaxLength }) : undefined;
+  if (history) archive!.on('archived', (d: string) => void history.cap(d));
+  history?.start();
   const ingress = new SmtpIngress({ config, queues: qm, log: silentLogger });
   await ingress.start();
+  const profiler = new StageProfiler();
+  const cpuMs = () => {
+    const c = process.cpuUsage();
+    return (c.user + c.system) / 1000;
+  };
+  process.on('message', (cmd: string) => {
+    void (async () => {
+      let share = 0;
+      const parts: Record<string, number> = {};
+      if (cmd === 'start') await profiler.start();
+      if (cmd === 'stop') {
+        const profile = await profiler.stopProfile(process.env.BENCH_PROFILE ? join(process.env.BENCH_PROFILE, `relay-gateway-${ev ? (ev.batch ? `batch-${ev.batch}` : 'events') : 'no-events'}.cpuprofile`) : undefined);
+        share = stackShare(profile, EVENTS_PATH);
+        for (const [name, re] of EVENTS_PARTS) parts[name] = stackShare(profile, re);
+      }
+      process.send!({ cpuMs: cpuMs(), emitted, archived: archive?.status().archived ?? 0, sent: publisher?.sent ?? 0, share, parts } satisfies ChildStatus);
+    })();
+  });
   process.once('SIGTERM', () => {
     void (async () => {
       await ingress.stop();
       await relay.stop();
+      history?.stop();
+      await archive?.stop();
+      await publisher?.stop();
+      conn?.disconnect();
       await qm.stop();
+      await store?.close();
       process.exit(0);
     })();
   });
@@ -211,6 +309,18 @@ const gwSink = await startSmtpSink({ hideStartTls: true });
 const pfSink = await startSmtpSink({ hideStartTls: true });
 console.log(`relay benchmark: ${N} messages per side (70% 1 KB / 30% 10 KB), ${CLIENTS} SMTP clients, sinks on loopback`);
 const gw = await runGateway(gwSink);
+// the events path: the same gateway with events published and archived, one job per event and batched
+const withEvents: Figure[] = [];
+if (EVENTS_BATCH) {
+  const cassandra = await cassandraForTests();
+  for (const batch of [false, EVENTS_BATCH] as const) {
+    const keyspace = `sg_bench_relay_${randomBytes(3).toString('hex')}`;
+    withEvents.push(await runGateway(gwSink, batch ? `+ events, batch ${batch}` : '+ events', { contactPoint: cassandra.contactPoint, keyspace, batch }));
+    const s = new MailStore(testConfig({ cassandra: { contactPoints: [cassandra.contactPoint], keyspace } }), silentLogger);
+    await s.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
+    await s.close();
+  }
+}
 const pf = await runPostfix(pfSink);
 await Promise.all([gwSink.close(), pfSink.close()]);
 
@@ -218,10 +328,19 @@ const row = (f: Figure) =>
   `${f.name.padEnd(11)} ${String(f.msgs).padStart(6)}  ${f.seconds.toFixed(2).padStart(7)} s  ${(f.msgs / f.seconds).toFixed(0).padStart(7)} msg/s  (accepted in ${f.injectSeconds.toFixed(2)} s)  ${f.note}`;
 console.log(`${'system'.padEnd(11)} ${'msgs'.padStart(6)}  ${'time'.padStart(9)}  ${'rate'.padStart(13)}`);
 console.log(row(gw));
+for (const f of withEvents) console.log(row(f));
 console.log(row(drain));
 if (typeof pf === 'string') console.log(`postfix     ${pf}`);
 else {
   console.log(row(pf));
   console.log(`streamgate / postfix: ${(pf.seconds / gw.seconds).toFixed(2)}×`);
+}
+if (withEvents.length) {
+  console.log(`events path, the gateway's CPU at its top rate (${CLIENTS} clients, closed loop; CPU of the whole gateway process per message, until every event was archived and published):`);
+  console.log(`  no events path: ${(gw.cpuPerMsg! * 1000).toFixed(0)} µs per message`);
+  for (const f of withEvents) {
+    const share = 1 - gw.cpuPerMsg! / f.cpuPerMsg!;
+    console.log(`  ${f.name.replace(/^\+ /, '')}: ${(f.cpuPerMsg! * 1000).toFixed(0)} µs per message; the events path ${(100 * share).toFixed(1)}% of the gateway's CPU (profile, on the stack: ${(100 * f.profileShare!).toFixed(1)}%: ${Object.entries(f.parts!).map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`).join(', ')}); ${(f.msgs / f.seconds).toFixed(0)} msg/s against ${(gw.msgs / gw.seconds).toFixed(0)} without (aim: under 10%)`);
+  }
 }
 process.exit(0);

@@ -2,8 +2,8 @@
 // history, message_events and archive_cursors, described in src/mailbox/schema.ts) before Redis may
 // trim it (DESIGN, invariant 12). Per queue a durable cursor (the last event archived, in
 // archive_cursors) is read once, then the history stream is read after it in blocks, each block
-// written (history rows in single-partition unlogged batches, the message index grouped by
-// message) and only then the cursor moved. A row's key is the event's position, so an event
+// written (history rows in unlogged batches of one partition, the message index in unlogged
+// batches of several messages' rows) and only then the cursor moved. A row's key is the event's position, so an event
 // archived again after a crash overwrites its own row: every event is in the log exactly once.
 // The history is trimmed (history budget, queue.historyMaxLength) only below cursorOf().
 //
@@ -22,20 +22,24 @@ import type { Logger } from '../log.ts';
 import { consistencyFrom, type Consistency } from '../mailbox/client.ts';
 import type { MailStore } from '../mailbox/store.ts';
 import { type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
-import type { QueueManager } from '../queue/manager.ts';
+import type { HistoryEntry, QueueManager } from '../queue/manager.ts';
 import { compareIds, eventId, histIdOf, parseEntryId } from '../message/ids.ts';
 
 /** A history partition holds one hour of a queue's events. */
 export const BUCKET_MS = 3_600_000;
 /** Events read from a history stream per block. */
 const BLOCK = 2000;
-/** Rows per unlogged batch of one history partition, and their bytes at most (Cassandra refuses batches over 50 KB by default). */
-const BATCH_ROWS = 40;
+/** Rows per unlogged batch, and their bytes at most (Cassandra refuses batches over 50 KB by default). */
+const BATCH_ROWS = 100;
 const BATCH_BYTES = 24 * 1024;
 /** Statements in flight at once. */
 const PARALLEL = 64;
-/** A queue with new events is archived this soon; every queue is looked at every TICK_MS. */
-const SOON_MS = 25;
+/**
+ * A queue with new events is archived this soon (events gathered meanwhile go in one block: one
+ * read, one cursor write and one history trim per block, not per event); every queue is looked at
+ * every TICK_MS.
+ */
+const SOON_MS = 250;
 const TICK_MS = 1000;
 /** Events held in the hot index at most (while Cassandra lags, the newest beyond it are found once archived). */
 const HOT_MAX = 500_000;
@@ -200,8 +204,7 @@ export class HistoryArchive extends EventEmitter {
       const cursor = this.cursors.get(domain);
       const rows = await this.queues.historySince(domain, cursor, BLOCK);
       if (!rows.length) return;
-      const events = rows.map((r) => this.queues.eventOf(domain, r));
-      await this.write(events);
+      await this.write(domain, rows);
       const last = rows[rows.length - 1]!.histId;
       // the first block also records the hour of the queue's first event: where reads by time start
       const [q, params] = cursor
@@ -209,66 +212,79 @@ export class HistoryArchive extends EventEmitter {
         : [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, first_bucket, updated) VALUES (?, ?, ?, ?, ?)`, [this.gateway, domain, last, new Date(bucketOf(parseEntryId(rows[0]!.histId)[0])), new Date()]];
       await this.store.client.execute(q, params, { prepare: true, consistency: this.cl.write, isIdempotent: true });
       this.cursors.set(domain, last);
-      this.archived += events.length;
-      this.pending.set(domain, Math.max(0, (this.pending.get(domain) ?? 0) - events.length));
-      this.cool(events);
+      this.archived += rows.length;
+      this.pending.set(domain, Math.max(0, (this.pending.get(domain) ?? 0) - rows.length));
+      this.cool(domain, rows);
       this.emit('archived', domain);
       if (rows.length < BLOCK) return;
     }
   }
 
   /** Archived events leave the hot index. */
-  private cool(events: LifecycleEvent[]): void {
-    for (const ev of events) {
-      const list = this.hot.get(ev.messageId);
+  private cool(domain: string, rows: HistoryEntry[]): void {
+    for (const r of rows) {
+      const list = this.hot.get(r.messageId);
       if (!list) continue;
-      const i = list.findIndex((x) => x.id === ev.id);
+      const id = eventId(this.gateway, domain, r.histId);
+      const i = list.findIndex((x) => x.id === id);
       if (i < 0) continue;
       list.splice(i, 1);
       this.hotSize--;
-      if (!list.length) this.hot.delete(ev.messageId);
+      if (!list.length) this.hot.delete(r.messageId);
     }
   }
 
-  private async write(events: LifecycleEvent[]): Promise<void> {
+  /**
+   * Writes a block of one queue's history: the history rows in unlogged batches of one partition
+   * (an hour), the index rows in unlogged batches of several messages' partitions (fewer requests
+   * for the gateway to encode; each row stands alone, a batch only carries them together). The
+   * details go as stored, never parsed here.
+   */
+  private async write(domain: string, rows: HistoryEntry[]): Promise<void> {
     const histQ = `INSERT INTO ${this.ks}.history (gateway, domain, bucket, ms, seq, kind, message_id, txn, at, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
     const idxQ = `INSERT INTO ${this.ks}.message_events (message_id, gateway, domain, ms, seq, kind, txn, at, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`;
     type Stmt = { query: string; params: unknown[] };
     const batches: Stmt[][] = [];
-    let cur: Stmt[] = [];
-    let bytes = 0;
-    let bucket = -1;
-    const byMessage = new Map<string, Stmt[]>();
-    for (const ev of events) {
-      const [ms, seq] = parseEntryId(histIdOf(ev.id));
-      const details = JSON.stringify(ev.details);
+    // one batcher per kind of batch: history rows of one bucket at a time; index rows of any message
+    const batcher = () => {
+      let cur: Stmt[] = [];
+      let bytes = 0;
+      let key: number | undefined;
+      return {
+        add(stmt: Stmt, size: number, k?: number) {
+          if (cur.length && (k !== key || cur.length >= BATCH_ROWS || bytes + size > BATCH_BYTES)) this.close();
+          key = k;
+          bytes += size;
+          cur.push(stmt);
+        },
+        close() {
+          if (cur.length) batches.push(cur);
+          cur = [];
+          bytes = 0;
+        },
+      };
+    };
+    const hist = batcher();
+    const idx = batcher();
+    for (const r of rows) {
+      const [ms, seq] = parseEntryId(r.histId);
+      const details = r.detailsJson;
       const b = bucketOf(ms);
-      if (cur.length && (b !== bucket || cur.length >= BATCH_ROWS || bytes + details.length > BATCH_BYTES)) {
-        batches.push(cur);
-        cur = [];
-        bytes = 0;
-      }
-      bucket = b;
-      bytes += details.length + 100;
-      cur.push({ query: histQ, params: [this.gateway, ev.domain, new Date(b), ms, seq, ev.kind, ev.messageId, ev.txn, new Date(ev.at), details] });
-      if (ev.messageId) {
-        const stmt = { query: idxQ, params: [ev.messageId, this.gateway, ev.domain, ms, seq, ev.kind, ev.txn, new Date(ev.at), details] };
-        const list = byMessage.get(ev.messageId);
-        if (list) list.push(stmt);
-        else byMessage.set(ev.messageId, [stmt]);
-      }
+      const at = new Date(r.at);
+      hist.add({ query: histQ, params: [this.gateway, domain, new Date(b), ms, seq, r.kind, r.messageId, r.txn, at, details] }, details.length + 100, b);
+      if (r.messageId) idx.add({ query: idxQ, params: [r.messageId, this.gateway, domain, ms, seq, r.kind, r.txn, at, details] }, details.length + 100);
     }
-    if (cur.length) batches.push(cur);
-    const all = [...batches, ...byMessage.values()];
+    hist.close();
+    idx.close();
     const opts = { prepare: true, consistency: this.cl.write, isIdempotent: true, logged: false };
     let next = 0;
     const worker = async () => {
-      while (next < all.length) {
-        const b = all[next++]!;
+      while (next < batches.length) {
+        const b = batches[next++]!;
         await (b.length === 1 ? this.store.client.execute(b[0]!.query, b[0]!.params, opts) : this.store.client.batch(b, opts));
       }
     };
-    await Promise.all(Array.from({ length: Math.min(PARALLEL, all.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(PARALLEL, batches.length) }, worker));
   }
 
   // ---- reading the log ------------------------------------------------------------------------

@@ -21,7 +21,9 @@ import { compareIds, histIdOf } from '../message/ids.ts';
 import { splitQueueName } from '../queue/placement.ts';
 import { EVENT_BATCH_JOB } from '../client/schema.ts';
 
+/** Live events are sent this soon after the first of them (with events.batch, later: bigger jobs, fewer of them). */
 const FLUSH_MS = 50;
+const BATCH_FLUSH_MS = 250;
 
 /**
  * Each event job: a consumer whose handler throws gets it again, up to 10 times over about 17
@@ -301,7 +303,7 @@ export class EventPublisher {
     }
     this.buffer.push(ev);
     if (this.buffer.length >= BATCH) void this.flush();
-    else this.timer ??= setTimeout(() => void this.flush(), FLUSH_MS);
+    else this.timer ??= setTimeout(() => void this.flush(), this.opts.batch ? BATCH_FLUSH_MS : FLUSH_MS);
   }
 
   /** Sends what is buffered; the cursors move only after BullMQ took the jobs. */

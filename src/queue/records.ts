@@ -82,12 +82,27 @@ export interface HistoryEntry {
   messageId: string;
   txn: number;
   at: number;
-  details: Record<string, unknown>;
+  /** The details as stored (JSON): what the event log writes, unparsed. */
+  detailsJson: string;
+  /** The details, parsed on first use. */
+  readonly details: Record<string, unknown>;
 }
 
 export function decodeHistory([histId, f]: [string, string[]]): HistoryEntry {
   const get = (k: string) => f[f.indexOf(k) + 1]!;
-  return { histId, kind: get('t'), messageId: get('m'), txn: Number(get('x')), at: Number(get('at')), details: JSON.parse(get('d')) as Record<string, unknown> };
+  const detailsJson = get('d');
+  let details: Record<string, unknown> | undefined;
+  return {
+    histId,
+    kind: get('t'),
+    messageId: get('m'),
+    txn: Number(get('x')),
+    at: Number(get('at')),
+    detailsJson,
+    get details() {
+      return (details ??= JSON.parse(detailsJson) as Record<string, unknown>);
+    },
+  };
 }
 
 
