@@ -20,8 +20,8 @@ import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
 import { MAIL_OVERHEAD, RedisNode } from './node.ts';
 import { listMembers, Membership, type MemberRecord } from './membership.ts';
-import { queueNameOf, readPlacement, splitQueueName, writePlacement, type PlacementRecord } from './placement.ts';
-import { claimQueueName, Takeover, type PoolMember } from './takeover.ts';
+import { dropPlacement, queueNameOf, readPlacement, splitQueueName, writePlacement, type PlacementRecord } from './placement.ts';
+import { claimQueueName, dropQueueName, Takeover, type PoolMember } from './takeover.ts';
 import { provenSource, type ReplicaView } from './proof.ts';
 import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
 import type { Owner } from './replicas.ts';
@@ -57,6 +57,11 @@ export class QueueManager extends EventEmitter {
   /** Destination domains whose queue name `<gateway id>:<domain>` another member adopted: a new queue for one gets a name of its own. */
   private readonly taken = new Set<string>();
   private takeover: Takeover | undefined;
+  /** Queues being deleted (by ref): a new queue for the ref waits until the old one is gone. */
+  private readonly dropping = new Map<string, Promise<void>>();
+  /** Whether something still needs a queue's history (events not yet published or archived): it is not deleted then. */
+  private historyHeld: (ref: string, lastHistId: string | undefined) => boolean = () => false;
+  private lastIdleSweep = 0;
   readonly gatewayId: string;
   readonly now: () => number;
   private repairTimer: NodeJS.Timeout | undefined;
@@ -80,6 +85,7 @@ export class QueueManager extends EventEmitter {
     this.now = opts.now ?? Date.now;
     this.archived = !!opts.archived;
     this.log = log.child({ component: 'queue' });
+    this.on('health', () => (this.queuesWritable = undefined));
     const q = config.queue;
     this.nodes = config.redis.nodes.map(
       (n) => new RedisNode({ url: n.url, standby: n.standby, name: n.name, timeoutMs: q.timeout, heartbeatMs: q.heartbeat.every, missed: q.heartbeat.missed, log: this.log }),
@@ -204,6 +210,7 @@ export class QueueManager extends EventEmitter {
   private register(q: Queue): Queue {
     this.queues.set(q.ref, q);
     this.byName.set(q.name, q);
+    this.queuesWritable = undefined;
     return q;
   }
 
@@ -215,6 +222,11 @@ export class QueueManager extends EventEmitter {
     let p = this.creating.get(d);
     if (!p) {
       p = (async () => {
+        await this.dropping.get(d); // the idle queue of this domain is being deleted: the new one comes after
+        const mine = [...this.queues.values()].filter((q) => !q.adopted).length;
+        if (this.queues.size >= this.config.queue.maxQueues) {
+          throw new QueueError('TOO_MANY_QUEUES', `this gateway holds ${this.queues.size} queues (${mine} of its own), queue.maxQueues is ${this.config.queue.maxQueues}: no queue for ${d} now`);
+        }
         const pair = this.rank(`${this.gatewayId}:${d}`, this.nodes.filter((n) => n.up)).slice(0, 2);
         if (pair.length === 0 || (pair.length < 2 && this.config.queue.writeConcern === 'all')) {
           throw new QueueError('QUEUE_UNAVAILABLE', `not enough redis nodes up to place queue ${d}`);
@@ -494,8 +506,68 @@ export class QueueManager extends EventEmitter {
     if (events) this.historyEventBytes = Math.round(0.5 * this.historyEventBytes + 0.5 * (bytes / events));
   }
 
+  /** Tells the manager what still needs a queue's history: a queue is not deleted while `held` says so (the history budget sets it). */
+  holdHistory(held: (ref: string, lastHistId: string | undefined) => boolean): void {
+    this.historyHeld = held;
+  }
+
+  /**
+   * Deletes the queues that are empty and had no event for queue.idleDelete, whose replicas are
+   * both in sync and whose history nothing still needs (events published and archived): their
+   * keys on both replicas, their placement record, their name's owner record and their memory.
+   * Looks at most every queue.idleDelete / 4 (and every minute at least). Returns the refs deleted.
+   */
+  async dropIdle(): Promise<string[]> {
+    const now = this.now();
+    const idle = this.config.queue.idleDelete;
+    const out: string[] = [];
+    for (const q of [...this.queues.values()]) {
+      if (now - q.lastActivity < idle || !q.empty || !q.whole || q.repairing) continue;
+      const last = ((await q.replicas[0]!.node.reads.xrevrange(q.keys[1], '+', '-', 'COUNT', 1)) as [string, string[]][])[0]?.[0];
+      if (this.historyHeld(q.ref, last)) continue;
+      if (await this.drop(q)) out.push(q.ref);
+    }
+    return out;
+  }
+
+  private async drop(q: Queue): Promise<boolean> {
+    if (this.stopped || this.owner.fenced || this.queues.get(q.ref) !== q) return false;
+    this.queues.delete(q.ref);
+    this.byName.delete(q.name);
+    // nothing can reach the queue now (appends go through the map, or wait in queueFor for the deletion); was anything on its way in?
+    if (!q.empty) {
+      this.register(q);
+      return false;
+    }
+    let done = () => {};
+    this.dropping.set(q.ref, new Promise<void>((resolve) => (done = resolve)));
+    try {
+      q.stop();
+      await Promise.all(q.replicas.map((r) => withDeadline(r.node.client.del(...q.keys), this.config.queue.timeout, `delete of ${q.name}`)));
+      await dropPlacement(this.nodes, this.gatewayId, q.adopted ? q.name : q.domain);
+      await dropQueueName(this.nodes, q.name, this.gatewayId);
+      this.log.info({ queue: q.name, idleMs: this.now() - q.lastActivity }, 'queue deleted: empty and idle');
+      this.emit('dropped', q.ref);
+      this.emit('health');
+      return true;
+    } catch (err) {
+      // a replica did not answer: the queue stays (empty); the next look tries again
+      this.register(q);
+      this.log.warn({ err, queue: q.name }, 'idle queue not deleted');
+      return false;
+    } finally {
+      this.dropping.delete(q.ref);
+      done();
+    }
+  }
+
   private repairAll(): void {
     if (this.stopped || this.owner.fenced) return;
+    const now = this.now();
+    if (now - this.lastIdleSweep >= Math.min(this.config.queue.idleDelete / 4, 60_000)) {
+      this.lastIdleSweep = now;
+      void this.dropIdle().catch((err: unknown) => this.log.warn({ err }, 'idle queues not deleted'));
+    }
     this.tallyMemory();
     for (const q of this.queues.values()) {
       if (!q.repairing && (q.set.stale || q.replicas.some((r) => r.sync !== 'Sync' || !r.node.up))) {
@@ -685,13 +757,23 @@ export class QueueManager extends EventEmitter {
     return { nodes: this.nodes.map((n) => n.status()), queues: [...this.queues.values()].map((q) => q.table()) };
   }
 
-  /** True when every queue this gateway has can take appends at the configured write concern. */
+  /**
+   * True when every queue this gateway has can take appends at the configured write concern.
+   * Asked every second by the door, by /health and by metrics: the queues are looked at again
+   * only after something changed (a replica's state, a node, a queue made or deleted: every such
+   * change emits 'health'), not on every call.
+   */
   get writable(): boolean {
     const up = this.nodes.filter((n) => n.up).length;
     if (up < (this.config.queue.writeConcern === 'all' ? 2 : 1)) return false;
-    for (const q of this.queues.values()) if (!q.appendable) return false;
-    return true;
+    if (this.queuesWritable === undefined) {
+      this.queuesWritable = true;
+      for (const q of this.queues.values()) if (!q.appendable) this.queuesWritable = false;
+    }
+    return this.queuesWritable;
   }
+  /** Whether every queue was appendable when last looked at; undefined after a change. */
+  private queuesWritable: boolean | undefined;
 
   /** Every live message's state record of a queue, from an in-sync replica's state hash (HSCAN, in blocks). */
   async *liveStates(domain: string): AsyncGenerator<[string, StateRecord]> {
