@@ -442,6 +442,26 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     },
   );
 
+  app.post<{ Body: { node: string; reason: string; actor?: string } }>(
+    '/api/nodes/drain',
+    {
+      schema: {
+        summary: 'Drain a node of the pool: every member moves its queues off it (copied in blocks, then switched); it takes no new placement',
+        body: { ...action, properties: { ...action.properties, node: { type: 'string', minLength: 1, maxLength: 300 } }, required: ['node', 'reason'] },
+        response: {
+          200: okSchema({ node: { type: 'string' }, queues: { type: 'integer' } }),
+          ...errors({ auth: true, write: true, input: true, extra: { 400: ['SG_ERR_BAD_INPUT'], 503: ['SG_ERR_QUEUE_UNAVAILABLE'] } }),
+        },
+      },
+    },
+    async (req) => {
+      const { actor, token } = who(req);
+      const r = await queues.drain(req.body.node);
+      log.warn({ verb: 'drain', node: r.node, actor, token, reason: req.body.reason, queues: r.queues }, 'admin action');
+      return { ok: true, verb: 'drain', ...r };
+    },
+  );
+
   app.get('/api/gateways', { schema: { summary: "The pool's gateways: leases, epochs, queues, messages", response: { 200: { type: 'object', additionalProperties: false, properties: { self: { type: 'string' }, members: { type: 'array', items: { type: 'object', additionalProperties: true } } } }, ...errors({ auth: true }) } } }, async () => ({
     self: queues.gatewayId,
     members: await queues.members(),

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Config } from '../config/schema.ts';
+import { redisNodeId, type Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { type LifecycleEvent, type NewMessage, type QueuedMessage } from '../message/types.ts';
 import { copyQueue, type CopyStats } from './copy.ts';
@@ -62,6 +62,10 @@ export class QueueManager extends EventEmitter {
   /** Whether something still needs a queue's history (events not yet published or archived): it is not deleted then. */
   private historyHeld: (ref: string, lastHistId: string | undefined) => boolean = () => false;
   private lastIdleSweep = 0;
+  /** Nodes being drained (their ids, as the pool records them): no new placement, every queue on them moves away. */
+  private readonly draining = new Set<string>();
+  /** Queues moving off a drained node now. */
+  private moving = 0;
   readonly gatewayId: string;
   readonly now: () => number;
   private repairTimer: NodeJS.Timeout | undefined;
@@ -227,7 +231,7 @@ export class QueueManager extends EventEmitter {
         if (this.queues.size >= this.config.queue.maxQueues) {
           throw new QueueError('TOO_MANY_QUEUES', `this gateway holds ${this.queues.size} queues (${mine} of its own), queue.maxQueues is ${this.config.queue.maxQueues}: no queue for ${d} now`);
         }
-        const pair = this.rank(`${this.gatewayId}:${d}`, this.nodes.filter((n) => n.up)).slice(0, 2);
+        const pair = this.rank(`${this.gatewayId}:${d}`, this.nodes.filter((n) => n.up && !this.isDraining(n))).slice(0, 2);
         if (pair.length === 0 || (pair.length < 2 && this.config.queue.writeConcern === 'all')) {
           throw new QueueError('QUEUE_UNAVAILABLE', `not enough redis nodes up to place queue ${d}`);
         }
@@ -561,8 +565,104 @@ export class QueueManager extends EventEmitter {
     }
   }
 
+  // ---- draining a node -----------------------------------------------------------------------
+
+  private isDraining(n: RedisNode): boolean {
+    return this.draining.has(n.id);
+  }
+
+  /**
+   * Drains a node of the pool (`streamgate node drain URL`): recorded on every node, so that
+   * every member moves its queues off it; it takes no new placement and is no spare. Returns the
+   * node's id and how many of this gateway's queues are on it now.
+   */
+  async drain(node: string): Promise<{ node: string; queues: number }> {
+    const byUrl = URL.canParse(node) && /^rediss?:\/\/[^/]/.test(node) ? redisNodeId(node) : undefined;
+    const n = this.nodes.find((x) => x.is(node) || (byUrl !== undefined && x.is(byUrl)));
+    if (!n) throw new QueueError('BAD_INPUT', `node: expected one of redis.nodes (${this.nodes.map((x) => x.id).join(', ')}), got ${JSON.stringify(node)}`);
+    const others = this.nodes.filter((x) => x !== n && x.up && !this.isDraining(x));
+    if (others.length < 2) throw new QueueError('QUEUE_UNAVAILABLE', `cannot drain ${n.id}: ${others.length} other node${others.length === 1 ? '' : 's'} up and not drained, a replica pair needs 2`);
+    const res = await Promise.allSettled(this.nodes.filter((x) => x.up).map((x) => withDeadline(x.client.sadd('sg:drain', n.id), this.config.queue.timeout, `drain record on ${x.id}`)));
+    if (res.filter((r) => r.status === 'fulfilled').length < Math.floor(this.nodes.length / 2) + 1) throw new QueueError('QUEUE_UNAVAILABLE', `the drain of ${n.id} could not be recorded on a majority of the nodes`);
+    this.draining.add(n.id);
+    this.log.warn({ node: n.id }, 'node drained: its queues move away');
+    this.emit('health');
+    return { node: n.id, queues: this.onNode(n) };
+  }
+
+  /** How many of this gateway's queues have a replica on a node. */
+  onNode(n: RedisNode): number {
+    let k = 0;
+    for (const q of this.queues.values()) if (q.replicas.some((r) => r.node === n)) k++;
+    return k;
+  }
+
+  /** The drained nodes as the pool records them (any node that answers). */
+  private async refreshDraining(): Promise<void> {
+    const sets = await Promise.allSettled(this.nodes.filter((n) => n.up).map((n) => withDeadline(n.client.smembers('sg:drain'), this.config.queue.timeout, `drain records on ${n.id}`)));
+    for (const r of sets) if (r.status === 'fulfilled') for (const id of r.value) this.draining.add(id);
+  }
+
+  /**
+   * Moves one queue off a drained node: a third replica on another node is copied in blocks while
+   * the pair takes writes (copy.ts), joins the write set, and then, between two writes, the
+   * drained replica leaves it and placement switches to the new pair; the drained node's copy is
+   * deleted last.
+   */
+  private async moveOff(q: Queue, leaving: Replica): Promise<void> {
+    const source = q.replicas.find((r) => r !== leaving && r.sync === 'Sync' && r.node.up);
+    const used = new Set(q.replicas.map((r) => r.node));
+    const spare = this.rank(q.name, this.nodes.filter((n) => n.up && !used.has(n) && !this.isDraining(n)))[0];
+    if (!source || !spare) return;
+    const target: Replica = { node: spare, sync: 'Rebuilding', txn: -1, outSince: this.now() };
+    q.replicas.push(target);
+    this.emit('health');
+    try {
+      await copyQueue(q, source, target, this.config.queue.blockSize, this.log);
+      q.set.raiseWriteBarrier();
+      try {
+        await q.set.drain();
+        q.replicas.splice(q.replicas.indexOf(leaving), 1);
+        const members = q.replicas.map((r) => r.node.id).join(',');
+        await Promise.all(q.replicas.map((r) => r.node.client.hset(q.keys[2], 'members', members)));
+        await this.recordPlacement(q, (q.placementEpoch ?? 1) + 1);
+      } finally {
+        q.set.lowerWriteBarrier();
+      }
+      await leaving.node.client.del(...q.keys).catch((err: unknown) => this.log.warn({ err, queue: q.name, node: leaving.node.id }, 'copy on the drained node not deleted'));
+      this.log.info({ queue: q.name, from: leaving.node.id, to: spare.id }, 'queue moved off a drained node');
+    } finally {
+      const i = q.replicas.indexOf(target);
+      if (i >= 0 && target.sync !== 'Sync') q.replicas.splice(i, 1);
+      this.emit('health');
+    }
+  }
+
+  private moveAll(): void {
+    const room = this.config.queue.recoveryParallel - this.moving;
+    if (!this.draining.size || room <= 0) return;
+    let started = 0;
+    for (const q of this.queues.values()) {
+      if (started >= room) break;
+      const leaving = q.replicas.find((r) => this.draining.has(r.node.id));
+      if (!leaving || q.repairing || !q.whole) continue;
+      q.repairing = true;
+      this.moving++;
+      started++;
+      void this.moveOff(q, leaving)
+        .catch((err: unknown) => this.log.warn({ err, queue: q.name }, 'move off a drained node failed'))
+        .finally(() => {
+          q.repairing = false;
+          this.moving--;
+        });
+    }
+  }
+
   private repairAll(): void {
     if (this.stopped || this.owner.fenced) return;
+    void this.refreshDraining()
+      .then(() => this.moveAll())
+      .catch((err: unknown) => this.log.warn({ err }, 'drained nodes not read'));
     const now = this.now();
     if (now - this.lastIdleSweep >= Math.min(this.config.queue.idleDelete / 4, 60_000)) {
       this.lastIdleSweep = now;
@@ -595,7 +695,7 @@ export class QueueManager extends EventEmitter {
     if (!bad.node.up) {
       if (this.now() - bad.outSince < this.config.queue.rebuildAfter) return undefined;
       const used = new Set(q.replicas.map((r) => r.node));
-      const spare = this.rank(q.name, this.nodes.filter((n) => n.up && !used.has(n)))[0];
+      const spare = this.rank(q.name, this.nodes.filter((n) => n.up && !used.has(n) && !this.isDraining(n)))[0];
       if (!spare) return undefined;
       target = { node: spare, sync: 'NG', txn: -1, outSince: bad.outSince };
       moved = true;
@@ -754,7 +854,7 @@ export class QueueManager extends EventEmitter {
 
   /** The management table of every queue, and the nodes. */
   health() {
-    return { nodes: this.nodes.map((n) => n.status()), queues: [...this.queues.values()].map((q) => q.table()) };
+    return { nodes: this.nodes.map((n) => ({ ...n.status(), draining: this.isDraining(n), queues: this.onNode(n) })), queues: [...this.queues.values()].map((q) => q.table()) };
   }
 
   /**
