@@ -23,6 +23,7 @@ import { consistencyFrom, type Consistency } from '../mailbox/client.ts';
 import type { MailStore } from '../mailbox/store.ts';
 import { type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
 import type { QueueManager } from '../queue/manager.ts';
+import { splitQueueName } from '../queue/placement.ts';
 import { compareIds, eventId, histIdOf, parseEntryId } from '../message/ids.ts';
 
 /** A history partition holds one hour of a queue's events. */
@@ -189,9 +190,12 @@ export class HistoryArchive extends EventEmitter {
 
   private async archiveQueue(domain: string): Promise<void> {
     if (!this.queues.view(domain)) return;
+    // rows and cursors by the queue's name: an adopted queue's events go on in the partitions and
+    // from the cursor of the gateway it came from (its event ids and history ids are that queue's)
+    const at = splitQueueName(this.queues.nameOf(domain));
     await this.store.connect();
     if (!this.loaded.has(domain)) {
-      const rs = await this.store.client.execute(`SELECT hist FROM ${this.ks}.archive_cursors WHERE gateway = ? AND domain = ?`, [this.gateway, domain], { prepare: true, consistency: this.cl.read });
+      const rs = await this.store.client.execute(`SELECT hist FROM ${this.ks}.archive_cursors WHERE gateway = ? AND domain = ?`, [at.origin, at.domain], { prepare: true, consistency: this.cl.read });
       const hist = rs.first()?.get('hist') as string | undefined;
       if (hist) this.cursors.set(domain, hist);
       this.loaded.add(domain);
@@ -205,8 +209,8 @@ export class HistoryArchive extends EventEmitter {
       const last = rows[rows.length - 1]!.histId;
       // the first block also records the hour of the queue's first event: where reads by time start
       const [q, params] = cursor
-        ? [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, updated) VALUES (?, ?, ?, ?)`, [this.gateway, domain, last, new Date()]]
-        : [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, first_bucket, updated) VALUES (?, ?, ?, ?, ?)`, [this.gateway, domain, last, new Date(bucketOf(parseEntryId(rows[0]!.histId)[0])), new Date()]];
+        ? [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, updated) VALUES (?, ?, ?, ?)`, [at.origin, at.domain, last, new Date()]]
+        : [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, first_bucket, updated) VALUES (?, ?, ?, ?, ?)`, [at.origin, at.domain, last, new Date(bucketOf(parseEntryId(rows[0]!.histId)[0])), new Date()]];
       await this.store.client.execute(q, params, { prepare: true, consistency: this.cl.write, isIdempotent: true });
       this.cursors.set(domain, last);
       this.archived += events.length;
@@ -250,9 +254,10 @@ export class HistoryArchive extends EventEmitter {
       }
       bucket = b;
       bytes += details.length + 100;
-      cur.push({ query: histQ, params: [this.gateway, ev.domain, new Date(b), ms, seq, ev.kind, ev.messageId, ev.txn, new Date(ev.at), details] });
+      const origin = splitQueueName(ev.queue).origin; // the queue's own gateway id (see archiveQueue)
+      cur.push({ query: histQ, params: [origin, ev.domain, new Date(b), ms, seq, ev.kind, ev.messageId, ev.txn, new Date(ev.at), details] });
       if (ev.messageId) {
-        const stmt = { query: idxQ, params: [ev.messageId, this.gateway, ev.domain, ms, seq, ev.kind, ev.txn, new Date(ev.at), details] };
+        const stmt = { query: idxQ, params: [ev.messageId, origin, ev.domain, ms, seq, ev.kind, ev.txn, new Date(ev.at), details] };
         const list = byMessage.get(ev.messageId);
         if (list) list.push(stmt);
         else byMessage.set(ev.messageId, [stmt]);

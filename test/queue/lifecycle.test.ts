@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, it } from 'node:test';
+import { afterEach, beforeEach, describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
 import { SmtpIngress } from '../../src/ingress/smtp/server.ts';
 import { silentLogger } from '../../src/log.ts';
@@ -18,11 +18,12 @@ import { waitFor } from '../helpers/waitFor.ts';
 const msg = (domain: string, id: string) => ({ id, domain, envelope: { from: 's@src.test', to: [`r@${domain}`] }, raw: Buffer.from(`Subject: ${id}\r\n\r\nx\r\n`) });
 
 describe('queue lifecycle', () => {
+  // a pool per test: a member that stops holding messages is adopted by the next one on its pool
   let pool: TestRedis[];
-  before(async () => {
+  beforeEach(async () => {
     pool = await startRedisPool(3);
   });
-  after(async () => {
+  afterEach(async () => {
     await Promise.all(pool.map((r) => r.stop()));
   });
   const config = (queue: Record<string, unknown>) => testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { heartbeat: { every: '100ms', missed: 3 }, ...queue } });
