@@ -319,9 +319,19 @@ export class QueueManager extends EventEmitter {
     if (!claim.ok) return false;
     const { origin, domain } = splitQueueName(name);
     const q = this.register(this.newQueue(domain, this.replicasOf(name, rec, this.now()), { origin, adopted: true }));
-    await this.recordPlacement(q, rec.epoch + 1);
-    await this.claim(q);
-    const messages = await this.loadQueue(q, false);
+    let messages: number;
+    try {
+      await this.recordPlacement(q, rec.epoch + 1);
+      await this.claim(q);
+      messages = await this.loadQueue(q, false);
+    } catch (err) {
+      // the name's claim and this placement record stay: the next sweep (or, should this process
+      // die, whoever adopts from it) takes the queue up again
+      this.queues.delete(q.ref);
+      this.byName.delete(q.name);
+      this.emit('health');
+      throw err;
+    }
     await writePlacement(this.nodes, from.id, field, { nodes: [], epoch: rec.epoch + 1, name, adoptedBy: this.gatewayId });
     const details = { from: from.id, fromEpoch: from.epoch, by: this.gatewayId, epoch: this.owner.epoch, messages, ms: Date.now() - t0 };
     await q.mark('adopted', details).catch((err: unknown) => this.log.warn({ err, queue: name }, 'adopted event not written'));

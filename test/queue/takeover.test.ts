@@ -9,8 +9,13 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { createTransport } from 'nodemailer';
+import { silentLogger } from '../../src/log.ts';
+import { QueueManager } from '../../src/queue/manager.ts';
+import { readPlacement } from '../../src/queue/placement.ts';
 import { decodeHistory, decodeLiveEntry, decodeState, queueKeys } from '../../src/queue/records.ts';
+import { poolMembers } from '../../src/queue/takeover.ts';
 import { runCli } from '../helpers/cli.ts';
+import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtpSink.ts';
 import { waitFor } from '../helpers/waitFor.ts';
@@ -312,6 +317,37 @@ describe('takeover of a dead member’s queues', () => {
       assert.match(JSON.parse(rec[domains[0]!]!).name as string, /^ps-a~\d+:p1\.take\.test$/);
     } finally {
       await Promise.all([a, ...others].map(stopMember));
+    }
+  });
+});
+
+describe('takeover: one adopter per queue', () => {
+  it('two members adopting the same queue at once: exactly one gets it, with every message; the other holds nothing of it', async () => {
+    const pool = await startRedisPool(3);
+    const cfg = testConfig({ redis: { nodes: pool.map((r) => r.url) }, gateway: { lease: '1s', adoption: { every: '1h' } } });
+    const a = new QueueManager(cfg, silentLogger, { gatewayId: 'race-a' });
+    const others: QueueManager[] = [];
+    try {
+      await a.start();
+      for (let i = 0; i < 20; i++) await a.append({ id: `r${i}`, domain: 'race.test', envelope: { from: 's@src.test', to: ['r@race.test'] }, raw: Buffer.from(`Subject: ${i}\r\n\r\nx\r\n`) });
+      await a.stop(); // holding messages: its queues are left for adoption
+      const b = new QueueManager(cfg, silentLogger, { gatewayId: 'race-b' });
+      const c = new QueueManager(cfg, silentLogger, { gatewayId: 'race-c' });
+      others.push(b, c);
+      await Promise.all([b.start(), c.start()]);
+      const dead = (await poolMembers(b.nodes, 1000))!.find((m) => m.id === 'race-a')!;
+      assert.equal(dead.live, false);
+      const rec = (await readPlacement(b.nodes, 'race-a', 1000)).get('race.test')!;
+      for (let round = 0; round < 5; round++) {
+        const got = await Promise.all([b.adopt(dead, 'race.test', rec), c.adopt(dead, 'race.test', rec)]);
+        assert.ok(!(got[0] && got[1]), 'never both');
+      }
+      const holders = [b, c].filter((m) => m.view('race-a:race.test'));
+      assert.equal(holders.length, 1, 'exactly one holds it');
+      assert.equal(holders[0]!.depth('race-a:race.test').ready, 20);
+    } finally {
+      await Promise.all(others.map((m) => m.stop()));
+      await Promise.all(pool.map((r) => r.stop()));
     }
   });
 });
