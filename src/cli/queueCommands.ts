@@ -163,6 +163,30 @@ export function registerQueueCommands(program: Command): void {
       }
       if (r.differences.length || JSON.stringify(r.counters.live) !== JSON.stringify(r.counters.rebuilt)) process.exitCode = 1;
     });
+  const node = program.command('node').description('the Redis nodes of the pool');
+  node
+    .command('drain')
+    .description("move every queue off a node (copied in blocks while writes go on, then switched; nothing lost): every member moves its own; waits until this gateway's are off it")
+    .argument('<node>', 'the node: its url as in redis.nodes, host:port or its name')
+    .requiredOption('-r, --reason <text>', 'why (logged with the actor)')
+    .option('--actor <name>', 'who (default: $USER)')
+    .option('--token <token>', 'ops API token (default: $STREAMGATE_OPS_TOKEN)')
+    .option('--no-wait', 'return once the drain is recorded')
+    .addOption(configOption())
+    .action(async (url: string, opts: { config?: string; reason: string; actor?: string; token?: string; wait: boolean }) => {
+      const r = (await call(opts, 'POST', '/api/nodes/drain', { node: url, reason: opts.reason, actor: opts.actor ?? process.env.USER ?? 'cli' })) as { node: string; queues: number };
+      console.log(`drain: ${r.node}: ${r.queues} queues of this gateway on it`);
+      if (!opts.wait) return;
+      let left = r.queues;
+      while (left > 0) {
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        const h = (await call(opts, 'GET', '/health').catch((err: { exitCode?: number }) => (err.exitCode === undefined ? Promise.reject(err) : undefined))) as { nodes?: { id: string; queues: number }[] } | undefined;
+        const now = h?.nodes?.find((n) => n.id === r.node)?.queues;
+        if (now !== undefined && now !== left) console.log(`drain: ${r.node}: ${now} queues left`);
+        if (now !== undefined) left = now;
+      }
+      console.log(`drained: ${r.node}: no queue of this gateway on it`);
+    });
   for (const verb of ['suspend', 'resume'] as const) {
     queue
       .command(verb)

@@ -279,6 +279,8 @@ export const configSchema = z
         rebuildAfter: duration('10s'), // grace before a queue is rebuilt on the spare
         blockSize: z.number().int().min(1).max(100000).default(1000), // entries per block when copying or recovering
         recoveryParallel: z.number().int().min(1).max(256).default(8), // queues recovered (at start) or adopted at once
+        maxQueues: z.number().int().min(1).default(10000), // destination queues per gateway (adopted ones included); mail for one more domain gets 452 4.3.1
+        idleDelete: duration('1h'), // an empty queue with no event for this long is deleted (keys on both replicas, placement, memory)
         maxLength: z.number().int().positive().default(1000000), // live messages per queue
         // share of each node's maxmemory the budgets below may use together (mail + history, and
         // events too when events.redis is a pool node); a configuration whose budgets add up to

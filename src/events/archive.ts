@@ -23,6 +23,7 @@ import { consistencyFrom, type Consistency } from '../mailbox/client.ts';
 import type { MailStore } from '../mailbox/store.ts';
 import { type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
 import type { HistoryEntry, QueueManager } from '../queue/manager.ts';
+import { splitQueueName } from '../queue/placement.ts';
 import { compareIds, eventId, histIdOf, parseEntryId } from '../message/ids.ts';
 
 /** A history partition holds one hour of a queue's events. */
@@ -193,9 +194,12 @@ export class HistoryArchive extends EventEmitter {
 
   private async archiveQueue(domain: string): Promise<void> {
     if (!this.queues.view(domain)) return;
+    // rows and cursors by the queue's name: an adopted queue's events go on in the partitions and
+    // from the cursor of the gateway it came from (its event ids and history ids are that queue's)
+    const at = splitQueueName(this.queues.nameOf(domain));
     await this.store.connect();
     if (!this.loaded.has(domain)) {
-      const rs = await this.store.client.execute(`SELECT hist FROM ${this.ks}.archive_cursors WHERE gateway = ? AND domain = ?`, [this.gateway, domain], { prepare: true, consistency: this.cl.read });
+      const rs = await this.store.client.execute(`SELECT hist FROM ${this.ks}.archive_cursors WHERE gateway = ? AND domain = ?`, [at.origin, at.domain], { prepare: true, consistency: this.cl.read });
       const hist = rs.first()?.get('hist') as string | undefined;
       if (hist) this.cursors.set(domain, hist);
       this.loaded.add(domain);
@@ -208,8 +212,8 @@ export class HistoryArchive extends EventEmitter {
       const last = rows[rows.length - 1]!.histId;
       // the first block also records the hour of the queue's first event: where reads by time start
       const [q, params] = cursor
-        ? [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, updated) VALUES (?, ?, ?, ?)`, [this.gateway, domain, last, new Date()]]
-        : [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, first_bucket, updated) VALUES (?, ?, ?, ?, ?)`, [this.gateway, domain, last, new Date(bucketOf(parseEntryId(rows[0]!.histId)[0])), new Date()]];
+        ? [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, updated) VALUES (?, ?, ?, ?)`, [at.origin, at.domain, last, new Date()]]
+        : [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, first_bucket, updated) VALUES (?, ?, ?, ?, ?)`, [at.origin, at.domain, last, new Date(bucketOf(parseEntryId(rows[0]!.histId)[0])), new Date()]];
       await this.store.client.execute(q, params, { prepare: true, consistency: this.cl.write, isIdempotent: true });
       this.cursors.set(domain, last);
       this.archived += rows.length;
@@ -273,6 +277,7 @@ export class HistoryArchive extends EventEmitter {
       const at = new Date(r.at);
       hist.add({ query: histQ, params: [this.gateway, domain, new Date(b), ms, seq, r.kind, r.messageId, r.txn, at, details] }, details.length + 100, b);
       if (r.messageId) idx.add({ query: idxQ, params: [r.messageId, this.gateway, domain, ms, seq, r.kind, r.txn, at, details] }, details.length + 100);
+import { splitQueueName } from '../queue/placement.ts';
     }
     hist.close();
     idx.close();

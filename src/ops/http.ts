@@ -45,6 +45,7 @@ const STATUS: Record<QueueErrorCode, number> = {
   QUEUE_UNAVAILABLE: 503,
   STORAGE_FULL: 500,
   QUEUE_FULL: 500,
+  TOO_MANY_QUEUES: 500,
   DIVERGED: 500,
   NODE_POLICY: 500,
   MEMBER_CONFLICT: 500,
@@ -461,6 +462,26 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
       const r = await queues.forceRecover(req.params.domain, req.body.from, actor, req.body.reason);
       log.warn({ verb: 'recover', queue: req.params.domain, from: req.body.from, actor, reason: req.body.reason, ...r }, 'admin action');
       return { ok: true, verb: 'recover', ...r };
+    },
+  );
+
+  app.post<{ Body: { node: string; reason: string; actor?: string } }>(
+    '/api/nodes/drain',
+    {
+      schema: {
+        summary: 'Drain a node of the pool: every member moves its queues off it (copied in blocks, then switched); it takes no new placement',
+        body: { ...action, properties: { ...action.properties, node: { type: 'string', minLength: 1, maxLength: 300 } }, required: ['node', 'reason'] },
+        response: {
+          200: okSchema({ node: { type: 'string' }, queues: { type: 'integer' } }),
+          ...errors({ auth: true, write: true, input: true, extra: { 400: ['SG_ERR_BAD_INPUT'], 503: ['SG_ERR_QUEUE_UNAVAILABLE'] } }),
+        },
+      },
+    },
+    async (req) => {
+      const { actor, token } = who(req);
+      const r = await queues.drain(req.body.node);
+      log.warn({ verb: 'drain', node: r.node, actor, token, reason: req.body.reason, queues: r.queues }, 'admin action');
+      return { ok: true, verb: 'drain', ...r };
     },
   );
 

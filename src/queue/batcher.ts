@@ -26,6 +26,11 @@ export class Batcher<I, O> {
     this.run = run;
   }
 
+  /** Items waiting or being written. */
+  get busy(): boolean {
+    return this.pending.length > 0 || this.inFlight > 0;
+  }
+
   add(item: I): Promise<O> {
     return new Promise<O>((resolve, reject) => {
       this.pending.push({ item, resolve, reject });

@@ -3,6 +3,7 @@ export type QueueErrorCode =
   | 'QUEUE_UNAVAILABLE' // not writable at the configured write concern (ingress: 451 4.3.0)
   | 'STORAGE_FULL' // a node above its memory high-water mark (ingress: 452 4.3.1)
   | 'QUEUE_FULL' // the queue at queue.maxLength (ingress: 452 4.3.1)
+  | 'TOO_MANY_QUEUES' // a new destination queue would pass queue.maxQueues (ingress: 452 4.3.1)
   | 'NOT_FOUND' // no such live message
   | 'WRONG_STATE' // e.g. holding a message in flight, releasing one not held
   | 'DIVERGED' // a replica's transaction number differs: it is being resynced

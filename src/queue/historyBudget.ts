@@ -20,7 +20,7 @@ import type { Logger } from '../log.ts';
 import type { QueueManager } from './manager.ts';
 import type { RedisNode } from './node.ts';
 import type { Queue } from './queue.ts';
-import { idAfter, parseEntryId } from '../message/ids.ts';
+import { compareIds, idAfter, parseEntryId } from '../message/ids.ts';
 
 const TICK_MS = 5000;
 /** Trims take history down to this share of its budget. */
@@ -65,6 +65,11 @@ export class HistoryBudget {
     this.cursorOf = cursorOf;
     this.log = log.child({ component: 'history' });
     this.capTo = opts.capTo ?? 0;
+    // an idle queue is deleted only once every consumer of its history has all of it
+    queues.holdHistory((ref, last) => {
+      const cursor = cursorOf(ref);
+      return !!last && (!cursor || compareIds(cursor, last) < 0);
+    });
   }
 
   /** Cuts a queue's history to capTo events, never past its cursor; returns how many went. */

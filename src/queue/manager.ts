@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Config } from '../config/schema.ts';
+import { redisNodeId, type Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
 import { type LifecycleEvent, type NewMessage, type QueuedMessage } from '../message/types.ts';
 import { copyQueue, type CopyStats } from './copy.ts';
@@ -20,8 +20,8 @@ import { withDeadline } from './deadline.ts';
 import { QueueError } from './errors.ts';
 import { MAIL_OVERHEAD, RedisNode } from './node.ts';
 import { listMembers, Membership, type MemberRecord } from './membership.ts';
-import { queueNameOf, readPlacement, splitQueueName, writePlacement, type PlacementRecord } from './placement.ts';
-import { claimQueueName, Takeover, type PoolMember } from './takeover.ts';
+import { dropPlacement, queueNameOf, readPlacement, splitQueueName, writePlacement, type PlacementRecord } from './placement.ts';
+import { claimQueueName, dropQueueName, Takeover, type PoolMember } from './takeover.ts';
 import { provenSource, type ReplicaView } from './proof.ts';
 import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './queue.ts';
 import type { Owner } from './replicas.ts';
@@ -57,6 +57,15 @@ export class QueueManager extends EventEmitter {
   /** Destination domains whose queue name `<gateway id>:<domain>` another member adopted: a new queue for one gets a name of its own. */
   private readonly taken = new Set<string>();
   private takeover: Takeover | undefined;
+  /** Queues being deleted (by ref): a new queue for the ref waits until the old one is gone. */
+  private readonly dropping = new Map<string, Promise<void>>();
+  /** Whether something still needs a queue's history (events not yet published or archived): it is not deleted then. */
+  private historyHeld: (ref: string, lastHistId: string | undefined) => boolean = () => false;
+  private lastIdleSweep = 0;
+  /** Nodes being drained (their ids, as the pool records them): no new placement, every queue on them moves away. */
+  private readonly draining = new Set<string>();
+  /** Queues moving off a drained node now. */
+  private moving = 0;
   readonly gatewayId: string;
   readonly now: () => number;
   private repairTimer: NodeJS.Timeout | undefined;
@@ -80,6 +89,7 @@ export class QueueManager extends EventEmitter {
     this.now = opts.now ?? Date.now;
     this.archived = !!opts.archived;
     this.log = log.child({ component: 'queue' });
+    this.on('health', () => (this.queuesWritable = undefined));
     const q = config.queue;
     this.nodes = config.redis.nodes.map(
       (n) => new RedisNode({ url: n.url, standby: n.standby, name: n.name, timeoutMs: q.timeout, heartbeatMs: q.heartbeat.every, missed: q.heartbeat.missed, log: this.log }),
@@ -204,6 +214,7 @@ export class QueueManager extends EventEmitter {
   private register(q: Queue): Queue {
     this.queues.set(q.ref, q);
     this.byName.set(q.name, q);
+    this.queuesWritable = undefined;
     return q;
   }
 
@@ -215,7 +226,12 @@ export class QueueManager extends EventEmitter {
     let p = this.creating.get(d);
     if (!p) {
       p = (async () => {
-        const pair = this.rank(`${this.gatewayId}:${d}`, this.nodes.filter((n) => n.up)).slice(0, 2);
+        await this.dropping.get(d); // the idle queue of this domain is being deleted: the new one comes after
+        const mine = [...this.queues.values()].filter((q) => !q.adopted).length;
+        if (this.queues.size >= this.config.queue.maxQueues) {
+          throw new QueueError('TOO_MANY_QUEUES', `this gateway holds ${this.queues.size} queues (${mine} of its own), queue.maxQueues is ${this.config.queue.maxQueues}: no queue for ${d} now`);
+        }
+        const pair = this.rank(`${this.gatewayId}:${d}`, this.nodes.filter((n) => n.up && !this.isDraining(n))).slice(0, 2);
         if (pair.length === 0 || (pair.length < 2 && this.config.queue.writeConcern === 'all')) {
           throw new QueueError('QUEUE_UNAVAILABLE', `not enough redis nodes up to place queue ${d}`);
         }
@@ -303,9 +319,19 @@ export class QueueManager extends EventEmitter {
     if (!claim.ok) return false;
     const { origin, domain } = splitQueueName(name);
     const q = this.register(this.newQueue(domain, this.replicasOf(name, rec, this.now()), { origin, adopted: true }));
-    await this.recordPlacement(q, rec.epoch + 1);
-    await this.claim(q);
-    const messages = await this.loadQueue(q, false);
+    let messages: number;
+    try {
+      await this.recordPlacement(q, rec.epoch + 1);
+      await this.claim(q);
+      messages = await this.loadQueue(q, false);
+    } catch (err) {
+      // the name's claim and this placement record stay: the next sweep (or, should this process
+      // die, whoever adopts from it) takes the queue up again
+      this.queues.delete(q.ref);
+      this.byName.delete(q.name);
+      this.emit('health');
+      throw err;
+    }
     await writePlacement(this.nodes, from.id, field, { nodes: [], epoch: rec.epoch + 1, name, adoptedBy: this.gatewayId });
     const details = { from: from.id, fromEpoch: from.epoch, by: this.gatewayId, epoch: this.owner.epoch, messages, ms: Date.now() - t0 };
     await q.mark('adopted', details).catch((err: unknown) => this.log.warn({ err, queue: name }, 'adopted event not written'));
@@ -527,8 +553,164 @@ export class QueueManager extends EventEmitter {
     if (events) this.historyEventBytes = Math.round(0.5 * this.historyEventBytes + 0.5 * (bytes / events));
   }
 
+  /** Tells the manager what still needs a queue's history: a queue is not deleted while `held` says so (the history budget sets it). */
+  holdHistory(held: (ref: string, lastHistId: string | undefined) => boolean): void {
+    this.historyHeld = held;
+  }
+
+  /**
+   * Deletes the queues that are empty and had no event for queue.idleDelete, whose replicas are
+   * both in sync and whose history nothing still needs (events published and archived): their
+   * keys on both replicas, their placement record, their name's owner record and their memory.
+   * Looks at most every queue.idleDelete / 4 (and every minute at least). Returns the refs deleted.
+   */
+  async dropIdle(): Promise<string[]> {
+    const now = this.now();
+    const idle = this.config.queue.idleDelete;
+    const out: string[] = [];
+    for (const q of [...this.queues.values()]) {
+      if (now - q.lastActivity < idle || !q.empty || !q.whole || q.repairing) continue;
+      const last = ((await q.replicas[0]!.node.reads.xrevrange(q.keys[1], '+', '-', 'COUNT', 1)) as [string, string[]][])[0]?.[0];
+      if (this.historyHeld(q.ref, last)) continue;
+      if (await this.drop(q)) out.push(q.ref);
+    }
+    return out;
+  }
+
+  private async drop(q: Queue): Promise<boolean> {
+    if (this.stopped || this.owner.fenced || this.queues.get(q.ref) !== q) return false;
+    this.queues.delete(q.ref);
+    this.byName.delete(q.name);
+    // nothing can reach the queue now (appends go through the map, or wait in queueFor for the deletion); was anything on its way in?
+    if (!q.empty) {
+      this.register(q);
+      return false;
+    }
+    let done = () => {};
+    this.dropping.set(q.ref, new Promise<void>((resolve) => (done = resolve)));
+    try {
+      q.stop();
+      await Promise.all(q.replicas.map((r) => withDeadline(r.node.client.del(...q.keys), this.config.queue.timeout, `delete of ${q.name}`)));
+      await dropPlacement(this.nodes, this.gatewayId, q.adopted ? q.name : q.domain);
+      await dropQueueName(this.nodes, q.name, this.gatewayId);
+      this.log.info({ queue: q.name, idleMs: this.now() - q.lastActivity }, 'queue deleted: empty and idle');
+      this.emit('dropped', q.ref);
+      this.emit('health');
+      return true;
+    } catch (err) {
+      // a replica did not answer: the queue stays (empty); the next look tries again
+      this.register(q);
+      this.log.warn({ err, queue: q.name }, 'idle queue not deleted');
+      return false;
+    } finally {
+      this.dropping.delete(q.ref);
+      done();
+    }
+  }
+
+  // ---- draining a node -----------------------------------------------------------------------
+
+  private isDraining(n: RedisNode): boolean {
+    return this.draining.has(n.id);
+  }
+
+  /**
+   * Drains a node of the pool (`streamgate node drain URL`): recorded on every node, so that
+   * every member moves its queues off it; it takes no new placement and is no spare. Returns the
+   * node's id and how many of this gateway's queues are on it now.
+   */
+  async drain(node: string): Promise<{ node: string; queues: number }> {
+    const byUrl = URL.canParse(node) && /^rediss?:\/\/[^/]/.test(node) ? redisNodeId(node) : undefined;
+    const n = this.nodes.find((x) => x.is(node) || (byUrl !== undefined && x.is(byUrl)));
+    if (!n) throw new QueueError('BAD_INPUT', `node: expected one of redis.nodes (${this.nodes.map((x) => x.id).join(', ')}), got ${JSON.stringify(node)}`);
+    const others = this.nodes.filter((x) => x !== n && x.up && !this.isDraining(x));
+    if (others.length < 2) throw new QueueError('QUEUE_UNAVAILABLE', `cannot drain ${n.id}: ${others.length} other node${others.length === 1 ? '' : 's'} up and not drained, a replica pair needs 2`);
+    const res = await Promise.allSettled(this.nodes.filter((x) => x.up).map((x) => withDeadline(x.client.sadd('sg:drain', n.id), this.config.queue.timeout, `drain record on ${x.id}`)));
+    if (res.filter((r) => r.status === 'fulfilled').length < Math.floor(this.nodes.length / 2) + 1) throw new QueueError('QUEUE_UNAVAILABLE', `the drain of ${n.id} could not be recorded on a majority of the nodes`);
+    this.draining.add(n.id);
+    this.log.warn({ node: n.id }, 'node drained: its queues move away');
+    this.emit('health');
+    return { node: n.id, queues: this.onNode(n) };
+  }
+
+  /** How many of this gateway's queues have a replica on a node. */
+  onNode(n: RedisNode): number {
+    let k = 0;
+    for (const q of this.queues.values()) if (q.replicas.some((r) => r.node === n)) k++;
+    return k;
+  }
+
+  /** The drained nodes as the pool records them (any node that answers). */
+  private async refreshDraining(): Promise<void> {
+    const sets = await Promise.allSettled(this.nodes.filter((n) => n.up).map((n) => withDeadline(n.client.smembers('sg:drain'), this.config.queue.timeout, `drain records on ${n.id}`)));
+    for (const r of sets) if (r.status === 'fulfilled') for (const id of r.value) this.draining.add(id);
+  }
+
+  /**
+   * Moves one queue off a drained node: a third replica on another node is copied in blocks while
+   * the pair takes writes (copy.ts), joins the write set, and then, between two writes, the
+   * drained replica leaves it and placement switches to the new pair; the drained node's copy is
+   * deleted last.
+   */
+  private async moveOff(q: Queue, leaving: Replica): Promise<void> {
+    const source = q.replicas.find((r) => r !== leaving && r.sync === 'Sync' && r.node.up);
+    const used = new Set(q.replicas.map((r) => r.node));
+    const spare = this.rank(q.name, this.nodes.filter((n) => n.up && !used.has(n) && !this.isDraining(n)))[0];
+    if (!source || !spare) return;
+    const target: Replica = { node: spare, sync: 'Rebuilding', txn: -1, outSince: this.now() };
+    q.replicas.push(target);
+    this.emit('health');
+    try {
+      await copyQueue(q, source, target, this.config.queue.blockSize, this.log);
+      q.set.raiseWriteBarrier();
+      try {
+        await q.set.drain();
+        q.replicas.splice(q.replicas.indexOf(leaving), 1);
+        const members = q.replicas.map((r) => r.node.id).join(',');
+        await Promise.all(q.replicas.map((r) => r.node.client.hset(q.keys[2], 'members', members)));
+        await this.recordPlacement(q, (q.placementEpoch ?? 1) + 1);
+      } finally {
+        q.set.lowerWriteBarrier();
+      }
+      await leaving.node.client.del(...q.keys).catch((err: unknown) => this.log.warn({ err, queue: q.name, node: leaving.node.id }, 'copy on the drained node not deleted'));
+      this.log.info({ queue: q.name, from: leaving.node.id, to: spare.id }, 'queue moved off a drained node');
+    } finally {
+      const i = q.replicas.indexOf(target);
+      if (i >= 0 && target.sync !== 'Sync') q.replicas.splice(i, 1);
+      this.emit('health');
+    }
+  }
+
+  private moveAll(): void {
+    const room = this.config.queue.recoveryParallel - this.moving;
+    if (!this.draining.size || room <= 0) return;
+    let started = 0;
+    for (const q of this.queues.values()) {
+      if (started >= room) break;
+      const leaving = q.replicas.find((r) => this.draining.has(r.node.id));
+      if (!leaving || q.repairing || !q.whole) continue;
+      q.repairing = true;
+      this.moving++;
+      started++;
+      void this.moveOff(q, leaving)
+        .catch((err: unknown) => this.log.warn({ err, queue: q.name }, 'move off a drained node failed'))
+        .finally(() => {
+          q.repairing = false;
+          this.moving--;
+        });
+    }
+  }
+
   private repairAll(): void {
     if (this.stopped || this.owner.fenced) return;
+    void this.refreshDraining()
+      .then(() => this.moveAll())
+      .catch((err: unknown) => this.log.warn({ err }, 'drained nodes not read'));
+    const now = this.now();
+    if (now - this.lastIdleSweep >= Math.min(this.config.queue.idleDelete / 4, 60_000)) {
+      this.lastIdleSweep = now;
+      void this.dropIdle().catch((err: unknown) => this.log.warn({ err }, 'idle queues not deleted'));
+    }
     this.tallyMemory();
     for (const q of this.queues.values()) {
       if (!q.repairing && (q.set.stale || q.replicas.some((r) => r.sync !== 'Sync' || !r.node.up))) {
@@ -556,7 +738,7 @@ export class QueueManager extends EventEmitter {
     if (!bad.node.up) {
       if (this.now() - bad.outSince < this.config.queue.rebuildAfter) return undefined;
       const used = new Set(q.replicas.map((r) => r.node));
-      const spare = this.rank(q.name, this.nodes.filter((n) => n.up && !used.has(n)))[0];
+      const spare = this.rank(q.name, this.nodes.filter((n) => n.up && !used.has(n) && !this.isDraining(n)))[0];
       if (!spare) return undefined;
       target = { node: spare, sync: 'NG', txn: -1, outSince: bad.outSince };
       moved = true;
@@ -715,16 +897,26 @@ export class QueueManager extends EventEmitter {
 
   /** The management table of every queue, and the nodes. */
   health() {
-    return { nodes: this.nodes.map((n) => n.status()), queues: [...this.queues.values()].map((q) => q.table()) };
+    return { nodes: this.nodes.map((n) => ({ ...n.status(), draining: this.isDraining(n), queues: this.onNode(n) })), queues: [...this.queues.values()].map((q) => q.table()) };
   }
 
-  /** True when every queue this gateway has can take appends at the configured write concern. */
+  /**
+   * True when every queue this gateway has can take appends at the configured write concern.
+   * Asked every second by the door, by /health and by metrics: the queues are looked at again
+   * only after something changed (a replica's state, a node, a queue made or deleted: every such
+   * change emits 'health'), not on every call.
+   */
   get writable(): boolean {
     const up = this.nodes.filter((n) => n.up).length;
     if (up < (this.config.queue.writeConcern === 'all' ? 2 : 1)) return false;
-    for (const q of this.queues.values()) if (!q.appendable) return false;
-    return true;
+    if (this.queuesWritable === undefined) {
+      this.queuesWritable = true;
+      for (const q of this.queues.values()) if (!q.appendable) this.queuesWritable = false;
+    }
+    return this.queuesWritable;
   }
+  /** Whether every queue was appendable when last looked at; undefined after a change. */
+  private queuesWritable: boolean | undefined;
 
   /** Every live message's state record of a queue, from an in-sync replica's state hash (HSCAN, in blocks). */
   async *liveStates(domain: string): AsyncGenerator<[string, StateRecord]> {

@@ -127,6 +127,7 @@ export class Queue extends EventEmitter implements QueueView {
     this.adopted = !!from.adopted;
     this.name = `${this.origin}:${domain}`;
     this.ref = this.adopted ? this.name : domain;
+    this.lastActivity = settings.now();
     this.keys = queueKeys(this.name);
     this.log = log.child({ queue: this.name });
     this.set = new ReplicaSet(this.name, this.keys, replicas, settings, this.log);
@@ -177,7 +178,16 @@ export class Queue extends EventEmitter implements QueueView {
     });
   }
 
+  /** When the queue last changed (an event), or was loaded (ms): see idle. */
+  lastActivity = 0;
+
+  /** No message, nothing being appended, withdrawn or held by the relay: the queue may be deleted. */
+  get empty(): boolean {
+    return this.msgs.size === 0 && !this.appends.busy && !this.owned.size && !this.staged.size && !this.unknown.size && !this.withdrawals.size;
+  }
+
   private event(kind: LifecycleKind, msgId: string, histId: string, txn: number, details: Record<string, unknown>): void {
+    this.lastActivity = this.settings.now();
     if (!this.settings.historyMaxLength || this.histLen < this.settings.historyMaxLength) this.histLen++;
     if (!this.histFirstMs) this.histFirstMs = this.settings.now();
     const ev: LifecycleEvent = { id: eventId(this.origin, this.domain, histId), queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };

@@ -103,10 +103,14 @@ export class ReplicaSet extends EventEmitter {
     return this.replicas.length >= 2 && this.replicas.every((r) => r.sync === 'Sync' && r.node.up);
   }
 
-  /** all: appends need both replicas; one: one is enough (the queue shows degraded). */
+  /**
+   * all: appends need both replicas; one: one is enough (the queue shows degraded). A third
+   * replica being copied while its pair stays whole (a node drained) does not count.
+   */
   get appendable(): boolean {
     const n = this.inSync().length;
-    return this.writeConcern === 'all' ? n >= 2 && n === this.replicas.length : n >= 1;
+    const counted = this.replicas.filter((r) => r.sync !== 'Rebuilding' || this.replicas.length <= 2).length;
+    return this.writeConcern === 'all' ? n >= 2 && n === counted : n >= 1;
   }
 
   get status(): 'whole' | 'degraded' | 'unavailable' | 'rebuilding' {

@@ -24,6 +24,8 @@ interface Entry {
   /** Times dead in a row without a success: the wait doubles with each. */
   rounds: number;
   probing: boolean;
+  /** Set from this process's own outcome at this change count (see refresh). */
+  gen?: number;
 }
 
 /** A probe claim on the pool lasts this long at most (a member that dies with one out does not block the others). */
@@ -35,6 +37,10 @@ export class DeadDestinations {
   private readonly now: () => number;
   private readonly pool: PoolState | undefined;
   private readonly holder = `${process.pid}.${randomBytes(4).toString('hex')}`;
+  /** Counts this process's own changes: a refresh read before one must not undo it. */
+  private gen = 0;
+  /** Destinations this process reached, at which change count: a refresh read before must not make them dead again. */
+  private readonly reached = new Map<string, number>();
 
   constructor(cfg: Config['relay']['deadDestination'], now: () => number, pool?: PoolState) {
     this.cfg = cfg;
@@ -52,6 +58,7 @@ export class DeadDestinations {
    * whose state changed here (dead found by another member, or back), for their queues to look again.
    */
   async refresh(): Promise<string[]> {
+    const asOf = this.gen;
     const answers = await this.run('list', '');
     if (!answers) return [];
     const left = new Map<string, number>();
@@ -59,6 +66,7 @@ export class DeadDestinations {
     const changed: string[] = [];
     const now = this.now();
     for (const [dest, ms] of left) {
+      if ((this.reached.get(dest) ?? -1) > asOf) continue;
       const e = this.entries.get(dest) ?? { failures: this.cfg.failures, until: 0, rounds: 1, probing: false };
       const until = now + Math.max(ms, 0);
       if (e.until === 0) changed.push(dest);
@@ -66,11 +74,12 @@ export class DeadDestinations {
       this.entries.set(dest, e);
     }
     for (const [dest, e] of this.entries) {
-      if (e.until !== 0 && !left.has(dest) && !e.probing) {
+      if (e.until !== 0 && !left.has(dest) && !e.probing && (e.gen ?? 0) <= asOf) {
         this.entries.delete(dest); // back: another member reached it
         changed.push(dest);
       }
     }
+    for (const [dest, g] of this.reached) if (g <= asOf) this.reached.delete(dest);
     return changed;
   }
 
@@ -103,6 +112,7 @@ export class DeadDestinations {
   async success(dest: string): Promise<boolean> {
     const e = this.entries.get(dest);
     this.entries.delete(dest);
+    if (e && this.pool) this.reached.set(dest, ++this.gen);
     // only a destination this process saw fail is written: a healthy one costs nothing
     const answers = e ? await this.run('success', dest) : undefined;
     void answers;
@@ -116,6 +126,7 @@ export class DeadDestinations {
       const now = this.now();
       const e = this.entries.get(dest) ?? { failures: 0, until: 0, rounds: 0, probing: false };
       this.entries.set(dest, e);
+      e.gen = ++this.gen;
       const dead = answers.some((a) => Number(a[0]) === 1);
       const left = Math.max(...answers.map((a) => Number(a[1])));
       e.failures = Math.max(...answers.map((a) => Number(a[2])));

@@ -214,10 +214,16 @@ export class Dispatcher {
         .then((changed) => changed.forEach((d) => this.changed(d)))
         .finally(() => (this.refreshing = false));
     }
-    const cutoff = Date.now() - POOL_IDLE_DROP;
+    // idle pools go after POOL_IDLE_DROP: looked for once a minute, in one pass over pools and destinations
+    const now = Date.now();
+    if (now - this.lastIdleSweep < 60_000) return;
+    this.lastIdleSweep = now;
+    const cutoff = now - POOL_IDLE_DROP;
     for (const [k, p] of this.pools) if (p.used < cutoff && p.pool.connections === 0) this.pools.delete(k);
-    for (const [k, q] of this.queues) if (q.size === 0 && q.pending === 0 && ![...this.pools.keys()].some((pk) => pk.startsWith(`${k}|`))) this.queues.delete(k);
+    const pooled = new Set([...this.pools.keys()].map((pk) => pk.slice(0, pk.indexOf('|'))));
+    for (const [k, q] of this.queues) if (q.size === 0 && q.pending === 0 && !pooled.has(k)) this.queues.delete(k);
   }
+  private lastIdleSweep = 0;
 
   async close(waitMs: number): Promise<void> {
     await Promise.all([...this.pools.values()].map((p) => p.pool.close(waitMs)));

@@ -96,15 +96,15 @@ describe('ops API: the OpenAPI document', () => {
     const P = withRelay.port;
     const msg = (id: string, verb: string) => `/api/queues/${D}/messages/${id}/${verb}`;
     // `path` with {domain} and {id} filled in, and a request that gives each code there
-    const bodyFor = (m: string, p: string) => (m !== 'POST' ? undefined : p.endsWith('/recover') ? { reason: 'r', from: qm.nodes[0]!.id } : { reason: 'r' });
+    const bodyFor = (m: string, p: string) => (m !== 'POST' ? undefined : p.endsWith('/recover') ? { reason: 'r', from: qm.nodes[0]!.id } : p.endsWith('/drain') ? { reason: 'r', node: qm.nodes[0]!.id } : { reason: 'r' });
     const fill = (path: string) => path.replace('{domain}', D).replace('{id}', 'oa0');
     const produce: Record<string, (method: string, path: string) => Promise<{ status: number; body: string }>> = {
       SG_ERR_BAD_HOST: (m, p) => call(P, m, fill(p), { host: 'evil.example', body: bodyFor(m, p) }),
       SG_ERR_UNAUTHORIZED: (m, p) => call(P, m, fill(p), { token: null, body: bodyFor(m, p) }),
       SG_ERR_FORBIDDEN: (m, p) => call(P, m, fill(p), { token: READER, body: bodyFor(m, p) }),
-      SG_ERR_BAD_REQUEST: (m, p) => call(P, m, p.includes('{domain}') ? p.replace('{domain}', 'bad_domain!').replace('{id}', 'oa0') : p.includes('{id}') ? p.replace('{id}', 'bad%20id!') : `${p}?at=soon`, { body: bodyFor(m, p) }),
+      SG_ERR_BAD_REQUEST: (m, p) => call(P, m, p.includes('{domain}') ? p.replace('{domain}', 'bad_domain!').replace('{id}', 'oa0') : p.includes('{id}') ? p.replace('{id}', 'bad%20id!') : `${p}?at=soon`, { body: p.endsWith('/drain') ? { reason: 'r' } : bodyFor(m, p) }),
       SG_ERR_NOT_FOUND: (m, p) => call(P, m, p.replace('{domain}', 'nowhere.test').replace('{id}', 'none'), { body: bodyFor(m, p) }),
-      SG_ERR_BAD_INPUT: (m, p) => call(P, m, fill(p), { body: { reason: 'r', from: 'no-such-node' } }),
+      SG_ERR_BAD_INPUT: (m, p) => call(P, m, fill(p), { body: p.endsWith('/drain') ? { reason: 'r', node: 'no-such-node' } : { reason: 'r', from: 'no-such-node' } }),
       SG_ERR_NO_RELAY: (m, p) => call(noRelay.port, m, fill(p), { body: { reason: 'r' } }),
       SG_ERR_NO_BUDGETS: (m, p) => call(noRelay.port, m, fill(p)), // an ops listener given no memory figures
       SG_ERR_NO_EVENT_LOG: (m, p) => call(noRelay.port, m, p === '/api/queues' ? `${p}?at=2026-11-29T10:00Z` : fill(p), { body: bodyFor(m, p) }), // an ops listener given no event log
@@ -150,7 +150,7 @@ describe('ops API: the OpenAPI document', () => {
     await waitFor(() => qm.nodes.every((n) => !n.up), { timeout: 30_000, what: 'both nodes down' });
     assert.equal((await call(P, 'GET', '/health', { token: null })).status, 503);
     for (const [method, path] of unavailable) {
-      const body = path.endsWith('/recover') ? { reason: 'r', from: gone } : { reason: 'r' };
+      const body = path.endsWith('/recover') ? { reason: 'r', from: gone } : path.endsWith('/drain') ? { reason: 'r', node: gone } : { reason: 'r' };
       const target = path.endsWith('/recover') ? fill(path) : path.replace('{domain}', D).replace('{id}', 'oa3');
       const res = await call(P, method, target, { body });
       assert.equal(res.status, 503, `${method} ${path}: ${res.body}`);

@@ -61,6 +61,7 @@ export const REPLIES = {
   // ---- storing ----
   queueUnavailable: [451, '4.3.0', 'Queue temporarily unavailable, message not accepted, try again later'],
   storageFull: [452, '4.3.1', 'Insufficient system storage, message not accepted, try again later'],
+  tooManyQueues: [452, '4.3.1', 'Too many destination queues on this gateway, message not accepted, try again later'],
   tooMuchInFlight: [452, '4.3.1', 'Insufficient system resources: too much mail in transfer, try again later'],
   localError: [451, '4.3.0', 'Local error in processing, try again later'],
 } as const satisfies Record<string, ReplySpec>;

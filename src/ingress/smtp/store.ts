@@ -52,6 +52,7 @@ export function splitByDomain(to: readonly string[]): Map<string, string[]> {
 
 function toReply(err: unknown): SmtpReply {
   if (err instanceof QueueError && (err.code === 'STORAGE_FULL' || err.code === 'QUEUE_FULL')) return reply('storageFull');
+  if (err instanceof QueueError && err.code === 'TOO_MANY_QUEUES') return reply('tooManyQueues');
   if (err instanceof QueueError) return reply('queueUnavailable');
   return reply('localError');
 }
