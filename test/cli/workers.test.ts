@@ -97,8 +97,10 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
     configFile = join(dir, 'gateway.yaml');
     smtpPort = await freePort();
   });
+  const cleanups: (() => Promise<unknown>)[] = [];
   after(async () => {
     for (const c of children) c.kill('SIGKILL');
+    for (const f of cleanups) await f();
     await Promise.all([...pool, events].map((r) => r.stop()));
     await sink.close();
     bin.remove();
@@ -199,5 +201,29 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
         assert.equal(r.stderr.trim(), `streamgate: ${configFile}: gateway.workers: expected a whole number from 1 to 64 or "auto", got ${value === 'many' ? '"many"' : value}`);
       }
     }
+  });
+
+  it('start --with-services (npm start) with workers: the primary starts the services, then the workers; SIGINT stops the workers, then the services, and leaves no process', async () => {
+    const own = join(dir, 'services.yaml');
+    const cql = await freePort();
+    await gatewayCliConfig(own, { poolUrls: [await freePort(), await freePort(), await freePort()].map((p) => `redis://127.0.0.1:${p}`), eventsUrl: `redis://127.0.0.1:${await freePort()}`, dataDir: join(dir, 'services') }, {
+      gateway: { id: 'gws', workers: 2 },
+      redis: { maxmemory: '64MB' },
+      cassandra: { contactPoints: [`127.0.0.1:${cql}`], heap: '256m' },
+    });
+    cleanups.push(() => runCommand(bin.bin, ['services', 'down', '--config', own])); // if the test fails half-way
+    const g = await startGatewayCli(bin.bin, own, { args: ['--with-services'], timeout: 240_000 });
+    children.add(g.child);
+    const workerPids = [...(/^ {2}workers {5}(.*)$/m.exec(g.out.text)?.[1] ?? '').matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
+    assert.equal(workerPids.length, 2, g.out.text.slice(-2000));
+    const up = await runCommand(bin.bin, ['services', 'status', '--config', own]);
+    assert.equal(up.code, 0, up.stdout);
+    g.child.kill('SIGINT');
+    assert.equal(await g.stop(), 0, g.out.text.slice(-2000));
+    assert.match(g.out.text, /^streamgate: stopping 2 gateway workers \(SIGINT\)\n(?:.*\n)*streamgate: local services stopped: redis .*cassandra .*\nstreamgate: stopped\n$/m);
+    for (const pid of workerPids) assert.equal(alive(pid), false, `worker ${pid} gone`);
+    const down = await runCommand(bin.bin, ['services', 'status', '--config', own]);
+    assert.equal(down.code, 1, 'nothing of the services left running');
+    assert.doesNotMatch(down.stdout, /running/);
   });
 });

@@ -35,8 +35,8 @@ export async function gatewayCliConfig(file: string, base: { poolUrls: string[];
   return config;
 }
 
-export async function startGatewayCli(bin: string, configFile: string): Promise<GatewayCli> {
-  const child = spawn(bin, ['start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PATH: `${join(process.execPath, '..')}:${process.env.PATH ?? ''}` } });
+export async function startGatewayCli(bin: string, configFile: string, opts: { args?: string[]; timeout?: number } = {}): Promise<GatewayCli> {
+  const child = spawn(bin, ['start', '--config', configFile, ...(opts.args ?? [])], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PATH: `${join(process.execPath, '..')}:${process.env.PATH ?? ''}` } });
   const out = { text: '' };
   child.stdout!.on('data', (d) => (out.text += d));
   child.stderr!.on('data', (d) => (out.text += d));
@@ -45,7 +45,7 @@ export async function startGatewayCli(bin: string, configFile: string): Promise<
     await waitFor(() => {
       if (child.exitCode !== null) throw new Error(`start exited ${child.exitCode}: ${out.text.slice(-2000)}`);
       return /^streamgate: Ctrl-C stops/m.test(out.text);
-    }, { timeout: 90_000, what: 'the summary of start' });
+    }, { timeout: opts.timeout ?? 90_000, what: 'the summary of start' });
   } catch (err) {
     child.kill('SIGKILL');
     throw err;
