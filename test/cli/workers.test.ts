@@ -4,15 +4,15 @@
 // leaves no process, and every message acknowledged, before or during the drain, is delivered
 // once the gateway runs again.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import nodemailer from 'nodemailer';
-import { stringify as toYaml } from 'yaml';
 import { restartDelay } from '../../src/cli/workers.ts';
 import { buildCli, install, runCommand, type Installed } from '../helpers/cli.ts';
+import { gatewayCliConfig, startGatewayCli } from '../helpers/gatewayCli.ts';
 import { startRedis, startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { startSmtpSink, type SmtpSink } from '../helpers/smtpSink.ts';
 import { freePort, waitFor } from '../helpers/waitFor.ts';
@@ -49,38 +49,23 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
   let smtpPort: number;
   const children = new Set<ChildProcess>();
 
-  /** The configuration: two workers, every listener on a free port, work.test routed to the sink; closed: its delivery window is shut. */
+  /** The configuration: two workers, work.test routed to the sink; closed: its delivery window is shut. */
   const writeConfig = async (closed: boolean) => {
     const hour = String((new Date().getUTCHours() + 12) % 24).padStart(2, '0');
-    const config = {
-      gateway: { id: 'gwk', workers: 2, lease: '3s', hostname: 'gw.workers.test', dataDir: join(dir, 'data') },
-      log: { level: 'info', pretty: 'never' },
-      smtp: { listen: `127.0.0.1:${smtpPort}`, maxConnectionsPerClient: 200 },
-      submission: { listen: `127.0.0.1:${await freePort()}` },
-      pop3: { listen: `127.0.0.1:${await freePort()}` },
-      ops: { listen: `127.0.0.1:${await freePort()}`, tokens: [TOKEN] },
-      redis: { nodes: pool.map((r) => r.url) },
-      cassandra: { contactPoints: [`127.0.0.1:${await freePort()}`] }, // nobody listens: no mailboxes here
-      domains: { local: [], relay: [] }, // loopback is a trusted network: it may send anywhere
-      events: { redis: events.url, archive: false },
+    await gatewayCliConfig(configFile, { poolUrls: pool.map((r) => r.url), eventsUrl: events.url, dataDir: join(dir, 'data') }, {
+      gateway: { id: 'gwk', workers: 2, lease: '3s', hostname: 'gw.workers.test' },
+      smtp: { listen: `127.0.0.1:${smtpPort}` },
+      ops: { tokens: [TOKEN] },
       routes: { [DOMAIN]: `smtp://127.0.0.1:${sink.port}` },
       relay: { retry: { schedule: ['1s'], jitter: 0 }, ...(closed ? { windows: { [DOMAIN]: [`${hour}:00-${hour}:01`] } } : {}) },
-    };
-    writeFileSync(configFile, toYaml(config));
+    });
   };
 
   const start = async () => {
-    const child = spawn(bin.bin, ['start', '--config', configFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, PATH: `${join(process.execPath, '..')}:${process.env.PATH ?? ''}` } });
-    children.add(child);
-    child.once('exit', () => children.delete(child));
-    const out = { text: '' };
-    child.stdout!.on('data', (d) => (out.text += d));
-    child.stderr!.on('data', (d) => (out.text += d));
-    await waitFor(() => {
-      if (child.exitCode !== null) throw new Error(`start exited ${child.exitCode}: ${out.text.slice(-2000)}`);
-      return /^streamgate: Ctrl-C stops/m.test(out.text);
-    }, { timeout: 90_000, what: 'the summary of start' });
-    return { child, out };
+    const g = await startGatewayCli(bin.bin, configFile);
+    children.add(g.child);
+    g.child.once('exit', () => children.delete(g.child));
+    return g;
   };
 
   const members = async (): Promise<Member[]> => {
@@ -112,8 +97,10 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
     configFile = join(dir, 'gateway.yaml');
     smtpPort = await freePort();
   });
+  const cleanups: (() => Promise<unknown>)[] = [];
   after(async () => {
     for (const c of children) c.kill('SIGKILL');
+    for (const f of cleanups) await f();
     await Promise.all([...pool, events].map((r) => r.stop()));
     await sink.close();
     bin.remove();
@@ -122,7 +109,7 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
 
   it('two workers share one SMTP port, a killed worker rejoins, SIGTERM drains both and loses nothing acknowledged', async () => {
     await writeConfig(true); // work.test's window is shut: what is accepted stays in the queues
-    const { child, out } = await start();
+    const { child, out, stop } = await start();
     assert.match(out.text, /^streamgate: starting 2 gateway workers, gwk-1 to gwk-2$/m);
     assert.match(out.text, /^ {2}workers {5}gwk-1 \(pid \d+\), gwk-2 \(pid \d+\)/m);
 
@@ -172,9 +159,7 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
       }
     });
     await waitFor(() => acked.length >= 40, { timeout: 30_000, what: 'load under way' });
-    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-    child.kill('SIGTERM');
-    const code = await exited;
+    const code = await stop();
     sending = false;
     await Promise.all(clients);
     assert.equal(code, 0, out.text.slice(-3000));
@@ -196,8 +181,7 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
       assert.deepEqual(acked.filter((t) => !got.includes(t)), [], 'no acknowledged message lost');
       assert.equal(new Set(got).size, got.length, 'each delivered once');
     } finally {
-      again.child.kill('SIGTERM');
-      await new Promise((r) => again.child.once('exit', r));
+      await again.stop();
     }
   });
 
@@ -217,5 +201,29 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
         assert.equal(r.stderr.trim(), `streamgate: ${configFile}: gateway.workers: expected a whole number from 1 to 64 or "auto", got ${value === 'many' ? '"many"' : value}`);
       }
     }
+  });
+
+  it('start --with-services (npm start) with workers: the primary starts the services, then the workers; SIGINT stops the workers, then the services, and leaves no process', async () => {
+    const own = join(dir, 'services.yaml');
+    const cql = await freePort();
+    await gatewayCliConfig(own, { poolUrls: [await freePort(), await freePort(), await freePort()].map((p) => `redis://127.0.0.1:${p}`), eventsUrl: `redis://127.0.0.1:${await freePort()}`, dataDir: join(dir, 'services') }, {
+      gateway: { id: 'gws', workers: 2 },
+      redis: { maxmemory: '64MB' },
+      cassandra: { contactPoints: [`127.0.0.1:${cql}`], heap: '256m' },
+    });
+    cleanups.push(() => runCommand(bin.bin, ['services', 'down', '--config', own])); // if the test fails half-way
+    const g = await startGatewayCli(bin.bin, own, { args: ['--with-services'], timeout: 240_000 });
+    children.add(g.child);
+    const workerPids = [...(/^ {2}workers {5}(.*)$/m.exec(g.out.text)?.[1] ?? '').matchAll(/pid (\d+)/g)].map((m) => Number(m[1]));
+    assert.equal(workerPids.length, 2, g.out.text.slice(-2000));
+    const up = await runCommand(bin.bin, ['services', 'status', '--config', own]);
+    assert.equal(up.code, 0, up.stdout);
+    g.child.kill('SIGINT');
+    assert.equal(await g.stop(), 0, g.out.text.slice(-2000));
+    assert.match(g.out.text, /^streamgate: stopping 2 gateway workers \(SIGINT\)\n(?:.*\n)*streamgate: local services stopped: redis .*cassandra .*\nstreamgate: stopped\n$/m);
+    for (const pid of workerPids) assert.equal(alive(pid), false, `worker ${pid} gone`);
+    const down = await runCommand(bin.bin, ['services', 'status', '--config', own]);
+    assert.equal(down.code, 1, 'nothing of the services left running');
+    assert.doesNotMatch(down.stdout, /running/);
   });
 });

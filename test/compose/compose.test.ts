@@ -68,7 +68,8 @@ describe('compose deployment', () => {
     for (const [name, port] of [['gateways-smtp', config.smtp.listen.port], ['gateways-submission', config.submission.listen.port]] as const) {
       const b = backend(name);
       assert.deepEqual([...b.matchAll(/^\s+server (\S+) (\S+)$/gm)].map((m) => [m[1], m[2]]), gateways.map((g) => [g, `${g}:${port}`]), `${name} has every gateway`);
-      assert.match(b, /^\s+option httpchk GET \/health$/m);
+      assert.match(b, /^\s+option httpchk$/m);
+      assert.match(b, /^\s+http-check send meth GET uri \/health ver HTTP\/1\.1 hdr Host localhost$/m);
       assert.match(b, /^\s+http-check expect status 200$/m);
       assert.match(b, new RegExp(`^\\s+default-server send-proxy check port ${config.ops.listen.port} `, 'm'));
     }
