@@ -30,12 +30,30 @@ const ALL = cassandra.types.consistencies.all;
 
 /** A new bucket starts this far ahead of the clock, more than the clock skew between gateways. */
 export const BUCKET_OPEN_AHEAD_MS = 2000;
-/** Body chunks read per query, at most (pages grow to this from one chunk). */
-const CHUNKS_PER_READ = 4;
-/** Body pages in flight while one is being sent (RETR). */
-const READ_AHEAD = 3;
-/** Body chunks written at once for one message. */
+/**
+ * Body bytes per query when the whole body is wanted (RETR): most messages in one read. A query
+ * costs Cassandra about as much CPU as 100–200 KB of body does, so pages of one or a few 64 KB
+ * chunks cost it two to three times what the bytes do (bench:mailbox's POP3 row).
+ */
+const READ_PAGE_BYTES = 1024 * 1024;
+/**
+ * Rows per body page, at most: well under the client's fetchSize (1000), which would otherwise cut
+ * a page of small chunks short (read as a missing chunk).
+ */
+const MAX_PAGE_ROWS = 256;
+/** Body pages in flight while one is being sent (RETR): at most 2 MB per reader. */
+const READ_AHEAD = 2;
+/** Body chunks per query for a reader that may stop early (TOP): pages grow to this from one chunk. */
+const TOP_CHUNKS_PER_READ = 4;
+/** Batches of body chunks written at once for one message. */
 const CHUNK_WRITE_CONCURRENCY = 4;
+/**
+ * Body bytes per write: a message's chunks share one partition (the body id), so several go in
+ * one unlogged batch, which Cassandra applies as one mutation (one request, one commit log
+ * entry; single-partition batches are exempt from the batch size thresholds). Kept well under
+ * the largest mutation a node accepts (half its commit log segment, 16 MiB by default).
+ */
+const CHUNK_BATCH_BYTES = 1024 * 1024;
 /** Row deletions per unlogged single-partition batch (James: DEFAULT_EXPUNGE_BATCH_SIZE = 50). */
 const DELETE_BATCH = 50;
 /** A pending row this much older than the queue's maxLifetime belongs to a delivery that cannot be retried. */
@@ -431,11 +449,22 @@ export class MailStore {
     return { id: id.toString(), stored: true };
   }
 
-  /** Writes chunks 0..n-1 of the parts, CHUNK_WRITE_CONCURRENCY at a time. */
+  /**
+   * Writes chunks 0..n-1 of the parts: CHUNK_BATCH_BYTES of them per unlogged single-partition
+   * batch (one chunk alone as a plain insert), CHUNK_WRITE_CONCURRENCY batches at a time.
+   */
   private async writeBody(id: TimeUuid, parts: readonly Buffer[], n: number): Promise<void> {
-    const indexes = Array.from({ length: n }, (_, i) => i);
-    await eachLimited(indexes, CHUNK_WRITE_CONCURRENCY, async (i) => {
-      await this.write(this.q.putChunk!, [id, i, slice(parts, i * this.chunkSize, (i + 1) * this.chunkSize)]);
+    const perBatch = Math.max(1, Math.floor(CHUNK_BATCH_BYTES / this.chunkSize));
+    const batches = Array.from({ length: Math.ceil(n / perBatch) }, (_, b) => b * perBatch);
+    await eachLimited(batches, CHUNK_WRITE_CONCURRENCY, async (first) => {
+      const last = Math.min(n, first + perBatch);
+      const chunk = (i: number) => [id, i, slice(parts, i * this.chunkSize, (i + 1) * this.chunkSize)];
+      if (last - first === 1) {
+        await this.write(this.q.putChunk!, chunk(first));
+        return;
+      }
+      const queries = Array.from({ length: last - first }, (_, k) => ({ query: this.q.putChunk!, params: chunk(first + k) }));
+      await this.client.batch(queries, { prepare: true, logged: false, consistency: this.cl.write, isIdempotent: true });
     });
   }
 
@@ -495,16 +524,18 @@ export class MailStore {
   /**
    * The body of a message, chunk by chunk. BODY_INCOMPLETE when a chunk is missing.
    *
-   * Pages grow from one chunk to CHUNKS_PER_READ (1, 2, 4, ...), so the first bytes come after
-   * one small read. With `readAhead` (default) READ_AHEAD pages are in flight while one is being
-   * sent, and a big body streams at the store's throughput instead of one round trip per page;
-   * without it (TOP), a page is read only once the one before is used up, so a reader that stops
-   * early has read little more than what it used.
+   * With `readAhead` (default, RETR) pages are READ_PAGE_BYTES from the first, READ_AHEAD of
+   * them in flight while one is being sent: a big body streams at the store's throughput instead
+   * of one round trip per page, in as few queries as its size allows. Without it (TOP), pages
+   * grow from one chunk to TOP_CHUNKS_PER_READ (1, 2, 4) and a page is read only once the one
+   * before is used up, so a reader that stops early has read little more than what it used.
    */
   async *readBody(ref: MessageRef, opts: { readAhead?: boolean } = {}): AsyncGenerator<Buffer> {
     await this.connect();
     const id = TimeUuidType.fromString(ref.id);
-    const ahead = opts.readAhead === false ? 1 : READ_AHEAD;
+    const whole = opts.readAhead !== false;
+    const ahead = whole ? READ_AHEAD : 1;
+    const most = whole ? Math.max(1, Math.min(MAX_PAGE_ROWS, Math.floor(READ_PAGE_BYTES / this.chunkSize))) : TOP_CHUNKS_PER_READ;
     const page = (from: number, to: number) => {
       const p = this.read(this.q.getChunks!, [id, from, to]);
       p.catch(() => {}); // awaited below, in order; an early failure must not be unhandled
@@ -512,13 +543,13 @@ export class MailStore {
     };
     const pending: { from: number; to: number; rows: Promise<cassandra.types.ResultSet> }[] = [];
     let nextFrom = 0;
-    let size = 1;
+    let size = whole ? most : 1;
     const fill = (upTo: number) => {
       while (pending.length < upTo && nextFrom < ref.chunks) {
         const to = Math.min(ref.chunks, nextFrom + size);
         pending.push({ from: nextFrom, to, rows: page(nextFrom, to) });
         nextFrom = to;
-        size = Math.min(size * 2, CHUNKS_PER_READ);
+        size = Math.min(size * 2, most);
       }
     };
     fill(ahead);

@@ -487,6 +487,9 @@ export class SmtpIngress extends EventEmitter {
       bodyType: session.envelope.bodyType ?? '7bit',
       smtpUtf8: !!session.envelope.smtpUtf8,
       receivedAt: now.getTime(),
+      // ContentScanner let no bare CR or LF through and DATA ends with CRLF: local delivery
+      // stores the bytes as they are instead of scanning them again
+      lineEnds: 'crlf',
     };
     const stored = await storeMessage(this.queues, { submissionId, from: st.from, to, raw, meta }, this.log, this.localDomains);
     this.stats.accepted++;
