@@ -208,7 +208,7 @@ export class HistoryArchive extends EventEmitter {
       const cursor = this.cursors.get(domain);
       const rows = await this.queues.historySince(domain, cursor, BLOCK);
       if (!rows.length) return;
-      await this.write(domain, rows);
+      await this.write(at, rows);
       const last = rows[rows.length - 1]!.histId;
       // the first block also records the hour of the queue's first event: where reads by time start
       const [q, params] = cursor
@@ -244,7 +244,7 @@ export class HistoryArchive extends EventEmitter {
    * for the gateway to encode; each row stands alone, a batch only carries them together). The
    * details go as stored, never parsed here.
    */
-  private async write(domain: string, rows: HistoryEntry[]): Promise<void> {
+  private async write(at: { origin: string; domain: string }, rows: HistoryEntry[]): Promise<void> {
     const histQ = `INSERT INTO ${this.ks}.history (gateway, domain, bucket, ms, seq, kind, message_id, txn, at, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
     const idxQ = `INSERT INTO ${this.ks}.message_events (message_id, gateway, domain, ms, seq, kind, txn, at, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`;
     type Stmt = { query: string; params: unknown[] };
@@ -274,10 +274,9 @@ export class HistoryArchive extends EventEmitter {
       const [ms, seq] = parseEntryId(r.histId);
       const details = r.detailsJson;
       const b = bucketOf(ms);
-      const at = new Date(r.at);
-      hist.add({ query: histQ, params: [this.gateway, domain, new Date(b), ms, seq, r.kind, r.messageId, r.txn, at, details] }, details.length + 100, b);
-      if (r.messageId) idx.add({ query: idxQ, params: [r.messageId, this.gateway, domain, ms, seq, r.kind, r.txn, at, details] }, details.length + 100);
-import { splitQueueName } from '../queue/placement.ts';
+      const when = new Date(r.at);
+      hist.add({ query: histQ, params: [at.origin, at.domain, new Date(b), ms, seq, r.kind, r.messageId, r.txn, when, details] }, details.length + 100, b);
+      if (r.messageId) idx.add({ query: idxQ, params: [r.messageId, at.origin, at.domain, ms, seq, r.kind, r.txn, when, details] }, details.length + 100);
     }
     hist.close();
     idx.close();
