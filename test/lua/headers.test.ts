@@ -12,6 +12,9 @@ import type { Redis } from 'ioredis';
 import { silentLogger } from '../../src/log.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import { LUA_DIR, loadScripts } from '../../src/queue/scripts.ts';
+import { SharedFailureThrottle } from '../../src/access/throttle.ts';
+import { PoolState } from '../../src/queue/poolState.ts';
+import { DeadDestinations } from '../../src/relay/dead.ts';
 import { SharedLimits } from '../../src/relay/limits.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
@@ -142,6 +145,16 @@ describe('Lua script headers', () => {
     await q.mark('recovered', { actor: 'ops', reason: 'test' });
     const hist = await qm.historySince(domain, undefined, 2);
     await q.trimHistory(hist[1]!.histId);
+    // a state rebuild's steps (streamgate queue rebuild-state), here writing back the state as it
+    // is, and the live index it reads
+    await qm.withWritesHeld(domain, async (held, reader) => {
+      assert.ok((await qm.liveIndex(reader, domain, undefined, 100)).length > 0);
+      const states = await reader.client.hgetall(held.keys[3]);
+      const meta = await reader.client.hgetall(held.keys[2]);
+      await held.writeState('begin', [Date.now()]);
+      await held.writeState('put', Object.entries(states).flat());
+      await held.writeState('commit', [JSON.stringify({ actor: 'ops', reason: 'headers' }), ...['ready', 'deferred', 'held', 'inflight', 'bytes', 'appended'].flatMap((k) => [k, meta[k] ?? ''])]);
+    });
     await qm.stop();
     // a restart claims the queue (claimQueue) under a new epoch
     qm = new QueueManager(config, silentLogger, { gatewayId: 'gw-lua' });
@@ -151,6 +164,18 @@ describe('Lua script headers', () => {
     const lease = await limits.acquireLease('lua-headers-dest', 2);
     await limits.renewLease(lease, 2);
     await limits.releaseLease(lease);
+    // the state the members share on every node: failed logins, dead destinations, warning markers
+    const shared = PoolState.of(qm.nodes, 1000, silentLogger);
+    const throttle = new SharedFailureThrottle({ perConnection: 3, perClient: 5, window: 60_000, delay: 0 }, shared, 'smtp-auth');
+    await throttle.fail('127.0.0.9', 1);
+    await throttle.check('127.0.0.9');
+    const dead = new DeadDestinations(config.relay.deadDestination, Date.now, shared);
+    await dead.failure('lua-headers-dest');
+    await dead.refresh();
+    await dead.claim('lua-headers-dest');
+    await dead.success('lua-headers-dest');
+    const marks = new SharedLimits({ pick: () => qm.nodes.find((n) => n.up), gatewayId: 'gw-lua', leaseMs: 5000, log: silentLogger, pool: shared });
+    assert.equal(await marks.once('sg:warned:{lua-headers}', 60_000), true);
     await qm.stop();
 
     const headers = new Map(SCRIPT_FILES.map((f) => [/^([A-Za-z]+)-/.exec(f)![1]!, parseHeader(f, readFileSync(join(LUA_DIR, f), 'utf8'))]));
