@@ -319,6 +319,8 @@ export class QueueManager extends EventEmitter {
     if (!claim.ok) return false;
     const { origin, domain } = splitQueueName(name);
     const q = this.register(this.newQueue(domain, this.replicasOf(name, rec, this.now()), { origin, adopted: true }));
+    // registered before it is loaded: the heartbeat's repair pass must not load it meanwhile
+    q.repairing = true;
     let messages: number;
     try {
       await this.recordPlacement(q, rec.epoch + 1);
@@ -331,6 +333,8 @@ export class QueueManager extends EventEmitter {
       this.byName.delete(q.name);
       this.emit('health');
       throw err;
+    } finally {
+      q.repairing = false;
     }
     await writePlacement(this.nodes, from.id, field, { nodes: [], epoch: rec.epoch + 1, name, adoptedBy: this.gatewayId });
     const details = { from: from.id, fromEpoch: from.epoch, by: this.gatewayId, epoch: this.owner.epoch, messages, ms: Date.now() - t0 };

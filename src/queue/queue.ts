@@ -327,8 +327,13 @@ export class Queue extends EventEmitter implements QueueView {
 
   // ---- the projection -----------------------------------------------------------------------
 
-  /** Adds a message to the projection (append and reload). */
+  /** Adds a message to the projection (append and reload); one already there is replaced, never counted twice. */
   track(m: MemMsg): void {
+    const old = this.msgs.get(m.id);
+    if (old) {
+      this.depth[old.state]--;
+      this.depth.bytes -= old.bytes;
+    }
     this.msgs.set(m.id, m);
     this.depth[m.state]++;
     this.depth.bytes += m.bytes;

@@ -350,4 +350,35 @@ describe('takeover: one adopter per queue', () => {
       await Promise.all(pool.map((r) => r.stop()));
     }
   });
+
+  it('an adoption whose load is slow is not loaded a second time by the heartbeat\'s repair pass: every message is counted once', async () => {
+    const pool = await startRedisPool(3);
+    const cfg = testConfig({ redis: { nodes: pool.map((r) => r.url) }, gateway: { lease: '1s', adoption: { every: '1h' } }, queue: { heartbeat: { every: '20ms' } } });
+    const a = new QueueManager(cfg, silentLogger, { gatewayId: 'slow-a' });
+    let b: QueueManager | undefined;
+    try {
+      await a.start();
+      for (let i = 0; i < 400; i++) await a.append({ id: `s${i}`, domain: 'slow.test', envelope: { from: 's@src.test', to: ['r@slow.test'] }, raw: Buffer.from(`Subject: ${i}\r\n\r\nx\r\n`) });
+      await a.stop();
+      b = new QueueManager(cfg, silentLogger, { gatewayId: 'slow-b' });
+      await b.start();
+      const dead = (await poolMembers(b.nodes, 1000))!.find((m) => m.id === 'slow-a')!;
+      const rec = (await readPlacement(b.nodes, 'slow-a', 1000)).get('slow.test')!;
+      // the nodes hold writes back for a while (reads and heartbeats go on): the adoption's claims
+      // wait, and its queue, registered but not loaded yet, is seen by several heartbeats
+      await Promise.all(pool.map(async (r) => {
+        const c = r.client();
+        await c.call('CLIENT', 'PAUSE', '300', 'WRITE');
+        c.disconnect();
+      }));
+      assert.equal(await b.adopt(dead, 'slow.test', rec), true);
+      // and a few heartbeats after it
+      await new Promise((r) => setTimeout(r, 300));
+      const depth = b.depth('slow-a:slow.test');
+      assert.equal(depth.ready + depth.deferred + depth.held + depth.inflight, 400, `every message counted once: ${JSON.stringify(depth)}`);
+    } finally {
+      await b?.stop();
+      await Promise.all(pool.map((r) => r.stop()));
+    }
+  });
 });
