@@ -5,7 +5,7 @@
 
   KEYS: 1 the client's set (sg:fail:{<kind>:<client>})
   ARGV: 1 operation: "add" (one more failure) or "count", 2 window ms,
-        3 failures kept at most (the newest), 4 add only: a unique id for this failure
+        3 failures kept at most (the newest), 4 a unique id for this failure (add only)
   Returns: the failures within the window now
 ]]
 local t = redis.call('TIME')
