@@ -6,9 +6,9 @@
   or behind reads the same wait. Run on every node of the pool; the caller merges the answers.
 
   KEYS: 1 the destination's hash (sg:dead:{<host:port>}), 2 the set of dead ones (sg:dead)
-  ARGV: 1 operation: "fail", "success", "claim" (the one probe after the wait), "unclaim", "list",
-        2 the destination, 3 failures that make it dead, 4 dead time ms (doubled per round, at
-        most 8 times), 5 ms a probe claim lasts, 6 the claimer (claim, unclaim)
+  ARGV: 1 operation: "fail", "success", "claim" (the one probe after the wait), "unclaim" or
+        "list", 2 the destination, 3 failures that make it dead, 4 dead time ms (doubled per
+        round, at most 8 times), 5 ms a probe claim lasts, 6 the claimer
   Returns: fail    { dead now (1/0), ms left dead, failures, rounds }
            success { 1 when it was dead (or had failures), else 0 }
            claim   { 1 granted (up, or the probe is this claimer's), 0 refused, ms left dead }

@@ -6,7 +6,7 @@
   KEYS: 1 the owner key (sg:owner:{<queue name>})
   ARGV: 1 operation: "claim", "release" (undo a claim that did not reach a majority) or "drop"
         (the queue was deleted), 2 the claiming member's gateway id, 3 its epoch,
-        4 claim only: the member it is taken from, 5 that member's last known epoch
+        4 the member it is taken from (claim only), 5 that member's last known epoch (claim only)
   A claim succeeds when there is no record, when the record is the claimer's own id, or when it is
   the record of the member it is taken from at an epoch no newer than the one the claimer saw lapse
   (a restarted process with that id holds a newer epoch, and keeps its queue).

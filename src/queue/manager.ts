@@ -312,7 +312,17 @@ export class QueueManager extends EventEmitter {
    */
   async adopt(from: PoolMember, field: string, rec: PlacementRecord): Promise<boolean> {
     const name = queueNameOf(from.id, field, rec);
-    if (this.byName.has(name) || !this.adopting) return false;
+    if (this.byName.has(name) || this.adoptingNow.has(name) || !this.adopting) return false;
+    this.adoptingNow.add(name);
+    try {
+      return await this.adoptOne(from, field, rec, name);
+    } finally {
+      this.adoptingNow.delete(name);
+    }
+  }
+  private readonly adoptingNow = new Set<string>();
+
+  private async adoptOne(from: PoolMember, field: string, rec: PlacementRecord, name: string): Promise<boolean> {
     const t0 = Date.now();
     if (this.owner.epoch <= from.epoch) this.owner.epoch = await this.membership!.redraw();
     const claim = await claimQueueName(this.nodes, name, { id: this.gatewayId, epoch: this.owner.epoch }, from, this.config.queue.timeout);

@@ -1,10 +1,13 @@
 // Limits per destination MTA that every gateway shares, kept in Redis: a message rate (the
 // rateLimit script: each message reserves its send slot) and connection leases (the
-// connectionLease script: a connection is opened only under a lease). Both run on ONE node, the
-// first node of redis.nodes that is up, which every gateway picks alike; they are not replicated
-// queue writes, and they read the time from that node (TIME), not from the gateway, so one
-// gateway's wrong clock cannot break them. With no node up, each gateway falls back to limiting
-// on its own clock (logged).
+// connectionLease script: a connection is opened only under a lease). With a pool (PoolState,
+// as the relay runs) both run on every node, and a reservation or a lease holds when a majority
+// of the nodes granted it (the longest wait of those that did), so the loss of any one node
+// neither resets a destination's rate nor frees its connections; without one, on ONE node, the
+// first node of redis.nodes that is up, which every gateway picks alike. They are not replicated
+// queue writes, and they read the time from the node (TIME), not from the gateway, so one
+// gateway's wrong clock cannot break them. With fewer than a majority of the nodes (or no node)
+// up, each gateway falls back to the first node up, then to limiting on its own clock (logged).
 import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/schema.ts';
@@ -94,8 +97,13 @@ export class SharedLimits {
     for (;;) {
       signal?.throwIfAborted();
       const now = this.now();
-      let reply: Reply | undefined;
-      const node = this.node();
+      let reply: Reply | undefined = await this.onPool('rateLimit', [`sg:rate:{${key}}`, interval, RESERVE_AHEAD, 60_000]).then((answers) => {
+        if (!answers) return undefined;
+        const granted = answers.filter((a) => Number(a[0]) === 1);
+        if (granted.length >= this.pool!.majority) return [1, Math.max(...granted.map((a) => Number(a[1])))] as Reply;
+        return [0, Math.max(...answers.filter((a) => Number(a[0]) === 0).map((a) => Number(a[1])), 5)] as Reply;
+      });
+      const node = reply ? undefined : this.node();
       if (node) {
         try {
           reply = (await script(node, 'rateLimit')(`sg:rate:{${key}}`, interval, RESERVE_AHEAD, 60_000)) as Reply;
@@ -120,11 +128,35 @@ export class SharedLimits {
     return [1, Math.floor(tat - now)];
   }
 
+  /** A limit script on every node of the pool; undefined without a pool or a majority. */
+  private async onPool(name: 'rateLimit' | 'connectionLease', args: (string | number)[]): Promise<Reply[] | undefined> {
+    if (!this.pool) return undefined;
+    return this.pool.run<Reply>(name, args).catch(() => undefined);
+  }
+
+  /** Granted by a majority of the pool's nodes; undefined when the pool cannot tell. */
+  private async leaseOnPool(op: 'acquire' | 'renew', lease: { key: string; holder: string }, limit: number): Promise<boolean | undefined> {
+    const answers = await this.onPool('connectionLease', [`sg:conn:{${lease.key}}`, op, lease.holder, this.leaseMs, limit]);
+    if (!answers) return undefined;
+    const granted = answers.filter((a) => Number(a[0]) === 1).length;
+    // a node restarted empty lost the lease: held by the others, it is taken there again
+    if (op === 'renew' && granted >= this.pool!.majority && granted < answers.length) await this.onPool('connectionLease', [`sg:conn:{${lease.key}}`, 'acquire', lease.holder, this.leaseMs, limit]);
+    return granted >= this.pool!.majority;
+  }
+
   /** Waits for one of the destination's `limit` connection leases. */
   async acquireLease(key: string, limit: number, signal?: AbortSignal): Promise<Lease> {
     const holder = `${this.gatewayId}:${this.instance}:${++this.seq}`;
     for (;;) {
       signal?.throwIfAborted();
+      const onPool = await this.leaseOnPool('acquire', { key, holder }, limit);
+      if (onPool) return { key, holder, shared: true };
+      if (onPool === false) {
+        // refused by a majority: give back what the others granted, and wait for a lease to free
+        await this.onPool('connectionLease', [`sg:conn:{${key}}`, 'release', holder, 0, 0]);
+        await sleep(LEASE_POLL + Math.floor(Math.random() * LEASE_POLL), undefined, { signal });
+        continue;
+      }
       const node = this.node();
       if (!node) return { key, holder, shared: false };
       try {
@@ -140,8 +172,12 @@ export class SharedLimits {
 
   /** Extends a lease; false when it had lapsed and could not be taken again. */
   async renewLease(lease: Lease, limit: number): Promise<boolean> {
+    if (!lease.shared) return true;
+    const onPool = await this.leaseOnPool('renew', lease, limit);
+    if (onPool || (onPool === false && (await this.leaseOnPool('acquire', lease, limit)))) return true;
+    if (onPool === false) return false;
     const node = this.node();
-    if (!node || !lease.shared) return true;
+    if (!node) return true;
     try {
       const [ok] = (await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'renew', lease.holder, this.leaseMs, limit)) as Reply;
       if (Number(ok) === 1) return true;
@@ -153,8 +189,10 @@ export class SharedLimits {
   }
 
   async releaseLease(lease: Lease): Promise<void> {
+    if (!lease.shared) return;
+    if (await this.onPool('connectionLease', [`sg:conn:{${lease.key}}`, 'release', lease.holder, 0, 0])) return;
     const node = this.node();
-    if (!node || !lease.shared) return;
+    if (!node) return;
     await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'release', lease.holder, 0, 0).catch(() => undefined);
   }
 

@@ -12,10 +12,10 @@ import type { Redis } from 'ioredis';
 import { silentLogger } from '../../src/log.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import { LUA_DIR, loadScripts } from '../../src/queue/scripts.ts';
+import { SharedLimits } from '../../src/relay/limits.ts';
 import { SharedFailureThrottle } from '../../src/access/throttle.ts';
 import { PoolState } from '../../src/queue/poolState.ts';
 import { DeadDestinations } from '../../src/relay/dead.ts';
-import { SharedLimits } from '../../src/relay/limits.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { waitFor } from '../helpers/waitFor.ts';
@@ -164,18 +164,19 @@ describe('Lua script headers', () => {
     const lease = await limits.acquireLease('lua-headers-dest', 2);
     await limits.renewLease(lease, 2);
     await limits.releaseLease(lease);
-    // the state the members share on every node: failed logins, dead destinations, warning markers
+    // the state shared on the pool: failed logins, dead destinations, delay-warning markers
     const shared = PoolState.of(qm.nodes, 1000, silentLogger);
-    const throttle = new SharedFailureThrottle({ perConnection: 3, perClient: 5, window: 60_000, delay: 0 }, shared, 'smtp-auth');
-    await throttle.fail('127.0.0.9', 1);
-    await throttle.check('127.0.0.9');
-    const dead = new DeadDestinations(config.relay.deadDestination, Date.now, shared);
-    await dead.failure('lua-headers-dest');
+    await new SharedLimits({ pick: () => qm.nodes.find((n) => n.up), gatewayId: 'gw-lua', leaseMs: 5000, log: silentLogger, pool: shared }).once('sg:warned:{gw-lua:lua-headers.test}:m1', 60_000);
+    const guard = new SharedFailureThrottle({ perConnection: 0, perClient: 3, window: 60_000, delay: 0 }, shared, 'smtp-auth');
+    await guard.fail('192.0.2.1');
+    await guard.check('192.0.2.1');
+    const dead = new DeadDestinations({ failures: 1, suspend: 1000 }, Date.now, shared);
+    await dead.failure('mx.lua-headers.test:25');
     await dead.refresh();
-    await dead.claim('lua-headers-dest');
-    await dead.success('lua-headers-dest');
-    const marks = new SharedLimits({ pick: () => qm.nodes.find((n) => n.up), gatewayId: 'gw-lua', leaseMs: 5000, log: silentLogger, pool: shared });
-    assert.equal(await marks.once('sg:warned:{lua-headers}', 60_000), true);
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    await dead.claim('mx.lua-headers.test:25');
+    dead.unclaim('mx.lua-headers.test:25');
+    await dead.success('mx.lua-headers.test:25');
     await qm.stop();
 
     const headers = new Map(SCRIPT_FILES.map((f) => [/^([A-Za-z]+)-/.exec(f)![1]!, parseHeader(f, readFileSync(join(LUA_DIR, f), 'utf8'))]));

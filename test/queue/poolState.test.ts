@@ -105,6 +105,32 @@ describe('shared state on the pool', () => {
     assert.equal(a.state(dest).state, 'up');
   });
 
+  it("a destination's connection leases hold for every member through the loss of any one node, and a member 60 s ahead cannot take one more", async () => {
+    const limits = (i: number) => new SharedLimits({ pick: () => members[i]!.nodes.find((n) => n.up), gatewayId: `ps-${i}`, leaseMs: 60_000, log: silentLogger, pool: stateOf(i), now: () => Date.now() + (i === 2 ? AHEAD : 0) });
+    /** True when a lease is granted within 300 ms. */
+    const canTake = async (i: number, key: string) => {
+      try {
+        await limits(i).acquireLease(key, 2, AbortSignal.timeout(300));
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    await limits(0).acquireLease('mx.full.test', 2);
+    await limits(1).acquireLease('mx.full.test', 2);
+    assert.equal(await canTake(0, 'mx.full.test'), false, 'two held: no third');
+    assert.equal(await canTake(2, 'mx.full.test'), false, 'nor for a member whose clock is 60 s ahead');
+    await withEachNodeLost(
+      async (lost) => {
+        await limits(0).acquireLease(`mx.full${lost}.test`, 2);
+        await limits(1).acquireLease(`mx.full${lost}.test`, 2);
+      },
+      async (lost) => {
+        assert.equal(await canTake(2, `mx.full${lost}.test`), false, `still two held with node ${lost} lost`);
+      },
+    );
+  });
+
   it('a delay warning goes out once per message across members, through the loss of any one node', async () => {
     const limits = (i: number) => new SharedLimits({ pick: () => members[i]!.nodes.find((n) => n.up), gatewayId: `ps-${i}`, leaseMs: 5000, log: silentLogger, pool: stateOf(i), now: () => Date.now() + (i === 2 ? AHEAD : 0) });
     const key = 'sg:warned:{ps-1:warn.test}:m1';
