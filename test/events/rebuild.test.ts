@@ -208,4 +208,25 @@ describe('queue rebuild-state: the state written back from the events', () => {
     assert.match(unknown.stderr, /SG_ERR_NOT_FOUND: no queue for nowhere\.test/);
     assert.equal(await pool[0]!.client().hget(keys()[2], 'txn'), txn, 'nothing written');
   });
+  it('events archived and trimmed from Redis while the rebuild reads the log are folded from the log, not skipped', async () => {
+    const qm = path.qm;
+    let expected: Snapshot[] = [];
+    let trimmed = 0;
+    await rebuildState(qm, path.archive, domain, { actor: 'op', reason: 'under traffic' }, {
+      afterLog: async () => {
+        // after the log was read: traffic, archived, and Redis's history cut to historyMaxLength
+        const hist = await pool[0]!.client().xlen(keys()[1]);
+        await path.traffic(domain, 1500, 'during');
+        await Promise.all(Array.from({ length: 50 }, (_, i) => qm.append({ id: `stay${i}`, domain, envelope: { from: 's@src.test', to: [`s${i}@${domain}`] }, raw: Buffer.from('Subject: s\r\n\r\ns\r\n') })));
+        await path.archive.drain();
+        await path.history.cap(domain);
+        trimmed = hist + 1500 * 3 + 50 - (await pool[0]!.client().xlen(keys()[1]));
+        expected = await snapshot();
+      },
+    });
+    assert.ok(trimmed > 1000, `${trimmed} events of the traffic trimmed from Redis before the rebuild read it`);
+    const after = await snapshot();
+    assert.deepEqual(after[0]!.counters, expected[0]!.counters, 'appended and delivered count every event of the traffic');
+    assert.deepEqual(after, expected);
+  });
 });
