@@ -80,8 +80,21 @@ export class Fold {
     return fold;
   }
 
-  /** The history still in Redis after what was folded. */
-  async more(queues: QueueManager, domain: string): Promise<void> {
+  /**
+   * The rest of the queue's events: what the archive confirmed since this fold read the log (the
+   * history in Redis may have been trimmed up to its cursor meanwhile), then the history in Redis
+   * after it. With the queue's writes held, nothing is trimmed while it reads.
+   */
+  async more(queues: QueueManager, archive: HistoryArchive, domain: string): Promise<void> {
+    const cursor = archive.cursorOf(domain);
+    if (cursor && (!this.last || compareIds(cursor, this.last) > 0)) {
+      const after = this.last;
+      for await (const ev of archive.eventsOf(domain, after ? parseEntryId(after)[0] : 0, parseEntryId(cursor)[0] + 1)) {
+        const histId = histIdOf(ev.id);
+        if ((!after || compareIds(histId, after) > 0) && compareIds(histId, cursor) <= 0) this.add(ev, histId);
+      }
+      this.last = cursor;
+    }
     for (;;) {
       const rows = await queues.historySince(domain, this.last, 2000);
       if (!rows.length) return;
@@ -108,7 +121,7 @@ export async function rebuildCheck(queues: QueueManager, archive: HistoryArchive
   const d = domain.toLowerCase();
   await archive.drain();
   const fold = await Fold.archived(archive, d);
-  await fold.more(queues, d);
+  await fold.more(queues, archive, d);
   const live = new Map<string, Projected>();
   for await (const [id, st] of queues.liveStates(d)) live.set(id, pick(st));
   const differences: RebuildCheck['differences'] = [];
@@ -140,15 +153,17 @@ const PUT_BLOCK = 1000;
  * cursor is folded first, then, with the queue's writes held, the history after it, and the
  * live stream gives each message's entry id and size (lua/rebuildState-4.lua writes the steps).
  * A live message the events do not know refuses the rebuild before anything is written.
- * `onBlock` is told of every block of state records written.
+ * `onBlock` is told of every block of state records written, `afterLog` when the log is folded
+ * and the queue's writes are not held yet.
  */
-export async function rebuildState(queues: QueueManager, archive: HistoryArchive, domain: string, who: { actor: string; reason: string; token?: string }, opts: { onBlock?: (n: number) => void } = {}): Promise<RebuildResult> {
+export async function rebuildState(queues: QueueManager, archive: HistoryArchive, domain: string, who: { actor: string; reason: string; token?: string }, opts: { onBlock?: (n: number) => void; afterLog?: () => Promise<void> } = {}): Promise<RebuildResult> {
   const d = domain.toLowerCase();
   if (!queues.view(d)) throw new QueueError('NOT_FOUND', `no queue for ${domain}`);
   await archive.drain();
   const fold = await Fold.archived(archive, d);
+  await opts.afterLog?.();
   return queues.withWritesHeld(d, async (q, reader) => {
-    await fold.more(queues, d);
+    await fold.more(queues, archive, d);
     const records: string[] = [];
     const unknown: string[] = [];
     const seen = new Set<string>();

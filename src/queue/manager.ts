@@ -458,21 +458,32 @@ export class QueueManager extends EventEmitter {
 
   /**
    * Runs `fn` with the queue's writes held: new writes wait, those under way finish first, and
-   * only `fn`'s own (Queue.writeState) go through. When it succeeds the projection is loaded again
-   * from a replica in sync (the messages this process holds in flight stay in flight). Repairs and
-   * copies of the queue wait meanwhile, and it waits for theirs.
+   * only `fn`'s own (Queue.writeState) go through. Then, whether it succeeded or not, the
+   * projection is loaded again from a replica in sync (the messages this process holds in flight
+   * stay in flight): after a state rebuild cut off half-way, only the messages with a state record
+   * are dispatched until the next rebuild. Repairs and copies of the queue wait meanwhile, and it
+   * waits for theirs.
    */
   async withWritesHeld<T>(domain: string, fn: (q: Queue, reader: RedisNode) => Promise<T>): Promise<T> {
     const q = this.must(domain);
     while (q.repairing) await sleep(20);
     q.repairing = true;
     q.set.raiseWriteBarrier();
-    try {
-      await q.set.drain();
+    const reload = async () => {
       const node = this.readerNode(domain);
-      const out = await fn(q, node);
       const meta = decodeMeta(await node.client.hmget(q.keys[2], ...META_FIELDS));
       if (meta) await this.loadFrom(q, node, meta, true, true);
+    };
+    try {
+      await q.set.drain();
+      let out: T;
+      try {
+        out = await fn(q, this.readerNode(domain));
+      } catch (err) {
+        await reload().catch((e: unknown) => this.log.error({ err: e, queue: q.name }, 'queue not reloaded after a failed state rebuild'));
+        throw err;
+      }
+      await reload();
       return out;
     } finally {
       q.set.lowerWriteBarrier();
