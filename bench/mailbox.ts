@@ -454,10 +454,10 @@ async function download(port: number, user: string, password: string, verify?: B
 }
 
 /** download() in a worker thread: the client must not share the event loop with our POP3 server. */
-function downloadInWorker(port: number, user: string, password: string, verify?: Buffer[]): Promise<{ seconds: number; bytes: number; messages: number }> {
+function downloadInWorker(port: number, user: string, password: string, verify?: Buffer[]): Promise<{ seconds: number; bytes: number; messages: number; cpu: number }> {
   return new Promise((resolve, reject) => {
     const w = new Worker(new URL(import.meta.url), { workerData: { port, user, password, verify } });
-    w.once('message', (m: { ok: boolean; result?: { seconds: number; bytes: number; messages: number }; error?: string }) => (m.ok ? resolve(m.result!) : reject(new Error(m.error))));
+    w.once('message', (m: { ok: boolean; result?: { seconds: number; bytes: number; messages: number; cpu: number }; error?: string }) => (m.ok ? resolve(m.result!) : reject(new Error(m.error))));
     w.once('error', reject);
   });
 }
@@ -465,6 +465,8 @@ function downloadInWorker(port: number, user: string, password: string, verify?:
 interface Dovecot {
   port: number;
   version: string;
+  /** The master process: its tree's CPU is Dovecot's. */
+  pid: number | undefined;
   stop(): Promise<void>;
 }
 
@@ -532,7 +534,7 @@ async function startDovecot(user: string, password: string, bodies: Buffer[]): P
     await stop();
     return `dovecot did not start: ${(err as Error).message} ${stderr.trim()} ${log}`;
   }
-  return { port, version: execFileSync('/usr/sbin/dovecot', ['--version']).toString().trim(), stop };
+  return { port, version: execFileSync('/usr/sbin/dovecot', ['--version']).toString().trim(), pid: child.pid, stop };
 }
 
 // ---- main ----------------------------------------------------------------------------------------
@@ -555,8 +557,10 @@ if (!isMainThread && (workerData as { kind?: string }).kind === 'inject') {
 } else if (!isMainThread) {
   const d = workerData as { port: number; user: string; password: string; verify?: Uint8Array[] };
   try {
+    const c0 = process.threadCpuUsage();
     const result = await download(d.port, d.user, d.password, d.verify?.map((v) => Buffer.from(v)));
-    parentPort!.postMessage({ ok: true, result });
+    const c = process.threadCpuUsage(c0);
+    parentPort!.postMessage({ ok: true, result: { ...result, cpu: (c.user + c.system) / 1e6 } });
   } catch (err) {
     parentPort!.postMessage({ ok: false, error: (err as Error).message });
   }
@@ -658,6 +662,7 @@ console.log(`POP3 download of a ${stored.length}-message mailbox (${(popBytes / 
 console.log('');
 console.log('| server | time | throughput | msg/s | |');
 console.log('|---|---|---|---|---|');
+let dovecotCpu = 0;
 try {
   const port = gw.mailbox.pop3.address.port;
   await downloadInWorker(port, popUser, PASSWORD, stored); // warm-up, and every byte checked
@@ -665,16 +670,25 @@ try {
   const c0 = cpuNow();
   const th0 = threadCpu(cpuPids.cassandra);
   await profiler.start();
-  for (let k = 0; k < RUNS; k++) ours.push((await downloadInWorker(port, popUser, PASSWORD)).seconds);
+  let clientCpu = 0;
+  for (let k = 0; k < RUNS; k++) {
+    const r = await downloadInWorker(port, popUser, PASSWORD);
+    ours.push(r.seconds);
+    clientCpu += r.cpu;
+  }
   const popStages = await profiler.stop(profilePath('streamgate POP3'));
-  const popCpu = `${cpuSince(c0, 'gateway').text} (the client's thread counted in the gateway's); Cassandra by thread group ${threadCpuSince(th0, threadCpu(cpuPids.cassandra))}`;
+  const popSince = cpuSince(c0, 'gateway', clientCpu);
+  const popServerCpu = popSince.server;
+  const popCpu = `${popSince.text}; Cassandra by thread group ${threadCpuSince(th0, threadCpu(cpuPids.cassandra))}`;
   const s = median(ours);
   console.log(`| streamgate POP3 | ${s.toFixed(2)} s | **${(popBytes / MB / s).toFixed(1)} MB/s** | ${(stored.length / s).toFixed(0)} | Cassandra, pages of ${gw.config.pop3.pageSize} rows, bodies in ${gw.config.cassandra.chunkSize / 1024} KB chunks |`);
   if (typeof dv === 'string') console.log(`| dovecot | – | – | – | ${dv} |`);
   else {
     await downloadInWorker(dv.port, popUser, PASSWORD, stored);
     const theirs: number[] = [];
+    const dv0 = treeCpu(dv.pid);
     for (let k = 0; k < RUNS; k++) theirs.push((await downloadInWorker(dv.port, popUser, PASSWORD)).seconds);
+    dovecotCpu = treeCpu(dv.pid) - dv0;
     const d = median(theirs);
     console.log(`| dovecot ${dv.version.split(' ')[0]} | ${d.toFixed(2)} s | **${(popBytes / MB / d).toFixed(1)} MB/s** | ${(stored.length / d).toFixed(0)} | Maildir on local disk (page cache warm), private instance |`);
     console.log('');
@@ -683,6 +697,8 @@ try {
   console.log('');
   console.log(`The gateway's main thread during the streamgate downloads, by stage: ${formatStages(popStages, { unit: 'MB', count: (RUNS * popBytes) / MB })}`);
   console.log(`The streamgate downloads' ${popCpu}`);
+  const perMb = (cpu: number) => (cpu / ((RUNS * popBytes) / MB)).toFixed(3);
+  console.log(`POP3 CPU s per MB: streamgate (gateway less its client thread, Cassandra) ${perMb(popServerCpu)}${typeof dv === 'string' ? '' : `, Dovecot ${perMb(dovecotCpu)}`}`);
 } finally {
   if (typeof dv !== 'string') await dv.stop();
   await cleanup();
