@@ -25,6 +25,8 @@ import { silentLogger } from '../src/log.ts';
 import { MailboxDelivery } from '../src/mailbox/delivery.ts';
 import { MailboxDirectory } from '../src/mailbox/directory.ts';
 import { MailStore } from '../src/mailbox/store.ts';
+import { messageUuid } from '../src/mailbox/ids.ts';
+import cassandra from 'cassandra-driver';
 import { hashPassword } from '../src/message/password.ts';
 import { type QueuedMessage } from '../src/message/types.ts';
 import { localCassandraNodes, servicesDown, servicesUp } from '../src/services/index.ts';
@@ -87,7 +89,16 @@ async function setup(base: Config, rf: number, cl: Config['cassandra']['consiste
   const metadata = store.client.metadata as unknown as { checkSchemaAgreement(): Promise<boolean> };
   for (let waited = 0; !(await metadata.checkSchemaAgreement()) && waited < 60_000; waited += 500) await sleep(500);
   const hash = await hashPassword('pw');
-  for (const u of users) await store.createUser(u, hash);
+  // right after a node was started again the coordinator may not see it up yet (ALL fails): retry
+  for (let tries = 1; ; tries++) {
+    try {
+      for (const u of users) if (!(await store.getUser(u))) await store.createUser(u, hash);
+      break;
+    } catch (err) {
+      if (tries >= 30) throw err;
+      await sleep(2000);
+    }
+  }
   const delivery = new MailboxDelivery(store, new MailboxDirectory(store, config), config, silentLogger);
   return {
     config, store, delivery,
@@ -102,7 +113,7 @@ async function setup(base: Config, rf: number, cl: Config['cassandra']['consiste
  * Delivers every message with INFLIGHT at once; a delivery that throws (Cassandra could not meet
  * the consistency level) is tried again a second later. `onStored` sees each stored message.
  */
-async function feed(d: MailboxDelivery, list: Msg[], onStored?: (bytes: number) => void): Promise<{ seconds: number; deferred: number }> {
+async function feed(d: MailboxDelivery, list: Msg[], onStored?: (bytes: number, q: QueuedMessage) => void): Promise<{ seconds: number; deferred: number }> {
   let next = 0;
   let deferred = 0;
   const t0 = performance.now();
@@ -120,19 +131,35 @@ async function feed(d: MailboxDelivery, list: Msg[], onStored?: (bytes: number) 
           await sleep(1000);
         }
       }
-      onStored?.(m.raw.length);
+      onStored?.(m.raw.length, q);
     }
   }));
   return { seconds: (performance.now() - t0) / 1000, deferred };
 }
 
-/** Messages stored in the users' inboxes, listed at ALL (every replica, so hints not yet replayed do not hide one). */
-async function countStored(config: Config): Promise<number> {
+/**
+ * Messages stored in the users' inboxes, listed at ALL (every replica, so hints not yet replayed
+ * do not hide one); with `sent`, also what became of each delivered message not listed (its row
+ * read at ALL in every bucket: pending, or absent).
+ */
+async function countStored(config: Config, sent: QueuedMessage[] = []): Promise<{ count: number; missing: string[] }> {
   const store = new MailStore({ ...config, cassandra: { ...config.cassandra, readConsistency: 'all' } }, silentLogger);
   try {
-    let n = 0;
-    for (const u of users) for await (const _ of store.listMessages(u, 'inbox', 500)) n++;
-    return n;
+    const listed = new Set<string>();
+    for (const u of users) for await (const ref of store.listMessages(u, 'inbox', 500)) listed.add(ref.id);
+    const missing: string[] = [];
+    for (const q of sent) {
+      const address = q.envelope.to[0]!;
+      const id = messageUuid(q.id, q.acceptedAt, address, 'inbox');
+      if (listed.has(id.toString())) continue;
+      const found: string[] = [];
+      for (const bucket of await store.buckets(address, 'inbox')) {
+        const row = (await store.client.execute(`SELECT pending, chunks FROM ${config.cassandra.keyspace}.messages WHERE address = ? AND mailbox = ? AND bucket = ? AND id = ?`, [address, 'inbox', bucket, id], { prepare: true, consistency: cassandra.types.consistencies.all })).first();
+        if (row) found.push(`bucket ${bucket.toISOString()}: pending ${String(row.get('pending'))}, ${String(row.get('chunks'))} chunks`);
+      }
+      missing.push(`${q.id} (${address}, row ${id.toString()}): ${found.length ? found.join('; ') : 'no row at ALL'}`);
+    }
+    return { count: listed.size, missing };
   } finally {
     await store.close();
   }
@@ -204,14 +231,17 @@ try {
         await servicesUp(cluster, { say: () => {} });
         console.error(`cassmail: ${cl.toUpperCase()}: node 127.0.0.2 up again at ${((performance.now() - t1) / 1000).toFixed(1)} s`);
       })();
-      const r = await feed(s.delivery, timelineMsgs, (bytes) => {
+      const sent: QueuedMessage[] = [];
+      const r = await feed(s.delivery, timelineMsgs, (bytes, q) => {
+        sent.push(q);
         stored++;
         const k = slot();
         while (slots.length <= k) slots.push(0);
         slots[k]! += bytes;
       });
       await restart;
-      const count = await countStored(s.config);
+      const { count, missing } = await countStored(s.config, sent);
+      for (const m of missing) console.error(`cassmail: ${cl.toUpperCase()}: delivered but not listed: ${m}`);
       timelines.push({ cl: cl.toUpperCase(), slots: slots.map((b) => b / MB / 10), deferred: r.deferred, stored: count, seconds: r.seconds });
       console.error(`cassmail: timeline ${cl.toUpperCase()}: ${slots.map((b) => (b / MB / 10).toFixed(1)).join(' ')} MB/s; ${count} of ${TIMELINE} stored`);
     } finally {
