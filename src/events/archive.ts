@@ -324,11 +324,14 @@ export class EventLog {
     this.gateway = gateway;
   }
 
-  /** A message's archived events (its partition of message_events). */
+  /**
+   * A message's archived events (its partition of message_events), whichever gateway's queue
+   * they were archived under: a queue adopted from a gateway that died keeps that gateway's id.
+   */
   async story(messageId: string): Promise<LifecycleEvent[]> {
     await this.store.connect();
-    const rs = await this.store.client.execute(`SELECT gateway, domain, ms, seq, kind, txn, at, details FROM ${this.ks}.message_events WHERE message_id = ? AND gateway = ?`, [messageId, this.gateway], { prepare: true, consistency: this.cl.read, fetchSize: 5000 });
-    return rs.rows.map((r) => this.rowEvent(r, messageId));
+    const rs = await this.store.client.execute(`SELECT gateway, domain, ms, seq, kind, txn, at, details FROM ${this.ks}.message_events WHERE message_id = ?`, [messageId], { prepare: true, consistency: this.cl.read, fetchSize: 5000 });
+    return rs.rows.map((r) => this.rowEvent(r, messageId, r.get('gateway') as string));
   }
 
   /** The queues (domains) of this gateway with archived events. */
@@ -342,9 +345,11 @@ export class EventLog {
    * The archived events of one queue from `since` (ms, inclusive) up to `until` (exclusive),
    * oldest first, read partition by partition (one per hour, from the queue's first) in pages.
    */
-  async *eventsOf(domain: string, since: number, until: number): AsyncGenerator<LifecycleEvent> {
+  async *eventsOf(ref: string, since: number, until: number): AsyncGenerator<LifecycleEvent> {
+    // a queue of this gateway by its domain, an adopted one by its full name (`gw1:example.com`)
+    const { origin, domain } = ref.includes(':') ? splitQueueName(ref) : { origin: this.gateway, domain: ref };
     await this.store.connect();
-    const rs = await this.store.client.execute(`SELECT first_bucket FROM ${this.ks}.archive_cursors WHERE gateway = ? AND domain = ?`, [this.gateway, domain], { prepare: true, consistency: this.cl.read });
+    const rs = await this.store.client.execute(`SELECT first_bucket FROM ${this.ks}.archive_cursors WHERE gateway = ? AND domain = ?`, [origin, domain], { prepare: true, consistency: this.cl.read });
     const first = (rs.first()?.get('first_bucket') as Date | null | undefined)?.getTime();
     if (first === undefined) return;
     for (let b = bucketOf(Math.max(since, first)); b < until; b += BUCKET_MS) {
@@ -352,21 +357,21 @@ export class EventLog {
       do {
         const page: cassandra.types.ResultSet = await this.store.client.execute(
           `SELECT domain, ms, seq, kind, message_id, txn, at, details FROM ${this.ks}.history WHERE gateway = ? AND domain = ? AND bucket = ? AND ms >= ? AND ms < ?`,
-          [this.gateway, domain, new Date(b), since, until],
+          [origin, domain, new Date(b), since, until],
           { prepare: true, consistency: this.cl.read, fetchSize: 2000, pageState },
         );
-        for (const r of page.rows) yield this.rowEvent(r, r.get('message_id') as string);
+        for (const r of page.rows) yield this.rowEvent(r, r.get('message_id') as string, origin);
         pageState = page.pageState ?? undefined;
       } while (pageState);
     }
   }
 
-  private rowEvent(r: cassandra.types.Row, messageId: string): LifecycleEvent {
+  private rowEvent(r: cassandra.types.Row, messageId: string, gateway: string): LifecycleEvent {
     const domain = r.get('domain') as string;
     const histId = `${String(r.get('ms'))}-${String(r.get('seq'))}`;
     return {
-      id: eventId(this.gateway, domain, histId),
-      queue: `${this.gateway}:${domain}`,
+      id: eventId(gateway, domain, histId),
+      queue: `${gateway}:${domain}`,
       domain,
       kind: r.get('kind') as LifecycleKind,
       messageId,

@@ -222,6 +222,8 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
     const up = await runCommand(bin.bin, ['services', 'status', '--config', own]);
     assert.equal(up.code, 0, up.stdout);
     g.child.kill('SIGINT');
+    // its own exit, not stop()'s SIGTERM, which could overtake the SIGINT
+    await waitFor(() => g.child.exitCode !== null || g.child.signalCode !== null, { timeout: 120_000, what: 'start to exit after SIGINT' });
     assert.equal(await g.stop(), 0, g.out.text.slice(-2000));
     assert.match(g.out.text, /^streamgate: stopping 2 gateway workers \(SIGINT\)\n(?:.*\n)*streamgate: local services stopped: redis .*cassandra .*\nstreamgate: stopped\n$/m);
     for (const pid of workerPids) assert.equal(alive(pid), false, `worker ${pid} gone`);
