@@ -4,7 +4,7 @@ import type { Command } from 'commander';
 import { Redis } from 'ioredis';
 import { LIFECYCLE_KINDS } from '../client/schema.ts';
 import { parseDuration } from '../config/units.ts';
-import { EventLog } from '../events/archive.ts';
+import { EventLog, logGateways } from '../events/archive.ts';
 import { replay } from '../events/replay.ts';
 import { UsageError, withStore } from './mailboxCommands.ts';
 import { configOption, contextFrom } from './context.ts';
@@ -29,8 +29,9 @@ export function registerEventsCommands(program: Command): void {
     .option('--kind <kinds>', `only these kinds (comma-separated or repeated): ${LIFECYCLE_KINDS.join(', ')}`, list)
     .option('--domain <domains>', 'only these destination queues (comma-separated or repeated)', list)
     .option('--queue <name>', 'the BullMQ queue to publish to (default: events.queue)')
+    .option('--gateway <ids>', "only the queues of these gateway ids (comma-separated or repeated; default: gateway.id, and with gateway.workers above 1 every worker's, <id>-1 … <id>-N)", list)
     .addOption(configOption())
-    .action(async (opts: { config?: string; since: string; kind?: string[]; domain?: string[]; queue?: string }) => {
+    .action(async (opts: { config?: string; since: string; kind?: string[]; domain?: string[]; queue?: string; gateway?: string[] }) => {
       const { config } = contextFrom(opts);
       const since = parseInstant(opts.since);
       const bad = opts.kind?.find((k) => !(LIFECYCLE_KINDS as readonly string[]).includes(k));
@@ -38,8 +39,16 @@ export function registerEventsCommands(program: Command): void {
       const conn = new Redis(config.events.redis, { maxRetriesPerRequest: 1 });
       const bull = new BullQueue(opts.queue ?? config.events.queue, { connection: conn });
       try {
-        const rows = await withStore(config, (store) => replay(new EventLog(store, config, config.gateway.id), bull, { since, batch: config.events.batch, ...(opts.kind ? { kinds: new Set(opts.kind) } : {}), ...(opts.domain ? { domains: new Set(opts.domain.map((d) => d.toLowerCase())) } : {}) }));
-        for (const r of rows) console.log(`${r.domain}: ${r.events} events re-published`);
+        const rows = await withStore(config, async (store) => {
+          const out: { gateway: string; domain: string; events: number }[] = [];
+          for (const gateway of await logGateways(store, config, opts.gateway)) {
+            const done = await replay(new EventLog(store, config, gateway), bull, { since, batch: config.events.batch, ...(opts.kind ? { kinds: new Set(opts.kind) } : {}), ...(opts.domain ? { domains: new Set(opts.domain.map((d) => d.toLowerCase())) } : {}) });
+            out.push(...done.map((r) => ({ gateway, ...r })));
+          }
+          return out;
+        });
+        // a queue of another gateway id than the configuration's is named by its full name
+        for (const r of rows) console.log(`${r.gateway === config.gateway.id ? '' : `${r.gateway}:`}${r.domain}: ${r.events} events re-published`);
         console.log(`-- ${rows.reduce((a, r) => a + r.events, 0)} events since ${new Date(since).toISOString()} to ${opts.queue ?? config.events.queue}`);
       } finally {
         await bull.close();

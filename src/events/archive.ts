@@ -310,6 +310,22 @@ export class HistoryArchive extends EventEmitter {
   }
 }
 
+/**
+ * The gateway ids whose event logs a command run with `config` reads: `only` when given; else the
+ * configuration's `gateway.id`, and with `gateway.workers` above 1 the workers' ids
+ * (`<id>-1` … `<id>-N`, each a member of its own) that have archived queues.
+ */
+export async function logGateways(store: MailStore, config: Config, only?: string[]): Promise<string[]> {
+  if (only?.length) return only;
+  const id = config.gateway.id;
+  if (config.gateway.workers === 1) return [id];
+  await store.connect();
+  const rs = await store.client.execute(`SELECT DISTINCT gateway FROM ${store.keyspace}.archive_cursors`, [], { consistency: consistencyFrom(config).read });
+  const worker = new RegExp(`^${id.replace(/[.]/g, '\\.')}-\\d+$`);
+  const ids = rs.rows.map((r) => r.get('gateway') as string).filter((g) => g === id || worker.test(g));
+  return ids.sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+}
+
 /** Reads the event log of one gateway: by message (the index), by queue and time. */
 export class EventLog {
   private readonly store: MailStore;
