@@ -76,3 +76,39 @@ export function machineCpu(): number {
     return 0; // not Linux
   }
 }
+
+const SHARED_POOL = /^(Native-Transpor|MutationStage|ReadStage|CounterMutation|ViewMutationSta|RequestResponse|SharedPool-Work|Mutation|Read).*$/;
+
+/**
+ * CPU seconds of each thread group of a process (/proc/PID/task/TID/stat), threads named alike
+ * counted together: for Cassandra, "MutationStage", "Native-Transport-Requests",
+ * "COMMIT-LOG-ALLOCATOR", "MemtableFlushWriter", "CompactionExecutor", the JVM's GC threads...
+ */
+export function threadCpu(pid: number | undefined): Map<string, number> {
+  // Cassandra's shared-pool workers rename themselves after the stage they run at the moment
+  // (a read, a mutation, a native-transport request): their CPU is counted under one name
+  const out = new Map<string, number>();
+  if (!pid) return out;
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const t of tasks) {
+    try {
+      const st = readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+      const name = st.slice(st.indexOf('(') + 1, st.lastIndexOf(')')).replace(/[\s:#_-]*\d+$/, '').replace(/^(GC Thread|G1 Conc|G1 Refine|C[12] CompilerThre).*/, '$1').replace(SHARED_POOL, 'request stages');
+      const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+      out.set(name, (out.get(name) ?? 0) + (Number(f[11]) + Number(f[12])) / 100);
+    } catch { /* ended meanwhile */ }
+  }
+  return out;
+}
+
+/** "MutationStage 0.41 s, ..." for the thread groups that used CPU between two threadCpu() readings, busiest first. */
+export function threadCpuSince(before: Map<string, number>, after: Map<string, number>, top = 8): string {
+  const d = [...after].map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const).filter(([, v]) => v >= 0.01).sort((a, b) => b[1] - a[1]);
+  const total = d.reduce((a, [, v]) => a + v, 0);
+  return `${total.toFixed(2)} s: ${d.slice(0, top).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}${d.length > top ? ', …' : ''}`;
+}
