@@ -8,9 +8,12 @@
 //      and without the archive running beside it, twice each, alternating: messages per second
 //      of each side and their ratio.
 //
+// BENCH_PROFILE=dir writes the archive-alone drain's CPU profile there (archive-alone.cpuprofile).
+//
 // Redis: a replica pair of redis-server processes on free loopback ports; Cassandra: the node
 // STREAMGATE_TEST_CASSANDRA names, else one started for the run (test/helpers/cassandra.ts).
 import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
 import { cpuUsage } from 'node:process';
 import { HistoryArchive } from '../src/events/archive.ts';
 import { silentLogger } from '../src/log.ts';
@@ -19,6 +22,7 @@ import { QueueManager } from '../src/queue/manager.ts';
 import { cassandraForTests } from '../test/helpers/cassandra.ts';
 import { testConfig } from '../test/helpers/config.ts';
 import { startRedisPool } from '../test/helpers/redis.ts';
+import { StageProfiler } from './lib/stages.ts';
 
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 60_000);
 const MESSAGES = Math.ceil(EVENTS / 3);
@@ -50,11 +54,14 @@ try {
   // 1. archive alone
   await traffic('alone.bench.test', MESSAGES);
   const archive = new HistoryArchive(qm, store, config, silentLogger);
+  const profiler = process.env.BENCH_PROFILE ? new StageProfiler() : undefined;
+  await profiler?.start();
   const c0 = cpuUsage();
   const t0 = performance.now();
   await archive.drain();
   const ms = performance.now() - t0;
   const cpu = cpuUsage(c0);
+  if (profiler) await profiler.stopProfile(join(process.env.BENCH_PROFILE!, 'archive-alone.cpuprofile'));
   const events = archive.status().archived;
   console.log(`archive alone: ${events.toLocaleString('en')} events into Cassandra in ${(ms / 1000).toFixed(1)} s: ${Math.round((events * 1000) / ms).toLocaleString('en')} events/s, gateway CPU ${(((cpu.user + cpu.system) / events)).toFixed(1)} µs per event`);
   archive.start();

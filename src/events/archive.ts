@@ -2,9 +2,11 @@
 // history, message_events and archive_cursors, described in src/mailbox/schema.ts) before Redis may
 // trim it (DESIGN, invariant 12). Per queue a durable cursor (the last event archived, in
 // archive_cursors) is read once, then the history stream is read after it in blocks, each block
-// written (history rows in unlogged batches of one partition, the message index in unlogged
-// batches of several messages' rows) and only then the cursor moved. A row's key is the event's position, so an event
-// archived again after a crash overwrites its own row: every event is in the log exactly once.
+// written as block rows (blockRows(): up to BLOCK_EVENTS consecutive events of one hour in one row
+// of history, and per message its events of that row in one row of message_events; the events'
+// bytes copied as the stream holds them) and only then the cursor moved. The rows are cut greedily
+// from the cursor, so a block archived again after a crash rewrites its own rows: every event is in
+// the log exactly once.
 // The history is trimmed (history budget, queue.historyMaxLength) only below cursorOf().
 //
 // Events written but not yet archived are kept in memory as the hot part of the message index
@@ -22,7 +24,7 @@ import type { Logger } from '../log.ts';
 import { consistencyFrom, type Consistency } from '../mailbox/client.ts';
 import type { MailStore } from '../mailbox/store.ts';
 import { type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
-import type { HistoryEntry, QueueManager } from '../queue/manager.ts';
+import type { QueueManager, RawHistoryEntry } from '../queue/manager.ts';
 import { splitQueueName } from '../queue/placement.ts';
 import { compareIds, eventId, histIdOf, parseEntryId } from '../message/ids.ts';
 
@@ -57,6 +59,136 @@ export interface ArchiveStatus {
 }
 
 const bucketOf = (ms: number) => ms - (ms % BUCKET_MS);
+
+/** Events per block row at most, and its bytes at most. */
+const BLOCK_EVENTS = 500;
+const BLOCK_BYTES = 256 * 1024;
+
+/** One row of the log: consecutive events of one queue and hour (see blockRows()). */
+export interface BlockRow {
+  /** The position of its first event: the row's key. */
+  ms: number;
+  seq: number;
+  /** Its events (StoredEvent) in a JSON array, as bytes. */
+  events: Buffer;
+  /** Per message id, that message's events of the block, encoded the same way: its index row. */
+  messages: Map<string, Buffer>;
+  /** Each event's history id and message id, in order. */
+  ids: { histId: string; messageId: string }[];
+}
+
+/**
+ * An event as the log stores it: [ms, seq, kind, message id, txn, at, details], the details the
+ * bytes the history holds (JSON written by the queue scripts): nothing is decoded to archive it.
+ */
+type StoredEvent = [number, number, LifecycleKind, string, number, number, Record<string, unknown>];
+
+interface Encoded {
+  histId: string;
+  ms: number;
+  seq: number;
+  messageId: string;
+  /** The stored event up to its details, and its length in bytes. */
+  head: string;
+  headBytes: number;
+  details: Buffer;
+}
+
+const DIGITS = /^\d+$/;
+const OPEN = Buffer.from('[');
+const COMMA = Buffer.from(',');
+const CLOSE = Buffer.from(']');
+const EMPTY_DETAILS: Buffer = Buffer.from('{}');
+
+/** A history entry (fields t, m, x, at, d, as the queue scripts write them) as a stored event's parts. */
+function encodeEntry([id, fields]: RawHistoryEntry): Encoded {
+  const histId = id.toString('latin1');
+  const [ms, seq] = parseEntryId(histId);
+  let kind = '';
+  let messageId = '';
+  let txn = '0';
+  let at = '0';
+  let details = EMPTY_DETAILS;
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    const k = fields[i]!;
+    const v = fields[i + 1]!;
+    if (k.length === 1) {
+      if (k[0] === 0x74) kind = v.toString('latin1'); // t
+      else if (k[0] === 0x6d) messageId = v.toString('utf8'); // m
+      else if (k[0] === 0x78) txn = v.toString('latin1'); // x
+      else if (k[0] === 0x64 && v.length) details = v; // d
+    } else if (k.length === 2 && k[0] === 0x61 && k[1] === 0x74) at = v.toString('latin1'); // at
+  }
+  const head = `[${ms},${seq},${JSON.stringify(kind)},${JSON.stringify(messageId)},${DIGITS.test(txn) ? txn : '0'},${DIGITS.test(at) ? at : '0'},`;
+  return { histId, ms, seq, messageId, head, headBytes: Buffer.byteLength(head), details };
+}
+
+/** `parts` as one JSON array: their bytes copied once into a buffer of the exact size. */
+function joinEncoded(parts: Encoded[], size: number): { buf: Buffer; spans: number[] } {
+  const buf = Buffer.allocUnsafe(size);
+  const spans: number[] = [];
+  let off = 0;
+  buf[off++] = 0x5b; // [
+  for (let i = 0; i < parts.length; i++) {
+    const e = parts[i]!;
+    if (i) buf[off++] = 0x2c; // ,
+    spans.push(off);
+    off += buf.write(e.head, off, 'utf8');
+    off += e.details.copy(buf, off);
+    buf[off++] = 0x5d; // ]
+    spans.push(off);
+  }
+  buf[off] = 0x5d;
+  if (off + 1 !== size) throw new Error(`a block row of ${off + 1} bytes where ${size} were counted`);
+  return { buf, spans };
+}
+
+/**
+ * A block of history entries (history order) cut into block rows: consecutive events of one hour,
+ * at most BLOCK_EVENTS of them and BLOCK_BYTES. The cut is greedy from the first event, so the
+ * block read again from the same cursor after a crash (the same events, perhaps more after them)
+ * gives the same rows again, only the last one longer: each rewrites its own row (and its
+ * messages' index rows), and no event is in two rows.
+ */
+export function blockRows(entries: RawHistoryEntry[]): BlockRow[] {
+  const out: BlockRow[] = [];
+  const all = entries.map(encodeEntry);
+  let i = 0;
+  while (i < all.length) {
+    const first = all[i]!;
+    const bucket = bucketOf(first.ms);
+    let size = 1;
+    let j = i;
+    for (; j < all.length; j++) {
+      const e = all[j]!;
+      const n = e.headBytes + e.details.length + 2; // with its "]" and the "," or final "]"
+      if (j > i && (bucketOf(e.ms) !== bucket || j - i >= BLOCK_EVENTS || size + n > BLOCK_BYTES)) break;
+      size += n;
+    }
+    const parts = all.slice(i, j);
+    i = j;
+    const { buf, spans } = joinEncoded(parts, size);
+    // each message's events, copied out of the row's bytes
+    const byMessage = new Map<string, number[]>();
+    parts.forEach((e, k) => {
+      if (!e.messageId) return;
+      const list = byMessage.get(e.messageId);
+      if (list) list.push(k);
+      else byMessage.set(e.messageId, [k]);
+    });
+    const messages = new Map<string, Buffer>();
+    for (const [id, ks] of byMessage) {
+      const pieces: Buffer[] = [];
+      ks.forEach((k, n) => {
+        pieces.push(n ? COMMA : OPEN, buf.subarray(spans[2 * k]!, spans[2 * k + 1]!));
+      });
+      pieces.push(CLOSE);
+      messages.set(id, Buffer.concat(pieces));
+    }
+    out.push({ ms: first.ms, seq: first.seq, events: buf, messages, ids: parts.map((e) => ({ histId: e.histId, messageId: e.messageId })) });
+  }
+  return out;
+}
 
 export class HistoryArchive extends EventEmitter {
   private readonly queues: QueueManager;
@@ -206,27 +338,28 @@ export class HistoryArchive extends EventEmitter {
     }
     for (;;) {
       const cursor = this.cursors.get(domain);
-      const rows = await this.queues.historySince(domain, cursor, BLOCK);
-      if (!rows.length) return;
+      const entries = await this.queues.historySinceRaw(domain, cursor, BLOCK);
+      if (!entries.length) return;
+      const rows = blockRows(entries);
       await this.write(at, rows);
-      const last = rows[rows.length - 1]!.histId;
+      const last = rows.at(-1)!.ids.at(-1)!.histId;
       // the first block also records the hour of the queue's first event: where reads by time start
       const [q, params] = cursor
         ? [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, updated) VALUES (?, ?, ?, ?)`, [at.origin, at.domain, last, new Date()]]
-        : [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, first_bucket, updated) VALUES (?, ?, ?, ?, ?)`, [at.origin, at.domain, last, new Date(bucketOf(parseEntryId(rows[0]!.histId)[0])), new Date()]];
+        : [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, first_bucket, updated) VALUES (?, ?, ?, ?, ?)`, [at.origin, at.domain, last, new Date(bucketOf(rows[0]!.ms)), new Date()]];
       await this.store.client.execute(q, params, { prepare: true, consistency: this.cl.write, isIdempotent: true });
       this.cursors.set(domain, last);
-      this.archived += rows.length;
-      this.pending.set(domain, Math.max(0, (this.pending.get(domain) ?? 0) - rows.length));
-      this.cool(domain, rows);
+      this.archived += entries.length;
+      this.pending.set(domain, Math.max(0, (this.pending.get(domain) ?? 0) - entries.length));
+      for (const r of rows) this.cool(domain, r.ids);
       this.emit('archived', domain);
-      if (rows.length < BLOCK) return;
+      if (entries.length < BLOCK) return;
     }
   }
 
   /** Archived events leave the hot index. */
-  private cool(domain: string, rows: HistoryEntry[]): void {
-    for (const r of rows) {
+  private cool(domain: string, ids: BlockRow['ids']): void {
+    for (const r of ids) {
       const list = this.hot.get(r.messageId);
       if (!list) continue;
       const id = eventId(this.gateway, domain, r.histId);
@@ -239,56 +372,44 @@ export class HistoryArchive extends EventEmitter {
   }
 
   /**
-   * Writes a block of one queue's history: the history rows in unlogged batches of one partition
-   * (an hour), the index rows in unlogged batches of several messages' partitions (fewer requests
-   * for the gateway to encode; each row stands alone, a batch only carries them together). The
+   * Writes a block of one queue's history as block rows (blockRows(): consecutive events of one
+   * hour, one row each in history, and per message one row of its events of that block in
+   * message_events). Two rows or so per block and one per message, not two per event: the
+   * encoding the gateway pays for, and the writes Cassandra pays for, fall by as much. The
    * details go as stored, never parsed here.
    */
-  private async write(at: { origin: string; domain: string }, rows: HistoryEntry[]): Promise<void> {
-    const histQ = `INSERT INTO ${this.ks}.history (gateway, domain, bucket, ms, seq, kind, message_id, txn, at, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`;
-    const idxQ = `INSERT INTO ${this.ks}.message_events (message_id, gateway, domain, ms, seq, kind, txn, at, details) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`;
+  private async write(at: { origin: string; domain: string }, rows: BlockRow[]): Promise<void> {
+    const histQ = `INSERT INTO ${this.ks}.history (gateway, domain, bucket, ms, seq, events) VALUES (?, ?, ?, ?, ?, ?)`;
+    const idxQ = `INSERT INTO ${this.ks}.message_events (message_id, gateway, domain, ms, seq, events) VALUES (?, ?, ?, ?, ?, ?)`;
     type Stmt = { query: string; params: unknown[] };
+    const single: Stmt[] = [];
     const batches: Stmt[][] = [];
-    // one batcher per kind of batch: history rows of one bucket at a time; index rows of any message
-    const batcher = () => {
-      let cur: Stmt[] = [];
-      let bytes = 0;
-      let key: number | undefined;
-      return {
-        add(stmt: Stmt, size: number, k?: number) {
-          if (cur.length && (k !== key || cur.length >= BATCH_ROWS || bytes + size > BATCH_BYTES)) this.close();
-          key = k;
-          bytes += size;
-          cur.push(stmt);
-        },
-        close() {
-          if (cur.length) batches.push(cur);
+    let cur: Stmt[] = [];
+    let bytes = 0;
+    for (const b of rows) {
+      single.push({ query: histQ, params: [at.origin, at.domain, new Date(bucketOf(b.ms)), b.ms, b.seq, b.events] });
+      for (const [messageId, events] of b.messages) {
+        // the index rows of several messages in one unlogged batch: fewer requests to encode; each row stands alone
+        if (cur.length && (cur.length >= BATCH_ROWS || bytes + events.length > BATCH_BYTES)) {
+          batches.push(cur);
           cur = [];
           bytes = 0;
-        },
-      };
-    };
-    const hist = batcher();
-    const idx = batcher();
-    for (const r of rows) {
-      const [ms, seq] = parseEntryId(r.histId);
-      const details = r.detailsJson;
-      const b = bucketOf(ms);
-      const when = new Date(r.at);
-      hist.add({ query: histQ, params: [at.origin, at.domain, new Date(b), ms, seq, r.kind, r.messageId, r.txn, when, details] }, details.length + 100, b);
-      if (r.messageId) idx.add({ query: idxQ, params: [r.messageId, at.origin, at.domain, ms, seq, r.kind, r.txn, when, details] }, details.length + 100);
+        }
+        cur.push({ query: idxQ, params: [messageId, at.origin, at.domain, b.ms, b.seq, events] });
+        bytes += events.length + 100;
+      }
     }
-    hist.close();
-    idx.close();
+    if (cur.length) batches.push(cur);
     const opts = { prepare: true, consistency: this.cl.write, isIdempotent: true, logged: false };
+    const work: (() => Promise<unknown>)[] = [
+      ...single.map((st) => () => this.store.client.execute(st.query, st.params, opts)),
+      ...batches.map((b) => () => (b.length === 1 ? this.store.client.execute(b[0]!.query, b[0]!.params, opts) : this.store.client.batch(b, opts))),
+    ];
     let next = 0;
     const worker = async () => {
-      while (next < batches.length) {
-        const b = batches[next++]!;
-        await (b.length === 1 ? this.store.client.execute(b[0]!.query, b[0]!.params, opts) : this.store.client.batch(b, opts));
-      }
+      while (next < work.length) await work[next++]!();
     };
-    await Promise.all(Array.from({ length: Math.min(PARALLEL, batches.length) }, worker));
+    await Promise.all(Array.from({ length: Math.min(PARALLEL, work.length) }, worker));
   }
 
   // ---- reading the log ------------------------------------------------------------------------
@@ -341,13 +462,23 @@ export class EventLog {
   }
 
   /**
-   * A message's archived events (its partition of message_events), whichever gateway's queue
-   * they were archived under: a queue adopted from a gateway that died keeps that gateway's id.
+   * A message's archived events (its partition of message_events: a row per block of the log it
+   * has events in), whichever gateway's queue they were archived under: a queue adopted from a
+   * gateway that died keeps that gateway's id.
    */
   async story(messageId: string): Promise<LifecycleEvent[]> {
     await this.store.connect();
-    const rs = await this.store.client.execute(`SELECT gateway, domain, ms, seq, kind, txn, at, details FROM ${this.ks}.message_events WHERE message_id = ?`, [messageId], { prepare: true, consistency: this.cl.read, fetchSize: 5000 });
-    return rs.rows.map((r) => this.rowEvent(r, messageId, r.get('gateway') as string));
+    const rs = await this.store.client.execute(`SELECT * FROM ${this.ks}.message_events WHERE message_id = ?`, [messageId], { prepare: true, consistency: this.cl.read, fetchSize: 5000 });
+    const out: LifecycleEvent[] = [];
+    const seen = new Set<string>();
+    for (const r of rs.rows) {
+      for (const ev of this.rowEvents(r, r.get('gateway') as string, messageId)) {
+        if (seen.has(ev.id)) continue;
+        seen.add(ev.id);
+        out.push(ev);
+      }
+    }
+    return out;
   }
 
   /** The queues (domains) of this gateway with archived events. */
@@ -360,6 +491,8 @@ export class EventLog {
   /**
    * The archived events of one queue from `since` (ms, inclusive) up to `until` (exclusive),
    * oldest first, read partition by partition (one per hour, from the queue's first) in pages.
+   * A block row holding `since` starts before it: in the hour of `since` the row just before it
+   * is read first.
    */
   async *eventsOf(ref: string, since: number, until: number): AsyncGenerator<LifecycleEvent> {
     // a queue of this gateway by its domain, an adopted one by its full name (`gw1:example.com`)
@@ -368,32 +501,65 @@ export class EventLog {
     const rs = await this.store.client.execute(`SELECT first_bucket FROM ${this.ks}.archive_cursors WHERE gateway = ? AND domain = ?`, [origin, domain], { prepare: true, consistency: this.cl.read });
     const first = (rs.first()?.get('first_bucket') as Date | null | undefined)?.getTime();
     if (first === undefined) return;
+    // the newest position given: an event in two rows (one written before a crash) is given once
+    let last: [number, number] = [-1, -1];
+    const fresh = (ev: LifecycleEvent) => {
+      const [ms, seq] = parseEntryId(histIdOf(ev.id));
+      if (ms < since || ms >= until || ms < last[0] || (ms === last[0] && seq <= last[1])) return false;
+      last = [ms, seq];
+      return true;
+    };
+    const key = `gateway = ? AND domain = ? AND bucket = ?`;
     for (let b = bucketOf(Math.max(since, first)); b < until; b += BUCKET_MS) {
+      if (since > b) {
+        const before = await this.store.client.execute(`SELECT * FROM ${this.ks}.history WHERE ${key} AND ms < ? ORDER BY ms DESC, seq DESC LIMIT 1`, [origin, domain, new Date(b), since], { prepare: true, consistency: this.cl.read });
+        for (const r of before.rows) for (const ev of this.rowEvents(r, origin)) if (fresh(ev)) yield ev;
+      }
       let pageState: string | undefined;
       do {
-        const page: cassandra.types.ResultSet = await this.store.client.execute(
-          `SELECT domain, ms, seq, kind, message_id, txn, at, details FROM ${this.ks}.history WHERE gateway = ? AND domain = ? AND bucket = ? AND ms >= ? AND ms < ?`,
-          [origin, domain, new Date(b), since, until],
-          { prepare: true, consistency: this.cl.read, fetchSize: 2000, pageState },
-        );
-        for (const r of page.rows) yield this.rowEvent(r, r.get('message_id') as string, origin);
+        const page: cassandra.types.ResultSet = await this.store.client.execute(`SELECT * FROM ${this.ks}.history WHERE ${key} AND ms >= ? AND ms < ?`, [origin, domain, new Date(b), since, until], {
+          prepare: true,
+          consistency: this.cl.read,
+          fetchSize: 200,
+          pageState,
+        });
+        for (const r of page.rows) for (const ev of this.rowEvents(r, origin)) if (fresh(ev)) yield ev;
         pageState = page.pageState ?? undefined;
       } while (pageState);
     }
   }
 
-  private rowEvent(r: cassandra.types.Row, messageId: string, gateway: string): LifecycleEvent {
+  /**
+   * The events of one row of history or message_events: a block row's (its `events`), or the one
+   * event of a row written one per event (the log's first format, still read).
+   */
+  private rowEvents(r: cassandra.types.Row, gateway: string, messageId?: string): LifecycleEvent[] {
     const domain = r.get('domain') as string;
+    const block = r.get('events') as Buffer | null | undefined;
+    if (block) {
+      return (JSON.parse(block.toString('utf8')) as StoredEvent[]).map(([ms, seq, kind, mid, txn, at, details]) => ({
+        id: eventId(gateway, domain, `${ms}-${seq}`),
+        queue: `${gateway}:${domain}`,
+        domain,
+        kind,
+        messageId: mid,
+        txn,
+        at,
+        details,
+      }));
+    }
     const histId = `${String(r.get('ms'))}-${String(r.get('seq'))}`;
-    return {
-      id: eventId(gateway, domain, histId),
-      queue: `${gateway}:${domain}`,
-      domain,
-      kind: r.get('kind') as LifecycleKind,
-      messageId,
-      txn: Number(r.get('txn')),
-      at: (r.get('at') as Date).getTime(),
-      details: JSON.parse(r.get('details') as string) as Record<string, unknown>,
-    };
+    return [
+      {
+        id: eventId(gateway, domain, histId),
+        queue: `${gateway}:${domain}`,
+        domain,
+        kind: r.get('kind') as LifecycleKind,
+        messageId: messageId ?? (r.get('message_id') as string),
+        txn: Number(r.get('txn')),
+        at: (r.get('at') as Date).getTime(),
+        details: JSON.parse(r.get('details') as string) as Record<string, unknown>,
+      },
+    ];
   }
 }

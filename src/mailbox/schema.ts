@@ -23,11 +23,15 @@
 //
 // The event log (src/events/archive.ts) lives in the same keyspace:
 //   history          every lifecycle event of every queue, kept whole: one partition per (gateway,
-//                    domain, hour), one row per event clustered by its history position (ms, seq),
-//                    the same time-then-sequence order as the event id and as the mailboxes'
-//                    TimeUUIDs. A row is written again, never twice, when an event is archived again.
-//   message_events   the index of one message's story: per message id, its events (queue,
-//                    position, kind, details), so a lookup is one partition read whatever its age
+//                    domain, hour), one row per block of consecutive events (up to 500), keyed by
+//                    its first event's history position (ms, seq), the same time-then-sequence
+//                    order as the event id and as the mailboxes' TimeUUIDs; `events` holds them
+//                    (JSON). A block archived again after a crash rewrites its own row, so an
+//                    event is never in the log twice. Rows of one event each (kind .. details,
+//                    `events` null) are the log's first format, still read.
+//   message_events   the index of one message's story: per message id, a row per block it has
+//                    events in (queue, the block's position, `events`: that message's events of
+//                    it), so a lookup is one partition read whatever its age
 //   archive_cursors  per (gateway, domain): the last event archived (the archive's durable cursor)
 //   purged           a purged message kept for queue.purgeGrace (written with that TTL), so that
 //                    `queue unpurge` can put it back: per (gateway, message id) and queue, its
@@ -115,6 +119,7 @@ export function tableCql(ks: string): Record<(typeof TABLES)[number], string> {
       txn bigint,
       at timestamp,
       details text,
+      events blob,
       PRIMARY KEY ((gateway, domain, bucket), ms, seq))
       WITH CLUSTERING ORDER BY (ms ASC, seq ASC)`,
     message_events: `CREATE TABLE IF NOT EXISTS ${ks}.message_events (
@@ -127,6 +132,7 @@ export function tableCql(ks: string): Record<(typeof TABLES)[number], string> {
       txn bigint,
       at timestamp,
       details text,
+      events blob,
       PRIMARY KEY (message_id, gateway, domain, ms, seq))`,
     archive_cursors: `CREATE TABLE IF NOT EXISTS ${ks}.archive_cursors (
       gateway text,
@@ -153,6 +159,8 @@ export function tableCql(ks: string): Record<(typeof TABLES)[number], string> {
 /** Columns added after their table was first released: "table.column" → CQL type. */
 export const ADDED_COLUMNS: Record<string, string> = {
   'messages.pending': 'boolean',
+  'history.events': 'blob',
+  'message_events.events': 'blob',
 };
 
 /**

@@ -30,6 +30,8 @@ import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS,
 import { eventId, parseEntryId } from '../message/ids.ts';
 
 export type { HistoryEntry } from './records.ts';
+/** A history stream entry as Redis returns it: its id, and its fields and values in pairs. */
+export type RawHistoryEntry = [id: Buffer, fields: Buffer[]];
 
 /** A message's history lookup reads at most this many events, in blocks of HISTORY_BLOCK. */
 const HISTORY_SCAN_LIMIT = 20_000;
@@ -972,6 +974,14 @@ export class QueueManager extends EventEmitter {
     // on the read connection: a block of events never waits behind the queue's writes, nor they behind it
     const rows = (await this.readerNode(domain).reads.xrange(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
     return rows.map(decodeHistory);
+  }
+
+  /**
+   * historySince() as the stream holds it, nothing decoded: ids and fields as bytes (the event
+   * log copies them into its rows as they are).
+   */
+  async historySinceRaw(domain: string, afterId: string | undefined, count: number): Promise<RawHistoryEntry[]> {
+    return (await this.readerNode(domain).reads.xrangeBuffer(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as RawHistoryEntry[];
   }
 
   /**
