@@ -2,8 +2,8 @@
 //
 //   1. archive alone: BENCH_EVENTS events (default 60,000: messages accepted, taken and delivered,
 //      three events each) are written to a queue's history with no archive running, then the
-//      archive drains them into Cassandra: events per second, and the gateway process's CPU per
-//      event.
+//      archive drains them into Cassandra: events per second, and the CPU per event of the gateway
+//      process and of the Cassandra node.
 //   2. cost: the same traffic through the queue (append, take, settle on the replica pair) with
 //      and without the archive running beside it, twice each, alternating: messages per second
 //      of each side and their ratio.
@@ -16,12 +16,14 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { cpuUsage } from 'node:process';
 import { HistoryArchive } from '../src/events/archive.ts';
+import { newMessageId } from '../src/message/ids.ts';
 import { silentLogger } from '../src/log.ts';
 import { MailStore } from '../src/mailbox/store.ts';
 import { QueueManager } from '../src/queue/manager.ts';
 import { cassandraForTests } from '../test/helpers/cassandra.ts';
 import { testConfig } from '../test/helpers/config.ts';
 import { startRedisPool } from '../test/helpers/redis.ts';
+import { pidOnPort, procCpu } from './lib/cpu.ts';
 import { StageProfiler } from './lib/stages.ts';
 
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 60_000);
@@ -41,7 +43,7 @@ await store.connect();
 async function traffic(domain: string, n: number): Promise<number> {
   const t0 = performance.now();
   for (let i = 0; i < n; i += 500) {
-    const ids = Array.from({ length: Math.min(500, n - i) }, (_, k) => `${domain}-${i + k}`);
+    const ids = Array.from({ length: Math.min(500, n - i) }, () => newMessageId());
     await Promise.all(ids.map((id) => qm.append({ id, domain, envelope: { from: 's@src.bench.test', to: [`r@${domain}`] }, raw: RAW })));
     for (let taken = await qm.take(domain, 500); taken.length; taken = await qm.take(domain, 500)) {
       await Promise.all(taken.map((m) => qm.settle(domain, m.id, 'delivered', { reply: '250 ok' })));
@@ -57,13 +59,16 @@ try {
   const profiler = process.env.BENCH_PROFILE ? new StageProfiler() : undefined;
   await profiler?.start();
   const c0 = cpuUsage();
+  const cassPid = pidOnPort(node.port);
+  const k0 = procCpu(cassPid);
   const t0 = performance.now();
   await archive.drain();
   const ms = performance.now() - t0;
   const cpu = cpuUsage(c0);
+  const cassS = procCpu(cassPid) - k0;
   if (profiler) await profiler.stopProfile(join(process.env.BENCH_PROFILE!, 'archive-alone.cpuprofile'));
   const events = archive.status().archived;
-  console.log(`archive alone: ${events.toLocaleString('en')} events into Cassandra in ${(ms / 1000).toFixed(1)} s: ${Math.round((events * 1000) / ms).toLocaleString('en')} events/s, gateway CPU ${(((cpu.user + cpu.system) / events)).toFixed(1)} µs per event`);
+  console.log(`archive alone: ${events.toLocaleString('en')} events into Cassandra in ${(ms / 1000).toFixed(1)} s: ${Math.round((events * 1000) / ms).toLocaleString('en')} events/s, gateway CPU ${(((cpu.user + cpu.system) / events)).toFixed(1)} µs per event, Cassandra's ${((cassS * 1e6) / events).toFixed(1)} µs per event`);
   archive.start();
 
   // 2. cost: with and without the archive beside the traffic, alternating

@@ -26,7 +26,7 @@ import type { MailStore } from '../mailbox/store.ts';
 import { type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
 import type { QueueManager, RawHistoryEntry } from '../queue/manager.ts';
 import { splitQueueName } from '../queue/placement.ts';
-import { compareIds, eventId, histIdOf, parseEntryId } from '../message/ids.ts';
+import { compareIds, eventId, histIdOf, parseEntryId, timeOfMessageId } from '../message/ids.ts';
 
 /** A history partition holds one hour of a queue's events. */
 export const BUCKET_MS = 3_600_000;
@@ -188,6 +188,26 @@ export function blockRows(entries: RawHistoryEntry[]): BlockRow[] {
     out.push({ ms: first.ms, seq: first.seq, events: buf, messages, ids: parts.map((e) => ({ histId: e.histId, messageId: e.messageId })) });
   }
   return out;
+}
+
+/** Shards of a minute's message index: the partitions the index rows of one block spread over. */
+const INDEX_SHARDS = 16;
+/** Accept times a message id may tell (2000 to 2200): an id outside is not one of newMessageId()'s. */
+const ID_TIMES: [number, number] = [946_684_800_000, 7_258_118_400_000];
+
+/**
+ * Where a message's index rows go in message_index: the minute its id was made in (a
+ * newMessageId(): 20 characters, its time first) and a shard of it by a hash of the id; undefined
+ * for any other id (a producer's `job-…`), whose rows go to message_events. Only the id decides,
+ * so the rows are found again from the id alone.
+ */
+export function indexKeyOf(messageId: string): { minute: number; shard: number } | undefined {
+  if (messageId.length !== 20) return undefined;
+  const t = timeOfMessageId(messageId);
+  if (t === undefined || t < ID_TIMES[0] || t >= ID_TIMES[1]) return undefined;
+  let h = 0x811c9dc5; // FNV-1a
+  for (let i = 0; i < messageId.length; i++) h = Math.imul(h ^ messageId.charCodeAt(i), 0x01000193);
+  return { minute: t - (t % 60_000), shard: (h >>> 0) % INDEX_SHARDS };
 }
 
 export class HistoryArchive extends EventEmitter {
@@ -373,41 +393,47 @@ export class HistoryArchive extends EventEmitter {
 
   /**
    * Writes a block of one queue's history as block rows (blockRows(): consecutive events of one
-   * hour, one row each in history, and per message one row of its events of that block in
-   * message_events). Two rows or so per block and one per message, not two per event: the
-   * encoding the gateway pays for, and the writes Cassandra pays for, fall by as much. The
-   * details go as stored, never parsed here.
+   * hour, one row each in history) and the message index: per message a row of its events of each
+   * block row, in message_index when its id tells its accept time (indexKeyOf(): the rows of the
+   * messages accepted in the same minute and shard go to Cassandra as one mutation, not one per
+   * message), else in message_events (a partition per message). The details go as stored, never
+   * parsed here.
    */
   private async write(at: { origin: string; domain: string }, rows: BlockRow[]): Promise<void> {
     const histQ = `INSERT INTO ${this.ks}.history (gateway, domain, bucket, ms, seq, events) VALUES (?, ?, ?, ?, ?, ?)`;
-    const idxQ = `INSERT INTO ${this.ks}.message_events (message_id, gateway, domain, ms, seq, events) VALUES (?, ?, ?, ?, ?, ?)`;
+    const idxQ = `INSERT INTO ${this.ks}.message_index (minute, shard, message_id, gateway, domain, ms, seq, events) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`;
+    const perMessageQ = `INSERT INTO ${this.ks}.message_events (message_id, gateway, domain, ms, seq, events) VALUES (?, ?, ?, ?, ?, ?)`;
     type Stmt = { query: string; params: unknown[] };
-    const single: Stmt[] = [];
-    const batches: Stmt[][] = [];
-    let cur: Stmt[] = [];
-    let bytes = 0;
+    const work: Stmt[][] = [];
+    // index rows in unlogged batches: those of one partition (one mutation), and the per-message
+    // ones several partitions together (fewer requests to encode; each row stands alone)
+    const open = new Map<string, { stmts: Stmt[]; bytes: number }>();
+    const add = (key: string, st: Stmt, size: number) => {
+      let cur = open.get(key);
+      if (cur && (cur.stmts.length >= BATCH_ROWS || cur.bytes + size > BATCH_BYTES)) {
+        work.push(cur.stmts);
+        cur = undefined;
+      }
+      if (!cur) open.set(key, (cur = { stmts: [], bytes: 0 }));
+      cur.stmts.push(st);
+      cur.bytes += size + 100;
+    };
     for (const b of rows) {
-      single.push({ query: histQ, params: [at.origin, at.domain, new Date(bucketOf(b.ms)), b.ms, b.seq, b.events] });
+      work.push([{ query: histQ, params: [at.origin, at.domain, new Date(bucketOf(b.ms)), b.ms, b.seq, b.events] }]);
       for (const [messageId, events] of b.messages) {
-        // the index rows of several messages in one unlogged batch: fewer requests to encode; each row stands alone
-        if (cur.length && (cur.length >= BATCH_ROWS || bytes + events.length > BATCH_BYTES)) {
-          batches.push(cur);
-          cur = [];
-          bytes = 0;
-        }
-        cur.push({ query: idxQ, params: [messageId, at.origin, at.domain, b.ms, b.seq, events] });
-        bytes += events.length + 100;
+        const k = indexKeyOf(messageId);
+        if (k) add(`${k.minute}/${k.shard}`, { query: idxQ, params: [new Date(k.minute), k.shard, messageId, at.origin, at.domain, b.ms, b.seq, events] }, events.length);
+        else add('', { query: perMessageQ, params: [messageId, at.origin, at.domain, b.ms, b.seq, events] }, events.length);
       }
     }
-    if (cur.length) batches.push(cur);
+    for (const cur of open.values()) work.push(cur.stmts);
     const opts = { prepare: true, consistency: this.cl.write, isIdempotent: true, logged: false };
-    const work: (() => Promise<unknown>)[] = [
-      ...single.map((st) => () => this.store.client.execute(st.query, st.params, opts)),
-      ...batches.map((b) => () => (b.length === 1 ? this.store.client.execute(b[0]!.query, b[0]!.params, opts) : this.store.client.batch(b, opts))),
-    ];
     let next = 0;
     const worker = async () => {
-      while (next < work.length) await work[next++]!();
+      while (next < work.length) {
+        const b = work[next++]!;
+        await (b.length === 1 ? this.store.client.execute(b[0]!.query, b[0]!.params, opts) : this.store.client.batch(b, opts));
+      }
     };
     await Promise.all(Array.from({ length: Math.min(PARALLEL, work.length) }, worker));
   }
@@ -468,10 +494,16 @@ export class EventLog {
    */
   async story(messageId: string): Promise<LifecycleEvent[]> {
     await this.store.connect();
-    const rs = await this.store.client.execute(`SELECT * FROM ${this.ks}.message_events WHERE message_id = ?`, [messageId], { prepare: true, consistency: this.cl.read, fetchSize: 5000 });
+    const opts = { prepare: true, consistency: this.cl.read, fetchSize: 5000 };
+    const k = indexKeyOf(messageId);
+    // its rows in message_index, and in message_events (an id of another form, or rows of the log's first format)
+    const [indexed, perMessage] = await Promise.all([
+      k ? this.store.client.execute(`SELECT * FROM ${this.ks}.message_index WHERE minute = ? AND shard = ? AND message_id = ?`, [new Date(k.minute), k.shard, messageId], opts) : undefined,
+      this.store.client.execute(`SELECT * FROM ${this.ks}.message_events WHERE message_id = ?`, [messageId], opts),
+    ]);
     const out: LifecycleEvent[] = [];
     const seen = new Set<string>();
-    for (const r of rs.rows) {
+    for (const r of [...(indexed?.rows ?? []), ...perMessage.rows]) {
       for (const ev of this.rowEvents(r, r.get('gateway') as string, messageId)) {
         if (seen.has(ev.id)) continue;
         seen.add(ev.id);

@@ -29,9 +29,14 @@
 //                    (JSON). A block archived again after a crash rewrites its own row, so an
 //                    event is never in the log twice. Rows of one event each (kind .. details,
 //                    `events` null) are the log's first format, still read.
-//   message_events   the index of one message's story: per message id, a row per block it has
-//                    events in (queue, the block's position, `events`: that message's events of
-//                    it), so a lookup is one partition read whatever its age
+//   message_index    the index of one message's story: per message, a row per block of the log it
+//                    has events in (queue, the block's position, `events`: that message's events of
+//                    it), in a partition per minute of the message's id and shard of 16 (the id's
+//                    hash), so a lookup is one partition read whatever its age, and the index rows of
+//                    one block are a few mutations, not one per message
+//   message_events   the same rows for a message whose id does not tell its time (a producer's
+//                    `job-…`): a partition per message id; and the log's first format, a row per
+//                    event
 //   archive_cursors  per (gateway, domain): the last event archived (the archive's durable cursor)
 //   purged           a purged message kept for queue.purgeGrace (written with that TTL), so that
 //                    `queue unpurge` can put it back: per (gateway, message id) and queue, its
@@ -42,7 +47,7 @@
 import type cassandra from 'cassandra-driver';
 import type { Config } from '../config/schema.ts';
 
-export const TABLES = ['users', 'mailboxes', 'mailbox_buckets', 'messages', 'bodies', 'usage', 'pop3_locks', 'history', 'message_events', 'archive_cursors', 'purged'] as const;
+export const TABLES = ['users', 'mailboxes', 'mailbox_buckets', 'messages', 'bodies', 'usage', 'pop3_locks', 'history', 'message_events', 'message_index', 'archive_cursors', 'purged'] as const;
 
 /** The replication map for CREATE/ALTER KEYSPACE, from `cassandra.replicationStrategy` and `replicationFactor`. */
 export function replicationCql(config: Config): string {
@@ -134,6 +139,16 @@ export function tableCql(ks: string): Record<(typeof TABLES)[number], string> {
       details text,
       events blob,
       PRIMARY KEY (message_id, gateway, domain, ms, seq))`,
+    message_index: `CREATE TABLE IF NOT EXISTS ${ks}.message_index (
+      minute timestamp,
+      shard int,
+      message_id text,
+      gateway text,
+      domain text,
+      ms bigint,
+      seq int,
+      events blob,
+      PRIMARY KEY ((minute, shard), message_id, gateway, domain, ms, seq))`,
     archive_cursors: `CREATE TABLE IF NOT EXISTS ${ks}.archive_cursors (
       gateway text,
       domain text,

@@ -1,14 +1,15 @@
 // The event log's rows: blocks of consecutive events (history) and per message its events of a
-// block (message_events). A block archived again from the same cursor after a crash between its
-// rows and the cursor write rewrites its own rows, so every event stays in exactly one row; rows
-// written one per event (the log's first format) are still read, and a keyspace made before block
-// rows gets their column at connect.
+// block (message_index; message_events for an id that does not tell its time). A block archived
+// again from the same cursor after a crash between its rows and the cursor write rewrites its own
+// rows, so every event stays in exactly one row; rows written one per event (the log's first
+// format) are still read, and a keyspace made before block rows gets their column and
+// message_index at connect.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { HistoryArchive } from '../../src/events/archive.ts';
+import { HistoryArchive, indexKeyOf } from '../../src/events/archive.ts';
 import { silentLogger } from '../../src/log.ts';
 import { MailStore } from '../../src/mailbox/store.ts';
-import { eventId, histIdOf } from '../../src/message/ids.ts';
+import { eventId, histIdOf, newMessageId } from '../../src/message/ids.ts';
 import { EventPath, startEventLogServers, type EventLogServers } from '../helpers/eventPath.ts';
 
 const HOUR = 3_600_000;
@@ -49,18 +50,22 @@ describe('the event log in block rows', () => {
       await archive.drain();
       const c1 = archive.cursorOf(domain)!;
       await path.traffic(domain, 300, 'b'); // 900 events: one pass, two rows (500 and 400 events)
+      // and messages with ids as the gateway makes them (their index rows in message_index)
+      const made = Array.from({ length: 50 }, () => newMessageId());
+      await Promise.all(made.map((id) => path.qm.append({ id, domain, envelope: { from: 's@src.test', to: [`r@${domain}`] }, raw: Buffer.from('Subject: m\r\n\r\nx\r\n') })));
+      await Promise.all((await path.qm.take(domain, 50)).map((m) => path.qm.settle(domain, m.id, 'delivered', { reply: '250 ok' })));
       await archive.drain();
-      assert.equal(archive.status().archived, 1200);
+      assert.equal(archive.status().archived, 1350);
       // the cursor write of that pass lost (the process died between the rows and the cursor)
       await path.store.client.execute(`UPDATE ${ks}.archive_cursors SET hist = ? WHERE gateway = ? AND domain = ?`, [c1, 'gw-arch', domain], { prepare: true });
       await path.traffic(domain, 300, 'c'); // 900 more: the pass again from c1 reads 1,800 events
       archive = new HistoryArchive(path.qm, path.store, config, silentLogger);
       await archive.drain();
-      assert.equal(archive.status().archived, 1800, 'the pass read again from the cursor that was kept');
+      assert.equal(archive.status().archived, 1950, 'the pass read again from the cursor that was kept');
       const mine = path.emitted.filter((e) => e.domain === domain).map((e) => e.id);
-      assert.equal(mine.length, 2100);
+      assert.equal(mine.length, 2250);
       const rows = await rowEvents(path.store, 'gw-arch', domain);
-      assert.equal(rows.length, 2100, 'every event in one row, none in two');
+      assert.equal(rows.length, 2250, 'every event in one row, none in two');
       assert.deepEqual(rows, mine, 'in history order');
       assert.deepEqual(await path.archivedIds(domain), mine);
       // a message of the pass archived twice (its events in both of the pass's rows): its index
@@ -72,6 +77,13 @@ describe('the event log in block rows', () => {
       const story = await archive.story('b-299');
       assert.deepEqual(story.map((e) => e.kind), ['accepted', 'attempted', 'delivered']);
       assert.deepEqual(story.map((e) => e.id), path.emitted.filter((e) => e.messageId === 'b-299').map((e) => e.id));
+      for (const id of [made[0]!, made[49]!]) {
+        const k = indexKeyOf(id)!;
+        const mi = await path.store.client.execute(`SELECT events FROM ${ks}.message_index WHERE minute = ? AND shard = ? AND message_id = ?`, [new Date(k.minute), k.shard, id], { prepare: true });
+        const at = mi.rows.flatMap((r) => JSON.parse((r.get('events') as Buffer).toString('utf8')) as [number, number][]).map(([ms, seq]) => `${ms}-${seq}`);
+        assert.deepEqual(at, path.emitted.filter((e) => e.messageId === id).map((e) => histIdOf(e.id)), `${id}: each event in one row of message_index`);
+        assert.deepEqual((await archive.story(id)).map((e) => e.kind), ['accepted', 'attempted', 'delivered']);
+      }
       // read by time from inside a row: exactly the events from that millisecond on
       const from = Number(histIdOf(mine[1000]!).split('-')[0]);
       const since: string[] = [];
@@ -90,6 +102,7 @@ describe('the event log in block rows', () => {
     const setup = new MailStore(config, silentLogger);
     await setup.connect();
     for (const table of ['history', 'message_events']) await setup.client.execute(`ALTER TABLE ${ks}.${table} DROP events`);
+    await setup.client.execute(`DROP TABLE ${ks}.message_index`);
     const t0 = Date.now() - 2 * HOUR;
     const bucket = new Date(t0 - (t0 % HOUR));
     const old = [
@@ -110,7 +123,7 @@ describe('the event log in block rows', () => {
     try {
       await path.store.connect();
       const cols = await path.store.client.execute('SELECT table_name, column_name FROM system_schema.columns WHERE keyspace_name = ?', [ks], { prepare: true });
-      assert.deepEqual(cols.rows.filter((r) => r.get('column_name') === 'events').map((r) => r.get('table_name') as string).sort(), ['history', 'message_events'], 'the column added at connect');
+      assert.deepEqual(cols.rows.filter((r) => r.get('column_name') === 'events').map((r) => r.get('table_name') as string).sort(), ['history', 'message_events', 'message_index'], 'the column added and the table made at connect');
       await path.traffic(domain, 10, 'new');
       await path.archive.drain();
       const ids = await path.archivedIds(domain);
