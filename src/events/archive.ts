@@ -445,7 +445,8 @@ export class HistoryArchive extends EventEmitter {
    * then its partition of message_events. Two lookups, no scan, whatever its age.
    */
   async story(messageId: string): Promise<LifecycleEvent[]> {
-    const hot = this.hot.get(messageId) ?? [];
+    // a copy: an archive pass may move these events into the log (cool()) while the log is read
+    const hot = [...(this.hot.get(messageId) ?? [])];
     const cold = await this.log.story(messageId);
     const seen = new Set(cold.map((e) => e.id));
     return [...cold, ...hot.filter((e) => !seen.has(e.id))].sort((a, b) => (a.domain < b.domain ? -1 : a.domain > b.domain ? 1 : compareIds(histIdOf(a.id), histIdOf(b.id))));

@@ -218,7 +218,9 @@ export interface QueueAt {
 /**
  * Time travel: what was waiting where at `at` (ms), and why, folded from the log (the event log,
  * then the history in Redis after the archive cursor), for every queue of the gateway or one.
- * Reads each queue's log from its first event up to the moment.
+ * Reads each queue's log from its first event up to the moment. The queue's writes go on
+ * meanwhile: a history read that finds Redis trimmed past where the log was read reads the gap
+ * from the log first.
  */
 export async function queuesAt(queues: QueueManager, archive: HistoryArchive, at: number, only?: string): Promise<QueueAt[]> {
   const domains = new Set([...(await archive.log.archivedQueues()), ...queues.refs()]);
@@ -236,7 +238,18 @@ export async function queuesAt(queues: QueueManager, archive: HistoryArchive, at
     for await (const ev of archive.eventsOf(d, 0, at + 1)) if (!cursor || compareIds(histIdOf(ev.id), cursor) <= 0) take(ev);
     if (queues.view(d)) {
       for (let after = cursor; ; ) {
-        const rows = await queues.historySince(d, after, 2000);
+        const { rows, whole } = await queues.historyAfter(d, after, 2000);
+        const now = archive.cursorOf(d);
+        if (!whole && now && (!after || compareIds(now, after) > 0)) {
+          // Redis trimmed past `after` since the log was read (the queue goes on while this reads):
+          // what it trimmed was archived first, so the log has it now
+          for await (const ev of archive.eventsOf(d, after ? parseEntryId(after)[0] : 0, at + 1)) {
+            const histId = histIdOf(ev.id);
+            if ((!after || compareIds(histId, after) > 0) && compareIds(histId, now) <= 0) take(ev);
+          }
+          after = now;
+          continue;
+        }
         const upTo = rows.filter((r) => parseEntryId(r.histId)[0] <= at);
         for (const r of upTo) take({ kind: r.kind as LifecycleEvent['kind'], messageId: r.messageId, details: r.details, at: r.at });
         if (upTo.length < rows.length || !rows.length) break;

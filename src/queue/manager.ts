@@ -27,7 +27,7 @@ import { Queue, type Depth, type MemMsg, type QueueView, type Replica } from './
 import type { Owner } from './replicas.ts';
 import { runScript } from './scripts.ts';
 import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS, type HistoryEntry, type MetaRecord, type StateRecord } from './records.ts';
-import { eventId, parseEntryId } from '../message/ids.ts';
+import { compareIds, eventId, parseEntryId } from '../message/ids.ts';
 
 export type { HistoryEntry } from './records.ts';
 /** A history stream entry as Redis returns it: its id, and its fields and values in pairs. */
@@ -974,6 +974,21 @@ export class QueueManager extends EventEmitter {
     // on the read connection: a block of events never waits behind the queue's writes, nor they behind it
     const rows = (await this.readerNode(domain).reads.xrange(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as [string, string[]][];
     return rows.map(decodeHistory);
+  }
+
+  /**
+   * historySince(), and whether nothing after `afterId` had been trimmed when it read (`whole`):
+   * the stream's first entry is read with it, in one transaction. Without `whole`, entries after
+   * `afterId` may have been trimmed before the read (they were archived first).
+   */
+  async historyAfter(domain: string, afterId: string | undefined, count: number): Promise<{ rows: HistoryEntry[]; whole: boolean }> {
+    const key = this.must(domain).keys[1];
+    const res = await this.readerNode(domain).reads.multi().xrange(key, '-', '+', 'COUNT', 1).xrange(key, afterId ? `(${afterId}` : '-', '+', 'COUNT', count).exec();
+    const failed = res?.find(([err]) => err);
+    if (!res || failed) throw failed?.[0] ?? new Error('the history read was discarded');
+    const first = (res[0]![1] as [string, string[]][])[0]?.[0];
+    const rows = (res[1]![1] as [string, string[]][]).map(decodeHistory);
+    return { rows, whole: !afterId || (first !== undefined && compareIds(first, afterId) <= 0) };
   }
 
   /**
