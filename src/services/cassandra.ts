@@ -56,6 +56,13 @@ export interface CassandraNodeOptions {
   autoBootstrap?: boolean;
   /** Keeps hints for a peer that is down; default false (a node alone has no peers). */
   hintedHandoff?: boolean;
+  /**
+   * When a write is acknowledged: 'batch' (default) once its commit log entry is synced to disk, so
+   * a node killed at any moment (SIGKILL, OOM) replays every write it acknowledged; 'periodic'
+   * at once, the commit log synced every 10 s and marked every 100 ms, so a killed node loses the
+   * writes it acknowledged in its last ~100 ms (throw-away test nodes, for speed).
+   */
+  commitlogSync?: 'batch' | 'periodic';
 }
 
 const CONF_SRC = resolve(import.meta.dirname, '..', '..', 'config', 'cassandra');
@@ -424,6 +431,9 @@ export async function startCassandra(opts: CassandraNodeOptions): Promise<{ pid:
     SEEDS: (opts.seeds?.length ? opts.seeds : [`${opts.host}:${storagePort}`]).join(','),
     AUTO_BOOTSTRAP: String(opts.autoBootstrap ?? false),
     HINTED_HANDOFF: String(opts.hintedHandoff ?? false),
+    COMMITLOG_SYNC: opts.commitlogSync ?? 'batch',
+    // batch mode refuses a period; periodic needs one
+    COMMITLOG_SYNC_PERIOD: (opts.commitlogSync ?? 'batch') === 'batch' ? '0ms' : '10000ms',
   };
   writeFileSync(join(conf, 'cassandra.yaml'), renderTemplate(readFileSync(join(CONF_SRC, 'cassandra.yaml'), 'utf8'), vars, 'cassandra.yaml'));
   writeFileSync(join(conf, 'logback.xml'), readFileSync(join(CONF_SRC, 'logback.xml')));

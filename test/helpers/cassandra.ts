@@ -106,8 +106,13 @@ function hookExit(): void {
 
 // ---- public helpers ------------------------------------------------------------------------------
 
-/** Starts a private node on free ports in a fresh temp dir. The runner script uses this once per run. */
-export async function startTestCassandra(): Promise<TestCassandra> {
+/**
+ * Starts a private node on free ports in a fresh temp dir. The runner script uses this once per run.
+ * Its commit log is synced periodically (acknowledged writes are not waited for: throw-away data,
+ * and no test kills it); `durable` gives it the commit log and schema flushes of the nodes
+ * `services up` starts.
+ */
+export async function startTestCassandra(opts: { durable?: boolean } = {}): Promise<TestCassandra> {
   const [port, storagePort] = await freePorts(2) as [number, number];
   const dataDir = mkdtempSync(join(tmpdir(), 'sg-cassandra-'));
   const options: CassandraNodeOptions = {
@@ -117,7 +122,8 @@ export async function startTestCassandra(): Promise<TestCassandra> {
     nativePort: port,
     storagePort,
     heap: '512m',
-    unsafeSystem: true, // throw-away data: skip synchronous schema flushes
+    // throw-away data: skip synchronous schema flushes, do not wait for commit log syncs
+    ...(opts.durable ? {} : { unsafeSystem: true, commitlogSync: 'periodic' as const }),
     log: { info: () => {}, warn: (o, m) => console.error(`cassandra: ${m ?? ''} ${JSON.stringify(o)}`) },
   };
   hookExit();
