@@ -56,6 +56,8 @@ export interface ArchiveStatus {
   lagSeconds: number;
   /** Why the archive does not advance, while it does not. */
   failing: string | undefined;
+  /** Events held in memory for the stories until archived (the hot index; at most 500,000). */
+  hot: number;
 }
 
 const bucketOf = (ms: number) => ms - (ms % BUCKET_MS);
@@ -292,7 +294,7 @@ export class HistoryArchive extends EventEmitter {
       lagEvents += this.pending.get(d) ?? 0;
       lagMs = Math.max(lagMs, parseEntryId(n)[0] - (c ? parseEntryId(c)[0] : parseEntryId(n)[0]));
     }
-    return { archived: this.archived, lagEvents, lagSeconds: lagMs / 1000, failing: this.failing };
+    return { archived: this.archived, lagEvents, lagSeconds: lagMs / 1000, failing: this.failing, hot: this.hotSize };
   }
 
   private seen(ev: LifecycleEvent): void {
@@ -371,18 +373,19 @@ export class HistoryArchive extends EventEmitter {
       this.cursors.set(domain, last);
       this.archived += entries.length;
       this.pending.set(domain, Math.max(0, (this.pending.get(domain) ?? 0) - entries.length));
-      for (const r of rows) this.cool(domain, r.ids);
+      for (const r of rows) this.cool(at, r.ids);
       this.emit('archived', domain);
       if (entries.length < BLOCK) return;
     }
   }
 
-  /** Archived events leave the hot index. */
-  private cool(domain: string, ids: BlockRow['ids']): void {
+  /** Archived events leave the hot index (`at`: the queue's origin and domain, which its event ids carry). */
+  private cool(at: { origin: string; domain: string }, ids: BlockRow['ids']): void {
+    const prefix = eventId(at.origin, at.domain, '');
     for (const r of ids) {
       const list = this.hot.get(r.messageId);
       if (!list) continue;
-      const id = eventId(this.gateway, domain, r.histId);
+      const id = prefix + r.histId;
       const i = list.findIndex((x) => x.id === id);
       if (i < 0) continue;
       list.splice(i, 1);

@@ -42,5 +42,11 @@ describe('the story of a message in an adopted queue', () => {
     for await (const ev of b.archive.eventsOf('st-a:adopt.test', 0, Date.now() + 60_000)) archived.push(`${ev.kind} ${ev.messageId}`);
     assert.deepEqual(archived.filter((x) => x.startsWith('accepted')), ids.map((id) => `accepted ${id}`), 'the queue read by its full name');
     assert.ok(archived.includes('adopted '), `the adoption is in the same log: ${archived.join(', ')}`);
+    // the adopter's own events of the queue (ids under st-a) leave its memory once archived
+    const [m] = await b.qm.take('st-a:adopt.test', 1);
+    await b.qm.settle('st-a:adopt.test', m!.id, 'delivered', { reply: '250 ok' });
+    await b.archive.drain();
+    assert.deepEqual((await b.archive.story(m!.id)).map((e) => e.kind), ['accepted', 'attempted', 'delivered']);
+    assert.equal(b.archive.status().hot, 0, 'no archived event held in memory');
   });
 });
