@@ -10,8 +10,8 @@
 // The history is trimmed (history budget, queue.historyMaxLength) only below cursorOf().
 //
 // Events written but not yet archived are kept in memory as the hot part of the message index
-// (message id -> its events; at most HOT_MAX events), so one message's story is two lookups
-// whatever its age: this map, then the message's partition of message_events. Events still in
+// (message id -> its events; at most HOT_MAX events), so one message's story is a few lookups
+// whatever its age: this map, then its rows in message_index and message_events. Events still in
 // Redis from before a restart join the index as the archive reaches them, within a block or two.
 //
 // While Cassandra does not answer nothing is archived and nothing is trimmed: the history grows,
@@ -445,7 +445,7 @@ export class HistoryArchive extends EventEmitter {
 
   /**
    * One message's story, oldest first per queue: the events not yet archived (the hot index),
-   * then its partition of message_events. Two lookups, no scan, whatever its age.
+   * then its rows in the log (EventLog.story()). No scan, whatever its age.
    */
   async story(messageId: string): Promise<LifecycleEvent[]> {
     // a copy: an archive pass may move these events into the log (cool()) while the log is read
@@ -492,9 +492,11 @@ export class EventLog {
   }
 
   /**
-   * A message's archived events (its partition of message_events: a row per block of the log it
-   * has events in), whichever gateway's queue they were archived under: a queue adopted from a
-   * gateway that died keeps that gateway's id.
+   * A message's archived events: its rows in message_index (a row per block of the log it has
+   * events in, found from its id's minute and shard) and its partition of message_events (an id
+   * that does not tell its time, or rows of the log's first format), read at once; whichever
+   * gateway's queue they were archived under: a queue adopted from a gateway that died keeps that
+   * gateway's id.
    */
   async story(messageId: string): Promise<LifecycleEvent[]> {
     await this.store.connect();
@@ -556,7 +558,7 @@ export class EventLog {
         const page: cassandra.types.ResultSet = await this.store.client.execute(`SELECT * FROM ${this.ks}.history WHERE ${key} AND ms >= ? AND ms < ?`, [origin, domain, new Date(b), since, until], {
           prepare: true,
           consistency: this.cl.read,
-          fetchSize: 200,
+          fetchSize: 20, // block rows of up to 256 KB
           pageState,
         });
         for (const r of page.rows) for (const ev of this.rowEvents(r, origin)) if (fresh(ev)) yield ev;
