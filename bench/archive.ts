@@ -3,7 +3,7 @@
 //   1. archive alone: BENCH_EVENTS events (default 60,000: messages accepted, taken and delivered,
 //      three events each) are written to a queue's history with no archive running, then the
 //      archive drains them into Cassandra: events per second, and the CPU per event of the gateway
-//      process and of the Cassandra node.
+//      process, of the Cassandra node and of the two Redis nodes (which read the history out).
 //   2. cost: the same traffic through the queue (append, take, settle on the replica pair) with
 //      and without the archive running beside it, twice each, alternating: messages per second
 //      of each side and their ratio.
@@ -60,15 +60,19 @@ try {
   await profiler?.start();
   const c0 = cpuUsage();
   const cassPid = pidOnPort(node.port);
+  const redisPids = pool.map((r) => pidOnPort(Number(new URL(r.url).port)));
+  const redisCpu = () => redisPids.reduce<number>((a, pid) => a + procCpu(pid), 0);
   const k0 = procCpu(cassPid);
+  const r0 = redisCpu();
   const t0 = performance.now();
   await archive.drain();
   const ms = performance.now() - t0;
   const cpu = cpuUsage(c0);
   const cassS = procCpu(cassPid) - k0;
+  const redisS = redisCpu() - r0;
   if (profiler) await profiler.stopProfile(join(process.env.BENCH_PROFILE!, 'archive-alone.cpuprofile'));
   const events = archive.status().archived;
-  console.log(`archive alone: ${events.toLocaleString('en')} events into Cassandra in ${(ms / 1000).toFixed(1)} s: ${Math.round((events * 1000) / ms).toLocaleString('en')} events/s, gateway CPU ${(((cpu.user + cpu.system) / events)).toFixed(1)} µs per event, Cassandra's ${((cassS * 1e6) / events).toFixed(1)} µs per event`);
+  console.log(`archive alone: ${events.toLocaleString('en')} events into Cassandra in ${(ms / 1000).toFixed(1)} s: ${Math.round((events * 1000) / ms).toLocaleString('en')} events/s, gateway CPU ${(((cpu.user + cpu.system) / events)).toFixed(1)} µs per event, Cassandra's ${((cassS * 1e6) / events).toFixed(1)} µs per event, the Redis pair's ${((redisS * 1e6) / events).toFixed(1)} µs per event`);
   archive.start();
 
   // 2. cost: with and without the archive beside the traffic, alternating

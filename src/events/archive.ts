@@ -24,14 +24,17 @@ import type { Logger } from '../log.ts';
 import { consistencyFrom, type Consistency } from '../mailbox/client.ts';
 import type { MailStore } from '../mailbox/store.ts';
 import { type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
-import type { QueueManager, RawHistoryEntry } from '../queue/manager.ts';
+import type { QueueManager, StoredHistoryEntry } from '../queue/manager.ts';
 import { splitQueueName } from '../queue/placement.ts';
 import { compareIds, eventId, histIdOf, parseEntryId, timeOfMessageId } from '../message/ids.ts';
 
 /** A history partition holds one hour of a queue's events. */
 export const BUCKET_MS = 3_600_000;
-/** Events read from a history stream per block. */
-const BLOCK = 2000;
+/**
+ * Events read from a history stream per block: one script run on the node (about 3 µs an event
+ * there), kept short so that the queue's writes on that node never wait long behind it.
+ */
+const BLOCK = 500;
 /** Rows per unlogged batch, and their bytes at most (Cassandra refuses batches over 50 KB by default). */
 const BATCH_ROWS = 100;
 const BATCH_BYTES = 24 * 1024;
@@ -80,69 +83,22 @@ export interface BlockRow {
 }
 
 /**
- * An event as the log stores it: [ms, seq, kind, message id, txn, at, details], the details the
- * bytes the history holds (JSON written by the queue scripts): nothing is decoded to archive it.
+ * An event as the log stores it: [ms, seq, kind, message id, txn, at, details], encoded by the
+ * Redis node that reads the history (lua/historyBlock-1.lua), the details as the history holds
+ * them: the gateway copies bytes, decoding nothing, to archive it.
  */
 type StoredEvent = [number, number, LifecycleKind, string, number, number, Record<string, unknown>];
 
-interface Encoded {
-  histId: string;
-  ms: number;
-  seq: number;
-  messageId: string;
-  /** The stored event up to its details, and its length in bytes. */
-  head: string;
-  headBytes: number;
-  details: Buffer;
-}
-
-const DIGITS = /^\d+$/;
 const OPEN = Buffer.from('[');
 const COMMA = Buffer.from(',');
 const CLOSE = Buffer.from(']');
-const EMPTY_DETAILS: Buffer = Buffer.from('{}');
 
-/** A history entry (fields t, m, x, at, d, as the queue scripts write them) as a stored event's parts. */
-function encodeEntry([id, fields]: RawHistoryEntry): Encoded {
-  const histId = id.toString('latin1');
-  const [ms, seq] = parseEntryId(histId);
-  let kind = '';
-  let messageId = '';
-  let txn = '0';
-  let at = '0';
-  let details = EMPTY_DETAILS;
-  for (let i = 0; i + 1 < fields.length; i += 2) {
-    const k = fields[i]!;
-    const v = fields[i + 1]!;
-    if (k.length === 1) {
-      if (k[0] === 0x74) kind = v.toString('latin1'); // t
-      else if (k[0] === 0x6d) messageId = v.toString('utf8'); // m
-      else if (k[0] === 0x78) txn = v.toString('latin1'); // x
-      else if (k[0] === 0x64 && v.length) details = v; // d
-    } else if (k.length === 2 && k[0] === 0x61 && k[1] === 0x74) at = v.toString('latin1'); // at
-  }
-  const head = `[${ms},${seq},${JSON.stringify(kind)},${JSON.stringify(messageId)},${DIGITS.test(txn) ? txn : '0'},${DIGITS.test(at) ? at : '0'},`;
-  return { histId, ms, seq, messageId, head, headBytes: Buffer.byteLength(head), details };
-}
-
-/** `parts` as one JSON array: their bytes copied once into a buffer of the exact size. */
-function joinEncoded(parts: Encoded[], size: number): { buf: Buffer; spans: number[] } {
-  const buf = Buffer.allocUnsafe(size);
-  const spans: number[] = [];
-  let off = 0;
-  buf[off++] = 0x5b; // [
-  for (let i = 0; i < parts.length; i++) {
-    const e = parts[i]!;
-    if (i) buf[off++] = 0x2c; // ,
-    spans.push(off);
-    off += buf.write(e.head, off, 'utf8');
-    off += e.details.copy(buf, off);
-    buf[off++] = 0x5d; // ]
-    spans.push(off);
-  }
-  buf[off] = 0x5d;
-  if (off + 1 !== size) throw new Error(`a block row of ${off + 1} bytes where ${size} were counted`);
-  return { buf, spans };
+/** Stored events as one JSON array. */
+function joinStored(stored: Buffer[]): Buffer {
+  const pieces: Buffer[] = [];
+  for (const b of stored) pieces.push(pieces.length ? COMMA : OPEN, b);
+  pieces.push(CLOSE);
+  return Buffer.concat(pieces);
 }
 
 /**
@@ -152,42 +108,32 @@ function joinEncoded(parts: Encoded[], size: number): { buf: Buffer; spans: numb
  * gives the same rows again, only the last one longer: each rewrites its own row (and its
  * messages' index rows), and no event is in two rows.
  */
-export function blockRows(entries: RawHistoryEntry[]): BlockRow[] {
+export function blockRows(entries: StoredHistoryEntry[]): BlockRow[] {
   const out: BlockRow[] = [];
-  const all = entries.map(encodeEntry);
   let i = 0;
-  while (i < all.length) {
-    const first = all[i]!;
-    const bucket = bucketOf(first.ms);
+  while (i < entries.length) {
+    const [ms, seq] = parseEntryId(entries[i]!.histId);
+    const bucket = bucketOf(ms);
     let size = 1;
     let j = i;
-    for (; j < all.length; j++) {
-      const e = all[j]!;
-      const n = e.headBytes + e.details.length + 2; // with its "]" and the "," or final "]"
-      if (j > i && (bucketOf(e.ms) !== bucket || j - i >= BLOCK_EVENTS || size + n > BLOCK_BYTES)) break;
+    for (; j < entries.length; j++) {
+      const e = entries[j]!;
+      const n = e.stored.length + 1; // with the "," or the final "]"
+      if (j > i && (j - i >= BLOCK_EVENTS || size + n > BLOCK_BYTES || bucketOf(parseEntryId(e.histId)[0]) !== bucket)) break;
       size += n;
     }
-    const parts = all.slice(i, j);
+    const parts = entries.slice(i, j);
     i = j;
-    const { buf, spans } = joinEncoded(parts, size);
-    // each message's events, copied out of the row's bytes
-    const byMessage = new Map<string, number[]>();
-    parts.forEach((e, k) => {
-      if (!e.messageId) return;
+    const byMessage = new Map<string, Buffer[]>();
+    for (const e of parts) {
+      if (!e.messageId) continue;
       const list = byMessage.get(e.messageId);
-      if (list) list.push(k);
-      else byMessage.set(e.messageId, [k]);
-    });
-    const messages = new Map<string, Buffer>();
-    for (const [id, ks] of byMessage) {
-      const pieces: Buffer[] = [];
-      ks.forEach((k, n) => {
-        pieces.push(n ? COMMA : OPEN, buf.subarray(spans[2 * k]!, spans[2 * k + 1]!));
-      });
-      pieces.push(CLOSE);
-      messages.set(id, Buffer.concat(pieces));
+      if (list) list.push(e.stored);
+      else byMessage.set(e.messageId, [e.stored]);
     }
-    out.push({ ms: first.ms, seq: first.seq, events: buf, messages, ids: parts.map((e) => ({ histId: e.histId, messageId: e.messageId })) });
+    const messages = new Map<string, Buffer>();
+    for (const [id, stored] of byMessage) messages.set(id, joinStored(stored));
+    out.push({ ms, seq, events: joinStored(parts.map((e) => e.stored)), messages, ids: parts.map((e) => ({ histId: e.histId, messageId: e.messageId })) });
   }
   return out;
 }
@@ -360,7 +306,7 @@ export class HistoryArchive extends EventEmitter {
     }
     for (;;) {
       const cursor = this.cursors.get(domain);
-      const entries = await this.queues.historySinceRaw(domain, cursor, BLOCK);
+      const entries = await this.queues.historyBlock(domain, cursor, BLOCK);
       if (!entries.length) return;
       const rows = blockRows(entries);
       await this.write(at, rows);

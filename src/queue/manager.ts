@@ -30,8 +30,12 @@ import { decodeHistory, decodeMeta, decodeState, LIVE_MSG_ID_INDEX, META_FIELDS,
 import { compareIds, eventId, parseEntryId } from '../message/ids.ts';
 
 export type { HistoryEntry } from './records.ts';
-/** A history stream entry as Redis returns it: its id, and its fields and values in pairs. */
-export type RawHistoryEntry = [id: Buffer, fields: Buffer[]];
+/** A history entry as the event log stores it (historyBlock()): `stored` is the JSON array [ms, seq, kind, message id, txn, at, details]. */
+export interface StoredHistoryEntry {
+  histId: string;
+  messageId: string;
+  stored: Buffer;
+}
 
 /** A message's history lookup reads at most this many events, in blocks of HISTORY_BLOCK. */
 const HISTORY_SCAN_LIMIT = 20_000;
@@ -992,11 +996,15 @@ export class QueueManager extends EventEmitter {
   }
 
   /**
-   * historySince() as the stream holds it, nothing decoded: ids and fields as bytes (the event
-   * log copies them into its rows as they are).
+   * A block of the history after `afterId` as the event log stores it (lua/historyBlock-1.lua):
+   * per entry its id, its message id and the stored event's bytes, encoded by the node.
    */
-  async historySinceRaw(domain: string, afterId: string | undefined, count: number): Promise<RawHistoryEntry[]> {
-    return (await this.readerNode(domain).reads.xrangeBuffer(this.must(domain).keys[1], afterId ? `(${afterId}` : '-', '+', 'COUNT', count)) as RawHistoryEntry[];
+  async historyBlock(domain: string, afterId: string | undefined, count: number): Promise<StoredHistoryEntry[]> {
+    // on the read connection: a block of events never waits behind the queue's writes, nor they behind it
+    const flat = await runScript<Buffer[]>(this.readerNode(domain).reads, 'historyBlock', [this.must(domain).keys[1], afterId ? `(${afterId}` : '-', count], { buffers: true });
+    const out: StoredHistoryEntry[] = [];
+    for (let i = 0; i + 2 < flat.length; i += 3) out.push({ histId: flat[i]!.toString('latin1'), messageId: flat[i + 1]!.toString('utf8'), stored: flat[i + 2]! });
+    return out;
   }
 
   /**

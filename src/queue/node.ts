@@ -186,6 +186,7 @@ export class RedisNode extends EventEmitter {
     if (!this.readConn) {
       this.readConn = new Redis(this.pathInUse().url, { connectionName: 'streamgate-reads', maxRetriesPerRequest: 1, commandTimeout: Math.max(4 * this.opts.timeoutMs, 2000) });
       this.readConn.on('error', () => {});
+      defineScripts(this.readConn); // the read-only ones (historyBlock) run here
     }
     return this.readConn;
   }

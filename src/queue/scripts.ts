@@ -36,7 +36,7 @@ export function defineScripts(client: Redis, dir = LUA_DIR): void {
   }
 }
 
-export type ScriptName = 'appendMessages' | 'takeMessages' | 'settleMessages' | 'deferMessage' | 'holdMessage' | 'markQueue' | 'trimHistory' | 'rebuildState' | 'liveIndex' | 'claimQueue' | 'memberLease' | 'ownerEpoch' | 'queueOwner' | 'failureCount' | 'deadDestination' | 'markOnce' | 'rateLimit' | 'connectionLease';
+export type ScriptName = 'appendMessages' | 'takeMessages' | 'settleMessages' | 'deferMessage' | 'holdMessage' | 'markQueue' | 'trimHistory' | 'rebuildState' | 'liveIndex' | 'historyBlock' | 'claimQueue' | 'memberLease' | 'ownerEpoch' | 'queueOwner' | 'failureCount' | 'deadDestination' | 'markOnce' | 'rateLimit' | 'connectionLease';
 
 export type ScriptArg = string | number | Buffer;
 

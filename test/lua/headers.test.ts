@@ -144,6 +144,8 @@ describe('Lua script headers', () => {
     const q = qm.queues.get(domain)!;
     await q.mark('recovered', { actor: 'ops', reason: 'test' });
     const hist = await qm.historySince(domain, undefined, 2);
+    // the event log's read of a block (the archive)
+    assert.deepEqual((await qm.historyBlock(domain, undefined, 2)).map((e) => e.histId), hist.map((h) => h.histId));
     await q.trimHistory(hist[1]!.histId);
     // a state rebuild's steps (streamgate queue rebuild-state), here writing back the state as it
     // is, and the live index it reads
