@@ -138,7 +138,11 @@ export function blockRows(entries: StoredHistoryEntry[]): BlockRow[] {
   return out;
 }
 
-/** Shards of a minute's message index: the partitions the index rows of one block spread over. */
+/**
+ * Shards of a minute's message index: the partitions the index rows of one block spread over. Part
+ * of the stored layout: lookups compute the shard from the id, so a changed number would lose the
+ * rows written before.
+ */
 const INDEX_SHARDS = 16;
 /** Accept times a message id may tell (2000 to 2200): an id outside is not one of newMessageId()'s. */
 const ID_TIMES: [number, number] = [946_684_800_000, 7_258_118_400_000];
