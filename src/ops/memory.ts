@@ -38,7 +38,8 @@ export function memoryReport(config: Config, queues: QueueManager, history: Hist
     const events = { ...publisher.budget(), redis };
     const degraded: string[] = [];
     if (events.paused) degraded.push(events.full ? `events budget full on ${redis} (events.whenFull: stop): publishing stopped, the cursors stay until a consumer drains ${config.events.queue}` : `events not published: ${redis} does not take them; catching up from the history`);
-    else if (events.full) degraded.push(`events budget full on ${redis} (events.whenFull: drop): ${events.dropped} undelivered events dropped`);
+    // full and not yet paused: with `stop` the publisher is about to pause (its next measure), with `drop` it drops
+    else if (events.full) degraded.push(events.policy === 'stop' ? `events budget full on ${redis} (events.whenFull: stop): publishing stops, the cursors stay until a consumer drains ${config.events.queue}` : `events budget full on ${redis} (events.whenFull: drop): ${events.dropped} undelivered events dropped`);
     for (const n of nodes) if (n.history.blocked) degraded.push(`history on ${n.node} above its budget (queue.historyBudget) and held by events not yet sent or not yet archived`);
     const arch = archive?.status();
     if (arch?.failing) degraded.push(`history not archived (${arch.failing}): kept whole in Redis until the archive answers`);
