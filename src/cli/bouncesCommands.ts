@@ -2,7 +2,7 @@
 // Cassandra (the gateway need not run).
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { EventLog } from '../events/archive.ts';
+import { EventLog, logGateways } from '../events/archive.ts';
 import { reclassify } from '../events/reclassify.ts';
 import { BounceRulesError, Classifier, parseRules } from '../relay/classify.ts';
 import { parseInstant } from './eventsCommands.ts';
@@ -36,17 +36,23 @@ export function registerBouncesCommands(program: Command): void {
     .requiredOption('--since <time>', 'from this time: ISO 8601 ("2026-11-29T10:00Z") or a duration ago ("7d")')
     .option('--rules <file>', "rules in relay.bounceRules' format (default: the configuration's relay.bounceRules)")
     .option('--domain <domains>', 'only these destination queues (comma-separated or repeated)', list)
+    .option('--gateway <ids>', "only the event logs of these gateway ids (comma-separated or repeated; default: gateway.id, and with gateway.workers above 1 every worker's, <id>-1 … <id>-N)", list)
     .option('--apply', 'not offered (see --help): the command is a dry run')
     .option('--json', 'print JSON')
     .addOption(configOption())
-    .action(async (opts: { config?: string; since: string; rules?: string; domain?: string[]; apply?: boolean; json?: boolean }) => {
+    .action(async (opts: { config?: string; since: string; rules?: string; domain?: string[]; gateway?: string[]; apply?: boolean; json?: boolean }) => {
       if (opts.apply) throw new UsageError('bounces reclassify: --apply is not offered: what a past reply caused is done (a DSN sent, a retry made); put the rules in relay.bounceRules to use them from now on');
       const { config } = contextFrom(opts);
       const since = parseInstant(opts.since);
       const classifier = rulesFrom(opts.rules, config.relay.bounceRules);
-      const r = await withStore(config, (store) => reclassify(new EventLog(store, config, config.gateway.id), classifier, { since, ...(opts.domain ? { domains: new Set(opts.domain.map((d) => d.toLowerCase())) } : {}) }), { autoSchema: false });
+      const r = await withStore(
+        config,
+        async (store) => reclassify((await logGateways(store, config, opts.gateway)).map((g) => new EventLog(store, config, g)), classifier, { since, ...(opts.domain ? { domains: new Set(opts.domain.map((d) => d.toLowerCase())) } : {}) }),
+        { autoSchema: false },
+      );
       if (opts.json) return console.log(JSON.stringify({ events: r.events, replies: r.replies, counts: Object.fromEntries(r.counts), changes: r.changes }, null, 2));
-      for (const c of r.changes) console.log(`${c.messageId} ${c.rcpt} (${c.domain}, attempt ${c.attempt}, ${new Date(c.at).toISOString()}): ${c.from.status}/${c.from.category} → ${c.to.status}/${c.to.category}  ${JSON.stringify(c.reply)}`);
+      // a queue of another gateway id than the configuration's is named by its full name
+      for (const c of r.changes) console.log(`${c.messageId} ${c.rcpt} (${c.gateway === config.gateway.id ? '' : `${c.gateway}:`}${c.domain}, attempt ${c.attempt}, ${new Date(c.at).toISOString()}): ${c.from.status}/${c.from.category} → ${c.to.status}/${c.to.category}  ${JSON.stringify(c.reply)}`);
       for (const [change, n] of [...r.counts].sort((a, b) => b[1] - a[1])) console.log(`-- ${change}: ${n}`);
       console.log(`-- ${r.changes.length} of ${r.replies} replies in ${r.events} attempts since ${new Date(since).toISOString()} would change class (${opts.rules ?? config.relay.bounceRules}; dry run, nothing written)`);
     });

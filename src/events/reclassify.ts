@@ -14,6 +14,8 @@ const ATTEMPT_KINDS = new Set(['deferred', 'delivered', 'bounced', 'expired']);
 
 export interface Reclassified {
   messageId: string;
+  /** The gateway id whose event log holds it (a worker's `<id>-N`, or a dead member's), and its queue's domain. */
+  gateway: string;
   domain: string;
   /** The event that recorded the reply, and its attempt. */
   eventId: string;
@@ -58,10 +60,19 @@ export function classifyAgain(classifier: Classifier, r: RecipientRow): { reply:
   return { reply: text, to: rule && rule.status !== 'delivered' ? rule : { status: 'deferred', category: rule?.category ?? 'network' } };
 }
 
-/** Re-runs `classifier` over the archived replies from `since` (ms) on, of every queue or `domains`. */
-export async function reclassify(log: EventLog, classifier: Classifier, opts: { since: number; until?: number; domains?: ReadonlySet<string> }): Promise<ReclassifyReport> {
+/**
+ * Re-runs `classifier` over the archived replies from `since` (ms) on, of every queue or `domains`,
+ * in the event logs of `logs` (one per gateway id: with gateway.workers each worker's).
+ */
+export async function reclassify(logs: EventLog[], classifier: Classifier, opts: { since: number; until?: number; domains?: ReadonlySet<string> }): Promise<ReclassifyReport> {
   const until = opts.until ?? Date.now();
   const report: ReclassifyReport = { events: 0, replies: 0, changes: [], counts: new Map() };
+  for (const log of logs) await reclassifyLog(log, classifier, { ...opts, until }, report);
+  return report;
+}
+
+async function reclassifyLog(log: EventLog, classifier: Classifier, opts: { since: number; until: number; domains?: ReadonlySet<string> }, report: ReclassifyReport): Promise<void> {
+  const { until } = opts;
   for (const domain of (await log.archivedQueues()).sort()) {
     if (opts.domains && !opts.domains.has(domain)) continue;
     for await (const ev of log.eventsOf(domain, opts.since, until)) {
@@ -76,9 +87,8 @@ export async function reclassify(log: EventLog, classifier: Classifier, opts: { 
         if (from.status === again.to.status && from.category === again.to.category) continue;
         const change = `${from.status}/${from.category} → ${again.to.status}/${again.to.category}`;
         report.counts.set(change, (report.counts.get(change) ?? 0) + 1);
-        report.changes.push({ messageId: ev.messageId, domain, eventId: ev.id, attempt: Number(ev.details.attempt ?? 0), at: ev.at, rcpt: r.rcpt, reply: again.reply, from, to: { status: again.to.status, category: again.to.category } });
+        report.changes.push({ messageId: ev.messageId, gateway: log.gateway, domain, eventId: ev.id, attempt: Number(ev.details.attempt ?? 0), at: ev.at, rcpt: r.rcpt, reply: again.reply, from, to: { status: again.to.status, category: again.to.category } });
       }
     }
   }
-  return report;
 }
