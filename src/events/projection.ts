@@ -43,6 +43,18 @@ export function apply(view: Map<string, Projected>, ev: Pick<LifecycleEvent, 'ki
   else if (ev.kind === 'held') m.s = 'held';
 }
 
+/**
+ * The archived events of `domain` after `after` (exclusive; from its first when undefined) up to
+ * `upTo` (inclusive; no bound when undefined), of the milliseconds before `until` (by default up to
+ * `upTo`'s), each with its history id: the log between two cursors.
+ */
+async function* logBetween(archive: HistoryArchive, domain: string, after: string | undefined, upTo: string | undefined, until = parseEntryId(upTo!)[0] + 1): AsyncGenerator<[LifecycleEvent, string]> {
+  for await (const ev of archive.eventsOf(domain, after ? parseEntryId(after)[0] : 0, until)) {
+    const histId = histIdOf(ev.id);
+    if ((!after || compareIds(histId, after) > 0) && (!upTo || compareIds(histId, upTo) <= 0)) yield [ev, histId];
+  }
+}
+
 /** A queue's events folded: each live message's state, and the counts the scripts keep of appends and settles. */
 export class Fold {
   readonly view = new Map<string, Projected>();
@@ -72,10 +84,7 @@ export class Fold {
     const fold = new Fold();
     const cursor = archive.cursorOf(domain);
     if (!cursor) return fold;
-    for await (const ev of archive.eventsOf(domain, 0, parseEntryId(cursor)[0] + 1)) {
-      const histId = histIdOf(ev.id);
-      if (compareIds(histId, cursor) <= 0) fold.add(ev, histId);
-    }
+    for await (const [ev, histId] of logBetween(archive, domain, undefined, cursor)) fold.add(ev, histId);
     fold.last = cursor;
     return fold;
   }
@@ -88,11 +97,7 @@ export class Fold {
   async more(queues: QueueManager, archive: HistoryArchive, domain: string): Promise<void> {
     const cursor = archive.cursorOf(domain);
     if (cursor && (!this.last || compareIds(cursor, this.last) > 0)) {
-      const after = this.last;
-      for await (const ev of archive.eventsOf(domain, after ? parseEntryId(after)[0] : 0, parseEntryId(cursor)[0] + 1)) {
-        const histId = histIdOf(ev.id);
-        if ((!after || compareIds(histId, after) > 0) && compareIds(histId, cursor) <= 0) this.add(ev, histId);
-      }
+      for await (const [ev, histId] of logBetween(archive, domain, this.last, cursor)) this.add(ev, histId);
       this.last = cursor;
     }
     for (;;) {
@@ -235,7 +240,7 @@ export async function queuesAt(queues: QueueManager, archive: HistoryArchive, at
       else last.delete(ev.messageId);
     };
     const cursor = archive.cursorOf(d);
-    for await (const ev of archive.eventsOf(d, 0, at + 1)) if (!cursor || compareIds(histIdOf(ev.id), cursor) <= 0) take(ev);
+    for await (const [ev] of logBetween(archive, d, undefined, cursor, at + 1)) take(ev);
     if (queues.view(d)) {
       for (let after = cursor; ; ) {
         const { rows, whole } = await queues.historyAfter(d, after, 2000);
@@ -243,10 +248,7 @@ export async function queuesAt(queues: QueueManager, archive: HistoryArchive, at
         if (!whole && now && (!after || compareIds(now, after) > 0)) {
           // Redis trimmed past `after` since the log was read (the queue goes on while this reads):
           // what it trimmed was archived first, so the log has it now
-          for await (const ev of archive.eventsOf(d, after ? parseEntryId(after)[0] : 0, at + 1)) {
-            const histId = histIdOf(ev.id);
-            if ((!after || compareIds(histId, after) > 0) && compareIds(histId, now) <= 0) take(ev);
-          }
+          for await (const [ev] of logBetween(archive, d, after, now, at + 1)) take(ev);
           after = now;
           continue;
         }
