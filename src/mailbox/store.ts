@@ -521,8 +521,14 @@ export class MailStore {
     }
   }
 
+  /** The body of a message, chunk by chunk (readPages, one page's chunks after the other). */
+  async *readBody(ref: MessageRef, opts: { readAhead?: boolean } = {}): AsyncGenerator<Buffer> {
+    for await (const page of this.readPages(ref, opts)) yield* page;
+  }
+
   /**
-   * The body of a message, chunk by chunk. BODY_INCOMPLETE when a chunk is missing.
+   * The body of a message, page by page: each page the chunks one query read, in order, so that a
+   * reader can send a page in one gathered write. BODY_INCOMPLETE when a chunk is missing.
    *
    * With `readAhead` (default, RETR) pages are READ_PAGE_BYTES from the first, READ_AHEAD of
    * them in flight while one is being sent: a big body streams at the store's throughput instead
@@ -530,7 +536,7 @@ export class MailStore {
    * grow from one chunk to TOP_CHUNKS_PER_READ (1, 2, 4) and a page is read only once the one
    * before is used up, so a reader that stops early has read little more than what it used.
    */
-  async *readBody(ref: MessageRef, opts: { readAhead?: boolean } = {}): AsyncGenerator<Buffer> {
+  async *readPages(ref: MessageRef, opts: { readAhead?: boolean } = {}): AsyncGenerator<Buffer[]> {
     await this.connect();
     const id = TimeUuidType.fromString(ref.id);
     const whole = opts.readAhead !== false;
@@ -572,11 +578,13 @@ export class MailStore {
           throw storeError('reading a message body from every replica', err);
         }
       }
+      const page: Buffer[] = [];
       for (let i = from; i < to; i++) {
         const row = rows[i - from];
         if (!row || row.get('chunk') !== i) throw new MailboxError('BODY_INCOMPLETE', `message ${ref.id}: body chunk ${i} of ${ref.chunks} is missing`);
-        yield row.get('data') as Buffer;
+        page.push(row.get('data') as Buffer);
       }
+      yield page;
       if (ahead === 1) fill(1);
     }
   }

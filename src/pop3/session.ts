@@ -82,7 +82,7 @@ export class Pop3Session {
   private quitting = false;
   private renewTimer: NodeJS.Timeout | undefined;
   private messages: Msg[] = [];
-  private prefetched: { n: number; it: AsyncIterator<Buffer>; first: Promise<IteratorResult<Buffer>> } | undefined;
+  private prefetched: { n: number; it: AsyncIterator<Buffer[]>; first: Promise<IteratorResult<Buffer[]>> } | undefined;
   private closing = false;
   private resolveClosed!: () => void;
   private readonly onData = (data: Buffer) => this.receive(data);
@@ -576,7 +576,7 @@ export class Pop3Session {
     this.dropPrefetch();
     const msg = this.messages[n - 1];
     if (!msg || msg.deleted) return;
-    const it = this.deps.store.readBody(msg.ref)[Symbol.asyncIterator]();
+    const it = this.deps.store.readPages(msg.ref)[Symbol.asyncIterator]();
     const first = it.next();
     first.catch(() => {}); // a failure shows when (if) RETR n uses it
     this.prefetched = { n, it, first };
@@ -592,43 +592,53 @@ export class Pop3Session {
     if (args.length !== 1) return this.badCommand('RETR takes one message number.');
     const p = await this.pick(args[0]);
     if (!p) return;
-    let it: AsyncIterator<Buffer>;
-    let first: Promise<IteratorResult<Buffer>>;
+    let it: AsyncIterator<Buffer[]>;
+    let first: Promise<IteratorResult<Buffer[]>>;
     if (this.prefetched?.n === p.n) {
       ({ it, first } = this.prefetched);
       this.prefetched = undefined;
     } else {
       this.dropPrefetch();
-      it = this.deps.store.readBody(p.msg.ref)[Symbol.asyncIterator]();
+      it = this.deps.store.readPages(p.msg.ref)[Symbol.asyncIterator]();
       first = it.next();
     }
     // clients read a maildrop in order: the next message's first pages are read while this one
     // is sent, as a disk's read-ahead does for Maildir files
     this.prefetchBody(p.n + 1);
-    await this.sendBody(p.n, `+OK ${p.msg.ref.size} octets`, it, first);
+    await this.sendBody(p.n, `+OK ${p.msg.ref.size} octets`, p.msg.ref.chunks, it, first);
   }
 
   /**
-   * A multi-line answer with a message body, chunk by chunk as it is read, dot-stuffed; `cutter`
-   * ends it early (TOP). The first chunk is read before the status line, so that a failure can
-   * still be reported.
+   * A multi-line answer with a message body, page by page as it is read, dot-stuffed; `cutter`
+   * ends it early (TOP). The first page is read before the status line, so that a failure can
+   * still be reported. Each page goes out in one gathered write: the status line with the first,
+   * the terminating "." with the last (the body's chunk count says which one that is).
    */
-  private async sendBody(n: number, status: string, it: AsyncIterator<Buffer>, first: Promise<IteratorResult<Buffer>>, cutter?: TopCutter): Promise<void> {
+  private async sendBody(n: number, status: string, chunks: number, it: AsyncIterator<Buffer[]>, first: Promise<IteratorResult<Buffer[]>>, cutter?: TopCutter): Promise<void> {
     let started = false;
     try {
       let r = await first;
-      await this.send(status);
-      started = true;
       const stuffer = new DotStuffer();
-      while (!r.done) {
-        await this.writeAll(stuffer.push(cutter ? cutter.push(r.value) : r.value));
-        if (cutter?.done) {
-          await it.return?.(undefined);
-          break;
+      let out: Buffer[] = [Buffer.from(`${status}\r\n`)];
+      let read = 0;
+      for (;;) {
+        let last = r.done === true;
+        if (!r.done) {
+          for (const chunk of r.value) {
+            out.push(...stuffer.push(cutter ? cutter.push(chunk) : chunk));
+            if (cutter?.done) break;
+          }
+          read += r.value.length;
+          if (cutter?.done) await it.return?.(undefined);
+          last = cutter?.done === true || read >= chunks;
         }
+        if (last) out.push(stuffer.end());
+        started = true;
+        await this.writeAll(out);
+        if (last) return;
+        out = [];
         r = await it.next();
       }
-      await this.write(stuffer.end());
     } catch (err) {
       await this.bodyError(err, n, started);
     }
@@ -639,8 +649,8 @@ export class Pop3Session {
     const p = await this.pick(args[0]);
     if (!p) return;
     // no read-ahead: a page is read only when the lines asked for go on into it
-    const it = this.deps.store.readBody(p.msg.ref, { readAhead: false })[Symbol.asyncIterator]();
-    await this.sendBody(p.n, '+OK', it, it.next(), new TopCutter(Number(args[1])));
+    const it = this.deps.store.readPages(p.msg.ref, { readAhead: false })[Symbol.asyncIterator]();
+    await this.sendBody(p.n, '+OK', p.msg.ref.chunks, it, it.next(), new TopCutter(Number(args[1])));
   }
 
   private async dele(args: string[]): Promise<void> {

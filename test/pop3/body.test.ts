@@ -2,9 +2,12 @@
 // bytes exactly, with byte-stuffing right where a line starting with "." meets a chunk boundary
 // (after a CRLF that ends a chunk, after a CR that ends one, a "." that ends one, a lone "."
 // line); and TOP reads from Cassandra only the chunks its lines are in (counted on a TCP
-// forwarder in front of the node), while TOP with a huge line count sends the whole message.
+// forwarder in front of the node), while TOP with a huge line count sends the whole message. A
+// body with a chunk missing: -ERR before anything is sent when the first page lacks it; the
+// connection closed without UPDATE when a later page does (the +OK is out by then).
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import cassandra from 'cassandra-driver';
 import { silentLogger } from '../../src/log.ts';
 import { MailStore, type MessageRef } from '../../src/mailbox/store.ts';
 import { Pop3Server } from '../../src/pop3/server.ts';
@@ -124,5 +127,40 @@ describe('pop3 bodies', { timeout: 180_000 }, () => {
       await store.close();
       await proxy.close();
     }
+  });
+
+  test('a body with a chunk missing: -ERR when the first page lacks it, the connection closed without UPDATE when a later one does', async () => {
+    const carol = `carol@${D}`;
+    await addUser(f.store, carol, 'carol-pw');
+    const line = `${'abcdefghij'.repeat(7)}\r\n`;
+    // 300 KB in 1 KB chunks: two pages (RETR reads up to 256 chunks per query)
+    const raw = (n: number) => Buffer.from(`From: ${FROM}\r\nSubject: damaged ${n}\r\n\r\n${line.repeat(Math.ceil((300 * 1024) / line.length))}`);
+    for (const n of [1, 2]) assert.equal((await f.delivery.deliver(queued({ from: FROM, to: [carol], raw: raw(n) })))[0]!.status, 'delivered');
+    const refs = await all(f.store.listMessages(carol, 'inbox', 100));
+    assert.equal(refs.length, 2);
+    assert.ok(refs.every((r) => r.chunks > 256), 'each body spans two pages');
+    const whole = await f.store.readWholeBody(refs[1]!);
+    const drop = (ref: MessageRef, chunk: number) =>
+      f.store.client.execute(`DELETE FROM ${f.keyspace}.bodies WHERE id = ? AND chunk = ?`, [cassandra.types.TimeUuid.fromString(ref.id), chunk], { prepare: true });
+    await drop(refs[0]!, 5);
+    await drop(refs[1]!, 280);
+
+    const c = await Pop3Client.connect(server.address.port);
+    assert.match(await c.login(carol, 'carol-pw'), /^\+OK/);
+    assert.equal(await c.command('RETR 1'), '-ERR [SYS/PERM] Message body is damaged.');
+    assert.match(await c.command('STAT'), /^\+OK 2 /, 'the session goes on after the -ERR');
+    assert.match(await c.command('DELE 1'), /^\+OK/);
+    c.send('RETR 2');
+    assert.equal(await c.line(), `+OK ${refs[1]!.size} octets`);
+    await c.closed;
+    const sent = c.pending;
+    assert.ok(sent.length >= 256 * 1024 && sent.length < whole.length, `the first page went out (${sent.length} octets), not the whole body`);
+    assert.ok(whole.subarray(0, 1000).equals(sent.subarray(0, 1000)), 'what went out is the start of the body');
+    assert.equal(sent.indexOf('\r\n.\r\n'), -1, 'no end of the answer was sent');
+
+    const again = await Pop3Client.connect(server.address.port);
+    assert.match(await again.login(carol, 'carol-pw'), /^\+OK/);
+    assert.match(await again.command('STAT'), /^\+OK 2 /, 'DELE 1 was not applied: the session ended without UPDATE');
+    await again.quit();
   });
 });
