@@ -33,7 +33,9 @@
 // mode it is the gateway's own setting; in ingress mode the child becomes a node:cluster primary
 // that forks that many queue + ingress processes (ids bench-1 … bench-N, each a member with its
 // own queue) sharing one SMTP port, as `streamgate start` does. With more than one worker the
-// loop-delay and GC columns are left empty (they are one process's figures).
+// loop-delay and GC columns are left empty (they are one process's figures). In ingress mode with
+// one worker it also prints, per phase, the reply latency as the ingress timed it and how many of
+// the replies over 5 ms had a GC pause near them, of which kind (bench/lib/replyGc.ts).
 //
 // After each target it prints the CPU seconds each process used while it was measured (the
 // closed loop and the open loops): the gateway (with workers: the primary and each worker), each
@@ -58,6 +60,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { stringify as toYaml } from 'yaml';
 import type { LoopSnapshot } from '../src/ops/loopStats.ts';
+import { ReplyGc, SLOW_MS, type ReplyInside } from './lib/replyGc.ts';
 import { childrenOf, machineCpu, pidOnPort, procCpu, treeCpu } from './lib/cpu.ts';
 import { startSinkProcess, type SinkProcess } from './lib/sinkServer.ts';
 import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
@@ -73,6 +76,8 @@ const WORKERS = (process.env.BENCH_WORKERS ?? '1').split(',').map((w) => (w.trim
 const DOMAIN = 'relay.bench.test';
 const FROM = 'load@src.bench.test';
 const NODE = process.execPath;
+/** What the gateway measured inside itself over a phase; `inside` from the ingress child only. */
+type PhaseStalls = LoopSnapshot & { inside?: ReplyInside };
 
 // ---- the gateway child -------------------------------------------------------------------------
 
@@ -119,7 +124,8 @@ if (process.argv[2] === 'serve') {
   const ingress = new SmtpIngress({ config, queues, log });
   await ingress.start();
   const loop = new LoopStats().start();
-  if (!cluster.isWorker) process.on('message', () => process.send!(loop.take()));
+  const inside = new ReplyGc(ingress);
+  if (!cluster.isWorker) process.on('message', () => process.send!({ ...loop.take(), inside: inside.take() } satisfies PhaseStalls));
   if (process.env.BENCH_ALLOC_PROFILE) {
     // every allocation sampled, also those the GC collected since: where per-message garbage comes from
     const { Session } = await import('node:inspector/promises');
@@ -158,7 +164,7 @@ interface Result {
   /** What load this was. */
   load: string;
   /** The target's own stalls during the phase (streamgate only). */
-  loop?: LoopSnapshot;
+  loop?: PhaseStalls;
   accepted: number;
   refused: number;
   seconds: number;
@@ -251,7 +257,7 @@ interface Target {
   name: string;
   port: number;
   /** The target's stalls since the previous call (streamgate only). */
-  loop?: () => Promise<LoopSnapshot>;
+  loop?: () => Promise<PhaseStalls>;
   /** After the load: where every 250 went, in one line. */
   check(accepted: number): Promise<string>;
   /** CPU seconds used so far by each process of the target and what it depends on, by name. */
@@ -299,7 +305,7 @@ async function startIngressGateway(dir: string, workers: number | 'auto'): Promi
         ? undefined
         : () =>
             new Promise((resolve) => {
-              child.once('message', (m) => resolve(m as LoopSnapshot));
+              child.once('message', (m) => resolve(m as PhaseStalls));
               child.send('loop');
             }),
     async check(accepted) {
@@ -566,6 +572,17 @@ try {
         const p99 = (ms: Measured[]) => median(ms.map((r) => pct(r.phases[i + 1]!.latencies, 99)));
         console.log(`p99 at ${RATES[i]!.toLocaleString('en')}/s offered: ${name} ${f(p99(sg))} ms, Postfix ${f(p99(pf))} ms (${(p99(sg) / p99(pf)).toFixed(2)}x)`);
       }
+    }
+    for (const [name, runs] of byTarget) {
+      if (!runs[0]!.phases.some((p) => p.loop?.inside)) continue;
+      console.log('');
+      console.log(`${name}, inside the gateway (end of DATA to the reply, as the ingress timed it; replies over ${SLOW_MS} ms and whether a GC pause ended within 20 ms before them or fell inside them):`);
+      runs[0]!.phases.forEach((first, i) => {
+        const all = runs.map((r) => r.phases[i]!.loop?.inside).filter((x): x is ReplyInside => !!x);
+        if (!all.length) return;
+        const m = (g: (x: ReplyInside) => number) => median(all.map(g));
+        console.log(`- ${first.load}: p50 ${f(m((x) => x.p50))}, p99 ${f(m((x) => x.p99))}, p99.9 ${f(m((x) => x.p999))} ms; over ${SLOW_MS} ms ${m((x) => x.slow)} of ${m((x) => x.n)}, behind a mark-compact or its incremental marking ${m((x) => x.behindMajor)}, behind scavenges only ${m((x) => x.behindMinor)}, with no GC near ${m((x) => x.slow - x.behindMajor - x.behindMinor)}`);
+      });
     }
     for (const runs of byTarget.values()) for (const r of runs) console.log(`check: ${r.check}`);
     console.log('');
