@@ -11,6 +11,7 @@
 //           until commit() (all copies stored) or withdraw() (the client is told to retry);
 //   unknown appends whose outcome the replicas did not report: the client was told to retry, so
 //           once the queue is reloaded they are withdrawn if they were stored after all.
+import { isAscii } from 'node:buffer';
 import { EventEmitter } from 'node:events';
 import type { Logger } from '../log.ts';
 import { type LifecycleEvent, type LifecycleKind, type NewMessage, type QueuedMessage } from '../message/types.ts';
@@ -83,6 +84,17 @@ type ReadyItem = [ms: number, seq: number, msg: MemMsg, gen: number];
 type DueItem = [nextAt: number, msg: MemMsg, gen: number];
 
 const WITHDRAW_RETRY_MS = 1000;
+
+/**
+ * A message body as a script argument. ioredis copies a Buffer argument into a new buffer for its
+ * command and again for the pipeline, on each replica: memory outside V8's heap, whose growth is
+ * what starts V8's mark-compacts (one per 64 MB or so allocated), and their pauses are the reply
+ * latency's tail. A body of 7-bit bytes (most mail) goes as a string instead, the same bytes on
+ * the wire, and its copies are young garbage that scavenges free.
+ */
+function bodyArg(raw: Buffer): Arg {
+  return isAscii(raw) ? raw.toString('latin1') : raw;
+}
 
 export class Queue extends EventEmitter implements QueueView {
   readonly name: string;
@@ -237,7 +249,7 @@ export class Queue extends EventEmitter implements QueueView {
       // a later first attempt is in the event too: the state is rebuilt from the events alone
       const d = { envelope: msg.envelope, size: msg.raw.length, ...(msg.meta ?? {}), ...(nb ? { notBefore: nb } : {}) };
       details.push(d);
-      args.push(entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), JSON.stringify(msg.meta ?? {}), msg.raw, nb, JSON.stringify(d));
+      args.push(entryId, msg.id, msg.envelope.from, JSON.stringify(msg.envelope.to), JSON.stringify(msg.meta ?? {}), bodyArg(msg.raw), nb, JSON.stringify(d));
     }
     const ids = batch.map((b) => b.msg.id);
     let res: unknown[];

@@ -99,4 +99,26 @@ describe('replicated queue', () => {
     assert.equal(await a!.xlen(q.keys[0]), await b!.xlen(q.keys[0]));
     await qm.append(msg(domain, 100));
   });
+
+  it('stores every body byte for byte on both replicas, 7-bit (sent as a string), 8-bit and mixed', async () => {
+    const domain = 'bytes.test';
+    const every7 = Buffer.from(Array.from({ length: 128 }, (_, i) => i)); // NUL, bare CR and LF included
+    const bodies = [
+      Buffer.concat([Buffer.from('Subject: ascii\r\n\r\n'), every7, every7]),
+      Buffer.from(Array.from({ length: 256 }, (_, i) => i)),
+      Buffer.concat([Buffer.from('Subject: one high byte at the end\r\n\r\n'), every7, Buffer.from([0xff])]),
+      Buffer.concat([Buffer.from('Subject: multibyte\r\n\r\n'), Buffer.from('caf\u00e9 \u2713 \ud83d\udce8\r\n', 'utf8')]),
+    ];
+    const ids = bodies.map(() => newMessageId());
+    await Promise.all(bodies.map((raw, i) => qm.append({ id: ids[i]!, domain, envelope: { from: 's@src.test', to: [`r@${domain}`] }, raw, meta: {} })));
+    const taken = await qm.take(domain, bodies.length);
+    assert.deepEqual(taken.map((t) => t.id), ids);
+    taken.forEach((t, i) => assert.ok(t.raw.equals(bodies[i]!), `body ${i} taken as appended`));
+    const q = qm.queues.get(domain)!;
+    for (const r of q.replicas) {
+      const entries = (await r.node.client.xrangeBuffer(q.keys[0], '-', '+')) as [Buffer, Buffer[]][];
+      assert.equal(entries.length, bodies.length);
+      entries.forEach(([, fields], i) => assert.ok(fields.some((f) => f.equals(bodies[i]!)), `body ${i} stored as appended on ${r.node.id}`));
+    }
+  });
 });
