@@ -89,11 +89,14 @@ const WITHDRAW_RETRY_MS = 1000;
  * A message body as a script argument. ioredis copies a Buffer argument into a new buffer for its
  * command and again for the pipeline, on each replica: memory outside V8's heap, whose growth is
  * what starts V8's mark-compacts (one per 64 MB or so allocated), and their pauses are the reply
- * latency's tail. A body of 7-bit bytes (most mail) goes as a string instead, the same bytes on
- * the wire, and its copies are young garbage that scavenges free.
+ * latency's tail. A body of 7-bit bytes (most mail) up to STRING_BODY_MAX goes as a string
+ * instead, the same bytes on the wire, and its copies are young garbage that scavenges free. A
+ * larger body stays a Buffer: for 50 KB–2 MB bodies the string's extra passes (conversion, UTF-8
+ * length, flattening, encoding on write) cost more than the copies (bench:mailbox).
  */
+const STRING_BODY_MAX = 64 * 1024;
 function bodyArg(raw: Buffer): Arg {
-  return isAscii(raw) ? raw.toString('latin1') : raw;
+  return raw.length <= STRING_BODY_MAX && isAscii(raw) ? raw.toString('latin1') : raw;
 }
 
 export class Queue extends EventEmitter implements QueueView {

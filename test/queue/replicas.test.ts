@@ -100,7 +100,7 @@ describe('replicated queue', () => {
     await qm.append(msg(domain, 100));
   });
 
-  it('stores every body byte for byte on both replicas, 7-bit (sent as a string), 8-bit and mixed', async () => {
+  it('stores every body byte for byte on both replicas, 7-bit (sent as a string up to 64 KB), 8-bit and mixed', async () => {
     const domain = 'bytes.test';
     const every7 = Buffer.from(Array.from({ length: 128 }, (_, i) => i)); // NUL, bare CR and LF included
     const bodies = [
@@ -108,6 +108,7 @@ describe('replicated queue', () => {
       Buffer.from(Array.from({ length: 256 }, (_, i) => i)),
       Buffer.concat([Buffer.from('Subject: one high byte at the end\r\n\r\n'), every7, Buffer.from([0xff])]),
       Buffer.concat([Buffer.from('Subject: multibyte\r\n\r\n'), Buffer.from('caf\u00e9 \u2713 \ud83d\udce8\r\n', 'utf8')]),
+      Buffer.concat([Buffer.from('Subject: large, 7-bit (sent as a Buffer)\r\n\r\n'), Buffer.alloc(100 * 1024, 'line of text\r\n')]),
     ];
     const ids = bodies.map(() => newMessageId());
     await Promise.all(bodies.map((raw, i) => qm.append({ id: ids[i]!, domain, envelope: { from: 's@src.test', to: [`r@${domain}`] }, raw, meta: {} })));
