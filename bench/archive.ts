@@ -60,8 +60,7 @@ try {
   await profiler?.start();
   const c0 = cpuUsage();
   const cassPid = pidOnPort(node.port);
-  const redisPids = pool.map((r) => pidOnPort(Number(new URL(r.url).port)));
-  const redisCpu = () => redisPids.reduce<number>((a, pid) => a + procCpu(pid), 0);
+  const redisCpu = () => pool.reduce<number>((a, r) => a + procCpu(r.proc.pid), 0);
   const k0 = procCpu(cassPid);
   const r0 = redisCpu();
   const t0 = performance.now();
