@@ -1,17 +1,18 @@
 // The event log: every history event of every queue, archived whole into Cassandra (tables
-// history, message_events and archive_cursors, described in src/mailbox/schema.ts) before Redis may
-// trim it (DESIGN, invariant 12). Per queue a durable cursor (the last event archived, in
-// archive_cursors) is read once, then the history stream is read after it in blocks, each block
-// written as block rows (blockRows(): up to BLOCK_EVENTS consecutive events of one hour in one row
-// of history, and per message its events of that row in one row of message_events; the events'
-// bytes copied as the stream holds them) and only then the cursor moved. The rows are cut greedily
+// history, message_blocks, message_events and archive_cursors, described in
+// src/mailbox/schema.ts) before Redis may trim it (DESIGN, invariant 12). Per queue a durable cursor
+// (the last event archived, in archive_cursors) is read once, then the history stream is read after
+// it in blocks, each block written as block rows (blockRows(): up to BLOCK_EVENTS consecutive events
+// of one hour in one row of history, the events' bytes copied as the stream holds them; the ids of
+// the messages with events in it in a few rows of message_blocks, the index) and only then the
+// cursor moved. The rows are cut greedily
 // from the cursor, so a block archived again after a crash rewrites its own rows: every event is in
 // the log exactly once.
 // The history is trimmed (history budget, queue.historyMaxLength) only below cursorOf().
 //
 // Events written but not yet archived are kept in memory as the hot part of the message index
 // (message id -> its events; at most HOT_MAX events), so one message's story is a few lookups
-// whatever its age: this map, then its rows in message_index and message_events. Events still in
+// whatever its age: this map, then its index rows and the block rows they point to. Events still in
 // Redis from before a restart join the index as the archive reaches them, within a block or two.
 //
 // While Cassandra does not answer nothing is archived and nothing is trimmed: the history grows,
@@ -76,8 +77,13 @@ export interface BlockRow {
   seq: number;
   /** Its events (StoredEvent) in a JSON array, as bytes. */
   events: Buffer;
-  /** Per message id, that message's events of the block, encoded the same way: its index row. */
-  messages: Map<string, Buffer>;
+  /**
+   * Its index rows: per index partition (indexKeyOf()) the ids of the messages of that partition
+   * with events in the row, each once, 20 ASCII bytes after another.
+   */
+  index: { second: number; shard: number; ids: Buffer }[];
+  /** Per message whose id has no index key, its events of the row encoded as `events`: its row of message_events. */
+  unindexed: Map<string, Buffer>;
   /** Each event's history id and message id, in order. */
   ids: { histId: string; messageId: string }[];
 }
@@ -124,42 +130,78 @@ export function blockRows(entries: StoredHistoryEntry[]): BlockRow[] {
     }
     const parts = entries.slice(i, j);
     i = j;
+    const byKey = new Map<string, { second: number; shard: number; ids: Set<string> }>();
     const byMessage = new Map<string, Buffer[]>();
     for (const e of parts) {
       if (!e.messageId) continue;
+      const k = indexKeyOf(e.messageId);
+      if (k) {
+        const key = `${k.second}/${k.shard}`;
+        const at = byKey.get(key);
+        if (at) at.ids.add(e.messageId);
+        else byKey.set(key, { ...k, ids: new Set([e.messageId]) });
+        continue;
+      }
       const list = byMessage.get(e.messageId);
       if (list) list.push(e.stored);
       else byMessage.set(e.messageId, [e.stored]);
     }
-    const messages = new Map<string, Buffer>();
-    for (const [id, stored] of byMessage) messages.set(id, joinStored(stored));
-    out.push({ ms, seq, events: joinStored(parts.map((e) => e.stored)), messages, ids: parts.map((e) => ({ histId: e.histId, messageId: e.messageId })) });
+    const index = [...byKey.values()].map(({ second, shard, ids }) => ({ second, shard, ids: Buffer.from([...ids].join(''), 'latin1') }));
+    const unindexed = new Map<string, Buffer>();
+    for (const [id, stored] of byMessage) unindexed.set(id, joinStored(stored));
+    out.push({ ms, seq, events: joinStored(parts.map((e) => e.stored)), index, unindexed, ids: parts.map((e) => ({ histId: e.histId, messageId: e.messageId })) });
   }
   return out;
 }
 
 /**
- * Shards of a minute's message index: the partitions the index rows of one block spread over. Part
- * of the stored layout: lookups compute the shard from the id, so a changed number would lose the
+ * Shards of a second's index partitions (message_blocks): the partitions the index rows of one
+ * block spread over, a few rows per block whatever the number of its messages (Cassandra's cost
+ * goes by rows: a row per message and block cost it 2.5 times the block rows themselves). Part of
+ * the stored layout: lookups compute the shard from the id, so a changed number would lose the
  * rows written before.
  */
-const INDEX_SHARDS = 16;
+const INDEX_SHARDS = 8;
+/** Shards of a minute in message_index, the index of the log's second format (still read). */
+const MINUTE_INDEX_SHARDS = 16;
 /** Accept times a message id may tell (2000 to 2200): an id outside is not one of newMessageId()'s. */
 const ID_TIMES: [number, number] = [946_684_800_000, 7_258_118_400_000];
+/** The length of a message id that tells its time; the index stores such ids 20 bytes each. */
+const ID_LENGTH = 20;
 
-/**
- * Where a message's index rows go in message_index: the minute its id was made in (a
- * newMessageId(): 20 characters, its time first) and a shard of it by a hash of the id; undefined
- * for any other id (a producer's `job-…`), whose rows go to message_events. Only the id decides,
- * so the rows are found again from the id alone.
- */
-export function indexKeyOf(messageId: string): { minute: number; shard: number } | undefined {
-  if (messageId.length !== 20) return undefined;
+/** A message id's accept time and hash (FNV-1a), when it is one of newMessageId()'s form. */
+function idKey(messageId: string): { t: number; h: number } | undefined {
+  if (messageId.length !== ID_LENGTH) return undefined;
   const t = timeOfMessageId(messageId);
   if (t === undefined || t < ID_TIMES[0] || t >= ID_TIMES[1]) return undefined;
-  let h = 0x811c9dc5; // FNV-1a
+  let h = 0x811c9dc5;
   for (let i = 0; i < messageId.length; i++) h = Math.imul(h ^ messageId.charCodeAt(i), 0x01000193);
-  return { minute: t - (t % 60_000), shard: (h >>> 0) % INDEX_SHARDS };
+  return { t, h: h >>> 0 };
+}
+
+/**
+ * The index partition in message_blocks of a message's story: the second its id was made in (a
+ * newMessageId(): 20 characters, its time first) and a shard of it by a hash of the id; undefined
+ * for any other id (a producer's `job-…`), whose events go to message_events. Only the id decides,
+ * so the partition is found again from the id alone. At 1,000 messages a second a partition holds
+ * about 6 KB of ids.
+ */
+export function indexKeyOf(messageId: string): { second: number; shard: number } | undefined {
+  // stored as one byte a character: ASCII only
+  const k = /^[0-9A-Za-z]+$/.test(messageId) ? idKey(messageId) : undefined;
+  return k && { second: k.t - (k.t % 1000), shard: k.h % INDEX_SHARDS };
+}
+
+/** Where the log's second format put a message's index rows in message_index (still read). */
+export function minuteIndexKeyOf(messageId: string): { minute: number; shard: number } | undefined {
+  const k = idKey(messageId);
+  return k && { minute: k.t - (k.t % 60_000), shard: k.h % MINUTE_INDEX_SHARDS };
+}
+
+/** Whether `ids` (message ids of ID_LENGTH, one after another) holds `id`. */
+function holdsId(ids: Buffer, id: string): boolean {
+  for (let i = ids.indexOf(id, 0, 'latin1'); i >= 0; i = ids.indexOf(id, i + 1, 'latin1')) if (i % ID_LENGTH === 0) return true;
+  return false;
 }
 
 export class HistoryArchive extends EventEmitter {
@@ -346,40 +388,33 @@ export class HistoryArchive extends EventEmitter {
 
   /**
    * Writes a block of one queue's history as block rows (blockRows(): consecutive events of one
-   * hour, one row each in history) and the message index: per message a row of its events of each
-   * block row, in message_index when its id tells its accept time (indexKeyOf(): the rows of the
-   * messages accepted in the same minute and shard go to Cassandra as one mutation, not one per
-   * message), else in message_events (a partition per message). The details go as stored, never
-   * parsed here.
+   * hour, one row each in history) and the message index: per block row and index partition a row
+   * of the ids of its messages there (message_blocks, indexKeyOf()), else per message whose id has
+   * no index key a row of its events in message_events (a partition per message). The index rows
+   * go in unlogged batches of several partitions (fewer requests to encode; each row stands alone).
+   * The details go as stored, never parsed here.
    */
   private async write(at: { origin: string; domain: string }, rows: BlockRow[]): Promise<void> {
     const histQ = `INSERT INTO ${this.ks}.history (gateway, domain, bucket, ms, seq, events) VALUES (?, ?, ?, ?, ?, ?)`;
-    const idxQ = `INSERT INTO ${this.ks}.message_index (minute, shard, message_id, gateway, domain, ms, seq, events) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`;
+    const idxQ = `INSERT INTO ${this.ks}.message_blocks (second, shard, gateway, domain, ms, seq, ids) VALUES (?, ?, ?, ?, ?, ?, ?)`;
     const perMessageQ = `INSERT INTO ${this.ks}.message_events (message_id, gateway, domain, ms, seq, events) VALUES (?, ?, ?, ?, ?, ?)`;
     type Stmt = { query: string; params: unknown[] };
     const work: Stmt[][] = [];
-    // index rows in unlogged batches: those of one partition (one mutation), and the per-message
-    // ones several partitions together (fewer requests to encode; each row stands alone)
-    const open = new Map<string, { stmts: Stmt[]; bytes: number }>();
-    const add = (key: string, st: Stmt, size: number) => {
-      let cur = open.get(key);
-      if (cur && (cur.stmts.length >= BATCH_ROWS || cur.bytes + size > BATCH_BYTES)) {
-        work.push(cur.stmts);
-        cur = undefined;
+    let open: { stmts: Stmt[]; bytes: number } = { stmts: [], bytes: 0 };
+    const add = (st: Stmt, size: number) => {
+      if (open.stmts.length >= BATCH_ROWS || open.bytes + size > BATCH_BYTES) {
+        work.push(open.stmts);
+        open = { stmts: [], bytes: 0 };
       }
-      if (!cur) open.set(key, (cur = { stmts: [], bytes: 0 }));
-      cur.stmts.push(st);
-      cur.bytes += size + 100;
+      open.stmts.push(st);
+      open.bytes += size + 100;
     };
     for (const b of rows) {
       work.push([{ query: histQ, params: [at.origin, at.domain, new Date(bucketOf(b.ms)), b.ms, b.seq, b.events] }]);
-      for (const [messageId, events] of b.messages) {
-        const k = indexKeyOf(messageId);
-        if (k) add(`${k.minute}/${k.shard}`, { query: idxQ, params: [new Date(k.minute), k.shard, messageId, at.origin, at.domain, b.ms, b.seq, events] }, events.length);
-        else add('', { query: perMessageQ, params: [messageId, at.origin, at.domain, b.ms, b.seq, events] }, events.length);
-      }
+      for (const k of b.index) add({ query: idxQ, params: [new Date(k.second), k.shard, at.origin, at.domain, b.ms, b.seq, k.ids] }, k.ids.length);
+      for (const [messageId, events] of b.unindexed) add({ query: perMessageQ, params: [messageId, at.origin, at.domain, b.ms, b.seq, events] }, events.length);
     }
-    for (const cur of open.values()) work.push(cur.stmts);
+    if (open.stmts.length) work.push(open.stmts);
     const opts = { prepare: true, consistency: this.cl.write, isIdempotent: true, logged: false };
     let next = 0;
     const worker = async () => {
@@ -442,26 +477,46 @@ export class EventLog {
   }
 
   /**
-   * A message's archived events: its rows in message_index (a row per block of the log it has
-   * events in, found from its id's minute and shard) and its partition of message_events (an id
-   * that does not tell its time, or rows of the log's first format), read at once; whichever
-   * gateway's queue they were archived under: a queue adopted from a gateway that died keeps that
-   * gateway's id.
+   * A message's archived events, whichever gateway's queue they were archived under (a queue
+   * adopted from a gateway that died keeps that gateway's id): its index partition in
+   * message_blocks (from its id's second and shard), then the block rows of history whose index
+   * rows hold its id, each read by its key; beside them its partition of message_events (an id
+   * that does not tell its time, or rows of the log's first format) and its rows in message_index
+   * (the log's second format). Lookups by key, never a scan.
    */
   async story(messageId: string): Promise<LifecycleEvent[]> {
     await this.store.connect();
     const opts = { prepare: true, consistency: this.cl.read, fetchSize: 5000 };
     const k = indexKeyOf(messageId);
-    // its rows in message_index, and in message_events (an id of another form, or rows of the log's first format)
-    const [indexed, perMessage] = await Promise.all([
-      k ? this.store.client.execute(`SELECT * FROM ${this.ks}.message_index WHERE minute = ? AND shard = ? AND message_id = ?`, [new Date(k.minute), k.shard, messageId], opts) : undefined,
+    const m = minuteIndexKeyOf(messageId);
+    const blocks = async (): Promise<cassandra.types.Row[]> => {
+      if (!k) return [];
+      const found: { gateway: string; domain: string; ms: unknown; seq: unknown }[] = [];
+      let pageState: string | undefined;
+      do {
+        const page: cassandra.types.ResultSet = await this.store.client.execute(`SELECT gateway, domain, ms, seq, ids FROM ${this.ks}.message_blocks WHERE second = ? AND shard = ?`, [new Date(k.second), k.shard], { ...opts, pageState });
+        for (const r of page.rows) if (holdsId(r.get('ids') as Buffer, messageId)) found.push({ gateway: r.get('gateway') as string, domain: r.get('domain') as string, ms: r.get('ms'), seq: r.get('seq') });
+        pageState = page.pageState ?? undefined;
+      } while (pageState);
+      const rows = await Promise.all(
+        found.map(async (f) => {
+          const ms = Number(f.ms);
+          const rs = await this.store.client.execute(`SELECT gateway, domain, events FROM ${this.ks}.history WHERE gateway = ? AND domain = ? AND bucket = ? AND ms = ? AND seq = ?`, [f.gateway, f.domain, new Date(bucketOf(ms)), f.ms, f.seq], opts);
+          return rs.rows;
+        }),
+      );
+      return rows.flat();
+    };
+    const [fromBlocks, indexed, perMessage] = await Promise.all([
+      blocks(),
+      m ? this.store.client.execute(`SELECT * FROM ${this.ks}.message_index WHERE minute = ? AND shard = ? AND message_id = ?`, [new Date(m.minute), m.shard, messageId], opts) : undefined,
       this.store.client.execute(`SELECT * FROM ${this.ks}.message_events WHERE message_id = ?`, [messageId], opts),
     ]);
     const out: LifecycleEvent[] = [];
     const seen = new Set<string>();
-    for (const r of [...(indexed?.rows ?? []), ...perMessage.rows]) {
+    for (const r of [...fromBlocks, ...(indexed?.rows ?? []), ...perMessage.rows]) {
       for (const ev of this.rowEvents(r, r.get('gateway') as string, messageId)) {
-        if (seen.has(ev.id)) continue;
+        if (ev.messageId !== messageId || seen.has(ev.id)) continue;
         seen.add(ev.id);
         out.push(ev);
       }

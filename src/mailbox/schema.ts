@@ -29,14 +29,17 @@
 //                    (JSON). A block archived again after a crash rewrites its own row, so an
 //                    event is never in the log twice. Rows of one event each (kind .. details,
 //                    `events` null) are the log's first format, still read.
-//   message_index    the index of one message's story: per message, a row per block of the log it
-//                    has events in (queue, the block's position, `events`: that message's events of
-//                    it), in a partition per minute of the message's id and shard of 16 (the id's
-//                    hash), so a lookup is one partition read whatever its age, and the index rows of
-//                    one block are a few mutations, not one per message
-//   message_events   the same rows for a message whose id does not tell its time (a producer's
-//                    `job-…`): a partition per message id; and the log's first format, a row per
-//                    event
+//   message_blocks   the index of the messages' stories: per block row of history and partition
+//                    of the index, a row of the ids of the messages with events in it (`ids`, 20
+//                    bytes each), in a partition per second of the message's id and shard of 8 (the
+//                    id's hash); a lookup reads that partition (a few KB at 1,000 messages a
+//                    second) and then the block rows holding the id, by key, whatever its age. A
+//                    block's index is a few rows, not one per message: Cassandra's cost goes by rows
+//   message_events   per message whose id does not tell its time (a producer's `job-…`) a row per
+//                    block of the log it has events in, holding them: a partition per message id;
+//                    and the log's first format, a row per event
+//   message_index    the index of the log's second format, still read: per message a row per block
+//                    holding its events, in a partition per minute of its id and shard of 16
 //   archive_cursors  per (gateway, domain): the last event archived (the archive's durable cursor)
 //   purged           a purged message kept for queue.purgeGrace (written with that TTL), so that
 //                    `queue unpurge` can put it back: per (gateway, message id) and queue, its
@@ -47,7 +50,7 @@
 import type cassandra from 'cassandra-driver';
 import type { Config } from '../config/schema.ts';
 
-export const TABLES = ['users', 'mailboxes', 'mailbox_buckets', 'messages', 'bodies', 'usage', 'pop3_locks', 'history', 'message_events', 'message_index', 'archive_cursors', 'purged'] as const;
+export const TABLES = ['users', 'mailboxes', 'mailbox_buckets', 'messages', 'bodies', 'usage', 'pop3_locks', 'history', 'message_events', 'message_index', 'message_blocks', 'archive_cursors', 'purged'] as const;
 
 /** The replication map for CREATE/ALTER KEYSPACE, from `cassandra.replicationStrategy` and `replicationFactor`. */
 export function replicationCql(config: Config): string {
@@ -149,6 +152,15 @@ export function tableCql(ks: string): Record<(typeof TABLES)[number], string> {
       seq int,
       events blob,
       PRIMARY KEY ((minute, shard), message_id, gateway, domain, ms, seq))`,
+    message_blocks: `CREATE TABLE IF NOT EXISTS ${ks}.message_blocks (
+      second timestamp,
+      shard int,
+      gateway text,
+      domain text,
+      ms bigint,
+      seq int,
+      ids blob,
+      PRIMARY KEY ((second, shard), gateway, domain, ms, seq))`,
     archive_cursors: `CREATE TABLE IF NOT EXISTS ${ks}.archive_cursors (
       gateway text,
       domain text,

@@ -60,7 +60,7 @@ describe('mailbox CLI', { timeout: 180_000 }, () => {
   test('schema apply creates the keyspace and tables once', async () => {
     const first = await cli(['schema', 'apply', '--config', cfg]);
     assert.equal(first.status, 0, first.stderr);
-    assert.equal(first.stdout.trim(), `created in keyspace ${keyspace}: keyspace, users, mailboxes, mailbox_buckets, messages, bodies, usage, pop3_locks, history, message_events, message_index, archive_cursors, purged`);
+    assert.equal(first.stdout.trim(), `created in keyspace ${keyspace}: keyspace, users, mailboxes, mailbox_buckets, messages, bodies, usage, pop3_locks, history, message_events, message_index, message_blocks, archive_cursors, purged`);
     const again = await cli(['schema', 'apply', '--config', cfg]);
     assert.equal(again.status, 0, again.stderr);
     assert.equal(again.stdout.trim(), `schema of keyspace ${keyspace} is up to date`);
