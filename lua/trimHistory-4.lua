@@ -10,7 +10,9 @@
   ARGV: 1-6 as in includes/queueWrite.lua (ARGV[3] is checked, not written), 7 the lowest id that
         must be kept (every event with a lower id may go), 8 the length to trim to (0: every event
         below ARGV[7] goes, XTRIM MINID; n > 0: only the oldest events above n, and below ARGV[7],
-        at most 10,000 of them in one call)
+        at most 1,000 of them in one call: the XRANGE that finds the cut reads whole entries, so
+        a call is kept under a millisecond and the queue's writes on this node never wait long
+        behind it; the caller calls again while the history is over its cap)
   Returns: { 0, txn, trimmed, length }
            { -6, epoch } the queue belongs to a newer owner (epoch): nothing changed
            { -1, nodeTxn }
@@ -29,7 +31,7 @@ if keep == 0 then
 else
   local excess = redis.call('XLEN', KEYS[2]) - keep
   if excess > 0 then
-    local rows = redis.call('XRANGE', KEYS[2], '-', '(' .. ARGV[7], 'COUNT', math.min(excess, 10000))
+    local rows = redis.call('XRANGE', KEYS[2], '-', '(' .. ARGV[7], 'COUNT', math.min(excess, 1000))
     if #rows > 0 then
       local ms, seq = parseId(rows[#rows][1])
       trimmed = redis.call('XTRIM', KEYS[2], 'MINID', ms .. '-' .. (seq + 1))

@@ -1,5 +1,6 @@
 // A message's history is read on a connection of its own (never queued behind, or in front of,
-// the queue's writes) and the lookup is bounded.
+// the queue's writes) and the lookup is bounded; a capped trim removes at most 1,000 events a call
+// (a script run the queue's writes wait behind), never past the id it is given.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
@@ -27,6 +28,32 @@ describe('message history lookup', () => {
       await Promise.all(Array.from({ length: 12_500 }, (_, i) => qm.append(msg(`m${i}`)).then(() => qm.purge(domain, `m${i}`, 'ops', 'fill'))));
       assert.deepEqual(await qm.history(domain, 'old'), [], 'not found within the last 20,000 events');
       assert.deepEqual((await qm.history(domain, 'm12499')).map((e) => e.kind), ['accepted', 'purged']);
+    } finally {
+      await qm.stop();
+      await Promise.all(pool.map((r) => r.stop()));
+    }
+  });
+
+  it('trims a history over its cap in calls of at most 1,000 events, never at or past the id given, alike on both replicas', async () => {
+    const pool = await startRedisPool(2);
+    const qm = new QueueManager(testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { historyMaxLength: 100_000 } }), silentLogger, { gatewayId: 'gw-trim' });
+    try {
+      await qm.start();
+      const domain = 'trim.test';
+      await Promise.all(Array.from({ length: 2500 }, (_, i) => qm.append({ id: `m${i}`, domain, envelope: { from: 'a@src.test', to: [`b@${domain}`] }, raw: Buffer.from('Subject: x\r\n\r\nhi\r\n') })));
+      const all = await qm.historySince(domain, undefined, 3000);
+      assert.equal(all.length, 2500);
+      const q = qm.queues.get(domain)!;
+      const keep = all[2000]!.histId; // the events below it may go
+      const trimmed: number[] = [];
+      for (let n = -1; n !== 0; ) trimmed.push((n = await q.trimHistory(keep, 100)));
+      assert.deepEqual(trimmed, [1000, 1000, 0], 'two calls of 1,000, then nothing below the id is left');
+      const left = await qm.historySince(domain, undefined, 3000);
+      assert.deepEqual(left.map((e) => e.histId), all.slice(2000).map((e) => e.histId));
+      const key = (await pool[0]!.client().keys('*hist*')).find((k) => k.includes(domain))!;
+      const firsts = await Promise.all(pool.map(async (r) => [await r.client().xlen(key), (await r.client().xrange(key, '-', '+', 'COUNT', 1))[0]![0]]));
+      assert.deepEqual(firsts[0], [500, keep]);
+      assert.deepEqual(firsts[1], firsts[0], 'the same history on both replicas');
     } finally {
       await qm.stop();
       await Promise.all(pool.map((r) => r.stop()));
