@@ -31,11 +31,13 @@ import { compareIds, eventId, histIdOf, parseEntryId, timeOfMessageId } from '..
 
 /** A history partition holds one hour of a queue's events. */
 export const BUCKET_MS = 3_600_000;
-/**
- * Events read from a history stream per block: one script run on the node (about 3 µs an event
- * there), kept short so that the queue's writes on that node never wait long behind it.
- */
+/** Events archived per block: read from the history stream, then written as block rows. */
 const BLOCK = 500;
+/**
+ * Events read per script run on the node (about 3 µs an event there): a block is read in runs of
+ * this many, so that the queue's writes on that node never wait long behind one.
+ */
+const READ = 250;
 /** Rows per unlogged batch, and their bytes at most (Cassandra refuses batches over 50 KB by default). */
 const BATCH_ROWS = 100;
 const BATCH_BYTES = 24 * 1024;
@@ -352,7 +354,13 @@ export class HistoryArchive extends EventEmitter {
     }
     for (;;) {
       const cursor = this.cursors.get(domain);
-      const entries = await this.queues.historyBlock(domain, cursor, BLOCK);
+      const entries: StoredHistoryEntry[] = [];
+      for (let after = cursor; entries.length < BLOCK; ) {
+        const part = await this.queues.historyBlock(domain, after, READ);
+        entries.push(...part);
+        if (part.length < READ) break;
+        after = part.at(-1)!.histId;
+      }
       if (!entries.length) return;
       const rows = blockRows(entries);
       await this.write(at, rows);
