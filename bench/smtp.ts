@@ -37,6 +37,11 @@
 // one worker it also prints, per phase, the reply latency as the ingress timed it and how many of
 // the replies over 5 ms had a GC pause near them, of which kind (bench/lib/replyGc.ts).
 //
+// Before the figures each target gets a closed-loop warm-up, not measured: BENCH_WARMUP seconds
+// (default 1 in ingress mode; 15 in whole mode, where the Cassandra node is a JVM started for the
+// run whose JIT compiler otherwise takes a core's share of the measured seconds: a gateway's
+// Cassandra runs for days). The same for Postfix.
+//
 // After each target it prints the CPU seconds each process used while it was measured (the
 // closed loop and the open loops): the gateway (with workers: the primary and each worker), each
 // redis-server, Cassandra, the sink, the load generator (this process), Postfix (its master and
@@ -72,6 +77,7 @@ const RATES = (process.env.BENCH_RATES ?? process.env.BENCH_RATE ?? '1000,2000')
 const MODE = process.env.BENCH_MODE ?? 'both';
 const RUNS = Number(process.env.BENCH_RUNS ?? 1);
 const RATE_SECONDS = Number(process.env.BENCH_RATE_SECONDS ?? 10);
+const WARMUP = (mode: string) => Number(process.env.BENCH_WARMUP ?? (mode === 'whole' ? 15 : 1));
 const WORKERS = (process.env.BENCH_WORKERS ?? '1').split(',').map((w) => (w.trim() === 'auto' ? 'auto' : Number(w))) as (number | 'auto')[];
 const DOMAIN = 'relay.bench.test';
 const FROM = 'load@src.bench.test';
@@ -458,7 +464,7 @@ function cpuLine(t: Target, from: { at: number; procs: Map<string, number>; self
   return `${t.name}: ${parts.join(', ')}; machine ${(machineCpu() - from.machine).toFixed(1)} of ${(secs * availableParallelism()).toFixed(1)} (${availableParallelism()} cores × ${secs.toFixed(1)} s)`;
 }
 
-async function measure(t: Target, ownMaxShare?: number): Promise<Measured> {
+async function measure(t: Target, warmup: number, ownMaxShare?: number): Promise<Measured> {
   // one after the other: node:cluster's primary hands each connection to the next worker free to
   // take it, so a burst of connects can land mostly on one worker (one still busy starting takes
   // few), and these sessions stay open for the whole measurement
@@ -466,7 +472,7 @@ async function measure(t: Target, ownMaxShare?: number): Promise<Measured> {
   for (let i = 0; i < SESSIONS; i++) sessions.push(await Session.open(t.port));
   let accepted = 0;
   try {
-    accepted += (await closedLoop(t.port, sessions, 1)).accepted; // warm-up, not in the figures
+    accepted += (await closedLoop(t.port, sessions, warmup)).accepted; // warm-up, not in the figures
     await t.loop?.();
     const u = process.cpuUsage();
     const cpu0 = { at: performance.now(), procs: t.cpu(), self: (u.user + u.system) / 1e6, machine: machineCpu() };
@@ -512,7 +518,7 @@ const median = (xs: number[]) => {
 try {
   const modes = MODE === 'both' ? ['ingress', 'whole'] : [MODE];
   if (!modes.every((m) => m === 'ingress' || m === 'whole')) throw new Error(`BENCH_MODE must be ingress, whole or both, not "${MODE}"`);
-  console.error(`bench: ${SESSIONS} sessions, 70% 1 KB / 30% 10 KB, closed loop ${SECONDS} s, then ${RATES.join(', ')}/s offered for ${RATE_SECONDS} s each; ${RUNS} run(s); ${modes.join(' and ')}`);
+  console.error(`bench: ${SESSIONS} sessions, 70% 1 KB / 30% 10 KB, ${modes.map((m) => `${WARMUP(m)} s warm-up${modes.length > 1 ? ` (${m})` : ''}`).join(', ')}, closed loop ${SECONDS} s, then ${RATES.join(', ')}/s offered for ${RATE_SECONDS} s each; ${RUNS} run(s); ${modes.join(' and ')}`);
   // results[mode][target] = one Measured per run
   const results = new Map<string, Map<string, Measured[]>>();
   for (let run = 0; run < RUNS; run++) {
@@ -525,7 +531,7 @@ try {
         const t = which === 'streamgate' ? (mode === 'whole' ? await startWholeGateway(dir, sink!, workers) : await startIngressGateway(dir, workers)) : await startPostfixTarget(dir, mode === 'whole' ? sink : undefined);
         stops.push(() => t.stop());
         try {
-          const m = await measure(t, which === 'streamgate' ? 0.8 : undefined);
+          const m = await measure(t, WARMUP(mode), which === 'streamgate' ? 0.8 : undefined);
           console.error(`bench: cpu s: ${m.cpu}`);
           byTarget.set(t.name, [...(byTarget.get(t.name) ?? []), m]);
         } finally {
