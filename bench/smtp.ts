@@ -54,7 +54,8 @@
 // BENCH_TRACE_GC=1 passes --trace-gc to it, BENCH_GATEWAY_FLAGS other Node flags (V8's heap
 // sizes, for instance); BENCH_ALLOC_PROFILE=dir writes a sampling allocation profile of it
 // (garbage included: every allocation, also those collected since), read in DevTools or with
-// bench/lib/allocTop.ts.
+// bench/lib/allocTop.ts; BENCH_PROMOTED_PROFILE=dir one of the allocations that outlived the young
+// generation only (bench/lib/promotedProbe.ts; either mode), the same way.
 import { spawn } from 'node:child_process';
 import cluster from 'node:cluster';
 import { once } from 'node:events';
@@ -277,6 +278,7 @@ const TOKEN = 'bench-smtp-token-0123456789abcdef';
 function gatewayFlags(): string[] {
   const flags = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
   if (process.env.BENCH_TRACE_GC) flags.push('--trace-gc');
+  if (process.env.BENCH_PROMOTED_PROFILE) flags.push('--import', join(import.meta.dirname, 'lib', 'promotedProbe.ts'));
   if (process.env.BENCH_GATEWAY_FLAGS) flags.push(...process.env.BENCH_GATEWAY_FLAGS.split(/\s+/).filter(Boolean));
   return flags;
 }
