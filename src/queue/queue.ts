@@ -87,7 +87,8 @@ const WITHDRAW_RETRY_MS = 1000;
 
 /**
  * A message body as a script argument. ioredis copies a Buffer argument into a new buffer for its
- * command and again for the pipeline, on each replica: memory outside V8's heap, whose growth is
+ * command, on each replica (and, while the clients auto-pipelined, again for the pipeline: the
+ * four copies this was measured against): memory outside V8's heap, whose growth is
  * what starts V8's mark-compacts (one per 64 MB or so allocated), and their pauses are the reply
  * latency's tail. A body of 7-bit bytes (most mail) up to STRING_BODY_MAX goes as a string
  * instead, the same bytes on the wire, and its copies are young garbage that scavenges free. A

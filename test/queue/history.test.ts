@@ -6,14 +6,24 @@ import { describe, it } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import { testConfig } from '../helpers/config.ts';
-import { startRedisPool } from '../helpers/redis.ts';
+import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
+
+/** A queue manager on a replica pair of its own, started for `fn` and stopped after it. */
+async function onPair(gatewayId: string, fn: (qm: QueueManager, pool: TestRedis[]) => Promise<void>): Promise<void> {
+  const pool = await startRedisPool(2);
+  const qm = new QueueManager(testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { historyMaxLength: 100_000 } }), silentLogger, { gatewayId });
+  try {
+    await qm.start();
+    await fn(qm, pool);
+  } finally {
+    await qm.stop();
+    await Promise.all(pool.map((r) => r.stop()));
+  }
+}
 
 describe('message history lookup', () => {
   it('reads on its own connection and stops after 20,000 events', async () => {
-    const pool = await startRedisPool(2);
-    const qm = new QueueManager(testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { historyMaxLength: 100_000 } }), silentLogger, { gatewayId: 'gw-hist' });
-    try {
-      await qm.start();
+    await onPair('gw-hist', async (qm, pool) => {
       const domain = 'hist.test';
       const msg = (id: string) => ({ id, domain, envelope: { from: 'a@src.test', to: [`b@${domain}`] }, raw: Buffer.from('Subject: x\r\n\r\nhi\r\n') });
       await qm.append(msg('old'));
@@ -28,17 +38,11 @@ describe('message history lookup', () => {
       await Promise.all(Array.from({ length: 12_500 }, (_, i) => qm.append(msg(`m${i}`)).then(() => qm.purge(domain, `m${i}`, 'ops', 'fill'))));
       assert.deepEqual(await qm.history(domain, 'old'), [], 'not found within the last 20,000 events');
       assert.deepEqual((await qm.history(domain, 'm12499')).map((e) => e.kind), ['accepted', 'purged']);
-    } finally {
-      await qm.stop();
-      await Promise.all(pool.map((r) => r.stop()));
-    }
+    });
   });
 
   it('trims a history over its cap in calls of at most 1,000 events, never at or past the id given, alike on both replicas', async () => {
-    const pool = await startRedisPool(2);
-    const qm = new QueueManager(testConfig({ redis: { nodes: pool.map((r) => r.url) }, queue: { historyMaxLength: 100_000 } }), silentLogger, { gatewayId: 'gw-trim' });
-    try {
-      await qm.start();
+    await onPair('gw-trim', async (qm, pool) => {
       const domain = 'trim.test';
       await Promise.all(Array.from({ length: 2500 }, (_, i) => qm.append({ id: `m${i}`, domain, envelope: { from: 'a@src.test', to: [`b@${domain}`] }, raw: Buffer.from('Subject: x\r\n\r\nhi\r\n') })));
       const all = await qm.historySince(domain, undefined, 3000);
@@ -54,9 +58,6 @@ describe('message history lookup', () => {
       const firsts = await Promise.all(pool.map(async (r) => [await r.client().xlen(key), (await r.client().xrange(key, '-', '+', 'COUNT', 1))[0]![0]]));
       assert.deepEqual(firsts[0], [500, keep]);
       assert.deepEqual(firsts[1], firsts[0], 'the same history on both replicas');
-    } finally {
-      await qm.stop();
-      await Promise.all(pool.map((r) => r.stop()));
-    }
+    });
   });
 });
