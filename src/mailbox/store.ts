@@ -149,6 +149,7 @@ export class MailStore {
   private closed = false;
   private readonly knownMailboxes = new Set<string>();
   private readonly opening = new Set<string>();
+  private readonly pendingReleases = new Set<NodeJS.Timeout>();
   private readonly q: Record<string, string>;
 
   constructor(config: Config, log: Logger, opts: StoreOptions = {}) {
@@ -225,6 +226,8 @@ export class MailStore {
 
   async close(): Promise<void> {
     this.closed = true;
+    for (const t of this.pendingReleases) clearTimeout(t);
+    this.pendingReleases.clear();
     await this.client.shutdown().catch(() => {});
   }
 
@@ -636,7 +639,17 @@ export class MailStore {
 
   /** Takes the lease on (address, mailbox) for `ttlMs` unless another session holds it. */
   async acquireLock(address: string, mailbox: string, session: string, ttlMs: number): Promise<boolean> {
-    return this.guard('locking a mailbox', async () => (await this.lwt(this.q.lock!, [address, mailbox, session, new Date(this.now()), ttl(ttlMs)])).wasApplied());
+    let rs: cassandra.types.ResultSet;
+    try {
+      rs = await this.guard('locking a mailbox', () => this.lwt(this.q.lock!, [address, mailbox, session, new Date(this.now()), ttl(ttlMs)]));
+    } catch (err) {
+      // a lightweight transaction that timed out may have been applied all the same: the mailbox
+      // would stay locked for the whole lease by a session that believes it failed
+      this.releaseLater(address, mailbox, session);
+      throw err;
+    }
+    // not applied: the row shows the holder, which may be this session (an earlier attempt of its own)
+    return rs.wasApplied() || rs.first()?.get('session') === session;
   }
 
   /** Extends the lease; false when this session no longer holds it. */
@@ -644,10 +657,48 @@ export class MailStore {
     return this.guard('renewing a mailbox lock', async () => (await this.lwt(this.q.renewLock!, [ttl(ttlMs), session, new Date(this.now()), address, mailbox, session])).wasApplied());
   }
 
+  /** Gives the lock back; when Cassandra does not answer, it is tried again in the background (releaseLater) and this throws. */
   async releaseLock(address: string, mailbox: string, session: string): Promise<void> {
-    await this.guard('unlocking a mailbox', async () => void (await this.lwt(this.q.unlock!, [address, mailbox, session])));
+    try {
+      await this.guard('unlocking a mailbox', () => this.lwt(this.q.unlock!, [address, mailbox, session]));
+    } catch (err) {
+      this.releaseLater(address, mailbox, session);
+      throw err;
+    }
+  }
+
+  /**
+   * Deletes the session's lock row (if it is still the holder) after 1, 5 and 30 s, until a delete
+   * applies: the outcome of a timed-out lock or unlock is unknown, and a write that timed out can
+   * still be applied after the first retry. The lease ends it in any case.
+   */
+  private releaseLater(address: string, mailbox: string, session: string): void {
+    const attempt = (left: readonly number[]) => {
+      const [delay, ...rest] = left;
+      if (delay === undefined || this.closed) return;
+      const t = setTimeout(() => {
+        this.pendingReleases.delete(t);
+        if (this.closed) return;
+        this.lwt(this.q.unlock!, [address, mailbox, session]).then(
+          (rs) => {
+            if (rs.wasApplied()) this.log.info({ user: address, mailbox, session }, 'mailbox lock given back after an unanswered request');
+            else attempt(rest);
+          },
+          (err: unknown) => {
+            this.log.warn({ err, user: address, mailbox, session }, 'mailbox lock not given back yet');
+            attempt(rest);
+          },
+        );
+      }, delay);
+      t.unref();
+      this.pendingReleases.add(t);
+    };
+    attempt(RELEASE_RETRIES_MS);
   }
 }
+
+/** When a lock or unlock went unanswered: the delays of the deletes that give the lock back. */
+const RELEASE_RETRIES_MS = [1000, 5000, 30_000];
 
 const ttl = (ms: number) => Math.max(1, Math.ceil(ms / 1000));
 

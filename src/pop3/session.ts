@@ -460,7 +460,7 @@ export class Pop3Session {
     try {
       await this.deps.store.releaseLock(this.user.address, this.user.mailbox, this.lockId());
     } catch (err) {
-      this.log.warn({ err, user: this.user.address, mailbox: this.user.mailbox }, 'mailbox lock not released: it expires by its lease');
+      this.log.warn({ err, user: this.user.address, mailbox: this.user.mailbox }, 'mailbox lock not released: tried again in the background, else it expires by its lease');
     }
   }
 

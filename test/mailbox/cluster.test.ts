@@ -86,9 +86,10 @@ describe('a local cluster of three Cassandra nodes, RF 2, one killed during deli
     for (let u = 0; u < USERS; u++) {
       const auth = ['-u', `u${u}@${domain}:pw`];
       const url = `pop3://127.0.0.1:${config.pop3.listen.port}/`;
-      const list = await curl([...auth, url]);
+      const list = await curl(['-v', ...auth, url]);
       if (list.code !== 0) {
-        lastPop3 = `u${u}: curl ${list.code} ${list.err.trim()}`;
+        const reply = /^< (-ERR.*)$/m.exec(list.err)?.[1] ?? list.err.trim().split('\n').at(-1);
+        lastPop3 = `u${u}: curl ${list.code}, server: ${reply}`;
         return undefined; // a login needs the lock row's replicas
       }
       const n = list.out.toString().split('\r\n').filter((l) => /^\d+ \d+$/.test(l)).length;

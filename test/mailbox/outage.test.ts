@@ -90,4 +90,39 @@ describe('cassandra unreachable', { timeout: 180_000 }, () => {
       rmSync(dataDir, { recursive: true, force: true });
     }
   });
+
+  test('a POP3 mailbox lock whose reply never came is given back, not held for its lease', async () => {
+    const config = { ...f.config, cassandra: { ...f.config.cassandra, contactPoints: [proxy.address] } };
+    const store = new MailStore(config, silentLogger, { connectTimeoutMs: 1000, readTimeoutMs: 2000 });
+    const user = `anne@${D}`;
+    const lease = 300_000;
+    await proxy.open();
+    try {
+      await waitFor(() => store.connect().then(() => true), { timeout: 30_000, what: 'store through the proxy' });
+      // both statements prepared first, so that what the proxy holds back is the lock's own reply
+      assert.equal(await store.acquireLock(user, 'warm-up', 'w', lease), true);
+      await store.releaseLock(user, 'warm-up', 'w');
+
+      // the node applies INSERT ... IF NOT EXISTS; its reply comes after the session gave up
+      proxy.hold();
+      await assert.rejects(store.acquireLock(user, 'inbox', 'lost-reply', lease), isUnavailable);
+      proxy.pass();
+      assert.equal(await f.store.acquireLock(user, 'inbox', 'next', lease), false, 'the lock was taken all the same');
+      await waitFor(() => f.store.acquireLock(user, 'inbox', 'next', lease), { timeout: 15_000, what: 'the lock given back' });
+      await f.store.releaseLock(user, 'inbox', 'next');
+
+      // a release whose reply never comes: retried until it is gone
+      assert.equal(await store.acquireLock(user, 'inbox', 'second', lease), true);
+      assert.equal(await store.acquireLock(user, 'inbox', 'second', lease), true, 'the holder taking it again keeps it');
+      proxy.hold();
+      await assert.rejects(store.releaseLock(user, 'inbox', 'second'), isUnavailable);
+      proxy.pass();
+      await waitFor(() => f.store.acquireLock(user, 'inbox', 'third', lease), { timeout: 15_000, what: 'the lock released by a retry' });
+      await f.store.releaseLock(user, 'inbox', 'third');
+    } finally {
+      proxy.pass();
+      await store.close();
+      await proxy.close();
+    }
+  });
 });
