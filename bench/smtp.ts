@@ -37,6 +37,9 @@
 // one worker it also prints, per phase, the reply latency as the ingress timed it and how many of
 // the replies over 5 ms had a GC pause near them, of which kind (bench/lib/replyGc.ts).
 //
+// BENCH_WHOLE_CONFIG (whole mode): JSON merged into the gateway's configuration, section by
+// section, to see what a part costs: '{"events":{"archive":false}}', for instance.
+//
 // Before the figures each target gets a closed-loop warm-up, not measured: BENCH_WARMUP seconds
 // (default 1 in ingress mode; 15 in whole mode, where the Cassandra node is a JVM started for the
 // run whose JIT compiler otherwise takes a core's share of the measured seconds: a gateway's
@@ -53,9 +56,9 @@
 // the benchmark fails. BENCH_PROFILE=dir writes a CPU profile of the gateway (either mode);
 // BENCH_TRACE_GC=1 passes --trace-gc to it, BENCH_GATEWAY_FLAGS other Node flags (V8's heap
 // sizes, for instance); BENCH_ALLOC_PROFILE=dir writes a sampling allocation profile of it
-// (garbage included: every allocation, also those collected since), read in DevTools or with
-// bench/lib/allocTop.ts; BENCH_PROMOTED_PROFILE=dir one of the allocations that outlived the young
-// generation only (bench/lib/promotedProbe.ts; either mode), the same way.
+// (garbage included: every allocation, also those collected since), BENCH_PROMOTED_PROFILE=dir one
+// of the allocations that outlived the young generation only (bench/lib/heapProbe.ts; either
+// mode), read in DevTools or with bench/lib/allocTop.ts.
 import { spawn } from 'node:child_process';
 import cluster from 'node:cluster';
 import { once } from 'node:events';
@@ -133,24 +136,13 @@ if (process.argv[2] === 'serve') {
   const loop = new LoopStats().start();
   const inside = new ReplyGc(ingress);
   if (!cluster.isWorker) process.on('message', () => process.send!({ ...loop.take(), inside: inside.take() } satisfies PhaseStalls));
-  if (process.env.BENCH_ALLOC_PROFILE) {
-    // every allocation sampled, also those the GC collected since: where per-message garbage comes from
-    const { Session } = await import('node:inspector/promises');
-    const { writeFileSync: write } = await import('node:fs');
-    const session = new Session();
-    session.connect();
-    await session.post('HeapProfiler.startSampling', { samplingInterval: 4096, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true });
-    process.once('SIGTERM', () => {
-      void session.post('HeapProfiler.stopSampling').then(({ profile }) => write(join(process.env.BENCH_ALLOC_PROFILE!, `gateway-${process.pid}.heapprofile`), JSON.stringify(profile)));
-    });
-  }
   if (cluster.isWorker) process.send!({ ready: true });
   else process.stdout.write(`${JSON.stringify({ port: ingress.address('mx').port })}\n`);
   process.once('SIGTERM', () => {
     void ingress
       .stop()
       .then(() => queues.stop())
-      .finally(() => setTimeout(() => process.exit(0), process.env.BENCH_ALLOC_PROFILE ? 2000 : 0));
+      .finally(() => process.exit(0));
   });
   await new Promise(() => {});
 }
@@ -278,7 +270,7 @@ const TOKEN = 'bench-smtp-token-0123456789abcdef';
 function gatewayFlags(): string[] {
   const flags = process.env.BENCH_PROFILE ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_PROFILE}`] : [];
   if (process.env.BENCH_TRACE_GC) flags.push('--trace-gc');
-  if (process.env.BENCH_PROMOTED_PROFILE) flags.push('--import', join(import.meta.dirname, 'lib', 'promotedProbe.ts'));
+  if (process.env.BENCH_ALLOC_PROFILE || process.env.BENCH_PROMOTED_PROFILE) flags.push('--import', join(import.meta.dirname, 'lib', 'heapProbe.ts'));
   if (process.env.BENCH_GATEWAY_FLAGS) flags.push(...process.env.BENCH_GATEWAY_FLAGS.split(/\s+/).filter(Boolean));
   return flags;
 }
@@ -356,6 +348,8 @@ async function startWholeGateway(dir: string, sink: SinkProcess, workers: number
     relay: { limits: { destinations: { [DOMAIN]: { connections: 20 } } } },
     events: { redis: events.url },
   };
+  const extra = JSON.parse(process.env.BENCH_WHOLE_CONFIG ?? '{}') as Record<string, Record<string, unknown>>;
+  for (const [section, value] of Object.entries(extra)) Object.assign(((config as Record<string, unknown>)[section] ??= {}) as object, value);
   writeFileSync(join(dir, 'whole.yaml'), toYaml(config));
   const logFile = join(dir, 'whole.log');
   const out = openSync(logFile, 'a');
