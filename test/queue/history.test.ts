@@ -1,6 +1,7 @@
 // A message's history is read on a connection of its own (never queued behind, or in front of,
 // the queue's writes) and the lookup is bounded; a capped trim removes at most 1,000 events a call
-// (a script run the queue's writes wait behind), never past the id it is given.
+// (a script run the queue's writes wait behind), never past the id it is given, and when what it
+// must keep fits in the cap it finds the cut by count, reading no event.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
@@ -58,6 +59,33 @@ describe('message history lookup', () => {
       const firsts = await Promise.all(pool.map(async (r) => [await r.client().xlen(key), (await r.client().xrange(key, '-', '+', 'COUNT', 1))[0]![0]]));
       assert.deepEqual(firsts[0], [500, keep]);
       assert.deepEqual(firsts[1], firsts[0], 'the same history on both replicas');
+    });
+  });
+
+  it('trims by count alone, reading no event, when every event from the id given on is within the cap', async () => {
+    await onPair('gw-trim-count', async (qm, pool) => {
+      const domain = 'count.test';
+      await Promise.all(Array.from({ length: 2500 }, (_, i) => qm.append({ id: `m${i}`, domain, envelope: { from: 'a@src.test', to: [`b@${domain}`] }, raw: Buffer.from('Subject: x\r\n\r\nhi\r\n') })));
+      const all = await qm.historySince(domain, undefined, 3000);
+      const q = qm.queues.get(domain)!;
+      const xranges = async () => Number(/^cmdstat_xrange:calls=(\d+)/m.exec((await pool[0]!.client().info('commandstats')) as string)?.[1] ?? 0);
+      const before = await xranges();
+      const trimmed: number[] = [];
+      // 100 events from the id on, a cap of 1,000: the oldest 1,500 may go, 1,000 a call
+      for (let n = -1; n !== 0; ) trimmed.push((n = await q.trimHistory(all[2400]!.histId, 1000)));
+      assert.deepEqual(trimmed, [1000, 500, 0]);
+      assert.equal(await xranges(), before, 'no XRANGE: the cut is found by count');
+      assert.deepEqual((await qm.historySince(domain, undefined, 3000)).map((e) => e.histId), all.slice(1500).map((e) => e.histId));
+      // 800 events from the id on, over a cap of 100: only the 200 below the id go, found by reading them
+      const rest = await qm.historySince(domain, undefined, 3000);
+      const bound = rest[200]!.histId;
+      const more: number[] = [];
+      for (let n = -1; n !== 0; ) more.push((n = await q.trimHistory(bound, 100)));
+      assert.deepEqual(more, [200, 0]);
+      assert.equal((await qm.historySince(domain, undefined, 3000))[0]!.histId, bound, 'never past the id given');
+      const key = (await pool[0]!.client().keys('*hist*')).find((k) => k.includes(domain))!;
+      const lens = await Promise.all(pool.map((r) => r.client().xlen(key)));
+      assert.deepEqual(lens, [800, 800], 'alike on both replicas');
     });
   });
 });
