@@ -37,6 +37,16 @@ export interface StoredHistoryEntry {
   stored: Buffer;
 }
 
+/** A history event as history() and historyEntries() give it: `id` is its event id (eventId()). */
+export interface HistoryEvent {
+  id: string;
+  kind: string;
+  messageId: string;
+  txn: number;
+  at: number;
+  details: unknown;
+}
+
 /** A message's history lookup reads at most this many events, in blocks of HISTORY_BLOCK. */
 const HISTORY_SCAN_LIMIT = 20_000;
 const HISTORY_BLOCK = 1000;
@@ -1012,7 +1022,7 @@ export class QueueManager extends EventEmitter {
    * replica over its read connection. A message's events are looked for from the newest back,
    * in blocks, until its `accepted` event, and never past HISTORY_SCAN_LIMIT events.
    */
-  async history(domain: string, msgId?: string, count = 1000): Promise<{ id: string; kind: string; messageId: string; txn: number; at: number; details: unknown }[]> {
+  async history(domain: string, msgId?: string, count = 1000): Promise<HistoryEvent[]> {
     const q = this.must(domain);
     const c = this.readerNode(domain).reads;
     const found: HistoryEntry[] = [];
@@ -1035,12 +1045,12 @@ export class QueueManager extends EventEmitter {
    * them; an id no longer in the stream (trimmed once archived) is left out. One pipelined exact
    * XRANGE per id on an in-sync replica's read connection: a lookup, never a scan.
    */
-  async historyEntries(domain: string, histIds: readonly string[]): Promise<{ id: string; kind: string; messageId: string; txn: number; at: number; details: unknown }[]> {
+  async historyEntries(domain: string, histIds: readonly string[]): Promise<HistoryEvent[]> {
     const q = this.must(domain);
     if (!histIds.length) return [];
     const p = this.readerNode(domain).reads.pipeline();
     for (const h of histIds) p.xrange(q.keys[1], h, h);
-    const out: { id: string; kind: string; messageId: string; txn: number; at: number; details: unknown }[] = [];
+    const out: HistoryEvent[] = [];
     for (const [err, rows] of (await p.exec()) ?? []) {
       if (err) throw err;
       for (const row of rows as [string, string[]][]) {

@@ -35,8 +35,9 @@ export class TcpProxy {
       upstream.on('data', (d: Buffer) => {
         this.down += d.length;
         if (this.held) this.held.push([client, d]);
-        else client.write(d);
+        else if (!client.write(d)) upstream.pause(); // the client's backpressure, as pipe() would
       });
+      client.on('drain', () => upstream.resume());
       client.pipe(upstream);
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
