@@ -31,7 +31,7 @@ import type { MailStore } from '../mailbox/store.ts';
 import { type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
 import type { QueueManager, StoredHistoryEntry } from '../queue/manager.ts';
 import { splitQueueName } from '../queue/placement.ts';
-import { compareIds, eventId, histIdOf, parseEntryId, timeOfMessageId } from '../message/ids.ts';
+import { compareIds, domainOfEventId, eventId, histIdOf, parseEntryId, timeOfMessageId } from '../message/ids.ts';
 
 /** A history partition holds one hour of a queue's events. */
 export const BUCKET_MS = 3_600_000;
@@ -457,8 +457,7 @@ export class HistoryArchive extends EventEmitter {
   private async hotEvents(ids: readonly string[]): Promise<LifecycleEvent[]> {
     const byDomain = new Map<string, string[]>();
     for (const id of ids) {
-      // eventId(): gateway id (no "/"), the domain percent-encoded, the history id
-      const domain = decodeURIComponent(id.slice(id.indexOf('/') + 1, id.lastIndexOf('/')));
+      const domain = domainOfEventId(id);
       const list = byDomain.get(domain);
       if (list) list.push(histIdOf(id));
       else byDomain.set(domain, [histIdOf(id)]);
@@ -466,8 +465,7 @@ export class HistoryArchive extends EventEmitter {
     const parts = await Promise.all(
       [...byDomain].map(async ([domain, histIds]) => {
         if (!this.queues.view(domain)) return []; // deleted since: its events are archived
-        const queue = this.queues.nameOf(domain);
-        return (await this.queues.historyEntries(domain, histIds)).map((e) => ({ ...e, queue, domain, kind: e.kind as LifecycleKind, details: e.details as Record<string, unknown> }));
+        return (await this.queues.historyByIds(domain, histIds)).map((h) => this.queues.eventOf(domain, h));
       }),
     );
     return parts.flat();

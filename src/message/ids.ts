@@ -131,3 +131,8 @@ export function eventId(gateway: string, domain: string, histId: string): string
 export function histIdOf(eventId: string): string {
   return eventId.slice(eventId.lastIndexOf('/') + 1);
 }
+
+/** The destination domain an event id names (eventId(): the gateway id has no "/", the domain is percent-encoded). */
+export function domainOfEventId(eventId: string): string {
+  return decodeURIComponent(eventId.slice(eventId.indexOf('/') + 1, eventId.lastIndexOf('/')));
+}

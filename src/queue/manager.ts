@@ -37,16 +37,6 @@ export interface StoredHistoryEntry {
   stored: Buffer;
 }
 
-/** A history event as history() and historyEntries() give it: `id` is its event id (eventId()). */
-export interface HistoryEvent {
-  id: string;
-  kind: string;
-  messageId: string;
-  txn: number;
-  at: number;
-  details: unknown;
-}
-
 /** A message's history lookup reads at most this many events, in blocks of HISTORY_BLOCK. */
 const HISTORY_SCAN_LIMIT = 20_000;
 const HISTORY_BLOCK = 1000;
@@ -1022,7 +1012,7 @@ export class QueueManager extends EventEmitter {
    * replica over its read connection. A message's events are looked for from the newest back,
    * in blocks, until its `accepted` event, and never past HISTORY_SCAN_LIMIT events.
    */
-  async history(domain: string, msgId?: string, count = 1000): Promise<HistoryEvent[]> {
+  async history(domain: string, msgId?: string, count = 1000): Promise<{ id: string; kind: string; messageId: string; txn: number; at: number; details: unknown }[]> {
     const q = this.must(domain);
     const c = this.readerNode(domain).reads;
     const found: HistoryEntry[] = [];
@@ -1041,22 +1031,19 @@ export class QueueManager extends EventEmitter {
   }
 
   /**
-   * Events of `domain`'s history by their history ids, in the order given, as history() gives
-   * them; an id no longer in the stream (trimmed once archived) is left out. One pipelined exact
-   * XRANGE per id on an in-sync replica's read connection: a lookup, never a scan.
+   * Entries of `domain`'s history by their ids, in the order given (eventOf() makes them events);
+   * an id no longer in the stream (trimmed once archived) is left out. One pipelined exact XRANGE
+   * per id on an in-sync replica's read connection: a lookup, never a scan.
    */
-  async historyEntries(domain: string, histIds: readonly string[]): Promise<HistoryEvent[]> {
-    const q = this.must(domain);
+  async historyByIds(domain: string, histIds: readonly string[]): Promise<HistoryEntry[]> {
+    const key = this.must(domain).keys[1];
     if (!histIds.length) return [];
     const p = this.readerNode(domain).reads.pipeline();
-    for (const h of histIds) p.xrange(q.keys[1], h, h);
-    const out: HistoryEvent[] = [];
+    for (const h of histIds) p.xrange(key, h, h);
+    const out: HistoryEntry[] = [];
     for (const [err, rows] of (await p.exec()) ?? []) {
       if (err) throw err;
-      for (const row of rows as [string, string[]][]) {
-        const h = decodeHistory(row);
-        out.push({ id: eventId(q.origin, q.domain, h.histId), kind: h.kind, messageId: h.messageId, txn: h.txn, at: h.at, details: h.details });
-      }
+      for (const row of rows as [string, string[]][]) out.push(decodeHistory(row));
     }
     return out;
   }

@@ -15,7 +15,7 @@ import { buildDsn } from '../../src/relay/dsn.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { waitFor } from '../helpers/waitFor.ts';
-import { eventId } from '../../src/message/ids.ts';
+import { domainOfEventId, eventId, histIdOf } from '../../src/message/ids.ts';
 
 const msg = (id: string, domain: string) => ({ id, domain, envelope: { from: 's@src.test', to: [`r@${domain}`] }, raw: Buffer.from(`Subject: ${id}\r\n\r\nx\r\n`) });
 
@@ -44,6 +44,14 @@ describe('event ids', () => {
     assert.equal(eventId('gw1', 'relay.example-1.test', '5-0'), 'gw1/relay.example-1.test/5-0');
     assert.equal(eventId('gw1', '[ipv6:2001:db8::1]', '5-0'), 'gw1/[ipv6%3A2001%3Adb8%3A%3A1]/5-0');
     assert.equal(eventId('gw1', 'a/b%c!', '5-0'), 'gw1/a%2Fb%25c%21/5-0');
+  });
+
+  it('reads the domain and the history id back from an event id', () => {
+    for (const domain of ['relay.example-1.test', '[ipv6:2001:db8::1]', 'a/b%c!']) {
+      const id = eventId('gw1-2', domain, '17-3');
+      assert.equal(domainOfEventId(id), domain);
+      assert.equal(histIdOf(id), '17-3');
+    }
   });
 
   it('publishes the events of an address-literal queue (a DSN to [IPv6:…]) from the history at start and live', async () => {
