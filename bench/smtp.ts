@@ -14,6 +14,12 @@
 //      80% of its own closed-loop maximum. Also the latency from the moment a message was due (so
 //      queueing in the generator counts too).
 // BENCH_RUNS (default 1) repeats the whole and prints the median of each figure over the runs.
+// In whole mode each phase (and the closed loop after the warm-up) starts once every message
+// accepted before it is at the sink, for both targets: a closed loop accepts more than a relay
+// delivers, and without the pause the next phase would measure the target still delivering that
+// backlog on the same cores (the relay ran at twice the offered 1,000/s through that phase). The
+// backlog as each phase ended and how long it took to drain are printed; the CPU seconds cover the
+// phases only. BENCH_DRAIN_BETWEEN=0 runs the phases back to back.
 //
 // BENCH_MODE (default "both"):
 //   ingress  streamgate: three redis-server processes (a replica pair and the spare) and a gateway
@@ -36,6 +42,9 @@
 // loop-delay and GC columns are left empty (they are one process's figures). In ingress mode with
 // one worker it also prints, per phase, the reply latency as the ingress timed it and how many of
 // the replies over 5 ms had a GC pause near them, of which kind (bench/lib/replyGc.ts).
+//
+// BENCH_TARGETS (default "streamgate,postfix"): "streamgate" alone to compare a change of the
+// gateway within one session faster (no ratio to Postfix is printed then).
 //
 // BENCH_WHOLE_CONFIG (whole mode): JSON merged into the gateway's configuration, section by
 // section, to see what a part costs: '{"events":{"archive":false}}', for instance.
@@ -81,6 +90,8 @@ const RATES = (process.env.BENCH_RATES ?? process.env.BENCH_RATE ?? '1000,2000')
 const MODE = process.env.BENCH_MODE ?? 'both';
 const RUNS = Number(process.env.BENCH_RUNS ?? 1);
 const RATE_SECONDS = Number(process.env.BENCH_RATE_SECONDS ?? 10);
+const DRAIN_BETWEEN = process.env.BENCH_DRAIN_BETWEEN !== '0';
+const TARGETS = (process.env.BENCH_TARGETS ?? 'streamgate,postfix').split(',');
 const WARMUP = (mode: string) => Number(process.env.BENCH_WARMUP ?? (mode === 'whole' ? 15 : 1));
 const WORKERS = (process.env.BENCH_WORKERS ?? '1').split(',').map((w) => (w.trim() === 'auto' ? 'auto' : Number(w))) as (number | 'auto')[];
 const DOMAIN = 'relay.bench.test';
@@ -259,6 +270,8 @@ interface Target {
   loop?: () => Promise<PhaseStalls>;
   /** After the load: where every 250 went, in one line. */
   check(accepted: number): Promise<string>;
+  /** Messages at the sink since the target started (whole mode): what the relay has delivered so far. */
+  delivered?: () => Promise<number>;
   /** CPU seconds used so far by each process of the target and what it depends on, by name. */
   cpu(): Map<string, number>;
   stop(): Promise<void>;
@@ -388,6 +401,7 @@ async function startWholeGateway(dir: string, sink: SinkProcess, workers: number
       };
     },
     check: (accepted) => checkSink(sink, before, accepted, 'streamgate'),
+    delivered: async () => (await sink.count()) - before,
     async stop() {
       child.kill('SIGTERM');
       await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
@@ -433,6 +447,7 @@ async function startPostfixTarget(dir: string, sink?: SinkProcess): Promise<Targ
     port,
     cpu: () => new Map([['Postfix', treeCpu(master)], ...(sink ? [['sink', procCpu(sink.pid)] as const] : [])]),
     check: async (accepted) => (sink ? checkSink(sink, before, accepted, 'Postfix') : `Postfix 250s ${accepted}, hold queue ${instance.queued('hold')} files`),
+    ...(sink ? { delivered: async () => (await sink.count()) - before } : {}),
     async stop() {
       instance.stop();
       postfixes.delete(instance);
@@ -450,14 +465,29 @@ interface Measured {
 /** The pool's redis-server processes by port, for the CPU breakdown. */
 const redisCpu = (pool: { port: number; proc: { pid?: number | undefined } }[]) => pool.map((r) => [`redis :${r.port}`, procCpu(r.proc.pid)] as const);
 
-/** CPU seconds per process between two readings, the load generator (this process) and the machine. */
-function cpuLine(t: Target, from: { at: number; procs: Map<string, number>; self: number; machine: number }): string {
-  const now = t.cpu();
-  const self = process.cpuUsage();
-  const secs = (performance.now() - from.at) / 1000;
-  const parts = [...now].map(([name, v]) => `${name} ${(v - (from.procs.get(name) ?? 0)).toFixed(1)}`);
-  parts.push(`load generator ${((self.user + self.system) / 1e6 - from.self).toFixed(1)}`);
-  return `${t.name}: ${parts.join(', ')}; machine ${(machineCpu() - from.machine).toFixed(1)} of ${(secs * availableParallelism()).toFixed(1)} (${availableParallelism()} cores × ${secs.toFixed(1)} s)`;
+/** One reading of the CPU seconds used so far: the target's processes, this process, the machine. */
+interface CpuReading {
+  at: number;
+  procs: Map<string, number>;
+  self: number;
+  machine: number;
+}
+
+function cpuReading(t: Target): CpuReading {
+  const u = process.cpuUsage();
+  return { at: performance.now(), procs: t.cpu(), self: (u.user + u.system) / 1e6, machine: machineCpu() };
+}
+
+/**
+ * CPU seconds per process over the measured phases (each a pair of readings: the pauses between
+ * them, while a backlog drains, left out), the load generator (this process) and the machine.
+ */
+function cpuLine(t: Target, spans: [CpuReading, CpuReading][]): string {
+  const sum = (g: (r: CpuReading) => number) => spans.reduce((a, [from, to]) => a + g(to) - g(from), 0);
+  const secs = sum((r) => r.at) / 1000;
+  const parts = [...spans[0]![1].procs.keys()].map((name) => `${name} ${sum((r) => r.procs.get(name) ?? 0).toFixed(1)}`);
+  parts.push(`load generator ${sum((r) => r.self).toFixed(1)}`);
+  return `${t.name}: ${parts.join(', ')}; machine ${sum((r) => r.machine).toFixed(1)} of ${(secs * availableParallelism()).toFixed(1)} (${availableParallelism()} cores × ${secs.toFixed(1)} s)`;
 }
 
 async function measure(t: Target, warmup: number, ownMaxShare?: number): Promise<Measured> {
@@ -469,25 +499,48 @@ async function measure(t: Target, warmup: number, ownMaxShare?: number): Promise
   let accepted = 0;
   try {
     accepted += (await closedLoop(t.port, sessions, warmup)).accepted; // warm-up, not in the figures
+    // Whole mode: each phase starts once everything accepted before it is at the sink (both
+    // targets alike), so that a phase measures the target at its own rate, not while it still
+    // delivers the backlog a closed loop left (a relay delivers less than its door accepts); the
+    // backlog is printed as each phase ends. BENCH_DRAIN_BETWEEN=0: phases back to back.
+    const settle = async (label: string) => {
+      if (!t.delivered) return;
+      const t0 = performance.now();
+      let left = accepted - (await t.delivered());
+      const was = left;
+      while (DRAIN_BETWEEN && left > 0 && performance.now() - t0 < 180_000) {
+        await sleep(200);
+        left = accepted - (await t.delivered());
+      }
+      console.error(`bench: ${t.name}: ${label}: ${was.toLocaleString('en')} accepted not yet at the sink${DRAIN_BETWEEN ? `, ${left.toLocaleString('en')} after ${((performance.now() - t0) / 1000).toFixed(1)} s` : ''}`);
+    };
+    await settle('after the warm-up');
     await t.loop?.();
-    const u = process.cpuUsage();
-    const cpu0 = { at: performance.now(), procs: t.cpu(), self: (u.user + u.system) / 1e6, machine: machineCpu() };
+    const spans: [CpuReading, CpuReading][] = [];
+    let from = cpuReading(t);
     const closed = await closedLoop(t.port, sessions, SECONDS);
+    spans.push([from, cpuReading(t)]);
     closed.loop = await t.loop?.();
     const max = closed.accepted / closed.seconds;
     console.error(`bench: ${t.name}: closed loop ${Math.round(max)} msg/s`);
+    accepted += closed.accepted;
+    await settle('after the closed loop');
     const phases = [closed];
     const rates: [number, string?][] = RATES.map((r) => [r]);
     if (ownMaxShare) rates.push([Math.round(max * ownMaxShare), `${ownMaxShare * 100}% of its maximum`]);
     for (const [rate, label] of rates) {
+      await t.loop?.();
+      from = cpuReading(t);
       const open = await openLoop(sessions, rate, RATE_SECONDS);
+      spans.push([from, cpuReading(t)]);
       open.loop = await t.loop?.();
       if (label) open.load = `${label} (${rate.toLocaleString('en')}/s), ${RATE_SECONDS} s`;
       console.error(`bench: ${t.name}: ${rate}/s offered, ${Math.round(open.accepted / open.seconds)} msg/s accepted, p99 ${pct(open.latencies, 99).toFixed(1)} ms`);
       phases.push(open);
+      accepted += open.accepted;
+      await settle(`after ${rate}/s`);
     }
-    const cpu = cpuLine(t, cpu0);
-    for (const p of phases) accepted += p.accepted;
+    const cpu = cpuLine(t, spans);
     return { phases, check: await t.check(accepted), cpu };
   } finally {
     for (const s of sessions) s.close();
@@ -514,6 +567,7 @@ const median = (xs: number[]) => {
 try {
   const modes = MODE === 'both' ? ['ingress', 'whole'] : [MODE];
   if (!modes.every((m) => m === 'ingress' || m === 'whole')) throw new Error(`BENCH_MODE must be ingress, whole or both, not "${MODE}"`);
+  if (!TARGETS.length || !TARGETS.every((t) => t === 'streamgate' || t === 'postfix')) throw new Error(`BENCH_TARGETS must name streamgate, postfix or both, not "${TARGETS.join(',')}"`);
   console.error(`bench: ${SESSIONS} sessions, 70% 1 KB / 30% 10 KB, ${modes.map((m) => `${WARMUP(m)} s warm-up${modes.length > 1 ? ` (${m})` : ''}`).join(', ')}, closed loop ${SECONDS} s, then ${RATES.join(', ')}/s offered for ${RATE_SECONDS} s each; ${RUNS} run(s); ${modes.join(' and ')}`);
   // results[mode][target] = one Measured per run
   const results = new Map<string, Map<string, Measured[]>>();
@@ -522,7 +576,7 @@ try {
       if (mode === 'whole') sink ??= await startSinkProcess();
       const byTarget = results.get(mode) ?? new Map<string, Measured[]>();
       results.set(mode, byTarget);
-      const targets = [...WORKERS.map((w) => ['streamgate', w] as const), ['postfix', 1] as const];
+      const targets = [...WORKERS.map((w) => ['streamgate', w] as const), ['postfix', 1] as const].filter(([which]) => TARGETS.includes(which));
       for (const [which, workers] of targets) {
         const t = which === 'streamgate' ? (mode === 'whole' ? await startWholeGateway(dir, sink!, workers) : await startIngressGateway(dir, workers)) : await startPostfixTarget(dir, mode === 'whole' ? sink : undefined);
         stops.push(() => t.stop());
