@@ -229,6 +229,9 @@ export const configSchema = z
         chunkSize: size('64KB'), // bodies above this are split into chunks of this size
         bucketSize: z.number().int().positive().default(10000), // messages per mailbox partition
         heap: z.string().regex(/^\d+[mg]$/i, 'expected a JVM heap size like "512m"').default('512m'), // each local node
+        // the JIT of each local node: c1 = the quick compiler only (-XX:TieredStopAtLevel=1), for a
+        // node sharing a few cores with the gateway and Redis; full = C1 then C2, the JVM's default
+        jit: z.enum(['c1', 'full']).default('c1'),
         // what `services up` starts when the first contact point is on loopback: `nodes` Cassandra
         // nodes (1 to 3) on that address and the next ones (127.0.0.1, .2, .3), same ports, one
         // cluster; set replicationFactor to at most this

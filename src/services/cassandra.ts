@@ -36,6 +36,8 @@ export interface CassandraNodeOptions {
   storagePort?: number;
   /** JVM max heap (-Xmx; -Xms starts at min(heap, 128m)); default "512m". */
   heap?: string;
+  /** The JIT: "c1" (default) the quick compiler only, "full" C1 then C2 (see jvmArgs()). */
+  jit?: 'c1' | 'full';
   /** A pino-like logger. */
   log?: { info(obj: object, msg?: string): void; warn(obj: object, msg?: string): void };
   /** How long startCassandra waits for CQL to answer; default 180 s. */
@@ -297,7 +299,7 @@ function initialHeap(heap: string): string {
 }
 
 function jvmArgs(o: {
-  heap: string; lib: string; dir: string; conf: string; host: string; javaMajor: number; unsafeSystem: boolean; alone: boolean;
+  heap: string; jit: 'c1' | 'full'; lib: string; dir: string; conf: string; host: string; javaMajor: number; unsafeSystem: boolean; alone: boolean;
 }): string[] {
   const jamm = readdirSync(o.lib).filter((n) => /^jamm-.*\.jar$/.test(n)).sort().pop();
   if (!jamm) throw new Error(`no jamm-*.jar in ${o.lib}`);
@@ -310,6 +312,11 @@ function jvmArgs(o: {
     '-XX:+UseG1GC', '-XX:+ParallelRefProcEnabled', '-XX:MaxTenuringThreshold=1',
     '-XX:G1RSetUpdatingPauseTimePercent=5', '-XX:MaxGCPauseMillis=300', '-XX:InitiatingHeapOccupancyPercent=70',
     '-XX:ParallelGCThreads=2', '-XX:ConcGCThreads=1',
+    // JIT: by default C1 alone. A node started here shares a few cores with the gateway and Redis,
+    // and C2's compiler threads took a quarter to a half of its CPU for its first minutes: runs of
+    // bench:archive in a row on one node cost 26.4, 15.3, 8.3, 7.4 µs of Cassandra's CPU per event
+    // with C2, 8.9, 5.2, 5.4 with C1 alone (the event log's writes spend little in compiled code)
+    ...(o.jit === 'c1' ? ['-XX:TieredStopAtLevel=1'] : []),
     // conf/jvm-server.options, less AlwaysPreTouch (slow start) and heap dumps (heap-sized files)
     '-ea', '-da:net.openhft...', '-XX:+UseThreadPriorities', '-XX:+UseTLAB', '-XX:+ResizeTLAB',
     '-XX:+PerfDisableSharedMem', '-XX:+ExitOnOutOfMemoryError',
@@ -438,7 +445,7 @@ export async function startCassandra(opts: CassandraNodeOptions): Promise<{ pid:
   writeFileSync(join(conf, 'cassandra.yaml'), renderTemplate(readFileSync(join(CONF_SRC, 'cassandra.yaml'), 'utf8'), vars, 'cassandra.yaml'));
   writeFileSync(join(conf, 'logback.xml'), readFileSync(join(CONF_SRC, 'logback.xml')));
 
-  const args = jvmArgs({ heap: opts.heap ?? '512m', lib, dir, conf, host: opts.host, javaMajor: major, unsafeSystem: opts.unsafeSystem ?? false, alone: !opts.seeds?.length });
+  const args = jvmArgs({ heap: opts.heap ?? '512m', jit: opts.jit ?? 'c1', lib, dir, conf, host: opts.host, javaMajor: major, unsafeSystem: opts.unsafeSystem ?? false, alone: !opts.seeds?.length });
   const out = openSync(outLogPath(dir), 'a');
   let exit: { code: number | null; signal: string | null } | undefined;
   let pid: number;

@@ -73,7 +73,7 @@ export function localCassandraNodes(config: Config): CassandraNodeOptions[] {
     const node: CassandraNodeOptions = {
       home,
       dataDir: join(config.gateway.dataDir, 'services', i === 0 ? `cassandra-${port}` : `cassandra-${h}-${port}`),
-      host: h, nativePort: port, heap: config.cassandra.heap,
+      host: h, nativePort: port, heap: config.cassandra.heap, jit: config.cassandra.jit,
     };
     if (n > 1) Object.assign(node, { storagePort, seeds: [`${host}:${storagePort}`], initialToken: nodeToken(i, n), hintedHandoff: true });
     return node;

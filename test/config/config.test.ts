@@ -90,6 +90,8 @@ describe('configuration', () => {
     assert.throws(() => validateConfig({ relay: { retry: { maxLifetime: 5 } } }), /relay\.retry\.maxLifetime: expected string, got 5/);
     assert.throws(() => validateConfig({ smtp: { maxMessageSize: '25 parsecs' } }), /smtp\.maxMessageSize: expected a size like "512KB" or "25MB", got "25 parsecs"/);
     assert.throws(() => validateConfig({ queue: { writeConcern: 'most' } }), /queue\.writeConcern: expected one of "all", "one", got "most"/);
+    assert.throws(() => validateConfig({ cassandra: { jit: 'c2' } }), /cassandra\.jit: expected one of "c1", "full", got "c2"/);
+    assert.equal(validateConfig({}).cassandra.jit, 'c1');
     assert.throws(() => validateConfig({ redis: { nodes: ['redis://127.0.0.1:1'] } }), /redis\.nodes: expected at least two nodes/);
   });
 

@@ -110,9 +110,9 @@ function hookExit(): void {
  * Starts a private node on free ports in a fresh temp dir. The runner script uses this once per run.
  * Its commit log is synced periodically (acknowledged writes are not waited for: throw-away data,
  * and no test kills it); `durable` gives it the commit log and schema flushes of the nodes
- * `services up` starts.
+ * `services up` starts; `jit` is the node's cassandra.jit (default c1).
  */
-export async function startTestCassandra(opts: { durable?: boolean } = {}): Promise<TestCassandra> {
+export async function startTestCassandra(opts: { durable?: boolean; jit?: 'c1' | 'full' } = {}): Promise<TestCassandra> {
   const [port, storagePort] = await freePorts(2) as [number, number];
   const dataDir = mkdtempSync(join(tmpdir(), 'sg-cassandra-'));
   const options: CassandraNodeOptions = {
@@ -122,6 +122,7 @@ export async function startTestCassandra(opts: { durable?: boolean } = {}): Prom
     nativePort: port,
     storagePort,
     heap: '512m',
+    ...(opts.jit ? { jit: opts.jit } : {}),
     // throw-away data: skip synchronous schema flushes, do not wait for commit log syncs
     ...(opts.durable ? {} : { unsafeSystem: true, commitlogSync: 'periodic' as const }),
     log: { info: () => {}, warn: (o, m) => console.error(`cassandra: ${m ?? ''} ${JSON.stringify(o)}`) },

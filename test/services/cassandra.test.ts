@@ -64,6 +64,11 @@ describe('cassandra node service', { timeout: 300_000 }, () => {
     }
   });
 
+  test('runs the quick JIT compiler alone by default (cassandra.jit: c1)', () => {
+    const args = readFileSync(`/proc/${node.pid}/cmdline`, 'utf8').split('\0');
+    assert.ok(args.includes('-XX:TieredStopAtLevel=1'), `JVM arguments: ${args.filter((a) => a.startsWith('-XX')).join(' ')}`);
+  });
+
   test('startCassandra on a running node is idempotent', async () => {
     const again = await startCassandra(node.options);
     assert.equal(again.alreadyRunning, true);
@@ -84,7 +89,8 @@ describe('a node as services up starts it, SIGKILLed', { timeout: 300_000 }, () 
   let node: TestCassandra;
 
   before(async () => {
-    node = await startTestCassandra({ durable: true });
+    // the JVM's own JIT here (cassandra.jit: full), so both settings run in the suite
+    node = await startTestCassandra({ durable: true, jit: 'full' });
   });
 
   after(async () => {
@@ -94,6 +100,11 @@ describe('a node as services up starts it, SIGKILLed', { timeout: 300_000 }, () 
   // A write at ONE is acknowledged by one node. With Cassandra's default periodic commit log a
   // node replays, after a kill, only what its commit log had marked (every 100 ms): the writes it
   // acknowledged since are gone, and with them any message whose row or body only that node held.
+  test('cassandra.jit: full leaves the JVM its C2 compiler', () => {
+    const args = readFileSync(`/proc/${node.pid}/cmdline`, 'utf8').split('\0');
+    assert.ok(args.includes('-XX:+UseG1GC') && !args.some((a) => a.startsWith('-XX:TieredStopAtLevel')), `JVM arguments: ${args.filter((a) => a.startsWith('-XX')).join(' ')}`);
+  });
+
   test('replays every write it acknowledged before the kill', async () => {
     const connect = async () => {
       const c = new cassandra.Client({ contactPoints: [node.contactPoint], localDataCenter: 'datacenter1' });
