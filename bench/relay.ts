@@ -17,6 +17,7 @@
 // src/events, BullMQ or the Cassandra driver on the stack) is printed beside it as a lower bound.
 //
 //   npm run bench:relay            BENCH_N=3000 (messages per side)  BENCH_CLIENTS=32 (SMTP clients)
+//                                  BENCH_WARMUP=1000 (messages through each side first, not measured)
 //                                  BENCH_CONNECTIONS=20 (the gateway's connections to the sink, as Postfix's default)
 //                                  BENCH_EVENTS_BATCH=100 (events.batch of the batched run; 0 skips the events runs)
 //                                  BENCH_PROFILE=dir (each gateway run's CPU profile written there)
@@ -51,6 +52,12 @@ const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 32);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 20);
 const DOMAIN = 'bench.test';
 const EVENTS_BATCH = Number(process.env.BENCH_EVENTS_BATCH ?? 100);
+/**
+ * Messages sent through each target end to end before it is measured, not counted (as bench:smtp
+ * warms each target up): a process just started runs its first thousands of messages through
+ * code not yet compiled, which a gateway in service has long left behind. Postfix gets the same.
+ */
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 1000);
 /** Source paths of the events path, for the profile's share, and of its parts. */
 const EVENTS_PATH = /\/src\/events\/|\/bullmq\/|\/cassandra-driver\/|\/src\/queue\/historyBudget/;
 const EVENTS_PARTS: [string, RegExp][] = [
@@ -68,8 +75,8 @@ function message(i: number): Buffer {
   return Buffer.from(head + body + 'x'.repeat(Math.max(0, size - head.length - body.length - 2)) + '\r\n');
 }
 
-/** Sends N messages over SMTP with CLIENTS connections (nodemailer), resolves when all are accepted. */
-async function inject(port: number): Promise<number> {
+/** Sends `count` messages over SMTP with CLIENTS connections (nodemailer), resolves when all are accepted. */
+async function inject(port: number, count = N): Promise<number> {
   let next = 0;
   let failed = 0;
   const client = async () => {
@@ -85,7 +92,7 @@ async function inject(port: number): Promise<number> {
       sent = 0;
     };
     await open();
-    while (next < N) {
+    while (next < count) {
       const i = next++;
       if (sent >= 100) {
         conn!.quit();
@@ -131,6 +138,14 @@ interface ChildStatus {
   parts: Record<string, number>;
 }
 
+/** The warm-up (WARMUP messages through the target, all of them at the sink), before a measured run. */
+async function warmUp(port: number, sink: SmtpSink, what: string): Promise<void> {
+  if (!WARMUP) return;
+  const before = sink.messages.length;
+  const failed = await inject(port, WARMUP);
+  await waitFor(() => sink.messages.length - before >= WARMUP - failed, { timeout: 600_000, every: 20, what: `${what}: the warm-up at the sink` });
+}
+
 /**
  * The gateway runs in a child process of its own (QueueManager, relay, SMTP ingress), as Postfix
  * runs in processes of its own: the load generator and the sink stay in this process for both.
@@ -150,6 +165,8 @@ async function runGateway(sink: SmtpSink, name = 'streamgate', events?: Omit<Eve
       child.stdout!.on('data', (d: Buffer) => (d.toString().includes('ready') ? resolve() : undefined));
       child.once('exit', (code) => reject(new Error(`gateway exited with ${code}`)));
     });
+    await warmUp(port, sink, name);
+    if (events) await waitFor(async () => { const st = await ask('status'); return st.archived >= st.emitted && st.sent >= st.emitted; }, { timeout: 600_000, every: 100, what: 'the warm-up\'s events archived and published' });
     const before = sink.messages.length;
     const s0 = await ask('start');
     const t0 = Date.now();
@@ -257,6 +274,7 @@ async function runPostfix(sink: SmtpSink): Promise<Figure | string> {
     return (err as Error).message;
   }
   try {
+    await warmUp(port, sink, 'postfix');
     const before = sink.messages.length;
     const t0 = Date.now();
     const failed = await inject(port);
@@ -307,7 +325,7 @@ const drain = await runRelayOnly(drainSink);
 await drainSink.close();
 const gwSink = await startSmtpSink({ hideStartTls: true });
 const pfSink = await startSmtpSink({ hideStartTls: true });
-console.log(`relay benchmark: ${N} messages per side (70% 1 KB / 30% 10 KB), ${CLIENTS} SMTP clients, sinks on loopback`);
+console.log(`relay benchmark: ${N} messages per side (70% 1 KB / 30% 10 KB), ${CLIENTS} SMTP clients, sinks on loopback; each side measured after ${WARMUP} messages through it end to end (BENCH_WARMUP)`);
 const gw = await runGateway(gwSink);
 // the events path: the same gateway with events published and archived, one job per event and batched
 const withEvents: Figure[] = [];
