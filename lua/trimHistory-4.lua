@@ -9,7 +9,8 @@
   KEYS: 1 live stream, 2 history stream, 3 meta hash, 4 state hash
   ARGV: 1-6 as in includes/queueWrite.lua (ARGV[3] is checked, not written), 7 the lowest id that
         must be kept (every event with a lower id may go), 8 the length to trim to (0: every event
-        below ARGV[7] goes, XTRIM MINID; n > 0: only the oldest events above n, and below ARGV[7],
+        below ARGV[7] goes, XTRIM MINID, reading nothing: the history budget's trim, and the cap's
+        cut at an event id the gateway kept, src/queue/queue.ts historyCut(); n > 0: only the oldest events above n, and below ARGV[7],
         at most 1,000 of them in one call, so that the queue's writes on this node never wait long
         behind it; the caller calls again while the history is over its cap). The usual case, a
         cap trimmed just after the archive moved its cursor: the events from ARGV[7] on are few,

@@ -16,6 +16,11 @@
 // Once the history is archived (events/archive.ts, QueueManager option `archived`), the scripts no
 // longer cut each stream at queue.historyMaxLength: cap() does, below the lower of the archive's
 // cursor and the events cursor (the `cursorOf` given), after each archived block and every tick.
+// It cuts at the id of an event the queue wrote with about the cap's number of events from it on
+// (Queue.historyCut(): the queue keeps every 1,000th id, so the cap holds up to 1,000 more), by
+// XTRIM MINID, which frees whole stream nodes and reads no entry; the exact way by count (reading
+// entries on the node's one thread, on both replicas at once) only for events written before the
+// process started.
 import type { Logger } from '../log.ts';
 import type { QueueManager } from './manager.ts';
 import type { RedisNode } from './node.ts';
@@ -80,8 +85,13 @@ export class HistoryBudget {
     this.capping.add(domain);
     let total = 0;
     try {
+      const bound = idAfter(cursor);
       for (let n = -1; n !== 0 && q.histLen > this.capTo; ) {
-        n = await q.trimHistory(idAfter(cursor), this.capTo);
+        // by an id the queue kept (XTRIM MINID: whole stream nodes, nothing read) when it can tell
+        // one, else by count (the oldest events, at most 1,000 a call)
+        const cut = q.historyCut(this.capTo);
+        if (cut === null) break;
+        n = cut === undefined ? await q.trimHistory(bound, this.capTo) : await q.trimHistory(compareIds(cut, bound) < 0 ? cut : bound);
         total += n;
       }
     } catch (err) {

@@ -96,6 +96,9 @@ const WITHDRAW_RETRY_MS = 1000;
  * length, flattening, encoding on write) cost more than the copies (bench:mailbox).
  */
 const STRING_BODY_MAX = 64 * 1024;
+/** Every HIST_MARK-th history event's id is kept (historyCut()); a cut removes at most MAX_CUT events. */
+const HIST_MARK = 1000;
+const MAX_CUT = 10_000;
 function bodyArg(raw: Buffer): Arg {
   return raw.length <= STRING_BODY_MAX && isAscii(raw) ? raw.toString('latin1') : raw;
 }
@@ -129,6 +132,9 @@ export class Queue extends EventEmitter implements QueueView {
   histLen = 0;
   /** Time (ms) of the oldest history event (estimate: at load, then the trim cutoffs). */
   histFirstMs = 0;
+  /** Events this process wrote to the history stream, and the id of every HIST_MARK-th with its number (see historyCut()). */
+  private histWritten = 0;
+  private readonly histMarks: { id: string; n: number }[] = [];
   /** Epoch of the placement record on the nodes; bumped on every switch. */
   placementEpoch: number | undefined;
   private readonly log: Logger;
@@ -205,6 +211,10 @@ export class Queue extends EventEmitter implements QueueView {
   private event(kind: LifecycleKind, msgId: string, histId: string, txn: number, details: Record<string, unknown>): void {
     this.lastActivity = this.settings.now();
     if (!this.settings.historyMaxLength || this.histLen < this.settings.historyMaxLength) this.histLen++;
+    if (++this.histWritten % HIST_MARK === 0) {
+      this.histMarks.push({ id: histId, n: this.histWritten });
+      this.dropTrimmedMarks();
+    }
     if (!this.histFirstMs) this.histFirstMs = this.settings.now();
     const ev: LifecycleEvent = { id: eventId(this.origin, this.domain, histId), queue: this.name, domain: this.domain, kind, messageId: msgId, txn, at: this.settings.now(), details };
     this.emit('event', ev);
@@ -678,6 +688,34 @@ export class Queue extends EventEmitter implements QueueView {
       meta: e.meta,
       acceptedAt: e.acceptedAt,
     };
+  }
+
+  /**
+   * Where a cap of `keep` events may cut this queue's history without reading it: the id of an
+   * event this process wrote with at least `keep` events from it on (within HIST_MARK more), and at
+   * most MAX_CUT events before it, for an XTRIM MINID that removes whole stream nodes and reads no
+   * entry (lua/trimHistory-4.lua), the same id on both replicas. Undefined when the ids this process
+   * kept cannot tell (events from before it started, or more than MAX_CUT before the first it
+   * kept): the caller cuts the exact way, by count. Null: nothing to cut this way. The caller takes
+   * the lower of it and its own bound (never past the events cursor: DESIGN, invariant 12).
+   */
+  historyCut(keep: number): string | null | undefined {
+    const first = this.dropTrimmedMarks();
+    const oldest = this.histMarks[0];
+    if (!oldest || oldest.n - first > MAX_CUT) return undefined;
+    let cut: { id: string; n: number } | undefined;
+    for (const m of this.histMarks) {
+      if (this.histWritten - m.n + 1 < keep || m.n - first > MAX_CUT) break;
+      cut = m;
+    }
+    return cut && cut.n > first ? cut.id : null;
+  }
+
+  /** Drops the marks of events trimmed since; returns the number (as this process counts) of the stream's first event. */
+  private dropTrimmedMarks(): number {
+    const first = this.histWritten - this.histLen + 1;
+    while (this.histMarks.length && this.histMarks[0]!.n < first) this.histMarks.shift();
+    return first;
   }
 
   /**

@@ -1,10 +1,14 @@
 // A message's history is read on a connection of its own (never queued behind, or in front of,
 // the queue's writes) and the lookup is bounded; a capped trim removes at most 1,000 events a call
 // (a script run the queue's writes wait behind), never past the id it is given, and when what it
-// must keep fits in the cap it finds the cut by count, reading no event.
+// must keep fits in the cap it finds the cut by count, reading no event. The archived history's
+// cap (HistoryBudget.cap) cuts at an id the queue kept, reading nothing, and by count only for
+// events from before the process started.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
+import { compareIds, idAfter } from '../../src/message/ids.ts';
+import { HistoryBudget } from '../../src/queue/historyBudget.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
@@ -87,5 +91,75 @@ describe('message history lookup', () => {
       const lens = await Promise.all(pool.map((r) => r.client().xlen(key)));
       assert.deepEqual(lens, [800, 800], 'alike on both replicas');
     });
+  });
+});
+
+describe('the archived history\'s cap', () => {
+  const reads = async (pool: TestRedis[]) =>
+    Promise.all(pool.map(async (r) => {
+      const stats = (await r.client().info('commandstats')) as string;
+      const calls = (cmd: string) => Number(new RegExp(`^cmdstat_${cmd}:calls=(\\d+)`, 'm').exec(stats)?.[1] ?? 0);
+      return calls('xrange') + calls('xrevrange');
+    }));
+
+  it('cuts at an id the queue kept, reading no event, never past the cursor, at most 10,000 events a call, alike on both replicas; by count after a restart', async () => {
+    const pool = await startRedisPool(2);
+    const config = testConfig({ redis: { nodes: pool.map((r) => r.url) } });
+    const domain = 'cap.test';
+    const msg = (i: number) => ({ id: `m${i}`, domain, envelope: { from: 'a@src.test', to: [`b@${domain}`] }, raw: Buffer.from('Subject: x\r\n\r\nhi\r\n') });
+    let qm = new QueueManager(config, silentLogger, { gatewayId: 'gw-cap', archived: true });
+    try {
+      await qm.start();
+      for (let i = 0; i < 25_000; i += 500) await Promise.all(Array.from({ length: 500 }, (_, j) => qm.append(msg(i + j))));
+      const all = await qm.historySince(domain, undefined, 30_000);
+      assert.equal(all.length, 25_000);
+      let cursor = all[24_499]!.histId; // what every consumer has: the events after it must stay
+      const budget = () => new HistoryBudget(qm, 0.5, () => cursor, silentLogger, { capTo: 2_000 });
+      const q = qm.queues.get(domain)!;
+      const cuts: number[] = [];
+      const trim = q.trimHistory.bind(q);
+      q.trimHistory = async (minId, keep) => {
+        const n = await trim(minId, keep);
+        cuts.push(n);
+        return n;
+      };
+      const before = await reads(pool);
+      const trimmed = await budget().cap(domain);
+      assert.deepEqual(await reads(pool), before, 'no XRANGE or XREVRANGE on either replica: nothing read');
+      // the ids kept are every 1,000th event's: the cut keeps 2,001 (at least the cap), in calls of at most 10,000
+      assert.equal(trimmed, 22_999);
+      assert.deepEqual(cuts, [9_999, 10_000, 3_000]);
+      const key = (await pool[0]!.client().keys('*hist*')).find((k) => k.includes(domain))!;
+      const firsts = await Promise.all(pool.map(async (r) => [await r.client().xlen(key), (await r.client().xrange(key, '-', '+', 'COUNT', 1))[0]![0]]));
+      assert.deepEqual(firsts[0], [2_001, all[22_999]!.histId]);
+      assert.deepEqual(firsts[1], firsts[0], 'the same history on both replicas');
+      assert.equal(q.histLen, 2_001);
+
+      // a cursor behind the cut: nothing at or after the event following it goes
+      for (let i = 25_000; i < 30_000; i += 500) await Promise.all(Array.from({ length: 500 }, (_, j) => qm.append(msg(i + j))));
+      const now = await qm.historySince(domain, undefined, 10_000);
+      cursor = now[1_499]!.histId;
+      const before2 = await reads(pool);
+      await budget().cap(domain);
+      assert.deepEqual(await reads(pool), before2, 'still nothing read');
+      assert.equal((await qm.historySince(domain, undefined, 10_000))[0]!.histId, now[1_500]!.histId, 'the first event left is the one after the cursor');
+      assert.ok(compareIds(idAfter(cursor), now[1_500]!.histId) <= 0);
+
+      // a restarted gateway has kept no ids: the exact way, by count, never past the cursor either
+      await qm.stop();
+      qm = new QueueManager(config, silentLogger, { gatewayId: 'gw-cap', archived: true });
+      await qm.start();
+      cursor = now.at(-1)!.histId;
+      const left = await qm.historySince(domain, undefined, 10_000);
+      const before3 = await reads(pool);
+      await budget().cap(domain);
+      assert.ok((await reads(pool)).every((n, i) => n > before3[i]!), 'the cut found by reading, on both replicas');
+      const after = await Promise.all(pool.map((r) => r.client().xlen(key)));
+      assert.deepEqual(after, [2_000, 2_000], 'cut to the cap exactly, alike on both replicas');
+      assert.equal((await qm.historySince(domain, undefined, 10_000))[0]!.histId, left.at(-2_000)!.histId);
+    } finally {
+      await qm.stop();
+      await Promise.all(pool.map((r) => r.stop()));
+    }
   });
 });
