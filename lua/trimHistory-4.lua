@@ -10,9 +10,10 @@
   ARGV: 1-6 as in includes/queueWrite.lua (ARGV[3] is checked, not written), 7 the lowest id that
         must be kept (every event with a lower id may go), 8 the length to trim to (0: every event
         below ARGV[7] goes, XTRIM MINID, reading nothing: the history budget's trim, and the cap's
-        cut at an event id the gateway kept, src/queue/queue.ts historyCut(); n > 0: only the oldest events above n, and below ARGV[7],
-        at most 1,000 of them in one call, so that the queue's writes on this node never wait long
-        behind it; the caller calls again while the history is over its cap). The usual case, a
+        cut at an event id the gateway kept, src/queue/queue.ts historyCut(); n > 0: only the
+        oldest events above n, and below ARGV[7], at most 1,000 of them in one call, so that the
+        queue's writes on this node never wait long behind it; the caller calls again while the
+        history is over its cap: events from before the gateway started). The usual case, a
         cap trimmed just after the archive moved its cursor: the events from ARGV[7] on are few,
         counted by reading them (at most 1,000), and when they fit in the n kept the oldest go by
         XTRIM MAXLEN, which reads nothing. Else the cut is found by reading the oldest events
