@@ -165,8 +165,10 @@ async function runGateway(sink: SmtpSink, name = 'streamgate', events?: Omit<Eve
       child.stdout!.on('data', (d: Buffer) => (d.toString().includes('ready') ? resolve() : undefined));
       child.once('exit', (code) => reject(new Error(`gateway exited with ${code}`)));
     });
+    // every event archived and published, so far
+    const eventsDone = (what: string) => waitFor(async () => { const st = await ask('status'); return st.archived >= st.emitted && st.sent >= st.emitted; }, { timeout: 600_000, every: 100, what });
     await warmUp(port, sink, name);
-    if (events) await waitFor(async () => { const st = await ask('status'); return st.archived >= st.emitted && st.sent >= st.emitted; }, { timeout: 600_000, every: 100, what: 'the warm-up\'s events archived and published' });
+    if (events) await eventsDone('the warm-up\'s events archived and published');
     const before = sink.messages.length;
     const s0 = await ask('start');
     const t0 = Date.now();
@@ -175,7 +177,7 @@ async function runGateway(sink: SmtpSink, name = 'streamgate', events?: Omit<Eve
     await waitFor(() => sink.messages.length - before >= N - failed, { timeout: 600_000, every: 20, what: 'gateway: all at the sink' });
     const t1 = Date.now();
     // the CPU counted runs until the events path has caught up with every event of the run
-    if (events) await waitFor(async () => { const st = await ask('status'); return st.archived >= st.emitted && st.sent >= st.emitted; }, { timeout: 600_000, every: 100, what: 'events archived and published' });
+    if (events) await eventsDone('events archived and published');
     const s1 = await ask('stop');
     const how = events ? `, events published (${events.batch ? `events.batch ${events.batch}` : 'one job per event'}) and archived into Cassandra` : ', no events path';
     const note = `SMTP ingress → replicated queue (2 Redis nodes) → relay → sink, the gateway in its own process${how}${failed ? ` (${failed} refused at SMTP)` : ''}`;

@@ -25,7 +25,7 @@ import type { Logger } from '../log.ts';
 import type { QueueManager } from './manager.ts';
 import type { RedisNode } from './node.ts';
 import type { Queue } from './queue.ts';
-import { compareIds, idAfter, parseEntryId } from '../message/ids.ts';
+import { compareIds, idAfter, lowestCursor, parseEntryId } from '../message/ids.ts';
 
 const TICK_MS = 5000;
 /** Trims take history down to this share of its budget. */
@@ -91,7 +91,7 @@ export class HistoryBudget {
         // one, else by count (the oldest events, at most 1,000 a call)
         const cut = q.historyCut(this.capTo);
         if (cut === null) break;
-        n = cut === undefined ? await q.trimHistory(bound, this.capTo) : await q.trimHistory(compareIds(cut, bound) < 0 ? cut : bound);
+        n = cut === undefined ? await q.trimHistory(bound, this.capTo) : await q.trimHistory(lowestCursor(cut, bound)!);
         total += n;
       }
     } catch (err) {
