@@ -21,6 +21,8 @@
 //                                  BENCH_CONNECTIONS=20 (the gateway's connections to the sink, as Postfix's default)
 //                                  BENCH_EVENTS_BATCH=100 (events.batch of the batched run; 0 skips the events runs)
 //                                  BENCH_PROFILE=dir (each gateway run's CPU profile written there)
+//                                  BENCH_RUNS=1 (rounds of the gateway runs without and with the events path;
+//                                  the events path's shares are printed per round and as medians)
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -58,6 +60,8 @@ const EVENTS_BATCH = Number(process.env.BENCH_EVENTS_BATCH ?? 100);
  * code not yet compiled, which a gateway in service has long left behind. Postfix gets the same.
  */
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 1000);
+/** Rounds of the gateway runs (without the events path, with it, batched): the shares' medians over them. */
+const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 1));
 /** Source paths of the events path, for the profile's share, and of its parts. */
 const EVENTS_PATH = /\/src\/events\/|\/bullmq\/|\/cassandra-driver\/|\/src\/queue\/historyBudget/;
 const EVENTS_PARTS: [string, RegExp][] = [
@@ -118,6 +122,18 @@ interface Figure {
   cpuPerMsg?: number;
   profileShare?: number;
   parts?: Record<string, number>;
+  /** Queue script calls (EVALSHA) on one replica per message: the group commit's batches. */
+  scriptsPerMsg?: number;
+}
+
+/** EVALSHA calls a Redis node has served. */
+async function scriptCalls(url: string): Promise<number> {
+  const r = new Redis(url);
+  try {
+    return Number(/cmdstat_evalsha:calls=(\d+)/.exec(await r.info('commandstats'))?.[1] ?? 0);
+  } finally {
+    r.disconnect();
+  }
 }
 
 /** The events path of a gateway run: published to an events Redis, archived into Cassandra, batched or not. */
@@ -170,6 +186,7 @@ async function runGateway(sink: SmtpSink, name = 'streamgate', events?: Omit<Eve
     await warmUp(port, sink, name);
     if (events) await eventsDone('the warm-up\'s events archived and published');
     const before = sink.messages.length;
+    const c0 = await scriptCalls(pool[0]!.url);
     const s0 = await ask('start');
     const t0 = Date.now();
     const failed = await inject(port);
@@ -179,9 +196,10 @@ async function runGateway(sink: SmtpSink, name = 'streamgate', events?: Omit<Eve
     // the CPU counted runs until the events path has caught up with every event of the run
     if (events) await eventsDone('events archived and published');
     const s1 = await ask('stop');
+    const c1 = await scriptCalls(pool[0]!.url);
     const how = events ? `, events published (${events.batch ? `events.batch ${events.batch}` : 'one job per event'}) and archived into Cassandra` : ', no events path';
     const note = `SMTP ingress → replicated queue (2 Redis nodes) → relay → sink, the gateway in its own process${how}${failed ? ` (${failed} refused at SMTP)` : ''}`;
-    return { name, msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note, cpuPerMsg: (s1.cpuMs - s0.cpuMs) / N, profileShare: s1.share, parts: s1.parts };
+    return { name, msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note, cpuPerMsg: (s1.cpuMs - s0.cpuMs) / N, profileShare: s1.share, parts: s1.parts, scriptsPerMsg: (c1 - c0) / N };
   } finally {
     child.kill('SIGTERM');
     await new Promise((r) => (child.exitCode === null ? child.once('exit', r) : r(null)));
@@ -328,19 +346,21 @@ await drainSink.close();
 const gwSink = await startSmtpSink({ hideStartTls: true });
 const pfSink = await startSmtpSink({ hideStartTls: true });
 console.log(`relay benchmark: ${N} messages per side (70% 1 KB / 30% 10 KB), ${CLIENTS} SMTP clients, sinks on loopback; each side measured after ${WARMUP} messages through it end to end (BENCH_WARMUP)`);
-const gw = await runGateway(gwSink);
-// the events path: the same gateway with events published and archived, one job per event and batched
-const withEvents: Figure[] = [];
-if (EVENTS_BATCH) {
-  const cassandra = await cassandraForTests();
-  for (const batch of [false, EVENTS_BATCH] as const) {
+// each round: the gateway without the events path, then with it, one job per event and batched
+const rounds: { gw: Figure; withEvents: Figure[] }[] = [];
+const cassandra = EVENTS_BATCH ? await cassandraForTests() : undefined;
+for (let r = 0; r < RUNS; r++) {
+  const round = { gw: await runGateway(gwSink), withEvents: [] as Figure[] };
+  rounds.push(round);
+  for (const batch of cassandra ? ([false, EVENTS_BATCH] as const) : []) {
     const keyspace = `sg_bench_relay_${randomBytes(3).toString('hex')}`;
-    withEvents.push(await runGateway(gwSink, batch ? `+ events, batch ${batch}` : '+ events', { contactPoint: cassandra.contactPoint, keyspace, batch }));
-    const s = new MailStore(testConfig({ cassandra: { contactPoints: [cassandra.contactPoint], keyspace } }), silentLogger);
+    round.withEvents.push(await runGateway(gwSink, batch ? `+ events, batch ${batch}` : '+ events', { contactPoint: cassandra!.contactPoint, keyspace, batch }));
+    const s = new MailStore(testConfig({ cassandra: { contactPoints: [cassandra!.contactPoint], keyspace } }), silentLogger);
     await s.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
     await s.close();
   }
 }
+const { gw, withEvents } = rounds[0]!;
 const pf = await runPostfix(pfSink);
 await Promise.all([gwSink.close(), pfSink.close()]);
 
@@ -355,12 +375,29 @@ else {
   console.log(row(pf));
   console.log(`streamgate / postfix: ${(pf.seconds / gw.seconds).toFixed(2)}×`);
 }
+const median = (xs: number[]) => {
+  const v = [...xs].sort((x, y) => x - y);
+  return v.length % 2 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
+};
+const rate = (f: Figure) => f.msgs / f.seconds;
 if (withEvents.length) {
   console.log(`events path, the gateway's CPU at its top rate (${CLIENTS} clients, closed loop; CPU of the whole gateway process per message, until every event was archived and published):`);
-  console.log(`  no events path: ${(gw.cpuPerMsg! * 1000).toFixed(0)} µs per message`);
-  for (const f of withEvents) {
-    const share = 1 - gw.cpuPerMsg! / f.cpuPerMsg!;
-    console.log(`  ${f.name.replace(/^\+ /, '')}: ${(f.cpuPerMsg! * 1000).toFixed(0)} µs per message; the events path ${(100 * share).toFixed(1)}% of the gateway's CPU (profile, on the stack: ${(100 * f.profileShare!).toFixed(1)}%: ${Object.entries(f.parts!).map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`).join(', ')}); ${(f.msgs / f.seconds).toFixed(0)} msg/s against ${(gw.msgs / gw.seconds).toFixed(0)} without (aim: under 10%)`);
+  rounds.forEach(({ gw: g, withEvents: we }, r) => {
+    if (RUNS > 1) console.log(` round ${r + 1}:`);
+    console.log(`  no events path: ${(g.cpuPerMsg! * 1000).toFixed(0)} µs per message, ${rate(g).toFixed(0)} msg/s, ${g.scriptsPerMsg!.toFixed(2)} queue scripts per message on a replica`);
+    for (const f of we) {
+      const share = 1 - g.cpuPerMsg! / f.cpuPerMsg!;
+      console.log(`  ${f.name.replace(/^\+ /, '')}: ${(f.cpuPerMsg! * 1000).toFixed(0)} µs per message; the events path ${(100 * share).toFixed(1)}% of the gateway's CPU (profile, on the stack: ${(100 * f.profileShare!).toFixed(1)}%: ${Object.entries(f.parts!).map(([k, v]) => `${k} ${(100 * v).toFixed(1)}%`).join(', ')}); ${rate(f).toFixed(0)} msg/s against ${rate(g).toFixed(0)} without, ${f.scriptsPerMsg!.toFixed(2)} queue scripts per message (aim: under 10%)`);
+    }
+  });
+  if (RUNS > 1) {
+    console.log(` medians of ${RUNS} rounds:`);
+    console.log(`  no events path: ${(median(rounds.map((x) => x.gw.cpuPerMsg!)) * 1000).toFixed(0)} µs per message, ${median(rounds.map((x) => rate(x.gw))).toFixed(0)} msg/s`);
+    withEvents.forEach((f, i) => {
+      const runs = rounds.map((x) => ({ g: x.gw, f: x.withEvents[i]! }));
+      const share = median(runs.map((x) => 1 - x.g.cpuPerMsg! / x.f.cpuPerMsg!));
+      console.log(`  ${f.name.replace(/^\+ /, '')}: ${(median(runs.map((x) => x.f.cpuPerMsg!)) * 1000).toFixed(0)} µs per message; the events path ${(100 * share).toFixed(1)}% of the gateway's CPU (the median of the rounds' shares); ${median(runs.map((x) => rate(x.f))).toFixed(0)} msg/s (aim: under 10%)`);
+    });
   }
 }
 process.exit(0);
