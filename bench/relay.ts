@@ -23,6 +23,8 @@
 //                                  BENCH_PROFILE=dir (each gateway run's CPU profile written there)
 //                                  BENCH_RUNS=1 (rounds of the gateway runs without and with the events path;
 //                                  the events path's shares are printed per round and as medians)
+//                                  BENCH_WORKERS=auto|N (a row more: the whole gateway as deployed, `streamgate
+//                                  start` with gateway.workers, events published and archived into Cassandra)
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -47,6 +49,9 @@ import { HistoryBudget } from '../src/queue/historyBudget.ts';
 import { cassandraForTests } from '../test/helpers/cassandra.ts';
 import { startRedis } from '../test/helpers/redis.ts';
 import { StageProfiler, stackShare } from './lib/stages.ts';
+import { startGatewayProcess } from './lib/gatewayProcess.ts';
+import { treeCpu } from './lib/cpu.ts';
+import { availableParallelism } from 'node:os';
 
 const N = Number(process.env.BENCH_N ?? 3000);
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 32);
@@ -62,6 +67,8 @@ const EVENTS_BATCH = Number(process.env.BENCH_EVENTS_BATCH ?? 100);
 const WARMUP = Number(process.env.BENCH_WARMUP ?? 1000);
 /** Rounds of the gateway runs (without the events path, with it, batched): the shares' medians over them. */
 const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 1));
+/** gateway.workers of the whole gateway's row ("auto" or a number); unset: no such row. */
+const WORKERS = process.env.BENCH_WORKERS;
 /** Source paths of the events path, for the profile's share, and of its parts. */
 const EVENTS_PATH = /\/src\/events\/|\/bullmq\/|\/cassandra-driver\/|\/src\/queue\/historyBudget/;
 const EVENTS_PARTS: [string, RegExp][] = [
@@ -309,6 +316,54 @@ async function runPostfix(sink: SmtpSink): Promise<Figure | string> {
   }
 }
 
+/**
+ * The whole gateway as it is deployed: `streamgate start` with gateway.workers (each worker a
+ * process with its own queues, sharing the SMTP listener), three Redis nodes, the events Redis,
+ * the event log in Cassandra; relaying to the sink over CONNECTIONS connections per worker. The
+ * CPU is the gateway's process tree (the primary and its workers).
+ */
+async function runWholeGateway(sink: SmtpSink, workers: string): Promise<Figure> {
+  const pool = await startRedisPool(3);
+  const eventsRedis = await startRedis({ maxmemory: '1gb' });
+  const cassandra = await cassandraForTests();
+  const keyspace = `sg_bench_relay_${randomBytes(3).toString('hex')}`;
+  const n = workers === 'auto' ? 'auto' : Number(workers);
+  const gp = await startGatewayProcess('bench-relay', {
+    poolUrls: pool.map((r) => r.url),
+    eventsUrl: eventsRedis.url,
+    token: 'bench-relay-token-0123456789abcdef',
+    config: {
+      gateway: { workers: n },
+      routes: { [DOMAIN]: `smtp://127.0.0.1:${sink.port}` },
+      relay: { limits: { destinations: { [DOMAIN]: { connections: CONNECTIONS } } } },
+      domains: { local: [], relay: [DOMAIN] },
+      smtp: { maxConnectionsPerClient: 10_000, maxMessagesPerConnection: 1_000_000_000 },
+      cassandra: { contactPoints: [cassandra.contactPoint], keyspace },
+      events: { archive: true },
+    },
+  });
+  const name = `workers ${n === 'auto' ? `auto (${availableParallelism()})` : n}`;
+  try {
+    await warmUp(gp.smtpPort, sink, name);
+    const before = sink.messages.length;
+    const cpu0 = treeCpu(gp.gw.pid);
+    const t0 = Date.now();
+    const failed = await inject(gp.smtpPort);
+    const injected = Date.now();
+    await waitFor(() => sink.messages.length - before >= N - failed, { timeout: 600_000, every: 20, what: `${name}: all at the sink` });
+    const t1 = Date.now();
+    const cpuPerMsg = ((treeCpu(gp.gw.pid) - cpu0) * 1000) / N;
+    const note = `the whole gateway (streamgate start, gateway.workers ${n}): SMTP ingress → replicated queue (3 Redis nodes) → relay → sink, events published and archived into Cassandra${failed ? ` (${failed} refused at SMTP)` : ''}`;
+    return { name, msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note, cpuPerMsg };
+  } finally {
+    await gp.stop();
+    await Promise.all([...pool, eventsRedis].map((r) => r.stop()));
+    const s = new MailStore(testConfig({ cassandra: { contactPoints: [cassandra.contactPoint], keyspace } }), silentLogger);
+    await s.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
+    await s.close();
+  }
+}
+
 /** The relay alone: N messages already queued, then the relay started; time until all are at the sink. */
 async function runRelayOnly(sink: SmtpSink): Promise<Figure> {
   const pool = await startRedisPool(2);
@@ -361,6 +416,7 @@ for (let r = 0; r < RUNS; r++) {
   }
 }
 const { gw, withEvents } = rounds[0]!;
+const whole = WORKERS ? await runWholeGateway(gwSink, WORKERS) : undefined;
 const pf = await runPostfix(pfSink);
 await Promise.all([gwSink.close(), pfSink.close()]);
 
@@ -369,11 +425,13 @@ const row = (f: Figure) =>
 console.log(`${'system'.padEnd(11)} ${'msgs'.padStart(6)}  ${'time'.padStart(9)}  ${'rate'.padStart(13)}`);
 console.log(row(gw));
 for (const f of withEvents) console.log(row(f));
+if (whole) console.log(row(whole));
 console.log(row(drain));
 if (typeof pf === 'string') console.log(`postfix     ${pf}`);
 else {
   console.log(row(pf));
   console.log(`streamgate / postfix: ${(pf.seconds / gw.seconds).toFixed(2)}×`);
+  if (whole) console.log(`streamgate, ${whole.name} (the whole gateway) / postfix: ${(pf.seconds / whole.seconds).toFixed(2)}×; the gateway's processes ${(whole.cpuPerMsg! * 1000).toFixed(0)} µs of CPU per message`);
 }
 const median = (xs: number[]) => {
   const v = [...xs].sort((x, y) => x - y);

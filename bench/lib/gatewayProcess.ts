@@ -1,6 +1,8 @@
 // The whole gateway for benchmarks: `streamgate start` in a process of its own, on free loopback
-// ports, without Cassandra (no mailboxes), its log in a file; the caller's configuration goes over
-// these defaults. Resolves once /health answers 200.
+// ports, without Cassandra (no mailboxes) unless the caller gives one, its log in a file; the
+// caller's configuration goes over these defaults, section by section (a key it gives replaces
+// the default's). Resolves once /health answers 200 and the start has printed its summary (with
+// gateway.workers, once every worker is up: /health alone could be the first worker's answer).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -35,8 +37,11 @@ export async function startGatewayProcess(name: string, opts: { poolUrls: string
     cassandra: { contactPoints: [`127.0.0.1:${await freePort()}`] }, // nobody listens: no mailboxes
     domains: { local: [], relay: [] }, // the load comes from loopback, a trusted network
     events: { redis: opts.eventsUrl, archive: false }, // no Cassandra: no event log either
-    ...opts.config,
-  };
+  } as Record<string, unknown>;
+  for (const [section, value] of Object.entries(opts.config)) {
+    const base = config[section];
+    config[section] = base && typeof base === 'object' && value && typeof value === 'object' && !Array.isArray(value) ? { ...base, ...value } : value;
+  }
   writeFileSync(join(dir, 'gateway.yaml'), toYaml(config));
   const logFile = join(dir, 'gateway.log');
   const out = openSync(logFile, 'a');
@@ -44,8 +49,9 @@ export async function startGatewayProcess(name: string, opts: { poolUrls: string
   closeSync(out);
   await waitFor(async () => {
     if (gw.exitCode !== null) throw new Error(`the gateway exited: ${readFileSync(logFile, 'utf8').slice(-500)}`);
+    if (!/^streamgate: Ctrl-C stops/m.test(readFileSync(logFile, 'utf8'))) return false;
     return (await fetch(`http://127.0.0.1:${opsPort}/health`, { signal: AbortSignal.timeout(1000) }).catch(() => undefined))?.status === 200;
-  }, { timeout: 60_000, what: 'the gateway' });
+  }, { timeout: 120_000, what: 'the gateway' });
   return {
     gw, smtpPort, opsPort, dir, logFile,
     async stop() {
