@@ -1,6 +1,10 @@
 // SMTP delivery to one destination host: a pool of cached connections (nodemailer's
 // SMTPConnection), each opened under a shared connection lease (limits.ts) and used for at most
-// `messagesPerConnection` messages, closed after `idleTimeout` unused. STARTTLS per policy:
+// `messagesPerConnection` messages, closed after `idleTimeout` unused. A pool holding more than
+// one connection asks every SHARE_CHECK_MS whether other gateway processes wait for the
+// destination's leases, and closes what it holds beyond its fair share (idle connections at once,
+// busy ones after their message), so one gateway that took every connection while alone does not
+// keep the others' mail waiting until its own queue is empty. STARTTLS per policy:
 // opportunistic by default (any certificate; plaintext when the upgrade fails), or required /
 // verified. The envelope and the raw message go out unchanged (only SMTP dot-stuffing on the
 // wire); every recipient gets its own result. Recipients refused with "too many recipients" are
@@ -65,7 +69,7 @@ interface Conn {
   address: string;
   sent: number;
   ended: boolean;
-  /** Close it after the message in progress (lease lapsed, pool closing). */
+  /** Close it after the message in progress (lease lapsed, over the fair share, pool closing). */
   retire: boolean;
   idle?: NodeJS.Timeout | undefined;
   renew?: NodeJS.Timeout | undefined;
@@ -94,12 +98,19 @@ class NetworkError extends Error {
 }
 
 const MAX_SPLITS = 50;
+/** How often a pool of more than one connection compares what it holds with its fair share. */
+const SHARE_CHECK_MS = 250;
 const EIGHT_BIT = (raw: Buffer) => !isAscii(raw);
 
 export class SmtpPool {
   readonly target: SmtpTarget;
   private readonly opts: PoolOptions;
   private readonly idle: Conn[] = [];
+  /** Every connection up, idle or busy. */
+  private readonly live = new Set<Conn>();
+  private shareCheck: NodeJS.Timeout | undefined;
+  /** Acquisitions waiting for a shared lease: one is called off when a connection of this pool goes idle. */
+  private readonly leaseWaits = new Set<AbortController>();
   private open = 0;
   private readonly waiters: (() => void)[] = [];
   private closing = false;
@@ -246,11 +257,21 @@ export class SmtpPool {
       if (this.open < this.opts.limits.connections) {
         this.open++;
         let lease: Lease;
+        // while it waits for a lease (every one held, or this gateway at its fair share), a
+        // connection of this pool that goes idle calls the wait off, and the message takes it
+        const wait = new AbortController();
+        const abort = () => wait.abort();
+        signal?.addEventListener('abort', abort, { once: true });
+        this.leaseWaits.add(wait);
         try {
-          lease = await this.opts.leases.acquireLease(this.opts.limits.key, this.opts.limits.connections, signal);
+          lease = await this.opts.leases.acquireLease(this.opts.limits.key, this.opts.limits.connections, wait.signal);
         } catch (err) {
           this.gone();
+          if (wait.signal.aborted && !signal?.aborted) continue;
           throw err;
+        } finally {
+          this.leaseWaits.delete(wait);
+          signal?.removeEventListener('abort', abort);
         }
         try {
           return await this.connect(lease);
@@ -320,9 +341,11 @@ export class SmtpPool {
         continue;
       }
       const conn: Conn = { smtp, lease, address, sent: 0, ended: false, retire: false };
+      this.live.add(conn);
       smtp.on('error', (err: Error) => this.log.debug({ address, err: err.message }, 'connection error'));
       smtp.once('end', () => {
         conn.ended = true;
+        this.live.delete(conn);
         clearTimeout(conn.idle);
         clearInterval(conn.renew);
         const i = this.idle.indexOf(conn);
@@ -336,11 +359,46 @@ export class SmtpPool {
           });
         }, Math.max(100, Math.floor(this.opts.leases.leaseMsValue / 3)));
         conn.renew.unref();
+        this.watchShare();
       }
       this.log.debug({ address, tls: smtp.secure }, 'connected');
       return conn;
     }
     throw last ?? new NetworkError(Object.assign(new Error(`no address for ${t.host}`), { code: 'EDNS' }), '');
+  }
+
+  /** Checks the fair share every SHARE_CHECK_MS while the pool holds more than one shared lease. */
+  private watchShare(): void {
+    if (this.shareCheck || this.live.size < 2) return;
+    this.shareCheck = setTimeout(() => {
+      this.shareCheck = undefined;
+      void this.giveBackExcess().finally(() => {
+        if (!this.closing) this.watchShare();
+      });
+    }, SHARE_CHECK_MS);
+    this.shareCheck.unref();
+  }
+
+  /** Closes the connections held beyond the fair share: idle ones now, busy ones after their message. */
+  private async giveBackExcess(): Promise<void> {
+    const excess = await this.opts.leases.excessLeases(this.opts.limits.key, this.opts.limits.connections).catch(() => 0);
+    let n = excess - [...this.live].filter((c) => c.retire).length;
+    if (n <= 0) return;
+    this.log.debug({ excess }, 'over the fair share of the destination\'s connections: closing some');
+    for (const c of [...this.idle]) {
+      if (n <= 0) break;
+      this.idle.splice(this.idle.indexOf(c), 1);
+      clearTimeout(c.idle);
+      c.retire = true;
+      c.smtp.quit();
+      n--;
+    }
+    for (const c of this.live) {
+      if (n <= 0) break;
+      if (c.retire || !c.lease.shared) continue;
+      c.retire = true;
+      n--;
+    }
   }
 
   private release(conn: Conn): void {
@@ -357,7 +415,12 @@ export class SmtpPool {
       conn.smtp.quit();
     }, this.opts.idleTimeout);
     conn.idle.unref();
-    waiter?.();
+    if (waiter) return waiter();
+    const [leaseWait] = this.leaseWaits;
+    if (leaseWait) {
+      this.leaseWaits.delete(leaseWait);
+      leaseWait.abort();
+    }
   }
 
   private destroy(conn: Conn): void {
@@ -367,6 +430,7 @@ export class SmtpPool {
   /** Closes every connection (QUIT), waiting for them to be gone for up to `waitMs`. */
   async close(waitMs = 5000): Promise<void> {
     this.closing = true;
+    clearTimeout(this.shareCheck);
     for (const c of this.idle.splice(0)) {
       clearTimeout(c.idle);
       c.smtp.quit();

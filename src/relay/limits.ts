@@ -48,6 +48,8 @@ function script(node: RedisNode, name: 'rateLimit' | 'connectionLease') {
 }
 const RESERVE_AHEAD = 1000; // a message may reserve a send slot up to this far ahead
 const LEASE_POLL = 50;
+/** A destination's lease set and its set of gateway processes waiting for a lease (lua/connectionLease-2.lua). */
+const leaseKeys = (key: string) => [`sg:conn:{${key}}`, `sg:conn:{${key}}:want`] as const;
 
 export interface Lease {
   key: string;
@@ -136,11 +138,11 @@ export class SharedLimits {
 
   /** Granted by a majority of the pool's nodes; undefined when the pool cannot tell. */
   private async leaseOnPool(op: 'acquire' | 'renew', lease: { key: string; holder: string }, limit: number): Promise<boolean | undefined> {
-    const answers = await this.onPool('connectionLease', [`sg:conn:{${lease.key}}`, op, lease.holder, this.leaseMs, limit]);
+    const answers = await this.onPool('connectionLease', [...leaseKeys(lease.key), op, lease.holder, this.leaseMs, limit]);
     if (!answers) return undefined;
     const granted = answers.filter((a) => Number(a[0]) === 1).length;
     // a node restarted empty lost the lease: held by the others, it is taken there again
-    if (op === 'renew' && granted >= this.pool!.majority && granted < answers.length) await this.onPool('connectionLease', [`sg:conn:{${lease.key}}`, 'acquire', lease.holder, this.leaseMs, limit]);
+    if (op === 'renew' && granted >= this.pool!.majority && granted < answers.length) await this.onPool('connectionLease', [...leaseKeys(lease.key), 'acquire', lease.holder, this.leaseMs, limit]);
     return granted >= this.pool!.majority;
   }
 
@@ -153,14 +155,14 @@ export class SharedLimits {
       if (onPool) return { key, holder, shared: true };
       if (onPool === false) {
         // refused by a majority: give back what the others granted, and wait for a lease to free
-        await this.onPool('connectionLease', [`sg:conn:{${key}}`, 'release', holder, 0, 0]);
+        await this.onPool('connectionLease', [...leaseKeys(key), 'release', holder, 0, 0]);
         await sleep(LEASE_POLL + Math.floor(Math.random() * LEASE_POLL), undefined, { signal });
         continue;
       }
       const node = this.node();
       if (!node) return { key, holder, shared: false };
       try {
-        const [ok] = (await script(node, 'connectionLease')(`sg:conn:{${key}}`, 'acquire', holder, this.leaseMs, limit)) as Reply;
+        const [ok] = (await script(node, 'connectionLease')(...leaseKeys(key), 'acquire', holder, this.leaseMs, limit)) as Reply;
         if (Number(ok) === 1) return { key, holder, shared: true };
       } catch (err) {
         this.log.warn({ err, key }, 'connection lease unavailable');
@@ -179,21 +181,41 @@ export class SharedLimits {
     const node = this.node();
     if (!node) return true;
     try {
-      const [ok] = (await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'renew', lease.holder, this.leaseMs, limit)) as Reply;
+      const [ok] = (await script(node, 'connectionLease')(...leaseKeys(lease.key), 'renew', lease.holder, this.leaseMs, limit)) as Reply;
       if (Number(ok) === 1) return true;
-      const [again] = (await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'acquire', lease.holder, this.leaseMs, limit)) as Reply;
+      const [again] = (await script(node, 'connectionLease')(...leaseKeys(lease.key), 'acquire', lease.holder, this.leaseMs, limit)) as Reply;
       return Number(again) === 1;
     } catch {
       return true; // Redis trouble: keep the connection rather than drop mail in flight
     }
   }
 
+  /**
+   * How many of the destination's leases this process holds beyond its fair share: while other
+   * gateway processes wait for one, each may hold ceil(limit / processes holding or waiting)
+   * (lua/connectionLease-2.lua). 0 when none wait, or when Redis cannot tell.
+   */
+  async excessLeases(key: string, limit: number): Promise<number> {
+    const args = [...leaseKeys(key), 'share', `${this.gatewayId}:${this.instance}`, 0, limit];
+    let answers = await this.onPool('connectionLease', args);
+    if (!answers) {
+      const node = this.node();
+      if (!node) return 0;
+      try {
+        answers = [(await script(node, 'connectionLease')(...args)) as Reply];
+      } catch {
+        return 0;
+      }
+    }
+    return Math.max(0, ...answers.map(([mine, share]) => Number(mine) - Number(share)));
+  }
+
   async releaseLease(lease: Lease): Promise<void> {
     if (!lease.shared) return;
-    if (await this.onPool('connectionLease', [`sg:conn:{${lease.key}}`, 'release', lease.holder, 0, 0])) return;
+    if (await this.onPool('connectionLease', [...leaseKeys(lease.key), 'release', lease.holder, 0, 0])) return;
     const node = this.node();
     if (!node) return;
-    await script(node, 'connectionLease')(`sg:conn:{${lease.key}}`, 'release', lease.holder, 0, 0).catch(() => undefined);
+    await script(node, 'connectionLease')(...leaseKeys(lease.key), 'release', lease.holder, 0, 0).catch(() => undefined);
   }
 
   /**

@@ -90,6 +90,37 @@ describe('relay across gateway processes', () => {
     }
   });
 
+  it('a gateway that holds every connection of a destination gives up its excess when a second gateway has mail for it', async () => {
+    // Gateway A starts alone with a long backlog and takes all 4 connections, each kept for up to
+    // 10,000 messages (it never closes one on its own). B then gets 20 messages for the same
+    // destination: they must go out over B's share of the connections while A still has most of
+    // its backlog, not after A has emptied its queue and its connections have gone idle.
+    const sink = await startSmtpSink({ hideStartTls: true, dataDelayMs: 10 });
+    sinks.push(sink);
+    const A = 3000;
+    const config = (id: string) => ({
+      gateway: { id },
+      redis: { nodes: pool.map((r) => r.url) },
+      routes: { 'fair.test': `smtp://127.0.0.1:${sink.port}` },
+      relay: { limits: { destinations: { 'fair.test': { connections: 4, messagesPerConnection: 10_000 } } } },
+    });
+    const a = await gateway(config('gw-fair-a'), { SG_APPEND: String(A), SG_DOMAIN: 'fair.test', SG_PREFIX: 'A' });
+    let b: ChildProcess | undefined;
+    try {
+      await waitFor(() => sink.maxConcurrent >= 4 && sink.messages.length >= 20, { timeout: 30_000, what: 'A delivering over all 4 connections' });
+      b = await gateway(config('gw-fair-b'), { SG_APPEND: '20', SG_DOMAIN: 'fair.test', SG_PREFIX: 'B' });
+      await waitFor(() => sink.messages.filter((m) => testId(m.raw).startsWith('B')).length >= 20, { timeout: 60_000, what: "B's 20 messages at the sink" });
+      const fromA = sink.messages.filter((m) => testId(m.raw).startsWith('A')).length;
+      assert.ok(fromA < A * 0.8, `B's messages went out while A still had a backlog: A had delivered ${fromA} of ${A}`);
+      assert.ok(sink.maxConcurrent <= 4, `at most 4 connections at once, saw ${sink.maxConcurrent}`);
+      await waitFor(() => sink.messages.length >= A + 20, { timeout: 60_000, what: 'every message at the sink' });
+      assert.equal(new Set(sink.messages.map((m) => testId(m.raw))).size, A + 20, 'each message once');
+      assert.ok(sink.maxConcurrent <= 4, `at most 4 connections at once, saw ${sink.maxConcurrent}`);
+    } finally {
+      await Promise.all([stopChild(a), ...(b ? [stopChild(b)] : [])]);
+    }
+  });
+
   it('after SIGKILL during delivery and a restart, every message is delivered; duplicates only among those in flight', async () => {
     const sink = await startSmtpSink({ hideStartTls: true, dataDelayMs: 15 });
     sinks.push(sink);

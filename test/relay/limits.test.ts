@@ -5,6 +5,9 @@ import { after, before, describe, it } from 'node:test';
 import { silentLogger } from '../../src/log.ts';
 import { QueueManager } from '../../src/queue/manager.ts';
 import { limitsFor, SharedLimits } from '../../src/relay/limits.ts';
+import { Classifier } from '../../src/relay/classify.ts';
+import { SmtpPool } from '../../src/relay/deliver.ts';
+import { startSmtpSink } from '../helpers/smtpSink.ts';
 import { testConfig } from '../helpers/config.ts';
 import { startRedisPool, type TestRedis } from '../helpers/redis.ts';
 import { waitFor } from '../helpers/waitFor.ts';
@@ -59,5 +62,58 @@ describe('relay limits', () => {
     await Promise.all([b.releaseLease(l2), b.releaseLease(l3)]);
     assert.equal(await pool[0]!.client().zcard('sg:conn:{units-conn}'), 0);
     ac.abort();
+  });
+
+  it('shares a destination\'s leases fairly once a second gateway waits: the first is told its excess and cannot grow past its share', async () => {
+    const mk = (id: string) => new SharedLimits({ pick: () => qm.nodes.find((n) => n.up), gatewayId: id, leaseMs: 60_000, log: silentLogger });
+    const [a, b] = [mk('fair-a'), mk('fair-b')];
+    // alone, A may take every lease and has no excess
+    const held = await Promise.all(Array.from({ length: 4 }, () => a.acquireLease('units-fair', 4)));
+    assert.equal(await a.excessLeases('units-fair', 4), 0);
+    // B asks: refused (all 4 are held), and now waiting
+    const ac = new AbortController();
+    let bGot = 0;
+    const bLeases = Array.from({ length: 3 }, () => b.acquireLease('units-fair', 4, ac.signal).then((l) => (bGot++, l)));
+    await waitFor(async () => (await pool[0]!.client().zcard('sg:conn:{units-fair}:want')) === 1, { what: 'B recorded as waiting' });
+    assert.equal(await a.excessLeases('units-fair', 4), 2, 'two processes: a share of 2 each, A holds 4');
+    assert.equal(await b.excessLeases('units-fair', 4), 0);
+    // A gives back two: B takes them, and A cannot take one again while B waits for a third
+    await a.releaseLease(held.pop()!);
+    await a.releaseLease(held.pop()!);
+    await waitFor(() => bGot === 2, { what: 'B holds its share of 2' });
+    const aAgain = a.acquireLease('units-fair', 4, ac.signal);
+    let aGot = false;
+    void aAgain.then(() => (aGot = true), () => undefined);
+    // refused at least once: A is among the waiting too
+    await waitFor(async () => (await pool[0]!.client().zcard('sg:conn:{units-fair}:want')) === 2, { what: 'A refused past its share' });
+    assert.equal(aGot, false, 'A is at its share while B waits');
+    assert.equal(bGot, 2, 'B is at its share too');
+    assert.equal(await pool[0]!.client().zcard('sg:conn:{units-fair}'), 4, 'two leases each, four in all');
+    assert.equal(await a.excessLeases('units-fair', 4), 0);
+    ac.abort();
+    await Promise.allSettled([...bLeases, aAgain]);
+  });
+
+  it('gives a message waiting for a lease the connection of its own pool that goes idle, not a second connection after the idle timeout', async () => {
+    const sink = await startSmtpSink({ hideStartTls: true, dataDelayMs: 30 });
+    const mk = (id: string) => new SharedLimits({ pick: () => qm.nodes.find((n) => n.up), gatewayId: id, leaseMs: 60_000, log: silentLogger });
+    const other = mk('pool-other');
+    const held = await other.acquireLease('units-pool', 2); // another gateway holds one of the two leases
+    const smtp = new SmtpPool(
+      { host: '127.0.0.1', addresses: ['127.0.0.1'], port: sink.port, secure: false, tls: 'none' },
+      { name: 'gw.units.test', limits: { key: 'units-pool', connections: 2, ratePerSecond: 0, messagesPerConnection: 100 }, leases: mk('pool-ours'), classifier: new Classifier(), connectTimeout: 5000, greetingTimeout: 5000, socketTimeout: 10_000, idleTimeout: 20_000, log: silentLogger },
+    );
+    try {
+      // five at once: one connection (the one lease left), one send waits for a second lease
+      // that never comes while the other gateway holds it, three wait for a connection
+      const results = await Promise.all(Array.from({ length: 5 }, (_, i) => smtp.send({ from: 'a@units.test', to: [`r${i}@units.test`] }, Buffer.from(`Subject: ${i}\r\n\r\nbody\r\n`))));
+      assert.deepEqual(results.map((r) => r.results[0]!.status), Array(5).fill('delivered'));
+      assert.equal(sink.messages.length, 5);
+      assert.equal(sink.totalConnections, 1, 'every message over the one connection: none waited for the idle timeout to open another');
+    } finally {
+      await smtp.close();
+      await other.releaseLease(held);
+      await sink.close();
+    }
   });
 });
