@@ -50,7 +50,7 @@ import { cassandraForTests } from '../test/helpers/cassandra.ts';
 import { startRedis } from '../test/helpers/redis.ts';
 import { StageProfiler, stackShare } from './lib/stages.ts';
 import { startGatewayProcess } from './lib/gatewayProcess.ts';
-import { treeCpu } from './lib/cpu.ts';
+import { childrenOf, procCpu, treeCpu } from './lib/cpu.ts';
 import { availableParallelism } from 'node:os';
 
 const N = Number(process.env.BENCH_N ?? 3000);
@@ -346,6 +346,9 @@ async function runWholeGateway(sink: SmtpSink, workers: string): Promise<Figure>
   try {
     await warmUp(gp.smtpPort, sink, name);
     const before = sink.messages.length;
+    // the CPU of each process: the primary, each worker (its children)
+    const procs = () => new Map([[`primary`, gp.gw.pid!], ...childrenOf(gp.gw.pid!).map((pid, i) => [`worker ${i + 1}`, pid] as const)]);
+    const per0 = new Map([...procs()].map(([k, pid]) => [k, procCpu(pid)]));
     const cpu0 = treeCpu(gp.gw.pid);
     const t0 = Date.now();
     const failed = await inject(gp.smtpPort);
@@ -353,7 +356,8 @@ async function runWholeGateway(sink: SmtpSink, workers: string): Promise<Figure>
     await waitFor(() => sink.messages.length - before >= N - failed, { timeout: 600_000, every: 20, what: `${name}: all at the sink` });
     const t1 = Date.now();
     const cpuPerMsg = ((treeCpu(gp.gw.pid) - cpu0) * 1000) / N;
-    const note = `the whole gateway (streamgate start, gateway.workers ${n}): SMTP ingress → replicated queue (3 Redis nodes) → relay → sink, events published and archived into Cassandra${failed ? ` (${failed} refused at SMTP)` : ''}`;
+    const per = [...procs()].map(([k, pid]) => `${k} ${((1e6 * (procCpu(pid) - (per0.get(k) ?? 0))) / N).toFixed(0)} µs`).join(', ');
+    const note = `the whole gateway (streamgate start, gateway.workers ${n}): SMTP ingress → replicated queue (3 Redis nodes) → relay → sink, events published and archived into Cassandra; CPU per message: ${per}${failed ? ` (${failed} refused at SMTP)` : ''}`;
     return { name, msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note, cpuPerMsg };
   } finally {
     await gp.stop();

@@ -254,11 +254,13 @@ export class SmtpPool {
         if (!c.ended) return c;
         continue;
       }
-      if (this.open < this.opts.limits.connections) {
+      // one lease is asked for at a time: while it waits (every one held, or this gateway at its
+      // fair share) the other messages wait here for a connection, rather than each asking the
+      // pool's nodes every LEASE_POLL; a connection of this pool that goes idle calls the wait
+      // off, and the message takes it
+      if (this.open < this.opts.limits.connections && !this.leaseWaits.size) {
         this.open++;
         let lease: Lease;
-        // while it waits for a lease (every one held, or this gateway at its fair share), a
-        // connection of this pool that goes idle calls the wait off, and the message takes it
         const wait = new AbortController();
         const abort = () => wait.abort();
         signal?.addEventListener('abort', abort, { once: true });
@@ -272,6 +274,7 @@ export class SmtpPool {
         } finally {
           this.leaseWaits.delete(wait);
           signal?.removeEventListener('abort', abort);
+          this.waiters.shift()?.(); // the next may ask for a lease now
         }
         try {
           return await this.connect(lease);

@@ -136,13 +136,17 @@ export class SharedLimits {
     return this.pool.run<Reply>(name, args).catch(() => undefined);
   }
 
-  /** Granted by a majority of the pool's nodes; undefined when the pool cannot tell. */
+  /**
+   * Granted by a majority of the pool's nodes; undefined when the pool cannot tell. A refused
+   * acquire gives back what a minority granted.
+   */
   private async leaseOnPool(op: 'acquire' | 'renew', lease: { key: string; holder: string }, limit: number): Promise<boolean | undefined> {
     const answers = await this.onPool('connectionLease', [...leaseKeys(lease.key), op, lease.holder, this.leaseMs, limit]);
     if (!answers) return undefined;
     const granted = answers.filter((a) => Number(a[0]) === 1).length;
     // a node restarted empty lost the lease: held by the others, it is taken there again
     if (op === 'renew' && granted >= this.pool!.majority && granted < answers.length) await this.onPool('connectionLease', [...leaseKeys(lease.key), 'acquire', lease.holder, this.leaseMs, limit]);
+    if (op === 'acquire' && granted > 0 && granted < this.pool!.majority) await this.onPool('connectionLease', [...leaseKeys(lease.key), 'release', lease.holder, 0, 0]);
     return granted >= this.pool!.majority;
   }
 
@@ -154,8 +158,7 @@ export class SharedLimits {
       const onPool = await this.leaseOnPool('acquire', { key, holder }, limit);
       if (onPool) return { key, holder, shared: true };
       if (onPool === false) {
-        // refused by a majority: give back what the others granted, and wait for a lease to free
-        await this.onPool('connectionLease', [...leaseKeys(key), 'release', holder, 0, 0]);
+        // refused by a majority (what the others granted is given back): wait for a lease to free
         await sleep(LEASE_POLL + Math.floor(Math.random() * LEASE_POLL), undefined, { signal });
         continue;
       }
