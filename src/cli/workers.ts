@@ -11,6 +11,7 @@ import { EventEmitter, once } from 'node:events';
 import { availableParallelism } from 'node:os';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../log.ts';
+import { ASK_TIMEOUT_MS, isSiblingMessage, type SiblingAnswer, type SiblingMessage } from '../ops/siblings.ts';
 
 /** The first restart waits this long; each quick death again doubles it, up to RESTART_MAX_MS. */
 export const RESTART_BASE_MS = 1000;
@@ -55,12 +56,49 @@ export interface PrimaryOptions {
 }
 
 /**
+ * Passes a worker's question to every other worker that is up and gives it their answers
+ * (src/ops/siblings.ts), each named by the worker's gateway id; a worker that has not answered
+ * within ASK_TIMEOUT_MS is listed with an error.
+ */
+function askRouter(slots: Slot[]) {
+  let seq = 0;
+  const open = new Map<number, { asker: Worker; id: number; waiting: Map<Worker, string>; answers: SiblingAnswer[]; timer: NodeJS.Timeout }>();
+  const finish = (key: number) => {
+    const q = open.get(key);
+    if (!q) return;
+    open.delete(key);
+    clearTimeout(q.timer);
+    for (const gateway of q.waiting.values()) q.answers.push({ gateway, error: 'no answer' });
+    if (q.asker.isConnected()) q.asker.send({ streamgate: 'answers', id: q.id, answers: q.answers } satisfies SiblingMessage);
+  };
+  return {
+    onMessage(from: Slot, worker: Worker, m: SiblingMessage): void {
+      if (m.streamgate === 'ask') {
+        const key = ++seq;
+        const others = slots.filter((s) => s !== from && s.ready && s.worker?.isConnected());
+        const q = { asker: worker, id: m.id, waiting: new Map(others.map((s) => [s.worker!, s.id])), answers: [] as SiblingAnswer[], timer: setTimeout(() => finish(key), ASK_TIMEOUT_MS) };
+        open.set(key, q);
+        for (const s of others) s.worker!.send({ streamgate: 'query', id: key, what: m.what, args: m.args } satisfies SiblingMessage);
+        if (!others.length) finish(key);
+      } else if (m.streamgate === 'answer') {
+        const q = open.get(m.id);
+        if (!q || !q.waiting.has(worker)) return;
+        q.waiting.delete(worker);
+        q.answers.push(m.error !== undefined ? { gateway: from.id, error: m.error } : { gateway: from.id, value: m.value });
+        if (!q.waiting.size) finish(m.id);
+      }
+    },
+  };
+}
+
+/**
  * Runs the workers until stopRequested resolves; returns the exit status: 0 after a drain, 1 when
  * a worker could not start (the others are stopped then, and the worker said why).
  */
 export async function runPrimary(config: Config, log: Logger, opts: PrimaryOptions): Promise<number> {
   const slots: Slot[] = Array.from({ length: opts.count }, (_, i) => ({ n: i + 1, id: workerGatewayId(config, i + 1), worker: undefined, startedAt: 0, ready: false, failures: 0, restart: undefined }));
   const events = new EventEmitter();
+  const asks = askRouter(slots);
   let stopping = false;
   let starting = true;
 
@@ -71,6 +109,7 @@ export async function runPrimary(config: Config, log: Logger, opts: PrimaryOptio
     const worker = cluster.fork({ STREAMGATE_GATEWAY__ID: slot.id });
     slot.worker = worker;
     worker.on('message', (m: unknown) => {
+      if (isSiblingMessage(m)) return asks.onMessage(slot, worker, m);
       if ((m as typeof READY | undefined)?.streamgate !== READY.streamgate) return;
       slot.ready = true;
       if (slot.failures && !starting) log.info({ worker: slot.n, gateway: slot.id, workerPid: worker.process.pid }, 'worker restarted');

@@ -27,6 +27,8 @@ import type { Relay } from '../relay/relay.ts';
 import type { MemoryReport } from './memory.ts';
 import { LiveFeed } from './live.ts';
 import { GatewayMetrics } from './metrics.ts';
+import { Siblings, type SiblingAnswer } from './siblings.ts';
+import { AggregatorRegistry } from 'prom-client';
 
 const VERSION = (JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }).version;
 
@@ -146,6 +148,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   // forceCloseConnections: the dashboard's event streams never go idle; close ends them
   const app = Fastify({ loggerInstance: log, logController: new LogController({ disableRequestLogging: true }), forceCloseConnections: true, ajv: { customOptions: { removeAdditional: false } } });
   const metrics = opts.metrics ?? standaloneMetrics(opts);
+  const localQueues = (): QueuesListing => ({ totals: { ...queues.totals() }, queues: [...queues.views()].map((q) => ({ ...q.table(), depth: q.depth })) });
   const live = new LiveFeed({ config, queues, relay: opts.relay, memory: opts.memory, onReply: (fn) => metrics.onReply(fn) });
   live.start();
   const tokens = config.ops.tokens.map((t, i) => ({ key: Buffer.from(t.token), role: t.role, name: t.name ?? `token${i + 1}` }));
@@ -182,7 +185,36 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     return undefined;
   });
 
-  app.setErrorHandler((err: Error & { validation?: unknown; statusCode?: number }, _req, reply) => {
+  // With gateway.workers above 1 the other workers are asked too (src/ops/siblings.ts): the
+  // listings and /metrics cover them all, and an action on a queue or a message this worker does
+  // not hold is passed on to the one that does (the same request, run there by app.inject).
+  const siblings = new Siblings();
+  const FORWARDED = 'x-streamgate-worker-forward';
+  siblings.handle('queues', () => localQueues());
+  const metricsJson = () => {
+    metrics.collect();
+    return metrics.registry.getMetricsAsJSON() as Promise<unknown> as Promise<MetricJson[]>;
+  };
+  siblings.handle('metrics', metricsJson);
+  siblings.handle('inject', async (args) => {
+    const a = args as { method: 'GET' | 'POST'; url: string; headers: Record<string, string>; payload?: string };
+    const r = await app.inject({ method: a.method, url: a.url, headers: { ...a.headers, [FORWARDED]: '1' }, ...(a.payload !== undefined ? { payload: a.payload } : {}) });
+    return { statusCode: r.statusCode, contentType: r.headers['content-type'], body: r.body };
+  });
+  /** The first other worker that answers the request with something else than "not found". */
+  const forwarded = async (req: FastifyRequest): Promise<{ statusCode: number; contentType?: string; body: string } | undefined> => {
+    if (!siblings.active || req.headers[FORWARDED]) return undefined;
+    const headers: Record<string, string> = {};
+    for (const h of ['authorization', 'host', 'content-type']) if (typeof req.headers[h] === 'string') headers[h] = req.headers[h];
+    const answers = await siblings.ask('inject', { method: req.method, url: req.url, headers, ...(req.body !== undefined ? { payload: JSON.stringify(req.body) } : {}) });
+    return answers.map((a) => a.value as { statusCode: number; contentType?: string; body: string } | undefined).find((v) => v && v.statusCode !== 404);
+  };
+
+  app.setErrorHandler(async (err: Error & { validation?: unknown; statusCode?: number }, req, reply) => {
+    if (err instanceof QueueError && err.code === 'NOT_FOUND') {
+      const there = await forwarded(req);
+      if (there) return reply.code(there.statusCode).type(there.contentType ?? 'application/json').send(there.body);
+    }
     if (err instanceof QueueError) return fail(reply, STATUS[err.code], `SG_ERR_${err.code}`, err.message);
     if (err.validation) return fail(reply, 400, 'SG_ERR_BAD_REQUEST', err.message);
     log.error({ err }, 'request failed');
@@ -255,8 +287,10 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
   );
 
   app.get('/metrics', { schema: { summary: 'Prometheus metrics', ...access('/metrics'), response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: { type: 'string' } } } }, ...errors({ auth: guarded('/metrics') }) } } }, async (_req, reply) => {
-    const text = await metrics.text();
-    return reply.type(metrics.registry.contentType).send(text);
+    if (!siblings.active) return reply.type(metrics.registry.contentType).send(await metrics.text());
+    const [own, others] = await Promise.all([metricsJson(), siblings.ask('metrics')]);
+    const all = [own, ...others.flatMap((a) => (a.value ? [a.value as MetricJson[]] : []))].map(machineAggregation);
+    return reply.type(metrics.registry.contentType).send(await AggregatorRegistry.aggregate(all).metrics());
   });
 
   app.get('/api/openapi.json', { schema: { summary: 'This document', response: { 200: { description: 'OpenAPI 3.1', type: 'object', additionalProperties: true }, ...errors({ auth: true }) } } }, async () => app.swagger());
@@ -280,7 +314,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     },
     async (req, reply) => {
       const at = momentOf(req.query.at);
-      if (at === undefined) return { totals: queues.totals(), queues: [...queues.views()].map((q) => ({ ...q.table(), depth: q.depth })) };
+      if (at === undefined) return mergeQueues([localQueues(), ...(await siblings.ask('queues')).flatMap(queuesOf)]);
       if (!opts.queuesAt) return fail(reply, 503, 'SG_ERR_NO_EVENT_LOG', 'the event log is off (events.archive: false): no past to travel to');
       const past = await opts.queuesAt(at);
       const totals = { queues: past.length, ready: 0, deferred: 0, held: 0, inflight: 0 };
@@ -526,6 +560,7 @@ export async function startOps(opts: OpsOptions): Promise<{ port: number; stop()
     port,
     stop: async () => {
       live.stop();
+      siblings.stop();
       await app.close();
       if (!opts.metrics) metrics.stop();
     },
@@ -540,3 +575,42 @@ function standaloneMetrics(opts: OpsOptions): GatewayMetrics {
   if (opts.relay) m.watchRelay(opts.relay);
   return m;
 }
+
+interface QueuesListing {
+  totals: Record<string, unknown>;
+  queues: unknown[];
+}
+
+const queuesOf = (a: SiblingAnswer): QueuesListing[] => (a.value ? [a.value as QueuesListing] : []);
+
+/** The workers' listings as one: every queue, the totals summed (the oldest message the oldest of all). */
+export function mergeQueues(listings: QueuesListing[]): QueuesListing {
+  const totals: Record<string, unknown> = {};
+  for (const l of listings) {
+    for (const [k, v] of Object.entries(l.totals)) {
+      const cur = totals[k];
+      if (k === 'oldest') totals[k] = v === null || v === undefined ? (cur ?? null) : cur === null || cur === undefined ? v : Math.min(Number(cur), Number(v));
+      else if (typeof v === 'number') totals[k] = (typeof cur === 'number' ? cur : 0) + v;
+      else if (!(k in totals)) totals[k] = v;
+    }
+  }
+  return { totals, queues: listings.flatMap((l) => l.queues) };
+}
+
+/**
+ * How the workers' metrics add up: counters, histograms and the gauges of what each worker holds
+ * (queue depths, bytes, queues) are summed; what is the same shared thing seen by each (a Redis
+ * node's state and memory, the door, the budgets) or a worst case (ages, lags, the event loop's
+ * delay and GC pauses) is the largest of the workers'.
+ */
+const MACHINE_MAX = /_(age_seconds|lag_seconds|lag_events|ratio|up|door_open|degraded|paused|bytes_limit|limit_bytes|used_bytes|used_memory_bytes|over_budget|in_sync|not_in_sync|dead_destinations|queues_not_taken)$|_eventloop_|_gc_pause_/;
+/** A metric as getMetricsAsJSON() gives it (the fields looked at here). */
+interface MetricJson {
+  name: string;
+  type: string;
+  aggregator?: string;
+}
+function machineAggregation(metrics: MetricJson[]): MetricJson[] {
+  return metrics.map((m) => (m.type === 'gauge' && MACHINE_MAX.test(m.name) ? { ...m, aggregator: 'max' } : m));
+}
+

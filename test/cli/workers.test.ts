@@ -47,6 +47,7 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
   let dir: string;
   let configFile: string;
   let smtpPort: number;
+  let opsPort: number;
   const children = new Set<ChildProcess>();
 
   /** The configuration: two workers, work.test routed to the sink; closed: its delivery window is shut. */
@@ -55,7 +56,7 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
     await gatewayCliConfig(configFile, { poolUrls: pool.map((r) => r.url), eventsUrl: events.url, dataDir: join(dir, 'data') }, {
       gateway: { id: 'gwk', workers: 2, lease: '3s', hostname: 'gw.workers.test' },
       smtp: { listen: `127.0.0.1:${smtpPort}` },
-      ops: { tokens: [TOKEN] },
+      ops: { tokens: [TOKEN], listen: `127.0.0.1:${opsPort}` },
       routes: { [DOMAIN]: `smtp://127.0.0.1:${sink.port}` },
       relay: { retry: { schedule: ['1s'], jitter: 0 }, ...(closed ? { windows: { [DOMAIN]: [`${hour}:00-${hour}:01`] } } : {}) },
     });
@@ -74,17 +75,22 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
     return (JSON.parse(r.stdout) as { members: Member[] }).members;
   };
 
-  /** One message on a connection of its own; true once it got its 250. */
-  const send = async (tag: string): Promise<boolean> => {
+  /** One message on a connection of its own; its id once it got its 250 ("queued as ID"). */
+  const sendId = async (tag: string): Promise<string | undefined> => {
     const t = nodemailer.createTransport({ host: '127.0.0.1', port: smtpPort, secure: false, ignoreTLS: true, connectionTimeout: 5000, greetingTimeout: 5000, socketTimeout: 10_000 });
     try {
-      await t.sendMail({ envelope: { from: 'a@src.test', to: [`b@${DOMAIN}`] }, raw: `From: a@src.test\r\nTo: b@${DOMAIN}\r\nSubject: ${tag}\r\nX-Test-Id: ${tag}\r\n\r\nbody ${tag}\r\n` });
-      return true;
+      const info = await t.sendMail({ envelope: { from: 'a@src.test', to: [`b@${DOMAIN}`] }, raw: `From: a@src.test\r\nTo: b@${DOMAIN}\r\nSubject: ${tag}\r\nX-Test-Id: ${tag}\r\n\r\nbody ${tag}\r\n` });
+      return /queued as (\S+)/.exec(info.response)?.[1] ?? '';
     } catch {
-      return false;
+      return undefined;
     } finally {
       t.close();
     }
+  };
+  const send = async (tag: string) => (await sendId(tag)) !== undefined;
+  const api = async (path: string, init: { method?: string; body?: unknown } = {}) => {
+    const r = await fetch(`http://127.0.0.1:${opsPort}${path}`, { method: init.method ?? 'GET', headers: { authorization: `Bearer ${TOKEN}`, ...(init.body ? { 'content-type': 'application/json' } : {}) }, ...(init.body ? { body: JSON.stringify(init.body) } : {}) });
+    return { status: r.status, text: await r.text() };
   };
 
   before(async () => {
@@ -96,6 +102,7 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
     dir = mkdtempSync(join(tmpdir(), 'sg-workers-'));
     configFile = join(dir, 'gateway.yaml');
     smtpPort = await freePort();
+    opsPort = await freePort();
   });
   const cleanups: (() => Promise<unknown>)[] = [];
   after(async () => {
@@ -185,6 +192,54 @@ describe('gateway.workers', { timeout: 300_000 }, () => {
       assert.equal(new Set(got).size, got.length, 'each delivered once');
     } finally {
       await again.stop();
+    }
+  });
+
+  it('the ops listener answers for every worker: /api/queues lists all their queues, /metrics sums them, an action reaches the worker holding the message', async () => {
+    await writeConfig(true); // the window is shut: what is accepted stays queued
+    const g = await start();
+    try {
+      const ids: string[] = [];
+      for (let i = 0; i < 16; i++) {
+        const id = await sendId(`ops-${i}`);
+        assert.ok(id, `message ops-${i} acknowledged with its id`);
+        ids.push(id);
+      }
+      const held = await waitFor(async () => {
+        const m = await members();
+        return m.length === 2 && m.every((x) => x.live && x.messages > 0) && m[0]!.messages + m[1]!.messages === 16 ? m : undefined;
+      }, { timeout: 20_000, what: 'the 16 messages held by both workers' });
+      // whichever worker takes the request, the listing is the machine's: both queues, the 16 messages
+      for (let i = 0; i < 6; i++) {
+        const r = await api('/api/queues');
+        assert.equal(r.status, 200, r.text);
+        const body = JSON.parse(r.text) as { totals: Record<string, number>; queues: { queue: string; owner: string; depth: Record<string, number> }[] };
+        const mine = body.queues.filter((q) => q.queue.endsWith(`:${DOMAIN}`));
+        assert.deepEqual(mine.map((q) => q.owner).sort(), ['gwk-1', 'gwk-2'], r.text);
+        const live = (d: Record<string, number>) => d.ready! + d.deferred! + d.held! + d.inflight!;
+        assert.deepEqual(mine.map((q) => [q.owner, live(q.depth)]).sort(), held.map((m) => [m.id, m.messages]).sort(), 'each worker\'s queue as the registry counts it');
+        assert.equal(live(body.totals), 16, 'the totals are the sum');
+        assert.equal(body.totals.queues, body.queues.length);
+      }
+      // /metrics sums the workers' counters and the depths of their queues
+      const metrics = (await api('/metrics')).text;
+      const sum = (name: string, match: RegExp) => metrics.split('\n').filter((l) => l.startsWith(name) && match.test(l)).reduce((a, l) => a + Number(l.split(' ').at(-1)), 0);
+      assert.equal(sum('streamgate_messages_total{', /listener="mx",outcome="accepted"/), 16, metrics.split('\n').filter((l) => l.startsWith('streamgate_messages_total')).join('\n'));
+      assert.equal(sum('streamgate_queue_depth{', new RegExp(`queue="${DOMAIN.replace('.', '\\.')}"`)), 16);
+      assert.match(metrics, /^streamgate_redis_node_up\{node="[^"]+"\} 1$/m, 'a shared node seen by both is 1, not 2');
+      // an action on each message succeeds whichever worker takes the request: the one that does
+      // not hold the message passes it on to the one that does
+      for (const id of ids) {
+        const r = await api(`/api/queues/${DOMAIN}/messages/${id}/hold`, { method: 'POST', body: { reason: 'ops test' } });
+        assert.equal(r.status, 200, `${id}: ${r.text}`);
+      }
+      const after = JSON.parse((await api('/api/queues')).text) as { totals: Record<string, number> };
+      assert.equal(after.totals.held, 16, 'every message held');
+      const missing = await api(`/api/queues/${DOMAIN}/messages/01ZZZZZZZZZZZZZZZZZZ/hold`, { method: 'POST', body: { reason: 'ops test' } });
+      assert.equal(missing.status, 404, 'a message no worker holds is still not found');
+      for (const id of ids) assert.equal((await api(`/api/queues/${DOMAIN}/messages/${id}/release`, { method: 'POST', body: { reason: 'ops test' } })).status, 200);
+    } finally {
+      assert.equal(await g.stop(), 0, g.out.text.slice(-2000));
     }
   });
 
