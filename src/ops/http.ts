@@ -584,7 +584,7 @@ interface QueuesListing {
 const queuesOf = (a: SiblingAnswer): QueuesListing[] => (a.value ? [a.value as QueuesListing] : []);
 
 /** The workers' listings as one: every queue, the totals summed (the oldest message the oldest of all). */
-export function mergeQueues(listings: QueuesListing[]): QueuesListing {
+function mergeQueues(listings: QueuesListing[]): QueuesListing {
   const totals: Record<string, unknown> = {};
   for (const l of listings) {
     for (const [k, v] of Object.entries(l.totals)) {
@@ -599,11 +599,14 @@ export function mergeQueues(listings: QueuesListing[]): QueuesListing {
 
 /**
  * How the workers' metrics add up: counters, histograms and the gauges of what each worker holds
- * (queue depths, bytes, queues) are summed; what is the same shared thing seen by each (a Redis
- * node's state and memory, the door, the budgets) or a worst case (ages, lags, the event loop's
- * delay and GC pauses) is the largest of the workers'.
+ * (queue depths, bytes, queues, archive lag in events) are summed; what is one shared thing seen
+ * by each (a Redis node's memory, the budgets, dead destinations, the events queue) or a worst
+ * case (ages, lags in seconds, the event loop's delay and GC pauses, degraded, paused) is the
+ * largest of the workers'; a yes that every worker must say (a node up, a replica in sync, the
+ * door open) the smallest.
  */
-const MACHINE_MAX = /_(age_seconds|lag_seconds|lag_events|ratio|up|door_open|degraded|paused|bytes_limit|limit_bytes|used_bytes|used_memory_bytes|over_budget|in_sync|not_in_sync|dead_destinations|queues_not_taken)$|_eventloop_|_gc_pause_/;
+const MACHINE_MAX = /_(age_seconds|lag_seconds|ratio|degraded|paused|limit_bytes|used_bytes|used_memory_bytes|over_budget|dead_destinations|events_jobs)$|_eventloop_|_gc_pause_/;
+const MACHINE_MIN = /_(node_up|replica_in_sync|door_open)$/;
 /** A metric as getMetricsAsJSON() gives it (the fields looked at here). */
 interface MetricJson {
   name: string;
@@ -611,6 +614,6 @@ interface MetricJson {
   aggregator?: string;
 }
 function machineAggregation(metrics: MetricJson[]): MetricJson[] {
-  return metrics.map((m) => (m.type === 'gauge' && MACHINE_MAX.test(m.name) ? { ...m, aggregator: 'max' } : m));
+  return metrics.map((m) => (m.type !== 'gauge' ? m : MACHINE_MIN.test(m.name) ? { ...m, aggregator: 'min' } : MACHINE_MAX.test(m.name) ? { ...m, aggregator: 'max' } : m));
 }
 

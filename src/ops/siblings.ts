@@ -66,7 +66,7 @@ export class Siblings {
 
   /** Every other worker's answer to `what` (none when this process is not one of several workers). */
   ask(what: string, args?: unknown): Promise<SiblingAnswer[]> {
-    if (!this.active) return Promise.resolve([]);
+    if (!this.active || !process.connected) return Promise.resolve([]); // no primary to ask (it is gone)
     const id = ++this.seq;
     return new Promise((resolve) => {
       // the primary answers within ASK_TIMEOUT_MS; this bound only covers a primary that is gone
