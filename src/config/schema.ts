@@ -4,6 +4,9 @@ import { isIP } from 'node:net';
 import { z } from 'zod';
 import { parseDuration, parseListen, parseSize } from './units.ts';
 
+/** events.batch when the configuration says nothing: events per BullMQ job. */
+export const DEFAULT_EVENTS_BATCH = 100;
+
 const fail = (ctx: z.RefinementCtx, message: string) => {
   ctx.addIssue({ code: 'custom', message });
   return z.NEVER;
@@ -359,13 +362,14 @@ export const configSchema = z
         // queue.historyMaxLength is then kept below what the archive confirmed. false: the history
         // is cut at queue.historyMaxLength as it is written, and what is cut is gone
         archive: z.boolean().default(true),
+        // N (2 to 1000; 100 by default): up to N events of one queue per job (named "batch", data
+        // { events: [...] }, each event with its own id inside): fewer jobs, less CPU per event;
         // false: one BullMQ job per event (named by its kind, the event as data, the event id as
-        // job id); N (2 to 1000): up to N events of one queue per job (named "batch", data
-        // { events: [...] }, each event with its own id inside): fewer jobs, less CPU per event
+        // job id), for consumers that read the jobs themselves and want one per event
         batch: z
           .unknown()
           .optional()
-          .transform((v, ctx): false | number => (v === undefined || v === false ? false : typeof v === 'number' && Number.isInteger(v) && v >= 2 && v <= 1000 ? v : fail(ctx, `expected false (one job per event) or a whole number of events per job from 2 to 1000, got ${JSON.stringify(v)}`))),
+          .transform((v, ctx): false | number => (v === undefined ? DEFAULT_EVENTS_BATCH : v === false ? false : typeof v === 'number' && Number.isInteger(v) && v >= 2 && v <= 1000 ? v : fail(ctx, `expected false (one job per event) or a whole number of events per job from 2 to 1000, got ${JSON.stringify(v)}`))),
       })
       .prefault({}),
   })

@@ -86,7 +86,8 @@ describe('configuration', () => {
     assert.throws(() => validateConfig({ events: { batch: 1 } }), /events\.batch: expected false \(one job per event\) or a whole number of events per job from 2 to 1000, got 1/);
     assert.throws(() => validateConfig({ events: { batch: 'many' } }), /events\.batch: expected false .* got "many"/);
     assert.equal(validateConfig({ events: { batch: 50 } }).events.batch, 50);
-    assert.equal(validateConfig({}).events.batch, false);
+    assert.equal(validateConfig({}).events.batch, 100, 'batched by default');
+    assert.equal(validateConfig({ events: { batch: false } }).events.batch, false);
     assert.throws(() => validateConfig({ relay: { retry: { maxLifetime: 5 } } }), /relay\.retry\.maxLifetime: expected string, got 5/);
     assert.throws(() => validateConfig({ smtp: { maxMessageSize: '25 parsecs' } }), /smtp\.maxMessageSize: expected a size like "512KB" or "25MB", got "25 parsecs"/);
     assert.throws(() => validateConfig({ queue: { writeConcern: 'most' } }), /queue\.writeConcern: expected one of "all", "one", got "most"/);

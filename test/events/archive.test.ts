@@ -135,7 +135,7 @@ describe('the event log (events.archive)', () => {
       const from = mine[Math.floor(total * 0.7)]!.split('/').pop()!.split('-')[0]!;
       const expected = mine.filter((id) => Number(id.split('/').pop()!.split('-')[0]) >= Number(from));
       const file = join(mkdtempSync(join(tmpdir(), 'sg-replay-')), 'c.yaml');
-      writeFileSync(file, `gateway: { id: gw-arch }\nevents: { redis: "${events.url}" }\ncassandra: { contactPoints: ["${proxy.address}"], keyspace: ${keyspace} }\n`);
+      writeFileSync(file, `gateway: { id: gw-arch }\nevents: { redis: "${events.url}", batch: false }\ncassandra: { contactPoints: ["${proxy.address}"], keyspace: ${keyspace} }\n`);
       const replayed = await runCli(['events', 'replay', '--since', new Date(Number(from)).toISOString(), '--domain', domain, '--queue', 'replayed', '--config', file]);
       assert.equal(replayed.status, 0, replayed.stderr);
       assert.match(replayed.stdout, new RegExp(`^judge\\.test: ${expected.length} events re-published$`, 'm'));

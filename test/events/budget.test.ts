@@ -53,7 +53,7 @@ describe('events budget, events.whenFull stop, events on a pool node (32 MB)', (
   before(async () => {
     t = await startTestGateway('evstop', {
       domain: 'evstop.test', hostname: 'mx.evstop.test', poolMaxmemory: '32mb', eventsOnPool: true,
-      overrides: { ops: { tokens: [TOKEN] }, queue: { mailBudget: 0.5, historyBudget: 0.1 }, events: { budget: 0.3, whenFull: 'stop' } },
+      overrides: { ops: { tokens: [TOKEN] }, queue: { mailBudget: 0.5, historyBudget: 0.1 }, events: { budget: 0.3, whenFull: 'stop', batch: false } },
     });
   });
   after(async () => await t?.stop());
@@ -105,7 +105,7 @@ describe('events budget, events.whenFull drop, events on a Redis of its own (16 
   before(async () => {
     t = await startTestGateway('evdrop', {
       domain: 'evdrop.test', hostname: 'mx.evdrop.test', eventsMaxmemory: '16mb',
-      overrides: { ops: { tokens: [TOKEN] }, events: { budget: 0.3, whenFull: 'drop' } },
+      overrides: { ops: { tokens: [TOKEN] }, events: { budget: 0.3, whenFull: 'drop', batch: false } },
     });
   });
   after(async () => await t?.stop());

@@ -37,7 +37,7 @@ describe('events replay and bounces reclassify with gateway.workers', () => {
       assert.ok(sent[id]!.length >= 3, `${id}: its first message's events archived`);
     }
     const file = join(mkdtempSync(join(tmpdir(), 'sg-wreplay-')), 'c.yaml');
-    writeFileSync(file, `gateway: { id: rw, workers: 2 }\nevents: { redis: "${servers.events.url}" }\ncassandra: { contactPoints: ["${servers.contactPoint}"], keyspace: ${servers.keyspace} }\n`);
+    writeFileSync(file, `gateway: { id: rw, workers: 2 }\nevents: { redis: "${servers.events.url}", batch: false }\ncassandra: { contactPoints: ["${servers.contactPoint}"], keyspace: ${servers.keyspace} }\n`);
     const r = await runCli(['events', 'replay', '--since', new Date(since).toISOString(), '--queue', 'wreplay-out', '--config', file]);
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /^rw-1:rw-1\.test: 15 events re-published$/m);
