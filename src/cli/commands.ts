@@ -70,12 +70,20 @@ export function registerCommands(program: Command): void {
       const log = loggerFor(config);
       const t0 = Date.now();
       // Signals are taken from the first moment: one that comes while the gateway is still
-      // starting stops it as soon as it is up, with the local services it started.
+      // starting stops it as soon as it is up, with the local services it started. Those that
+      // come while it stops are taken too, and change nothing: Ctrl-C under `npm start` comes
+      // twice (the terminal's SIGINT and npm's, passed on to its child), and a second one must
+      // not end the process half-way, its local services left running.
       let signalled: (signal: string) => void = () => {};
       const stopRequested = new Promise<string>((resolve) => (signalled = resolve));
-      const onSignal = (signal: string) => () => signalled(signal);
-      process.once('SIGINT', onSignal('SIGINT'));
-      process.once('SIGTERM', onSignal('SIGTERM'));
+      let signals = 0;
+      let ownServices = false;
+      const onSignal = (signal: string) => () => {
+        if (++signals === 1) return signalled(signal);
+        say(`${cluster.isWorker ? `${config.gateway.id}: ` : ''}already stopping (${signal})${ownServices ? '; the local services are stopped next' : ''}`);
+      };
+      process.on('SIGINT', onSignal('SIGINT'));
+      process.on('SIGTERM', onSignal('SIGTERM'));
       if (cluster.isWorker) {
         // One of gateway.workers: its id came from the primary (STREAMGATE_GATEWAY__ID); the
         // primary started the services and prints the summary.
@@ -84,7 +92,6 @@ export function registerCommands(program: Command): void {
         tell('stopped');
         return log.flush?.();
       }
-      let ownServices = false;
       const downServices = async () => {
         if (!ownServices) return;
         const rows = await servicesDown(config);

@@ -82,7 +82,7 @@ describe('streamgate services', () => {
     assert.equal(after.status, 1);
   });
 
-  it('start --with-services says what it does, ends its start with where everything listens, and leaves nothing behind on SIGINT', async () => {
+  it('start --with-services says what it does, ends its start with where everything listens, and leaves nothing behind on SIGINT, even a second one while it stops', async () => {
     const child = spawn(process.execPath, [MAIN, 'start', '--with-services', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
@@ -101,9 +101,14 @@ describe('streamgate services', () => {
       const services = join(dir, 'data', 'services');
       const pids = [...[...ports, eventsPort].map((p) => join(services, `redis-${p}`, 'redis.pid')), join(services, `cassandra-${cql}`, 'cassandra.pid')].map((f) => readPid(f));
       assert.equal(pids.filter((pid) => pid && alive(pid)).length, 5);
+      // Ctrl-C under `npm start` comes twice: the terminal's SIGINT, and npm's passed on to its child
+      const exited = new Promise((r) => child.once('exit', r));
       child.kill('SIGINT');
-      const code = await new Promise((r) => child.once('exit', r));
+      await waitFor(() => /^streamgate: stopping \(SIGINT\)$/m.test(err), { what: 'the stop begun' });
+      child.kill('SIGINT');
+      const code = await exited;
       assert.equal(code, 0, err);
+      assert.match(err, /^streamgate: already stopping \(SIGINT\); the local services are stopped next$/m);
       assert.match(err, /^streamgate: local services stopped: redis .*cassandra .*\nstreamgate: stopped$/m);
       for (const p of [...ports, eventsPort]) assert.equal(await redisAnswers('127.0.0.1', p), false, `redis ${p} stopped`);
       assert.equal(await cassandraAnswers('127.0.0.1', cql), false);
