@@ -1,6 +1,6 @@
 // The other workers of one `streamgate start` (gateway.workers above 1), as the ops listener of
 // the worker that takes a request sees them: it asks, the primary passes the question to every
-// other worker that is up and gathers their answers (src/cli/workers.ts, routeAsks), so that
+// other worker that is up and gathers their answers (src/cli/workers.ts, askRouter), so that
 // /api/queues lists every worker's queues, /metrics sums them, and an action on a message or a
 // queue that the answering worker does not hold reaches the one that does.
 //
