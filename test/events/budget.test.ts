@@ -1,7 +1,8 @@
 // The events budget on a small Redis: a queue of lifecycle events nobody takes never turns mail
 // away. With events.whenFull stop the publisher stops, keeps its cursors and sends the events once
 // the queue is drained; with drop it drops the oldest undelivered events and counts them. Both
-// say so in /health (degraded, still 200), /api/memory and the metrics.
+// say so in /health (degraded, still 200), /api/memory and the metrics. The gateways publish as
+// configured by default: up to events.batch (100) events of one queue per job.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Queue as BullQueue } from 'bullmq';
@@ -34,6 +35,12 @@ async function fill(t: TestGateway, url: string, share: number): Promise<void> {
   }
 }
 
+/** The events the waiting jobs carry, whether one per job or batched ("batch", data { events }). */
+async function waitingEvents(q: BullQueue, count: number): Promise<{ kind: string; domain: string }[]> {
+  const jobs = await q.getJobs(['wait'], 0, count);
+  return jobs.flatMap((j) => (j.name === 'batch' ? (j.data as { events: { kind: string; domain: string }[] }).events : j.name === 'backlog' ? [] : [{ ...(j.data as { domain: string }), kind: j.name }]));
+}
+
 async function send(t: TestGateway, n: number, tag: string): Promise<number> {
   const transport = nodemailer.createTransport({ host: '127.0.0.1', port: t.config.smtp.listen.port, ignoreTLS: true, pool: true, maxConnections: 4 });
   let ok = 0;
@@ -53,7 +60,7 @@ describe('events budget, events.whenFull stop, events on a pool node (32 MB)', (
   before(async () => {
     t = await startTestGateway('evstop', {
       domain: 'evstop.test', hostname: 'mx.evstop.test', poolMaxmemory: '32mb', eventsOnPool: true,
-      overrides: { ops: { tokens: [TOKEN] }, queue: { mailBudget: 0.5, historyBudget: 0.1 }, events: { budget: 0.3, whenFull: 'stop', batch: false } },
+      overrides: { ops: { tokens: [TOKEN] }, queue: { mailBudget: 0.5, historyBudget: 0.1 }, events: { budget: 0.3, whenFull: 'stop' } },
     });
   });
   after(async () => await t?.stop());
@@ -88,10 +95,8 @@ describe('events budget, events.whenFull stop, events on a pool node (32 MB)', (
     try {
       await q.drain(true);
       await waitFor(async () => JSON.parse((await ops(t, '/health')).body).status === 'ok', { timeout: 20_000, what: 'health ok again' });
-      await waitFor(async () => {
-        const jobs = await q.getJobs(['wait'], 0, 1000);
-        return jobs.filter((j) => j.name === 'delivered' && (j.data as { domain: string }).domain === 'remote.test').length >= 20;
-      }, { timeout: 20_000, what: 'the events sent after the drain' });
+      await waitFor(async () => (await waitingEvents(q, 1000)).filter((e) => e.kind === 'delivered' && e.domain === 'remote.test').length >= 20, { timeout: 20_000, what: 'the events sent after the drain' });
+      assert.ok((await q.getJobs(['wait'], 0, 1000)).some((j) => j.name === 'batch'), 'sent in batches, as by default');
       assert.notEqual(await c.get(cursorKey), cursorBefore, 'the cursor moved on');
     } finally {
       await q.close();
@@ -105,7 +110,7 @@ describe('events budget, events.whenFull drop, events on a Redis of its own (16 
   before(async () => {
     t = await startTestGateway('evdrop', {
       domain: 'evdrop.test', hostname: 'mx.evdrop.test', eventsMaxmemory: '16mb',
-      overrides: { ops: { tokens: [TOKEN] }, events: { budget: 0.3, whenFull: 'drop', batch: false } },
+      overrides: { ops: { tokens: [TOKEN] }, events: { budget: 0.3, whenFull: 'drop' } },
     });
   });
   after(async () => await t?.stop());
@@ -124,7 +129,7 @@ describe('events budget, events.whenFull drop, events on a Redis of its own (16 
     const conn = new Redis(t.eventsRedis.url, { maxRetriesPerRequest: null });
     const q = new BullQueue(t.config.events.queue, { connection: conn });
     try {
-      await waitFor(async () => (await q.getJobs(['wait'], 0, 200)).filter((j) => j.name === 'accepted').length >= 20, { what: 'the new events kept' });
+      await waitFor(async () => (await waitingEvents(q, 200)).filter((e) => e.kind === 'accepted').length >= 20, { what: 'the new events kept' });
     } finally {
       await q.close();
       conn.disconnect();
