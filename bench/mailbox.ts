@@ -39,6 +39,7 @@ import { machineCpu, pidOnPort, procCpu, threadCpu, threadCpuSince, treeCpu } fr
 import { portOpen, postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 import { formatStages, StageProfiler } from './lib/stages.ts';
 import { totalBytes, workload, type Msg } from './lib/workload.ts';
+import { median } from './lib/stats.ts';
 import { newMessageId } from '../src/message/ids.ts';
 
 const A = Number(process.env.BENCH_A ?? 100);
@@ -54,7 +55,6 @@ const PASSWORD = 'bench-password';
 const VMAIL_UID = 5000;
 
 const MB = 1024 * 1024;
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 // ---- messages ----------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ import { startRedis } from '../test/helpers/redis.ts';
 import { StageProfiler, stackShare } from './lib/stages.ts';
 import { startGatewayProcess } from './lib/gatewayProcess.ts';
 import { childrenOf, procCpu, treeCpu } from './lib/cpu.ts';
+import { median } from './lib/stats.ts';
 import { availableParallelism } from 'node:os';
 
 const N = Number(process.env.BENCH_N ?? 3000);
@@ -362,10 +363,15 @@ async function runWholeGateway(sink: SmtpSink, workers: string): Promise<Figure>
   } finally {
     await gp.stop();
     await Promise.all([...pool, eventsRedis].map((r) => r.stop()));
-    const s = new MailStore(testConfig({ cassandra: { contactPoints: [cassandra.contactPoint], keyspace } }), silentLogger);
-    await s.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
-    await s.close();
+    await dropKeyspace(cassandra.contactPoint, keyspace);
   }
+}
+
+/** A run's keyspace in the shared test Cassandra, gone once the run is measured. */
+async function dropKeyspace(contactPoint: string, keyspace: string): Promise<void> {
+  const s = new MailStore(testConfig({ cassandra: { contactPoints: [contactPoint], keyspace } }), silentLogger);
+  await s.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
+  await s.close();
 }
 
 /** The relay alone: N messages already queued, then the relay started; time until all are at the sink. */
@@ -414,9 +420,7 @@ for (let r = 0; r < RUNS; r++) {
   for (const batch of cassandra ? ([false, EVENTS_BATCH] as const) : []) {
     const keyspace = `sg_bench_relay_${randomBytes(3).toString('hex')}`;
     round.withEvents.push(await runGateway(gwSink, batch ? `+ events, batch ${batch}` : '+ events', { contactPoint: cassandra!.contactPoint, keyspace, batch }));
-    const s = new MailStore(testConfig({ cassandra: { contactPoints: [cassandra!.contactPoint], keyspace } }), silentLogger);
-    await s.client.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).catch(() => {});
-    await s.close();
+    await dropKeyspace(cassandra!.contactPoint, keyspace);
   }
 }
 const { gw, withEvents } = rounds[0]!;
@@ -437,10 +441,6 @@ else {
   console.log(`streamgate / postfix: ${(pf.seconds / gw.seconds).toFixed(2)}×`);
   if (whole) console.log(`streamgate, ${whole.name} (the whole gateway) / postfix: ${(pf.seconds / whole.seconds).toFixed(2)}×; the gateway's processes ${(whole.cpuPerMsg! * 1000).toFixed(0)} µs of CPU per message`);
 }
-const median = (xs: number[]) => {
-  const v = [...xs].sort((x, y) => x - y);
-  return v.length % 2 ? v[(v.length - 1) / 2]! : (v[v.length / 2 - 1]! + v[v.length / 2]!) / 2;
-};
 const rate = (f: Figure) => f.msgs / f.seconds;
 if (withEvents.length) {
   console.log(`events path, the gateway's CPU at its top rate (${CLIENTS} clients, closed loop; CPU of the whole gateway process per message, until every event was archived and published):`);

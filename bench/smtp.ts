@@ -83,6 +83,7 @@ import { childrenOf, machineCpu, pidOnPort, procCpu, treeCpu } from './lib/cpu.t
 import { startSinkProcess, type SinkProcess } from './lib/sinkServer.ts';
 import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 import { SmtpSession as Session } from './lib/smtpSession.ts';
+import { median } from './lib/stats.ts';
 
 const SESSIONS = Number(process.env.BENCH_SESSIONS ?? 32);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
@@ -558,11 +559,6 @@ process.once('exit', () => {
   sink?.stop();
 });
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
-
-const median = (xs: number[]) => {
-  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  return s.length ? s[Math.floor((s.length - 1) / 2)]! : NaN;
-};
 
 try {
   const modes = MODE === 'both' ? ['ingress', 'whole'] : [MODE];
