@@ -419,11 +419,10 @@ export class SmtpPool {
     }, this.opts.idleTimeout);
     conn.idle.unref();
     if (waiter) return waiter();
+    if (!this.leaseWaits.size) return; // the common case: nobody waits for a lease
     const [leaseWait] = this.leaseWaits;
-    if (leaseWait) {
-      this.leaseWaits.delete(leaseWait);
-      leaseWait.abort();
-    }
+    this.leaseWaits.delete(leaseWait!);
+    leaseWait!.abort();
   }
 
   private destroy(conn: Conn): void {
