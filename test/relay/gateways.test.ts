@@ -52,16 +52,19 @@ describe('relay across gateway processes', () => {
     await Promise.all(pool.map((r) => r.stop()));
   });
 
+  /** A gateway's configuration: `domain` routed to the sink with these limits. */
+  const relayConfig = (id: string, domain: string, sink: SmtpSink, limits: Record<string, unknown>, relay: Record<string, unknown> = {}) => ({
+    gateway: { id },
+    redis: { nodes: pool.map((r) => r.url) },
+    routes: { [domain]: `smtp://127.0.0.1:${sink.port}` },
+    relay: { limits: { destinations: { [domain]: limits } }, ...relay },
+  });
+
   it('two gateways sending to one destination share its rate limit and its connection limit', async () => {
     const sink = await startSmtpSink({ hideStartTls: true });
     sinks.push(sink);
     const RATE = 50;
-    const config = (id: string) => ({
-      gateway: { id },
-      redis: { nodes: pool.map((r) => r.url) },
-      routes: { 'rate.test': `smtp://127.0.0.1:${sink.port}` },
-      relay: { limits: { destinations: { 'rate.test': { connections: 2, ratePerSecond: RATE, messagesPerConnection: 40 } } }, connectionLease: '5s' },
-    });
+    const config = (id: string) => relayConfig(id, 'rate.test', sink, { connections: 2, ratePerSecond: RATE, messagesPerConnection: 40 }, { connectionLease: '5s' });
     const [a, b] = await Promise.all([
       gateway(config('gw-rate-a'), { SG_APPEND: '160', SG_DOMAIN: 'rate.test', SG_PREFIX: 'A' }),
       gateway(config('gw-rate-b'), { SG_APPEND: '160', SG_DOMAIN: 'rate.test', SG_PREFIX: 'B' }),
@@ -98,12 +101,7 @@ describe('relay across gateway processes', () => {
     const sink = await startSmtpSink({ hideStartTls: true, dataDelayMs: 10 });
     sinks.push(sink);
     const A = 3000;
-    const config = (id: string) => ({
-      gateway: { id },
-      redis: { nodes: pool.map((r) => r.url) },
-      routes: { 'fair.test': `smtp://127.0.0.1:${sink.port}` },
-      relay: { limits: { destinations: { 'fair.test': { connections: 4, messagesPerConnection: 10_000 } } } },
-    });
+    const config = (id: string) => relayConfig(id, 'fair.test', sink, { connections: 4, messagesPerConnection: 10_000 });
     const a = await gateway(config('gw-fair-a'), { SG_APPEND: String(A), SG_DOMAIN: 'fair.test', SG_PREFIX: 'A' });
     let b: ChildProcess | undefined;
     try {
