@@ -12,12 +12,15 @@
 //
 // Events written but not yet archived are the hot part of the message index: message id -> the
 // ids of its events, in memory (at most HOT_MAX events), each read back from the history stream
-// by its id when a story is asked for. So one message's story is a few lookups whatever its age:
-// this map and those reads, then its index rows and the block rows they point to. Only the ids are
-// held: the events themselves, kept for the quarter second or more until archived, outlived the
-// young generation of the heap, and their copying and marking cost the gateway about a tenth of
-// its CPU at its top rate (bench:relay). Events still in
-// Redis from before a restart join the index as the archive reaches them, within a block or two.
+// by its id when a story is asked for. The index is kept in generations: the events seen before a
+// pass of the archive begins are sealed with the newest event of each queue at that moment, and
+// the generation is dropped whole once the cursors have passed those (no removal per event). So
+// one message's story is a few lookups whatever its age: this map and those reads, then its index
+// rows and the block rows they point to. Only the ids are held: the events themselves, kept for
+// the quarter second or more until archived, outlived the young generation of the heap, and their
+// copying and marking cost the gateway about a tenth of its CPU at its top rate (bench:relay).
+// Events still in Redis from before a restart join the index as the archive reaches them, within
+// a block or two.
 //
 // While Cassandra does not answer nothing is archived and nothing is trimmed: the history grows,
 // the history budget says so (degraded), mail goes on; the lag (events and seconds behind) is a
@@ -31,12 +34,15 @@ import type { MailStore } from '../mailbox/store.ts';
 import { type LifecycleEvent, type LifecycleKind } from '../message/types.ts';
 import type { QueueManager, StoredHistoryEntry } from '../queue/manager.ts';
 import { splitQueueName } from '../queue/placement.ts';
-import { compareIds, domainOfEventId, eventId, histIdOf, parseEntryId, timeOfMessageId } from '../message/ids.ts';
+import { compareIds, domainOfEventId, eventId, histIdOf, msOfEntryId, parseEntryId, timeOfMessageId } from '../message/ids.ts';
 
 /** A history partition holds one hour of a queue's events. */
 export const BUCKET_MS = 3_600_000;
-/** Events archived per block: read from the history stream, then written as block rows. */
-const BLOCK = 500;
+/**
+ * Events archived per block: read from the history stream, then written as block rows, and the
+ * cursor moved once (a quarter second of events at 8,000 a second).
+ */
+const BLOCK = 2000;
 /**
  * Events read per script run on the node (about 3 µs an event there): a block is read in runs of
  * this many, so that the queue's writes on that node never wait long behind one.
@@ -56,6 +62,16 @@ const SOON_MS = 250;
 const TICK_MS = 1000;
 /** Events held in the hot index at most (while Cassandra lags, the newest beyond it are found once archived). */
 const HOT_MAX = 500_000;
+/** Sealed generations of the hot index at most; while Cassandra lags the newest events stay in the open one. */
+const SEALED_MAX = 8;
+
+/** A generation of the hot index: message id -> the event ids (eventId()) of its events. */
+interface HotGeneration {
+  ids: Map<string, string[]>;
+  size: number;
+  /** Sealed: the newest event per queue when it was; dropped once every cursor is at or past it. */
+  upTo?: Map<string, string>;
+}
 
 export interface ArchiveStatus {
   /** Events archived since start. */
@@ -66,7 +82,7 @@ export interface ArchiveStatus {
   lagSeconds: number;
   /** Why the archive does not advance, while it does not. */
   failing: string | undefined;
-  /** Events held in memory for the stories until archived (the hot index; at most 500,000). */
+  /** Events held in memory for the stories until archived (the hot index; at most 500,000), dropped a pass of the archive at a time. */
   hot: number;
 }
 
@@ -90,8 +106,6 @@ export interface BlockRow {
   index: { second: number; shard: number; ids: Buffer }[];
   /** Per message whose id has no index key, its events of the row encoded as `events`: its row of message_events. */
   unindexed: Map<string, Buffer>;
-  /** Each event's history id and message id, in order. */
-  ids: { histId: string; messageId: string }[];
 }
 
 /**
@@ -126,23 +140,25 @@ export function blockRows(entries: StoredHistoryEntry[]): BlockRow[] {
   while (i < entries.length) {
     const [ms, seq] = parseEntryId(entries[i]!.histId);
     const bucket = bucketOf(ms);
+    const end = bucket + BUCKET_MS;
     let size = 1;
     let j = i;
     for (; j < entries.length; j++) {
       const e = entries[j]!;
       const n = e.stored.length + 1; // with the "," or the final "]"
-      if (j > i && (j - i >= BLOCK_EVENTS || size + n > BLOCK_BYTES || bucketOf(parseEntryId(e.histId)[0]) !== bucket)) break;
+      if (j > i && (j - i >= BLOCK_EVENTS || size + n > BLOCK_BYTES || msOfEntryId(e.histId) >= end)) break;
       size += n;
     }
     const parts = entries.slice(i, j);
     i = j;
-    const byKey = new Map<string, { second: number; shard: number; ids: Set<string> }>();
+    // by second and shard, as one number (a second's ms are a multiple of 1,000: shard added)
+    const byKey = new Map<number, { second: number; shard: number; ids: Set<string> }>();
     const byMessage = new Map<string, Buffer[]>();
     for (const e of parts) {
       if (!e.messageId) continue;
       const k = indexKeyOf(e.messageId);
       if (k) {
-        const key = `${k.second}/${k.shard}`;
+        const key = k.second + k.shard;
         const at = byKey.get(key);
         if (at) at.ids.add(e.messageId);
         else byKey.set(key, { ...k, ids: new Set([e.messageId]) });
@@ -155,7 +171,7 @@ export function blockRows(entries: StoredHistoryEntry[]): BlockRow[] {
     const index = [...byKey.values()].map(({ second, shard, ids }) => ({ second, shard, ids: Buffer.from([...ids].join(''), 'latin1') }));
     const unindexed = new Map<string, Buffer>();
     for (const [id, stored] of byMessage) unindexed.set(id, joinStored(stored));
-    out.push({ ms, seq, events: joinStored(parts.map((e) => e.stored)), index, unindexed, ids: parts.map((e) => ({ histId: e.histId, messageId: e.messageId })) });
+    out.push({ ms, seq, events: joinStored(parts.map((e) => e.stored)), index, unindexed });
   }
   return out;
 }
@@ -222,11 +238,11 @@ export class HistoryArchive extends EventEmitter {
   /** The last event archived per queue, once read from archive_cursors. */
   private readonly cursors = new Map<string, string>();
   private readonly loaded = new Set<string>();
-  /** The newest event seen per queue, and events seen but not archived. */
-  private readonly newest = new Map<string, string>();
-  private readonly pending = new Map<string, number>();
-  /** Message id -> the event ids (eventId()) of its events not yet archived. */
-  private readonly hot = new Map<string, string[]>();
+  /** Per queue (by ref) the newest event seen, and the events seen but not archived. */
+  private readonly seenOf = new Map<string, { newest: string; pending: number }>();
+  /** The hot index: the open generation (events seen since the last pass began), and the sealed ones, oldest first. */
+  private hot: HotGeneration = { ids: new Map(), size: 0 };
+  private readonly sealed: HotGeneration[] = [];
   private hotSize = 0;
   private readonly dirty = new Set<string>();
   private soon: NodeJS.Timeout | undefined;
@@ -287,28 +303,55 @@ export class HistoryArchive extends EventEmitter {
   status(): ArchiveStatus {
     let lagEvents = 0;
     let lagMs = 0;
-    for (const [d, n] of this.newest) {
+    for (const [d, { newest: n, pending }] of this.seenOf) {
       const c = this.cursors.get(d);
       if (c && compareIds(n, c) <= 0) continue;
-      lagEvents += this.pending.get(d) ?? 0;
+      lagEvents += pending;
       lagMs = Math.max(lagMs, parseEntryId(n)[0] - (c ? parseEntryId(c)[0] : parseEntryId(n)[0]));
     }
     return { archived: this.archived, lagEvents, lagSeconds: lagMs / 1000, failing: this.failing, hot: this.hotSize };
   }
 
   private seen(ev: LifecycleEvent): void {
+    // by the queue's ref, as its cursor (an adopted queue's domain alone may also be an own queue's)
+    const ref = this.queues.refOf(ev.queue);
     const histId = histIdOf(ev.id);
-    const cur = this.newest.get(ev.domain);
-    if (!cur || compareIds(histId, cur) > 0) this.newest.set(ev.domain, histId);
-    this.pending.set(ev.domain, (this.pending.get(ev.domain) ?? 0) + 1);
+    const q = this.seenOf.get(ref);
+    if (!q) this.seenOf.set(ref, { newest: histId, pending: 1 });
+    else {
+      if (compareIds(histId, q.newest) > 0) q.newest = histId;
+      q.pending++;
+    }
     if (ev.messageId && this.hotSize < HOT_MAX) {
-      const list = this.hot.get(ev.messageId);
+      const list = this.hot.ids.get(ev.messageId);
       if (list) list.push(ev.id);
-      else this.hot.set(ev.messageId, [ev.id]);
+      else this.hot.ids.set(ev.messageId, [ev.id]);
+      this.hot.size++;
       this.hotSize++;
     }
-    this.dirty.add(ev.domain);
+    this.dirty.add(ref);
     this.later();
+  }
+
+  /** The open generation of the hot index is sealed: held until the cursors pass the newest events seen now. */
+  private seal(): void {
+    if (!this.hot.size || this.sealed.length >= SEALED_MAX) return;
+    this.hot.upTo = new Map([...this.seenOf].map(([ref, q]) => [ref, q.newest]));
+    this.sealed.push(this.hot);
+    this.hot = { ids: new Map(), size: 0 };
+  }
+
+  /** Drops the sealed generations whose events are all archived (a queue gone since: its events were archived first). */
+  private retire(): void {
+    while (this.sealed.length) {
+      const g = this.sealed[0]!;
+      for (const [ref, newest] of g.upTo!) {
+        const c = this.cursors.get(ref);
+        if ((!c || compareIds(c, newest) < 0) && this.queues.view(ref)) return;
+      }
+      this.sealed.shift();
+      this.hotSize -= g.size;
+    }
   }
 
   private kick(): Promise<void> {
@@ -331,17 +374,22 @@ export class HistoryArchive extends EventEmitter {
   private async pump(): Promise<void> {
     const domains = [...this.dirty];
     this.dirty.clear();
-    for (const d of domains) {
-      try {
-        await this.archiveQueue(d);
-        if (this.failing) this.logger.info({ queue: d }, 'archive advancing again');
-        this.failing = undefined;
-      } catch (err) {
-        const reason = err instanceof Error ? err.message : String(err);
-        if (!this.failing) this.logger.warn({ err, queue: d }, 'history not archived: the history is kept whole in Redis until the archive answers');
-        this.failing = reason;
-        return; // every queue is tried again on the next tick
+    this.seal();
+    try {
+      for (const d of domains) {
+        try {
+          await this.archiveQueue(d);
+          if (this.failing) this.logger.info({ queue: d }, 'archive advancing again');
+          this.failing = undefined;
+        } catch (err) {
+          const reason = err instanceof Error ? err.message : String(err);
+          if (!this.failing) this.logger.warn({ err, queue: d }, 'history not archived: the history is kept whole in Redis until the archive answers');
+          this.failing = reason;
+          return; // every queue is tried again on the next tick
+        }
       }
+    } finally {
+      this.retire();
     }
   }
 
@@ -369,7 +417,7 @@ export class HistoryArchive extends EventEmitter {
       if (!entries.length) return;
       const rows = blockRows(entries);
       await this.write(at, rows);
-      const last = rows.at(-1)!.ids.at(-1)!.histId;
+      const last = entries.at(-1)!.histId;
       // the first block also records the hour of the queue's first event: where reads by time start
       const [q, params] = cursor
         ? [`INSERT INTO ${this.ks}.archive_cursors (gateway, domain, hist, updated) VALUES (?, ?, ?, ?)`, [at.origin, at.domain, last, new Date()]]
@@ -377,24 +425,10 @@ export class HistoryArchive extends EventEmitter {
       await this.store.client.execute(q, params, { prepare: true, consistency: this.cl.write, isIdempotent: true });
       this.cursors.set(domain, last);
       this.archived += entries.length;
-      this.pending.set(domain, Math.max(0, (this.pending.get(domain) ?? 0) - entries.length));
-      for (const r of rows) this.cool(at, r.ids);
+      const seen = this.seenOf.get(domain);
+      if (seen) seen.pending = Math.max(0, seen.pending - entries.length);
       this.emit('archived', domain);
       if (entries.length < BLOCK) return;
-    }
-  }
-
-  /** Archived events leave the hot index (`at`: the queue's origin and domain, which its event ids carry). */
-  private cool(at: { origin: string; domain: string }, ids: BlockRow['ids']): void {
-    const prefix = eventId(at.origin, at.domain, '');
-    for (const r of ids) {
-      const list = this.hot.get(r.messageId);
-      if (!list) continue;
-      const i = list.indexOf(prefix + r.histId);
-      if (i < 0) continue;
-      list.splice(i, 1);
-      this.hotSize--;
-      if (!list.length) this.hot.delete(r.messageId);
     }
   }
 
@@ -447,7 +481,7 @@ export class HistoryArchive extends EventEmitter {
   async story(messageId: string): Promise<LifecycleEvent[]> {
     // the hot events first: one the archive moves into the log (and a trim then removes from the
     // stream) meanwhile is in the log when it is read after them
-    const hot = await this.hotEvents(this.hot.get(messageId) ?? []);
+    const hot = await this.hotEvents([...this.sealed, this.hot].flatMap((g) => g.ids.get(messageId) ?? []));
     const cold = await this.log.story(messageId);
     const seen = new Set(cold.map((e) => e.id));
     return [...cold, ...hot.filter((e) => !seen.has(e.id))].sort((a, b) => (a.domain < b.domain ? -1 : a.domain > b.domain ? 1 : compareIds(histIdOf(a.id), histIdOf(b.id))));

@@ -31,7 +31,10 @@ const BATCH_FLUSH_MS = 250;
  * 100,000), and while kept, the same event sent again is not added twice.
  */
 export const JOB_OPTIONS = { attempts: 10, backoff: { type: 'exponential', delay: 1000 }, removeOnComplete: { count: 1000 }, removeOnFail: { count: 10_000 } } as const;
+/** Events read per catch-up step, and live events sent at once (one job each). */
 const BATCH = 500;
+/** Live events sent at once with events.batch: fewer, fuller addBulk calls (each a pipeline of its own). */
+const BATCHED_LIVE = 2000;
 /** How often the events queue's memory is measured. */
 const MEASURE_MS = 2000;
 /** Publishing stopped for a full budget starts again below this share of it. */
@@ -302,7 +305,7 @@ export class EventPublisher {
       return;
     }
     this.buffer.push(ev);
-    if (this.buffer.length >= BATCH) void this.flush();
+    if (this.buffer.length >= (this.opts.batch ? BATCHED_LIVE : BATCH)) void this.flush();
     else this.timer ??= setTimeout(() => void this.flush(), this.opts.batch ? BATCH_FLUSH_MS : FLUSH_MS);
   }
 
@@ -391,16 +394,20 @@ export class EventPublisher {
       }
     }
     if (refused.length) await this.park(refused);
-    const last = new Map<string, string>();
+    // per queue the highest history id sent, then the cursors it moves
+    const top = new Map<string, string>();
     for (const ev of batch) {
       const histId = histIdOf(ev.id);
-      const ref = this.queues.refOf(ev.queue);
-      const cur = last.get(ref) ?? this.cursors.get(ref);
+      const cur = top.get(ev.queue);
+      if (!cur || compareIds(histId, cur) > 0) top.set(ev.queue, histId);
+    }
+    const last = new Map<string, string>();
+    for (const [name, histId] of top) {
+      const ref = this.queues.refOf(name);
+      const cur = this.cursors.get(ref);
       if (!cur || compareIds(histId, cur) > 0) last.set(ref, histId);
     }
-    const pipe = this.redis.pipeline();
-    for (const [domain, histId] of last) pipe.set(this.cursorKey(domain), histId);
-    await pipe.exec();
+    if (last.size) await this.redis.mset(new Map([...last].map(([domain, histId]) => [this.cursorKey(domain), histId])));
     for (const [domain, histId] of last) this.advance(domain, histId);
     this.sent += batch.length - refused.length;
     this.state.jobs += added;

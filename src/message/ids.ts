@@ -73,6 +73,12 @@ function digitsAt(id: string, from: number, to: number): number {
   return v;
 }
 
+/** The ms of a stream id "ms-seq", read in place (once per event archived); as parseEntryId() for any other form. */
+export function msOfEntryId(id: string): number {
+  const ms = digitsAt(id, 0, id.indexOf('-'));
+  return Number.isNaN(ms) ? parseEntryId(id)[0] : ms;
+}
+
 /**
  * Orders two stream ids "ms-seq" (negative: a is lower). Called for every event (the publisher's
  * and the archive's cursors), so it reads the digits in place and allocates nothing; an id that is

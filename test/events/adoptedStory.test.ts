@@ -48,5 +48,6 @@ describe('the story of a message in an adopted queue', () => {
     await b.archive.drain();
     assert.deepEqual((await b.archive.story(m!.id)).map((e) => e.kind), ['accepted', 'attempted', 'delivered']);
     assert.equal(b.archive.status().hot, 0, 'no archived event held in memory');
+    assert.equal(b.archive.status().lagEvents, 0, 'the adopted queue: its events counted against its own cursor');
   });
 });

@@ -77,6 +77,7 @@ describe('the event log (events.archive)', () => {
       assert.deepEqual(await path.histLens(domain, pool), [1800, 1800], 'nothing trimmed that is not archived');
       assert.match(path.archive.status().failing ?? '', /.+/);
       assert.ok(path.archive.status().lagEvents >= 1800, `lag ${path.archive.status().lagEvents}`);
+      assert.ok(path.archive.status().hot >= 1800, `the events not archived held for the stories: ${path.archive.status().hot}`);
       // the archive process restarts while Cassandra is still away, then Cassandra returns
       await path.archive.stop();
       path.archive = new HistoryArchive(path.qm, path.store, config, silentLogger);

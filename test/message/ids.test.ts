@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { compareIds, newMessageId, parseEntryId, timeOfMessageId } from '../../src/message/ids.ts';
+import { compareIds, msOfEntryId, newMessageId, parseEntryId, timeOfMessageId } from '../../src/message/ids.ts';
 
 /** The order of two stream ids as their numbers give it. */
 const byNumbers = (a: string, b: string) => {
@@ -30,6 +30,12 @@ test('compareIds reads an id that is not all digits as parseEntryId does', () =>
     const [am, as] = parseEntryId(a);
     const [bm, bs] = parseEntryId(b);
     assert.equal(compareIds(a, b), am - bm || as - bs, `${a} against ${b}`);
+  }
+});
+
+test('msOfEntryId gives the ms parseEntryId gives, for stream ids and for any other string', () => {
+  for (const id of ['0-0', '1764547200000-0', '1764547200000-42', '17645472000000-7', '5', '-1', 'x-1', '12x-3', '', '1-2-3']) {
+    assert.equal(msOfEntryId(id), parseEntryId(id)[0], id);
   }
 });
 
