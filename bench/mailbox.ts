@@ -41,6 +41,7 @@ import { formatStages, StageProfiler } from './lib/stages.ts';
 import { totalBytes, workload, type Msg } from './lib/workload.ts';
 import { median } from './lib/stats.ts';
 import { newMessageId } from '../src/message/ids.ts';
+import { tuneHeap } from '../src/heap.ts';
 
 const A = Number(process.env.BENCH_A ?? 100);
 const B = Number(process.env.BENCH_B ?? 300);
@@ -168,6 +169,7 @@ interface Gateway {
 }
 
 async function startGatewayParts(contactPoint: string, keyspace: string, dataDir: string): Promise<Gateway> {
+  tuneHeap(); // as startGateway() does
   const pool = await startRedisPool(2, { maxmemory: '4gb' });
   cpuPids.redis = pool.map((r) => r.proc.pid ?? 0);
   const smtpPort = await freePort();

@@ -56,6 +56,7 @@ import { StageProfiler, stackShare } from './lib/stages.ts';
 import { startGatewayProcess } from './lib/gatewayProcess.ts';
 import { childrenOf, procCpu, treeCpu } from './lib/cpu.ts';
 import { median } from './lib/stats.ts';
+import { tuneHeap } from '../src/heap.ts';
 import { availableParallelism } from 'node:os';
 
 const N = Number(process.env.BENCH_N ?? 3000);
@@ -220,6 +221,7 @@ async function runGateway(sink: SmtpSink, name = 'streamgate', events?: Omit<Eve
 }
 
 if (process.argv[2] === 'serve') {
+  tuneHeap(); // as startGateway() does
   const settings = JSON.parse(process.env.BENCH_GATEWAY!) as { nodes: string[]; sinkPort: number; port: number; events?: EventsSetting };
   const ev = settings.events;
   const config = testConfig({

@@ -104,6 +104,7 @@ type PhaseStalls = LoopSnapshot & { inside?: ReplyInside };
 // ---- the gateway child -------------------------------------------------------------------------
 
 if (process.argv[2] === 'serve') {
+  (await import('../src/heap.ts')).tuneHeap(); // as startGateway() does
   const [{ SmtpIngress }, { QueueManager }, { createLogger }, { validateConfig }, { LoopStats }] = await Promise.all([
     import('../src/ingress/smtp/server.ts'),
     import('../src/queue/manager.ts'),

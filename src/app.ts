@@ -17,6 +17,7 @@ import { memoryReport, type MemoryReport } from './ops/memory.ts';
 import { GatewayMetrics } from './ops/metrics.ts';
 import { startRelay } from './relay/relay.ts';
 import { lowestCursor } from './message/ids.ts';
+import { tuneHeap } from './heap.ts';
 
 export interface Gateway {
   queues: QueueManager;
@@ -35,6 +36,7 @@ export interface Part {
 }
 
 export async function startGateway(config: Config, log: Logger): Promise<Gateway> {
+  tuneHeap();
   const parts: Part[] = [];
   const stopAll = async () => {
     for (const p of parts.reverse()) {
