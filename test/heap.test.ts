@@ -5,7 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { test } from 'node:test';
 
-/** Major collections in a fresh process while 1 GB of 1 MB Buffers come and go, four alive at a time. */
+/** Major collections in a fresh process while 2 GB of 1 MB Buffers come and go, four alive at a time. */
 function majorCollections(tuned: boolean): number {
   const heap = join(import.meta.dirname, '..', 'src', 'heap.ts');
   const script = `
@@ -14,7 +14,7 @@ function majorCollections(tuned: boolean): number {
     let major = 0;
     new PerformanceObserver((l) => { for (const e of l.getEntries()) if (e.detail.kind === constants.NODE_PERFORMANCE_GC_MAJOR) major++; }).observe({ entryTypes: ['gc'] });
     const alive = [];
-    for (let i = 0; i < 1024; i++) {
+    for (let i = 0; i < 2048; i++) {
       const b = Buffer.allocUnsafe(1024 * 1024);
       b[0] = i;
       alive.push(b);
@@ -29,6 +29,7 @@ function majorCollections(tuned: boolean): number {
 test('a gateway process is not stopped for a full collection every 64 MB of short-lived Buffers', () => {
   const plain = majorCollections(false);
   const tuned = majorCollections(true);
-  assert.ok(plain >= 8, `without the flags, the loop itself starts major collections (${plain})`);
-  assert.ok(tuned <= 1, `with tuneHeap(): ${tuned} major collections, against ${plain} without`);
+  // one every 64 MB would be 32; a busy machine's timing moves both counts a little
+  assert.ok(plain >= 12, `without the flags, the loop itself starts major collections (${plain})`);
+  assert.ok(tuned * 4 <= plain, `with tuneHeap(): ${tuned} major collections, against ${plain} without`);
 });
