@@ -98,7 +98,7 @@ export function createClient(config: Config, log: Logger, opts: ClientOptions = 
     // A blob (or uuid) in a row is a view into the response the driver read, not a copy of it:
     // body chunks go to a socket and are dropped, event blocks are parsed at once, and nothing
     // keeps such a value past its response (the paging TimeUUID is replaced page by page). A copy
-    // per chunk was a quarter to a third of the driver's time serving POP3 (bench:mailbox).
+    // per chunk was about a third of the driver's time serving POP3 (bench:mailbox).
     encoding: { copyBuffer: false },
   });
   client.on('log', (level: string, className: string, message: string) => {
