@@ -84,6 +84,8 @@ export interface ArchiveStatus {
   failing: string | undefined;
   /** Events held in memory for the stories until archived (the hot index; at most 500,000), dropped a pass of the archive at a time. */
   hot: number;
+  /** Queues the archive keeps a cursor or a count for (a queue deleted as idle is forgotten). */
+  queues: number;
 }
 
 const bucketOf = (ms: number) => ms - (ms % BUCKET_MS);
@@ -252,6 +254,7 @@ export class HistoryArchive extends EventEmitter {
   private failing: string | undefined;
   archived = 0;
   private readonly onEvent = (ev: LifecycleEvent) => this.seen(ev);
+  private readonly onDropped = (ref: string) => this.forget(ref);
 
   constructor(queues: QueueManager, store: MailStore, config: Config, log: Logger) {
     super();
@@ -267,6 +270,7 @@ export class HistoryArchive extends EventEmitter {
   start(): void {
     this.stopped = false;
     this.queues.on('event', this.onEvent);
+    this.queues.on('dropped', this.onDropped);
     for (const d of this.queues.refs()) this.dirty.add(d);
     this.ticker = setInterval(() => {
       for (const d of this.queues.refs()) this.dirty.add(d);
@@ -280,6 +284,7 @@ export class HistoryArchive extends EventEmitter {
   async stop(): Promise<void> {
     this.stopped = true;
     this.queues.off('event', this.onEvent);
+    this.queues.off('dropped', this.onDropped);
     clearInterval(this.ticker);
     clearTimeout(this.soon);
     await this.running;
@@ -309,7 +314,19 @@ export class HistoryArchive extends EventEmitter {
       lagEvents += pending;
       lagMs = Math.max(lagMs, parseEntryId(n)[0] - (c ? parseEntryId(c)[0] : parseEntryId(n)[0]));
     }
-    return { archived: this.archived, lagEvents, lagSeconds: lagMs / 1000, failing: this.failing, hot: this.hotSize };
+    return { archived: this.archived, lagEvents, lagSeconds: lagMs / 1000, failing: this.failing, hot: this.hotSize, queues: new Set([...this.seenOf.keys(), ...this.cursors.keys()]).size };
+  }
+
+  /**
+   * A queue deleted as idle (QueueManager 'dropped': only once its history was archived and
+   * published): its cursor and counts go, so that queues that come and go leave nothing here. A
+   * queue made again under the same ref reads its cursor again from archive_cursors.
+   */
+  private forget(ref: string): void {
+    this.seenOf.delete(ref);
+    this.cursors.delete(ref);
+    this.loaded.delete(ref);
+    this.dirty.delete(ref);
   }
 
   private seen(ev: LifecycleEvent): void {
