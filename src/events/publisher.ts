@@ -125,6 +125,7 @@ export class EventPublisher {
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> = Promise.resolve();
   private readonly onEvent = (ev: LifecycleEvent) => this.push(ev);
+  private readonly onDropped = (ref: string) => void this.forget(ref);
   private readonly cursorKey: (domain: string) => string;
   private readonly queues: QueueManager;
   private readonly redis: Redis;
@@ -173,6 +174,7 @@ export class EventPublisher {
 
   async start(): Promise<void> {
     this.queues.on('event', this.onEvent);
+    this.queues.on('dropped', this.onDropped);
     await this.measure().catch((err: unknown) => this.log.warn({ err }, 'events budget not measured'));
     this.measureTimer = setInterval(() => void this.tick(), MEASURE_MS);
     this.measureTimer.unref();
@@ -279,6 +281,17 @@ export class EventPublisher {
       n += rows.length;
     }
     return n;
+  }
+
+  /**
+   * A queue deleted as idle (QueueManager 'dropped': only once its events were sent and archived):
+   * its cursor goes, here and in the events Redis, so that queues that come and go leave no key
+   * behind. A new queue for the domain has a history of its own, sent from its start.
+   */
+  private async forget(ref: string): Promise<void> {
+    const key = this.cursorKey(ref);
+    this.cursors.delete(ref);
+    await this.redis.del(key).catch((err: unknown) => this.log.warn({ err, queue: ref }, 'cursor of a deleted queue not removed'));
   }
 
   private advance(domain: string, histId: string): void {
@@ -447,6 +460,7 @@ export class EventPublisher {
 
   async stop(): Promise<void> {
     this.queues.off('event', this.onEvent);
+    this.queues.off('dropped', this.onDropped);
     clearInterval(this.retry);
     clearInterval(this.measureTimer);
     await this.flush();
