@@ -388,9 +388,7 @@ export class SmtpPool {
     let n = excess - [...this.live].filter((c) => c.retire).length;
     if (n <= 0) return;
     this.log.debug({ excess }, 'over the fair share of the destination\'s connections: closing some');
-    for (const c of [...this.idle]) {
-      if (n <= 0) break;
-      this.idle.splice(this.idle.indexOf(c), 1);
+    for (const c of this.idle.splice(0, n)) {
       clearTimeout(c.idle);
       c.retire = true;
       c.smtp.quit();
