@@ -24,6 +24,7 @@
 //                                  BENCH_WARMUP=1000 (messages through each side first, not measured)
 //                                  BENCH_CONNECTIONS=20 (the gateway's connections to the sink, as Postfix's default)
 //                                  BENCH_EVENTS_BATCH=100 (events.batch of the batched run; 0 skips the events runs)
+//                                  BENCH_EVENTS_SINGLE=1 (0 skips the run with one job per event: quicker rounds)
 //                                  BENCH_PROFILE=dir (each gateway run's CPU profile written there)
 //                                  BENCH_RUNS=1 (rounds of the gateway runs without and with the events path;
 //                                  the events path's shares are printed per round and as medians)
@@ -65,6 +66,8 @@ const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 32);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 20);
 const DOMAIN = 'bench.test';
 const EVENTS_BATCH = Number(process.env.BENCH_EVENTS_BATCH ?? 100);
+/** Whether each round also runs the events path with one job per event (events.batch off). */
+const EVENTS_SINGLE = process.env.BENCH_EVENTS_SINGLE !== '0';
 /**
  * Messages sent through each target end to end before it is measured, not counted (as bench:smtp
  * warms each target up): a process just started runs its first thousands of messages through
@@ -420,14 +423,22 @@ console.log(`relay benchmark: ${N} messages per side (70% 1 KB / 30% 10 KB), ${C
 // each round: the gateway without the events path, then with it, one job per event and batched
 const rounds: { gw: Figure; withEvents: Figure[] }[] = [];
 const cassandra = EVENTS_BATCH ? await cassandraForTests() : undefined;
+const withEventsRun = async (batch: number | false): Promise<Figure> => {
+  const keyspace = `sg_bench_relay_${randomBytes(3).toString('hex')}`;
+  const f = await runGateway(gwSink, batch ? `+ events, batch ${batch}` : '+ events', { contactPoint: cassandra!.contactPoint, keyspace, batch });
+  await dropKeyspace(cassandra!.contactPoint, keyspace);
+  return f;
+};
+const batches: (number | false)[] = cassandra ? (EVENTS_SINGLE ? [false, EVENTS_BATCH] : [EVENTS_BATCH]) : [];
 for (let r = 0; r < RUNS; r++) {
-  const round = { gw: await runGateway(gwSink), withEvents: [] as Figure[] };
-  rounds.push(round);
-  for (const batch of cassandra ? ([false, EVENTS_BATCH] as const) : []) {
-    const keyspace = `sg_bench_relay_${randomBytes(3).toString('hex')}`;
-    round.withEvents.push(await runGateway(gwSink, batch ? `+ events, batch ${batch}` : '+ events', { contactPoint: cassandra!.contactPoint, keyspace, batch }));
-    await dropKeyspace(cassandra!.contactPoint, keyspace);
-  }
+  // every other round runs the events path first: a drift of the machine over a round (Cassandra's
+  // compactions of the run before, another tenant) weighs on either side alike over the rounds
+  const eventsFirst = r % 2 === 1;
+  const withEvents: Figure[] = [];
+  if (eventsFirst) for (const b of batches) withEvents.push(await withEventsRun(b));
+  const gw = await runGateway(gwSink);
+  if (!eventsFirst) for (const b of batches) withEvents.push(await withEventsRun(b));
+  rounds.push({ gw, withEvents });
 }
 const { gw, withEvents } = rounds[0]!;
 const whole = WORKERS ? await runWholeGateway(gwSink, WORKERS) : undefined;
