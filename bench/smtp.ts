@@ -48,6 +48,10 @@
 //
 // BENCH_WHOLE_CONFIG (whole mode): JSON merged into the gateway's configuration, section by
 // section, to see what a part costs: '{"events":{"archive":false}}', for instance.
+// BENCH_WHOLE_COMPARE (whole mode): JSON of the same kind for one more streamgate target in each
+// run, measured beside the gateway as configured (the two in turn, the first one alternating from
+// run to run), and the line "what it changes": the closed loop's accepted msg/s of each, medians
+// over the runs, and the ratio. '{"events":{"archive":false}}' gives the cost the event log adds.
 //
 // Before the figures each target gets a closed-loop warm-up, not measured: BENCH_WARMUP seconds
 // (default 1 in ingress mode; 15 in whole mode, where the Cassandra node is a JVM started for the
@@ -94,6 +98,8 @@ const RATE_SECONDS = Number(process.env.BENCH_RATE_SECONDS ?? 10);
 const DRAIN_BETWEEN = process.env.BENCH_DRAIN_BETWEEN !== '0';
 const TARGETS = (process.env.BENCH_TARGETS ?? 'streamgate,postfix').split(',');
 const WARMUP = (mode: string) => Number(process.env.BENCH_WARMUP ?? (mode === 'whole' ? 15 : 1));
+/** Configuration merged into a second streamgate target of whole mode (BENCH_WHOLE_COMPARE), or none. */
+const COMPARE = process.env.BENCH_WHOLE_COMPARE ? (JSON.parse(process.env.BENCH_WHOLE_COMPARE) as Record<string, Record<string, unknown>>) : undefined;
 const WORKERS = (process.env.BENCH_WORKERS ?? '1').split(',').map((w) => (w.trim() === 'auto' ? 'auto' : Number(w))) as (number | 'auto')[];
 const DOMAIN = 'relay.bench.test';
 const FROM = 'load@src.bench.test';
@@ -340,7 +346,7 @@ async function startIngressGateway(dir: string, workers: number | 'auto'): Promi
 }
 
 /** The whole gateway (`streamgate start`), relaying to the sink, events on a Redis of its own, Cassandra connected. */
-async function startWholeGateway(dir: string, sink: SinkProcess, workers: number | 'auto'): Promise<Target> {
+async function startWholeGateway(dir: string, sink: SinkProcess, workers: number | 'auto', compare?: Record<string, Record<string, unknown>>): Promise<Target> {
   const [{ startRedisPool, startRedis }, { cassandraForTests }, { freePort, waitFor }] = await Promise.all([
     import('../test/helpers/redis.ts'),
     import('../test/helpers/cassandra.ts'),
@@ -364,7 +370,7 @@ async function startWholeGateway(dir: string, sink: SinkProcess, workers: number
     events: { redis: events.url },
   };
   const extra = JSON.parse(process.env.BENCH_WHOLE_CONFIG ?? '{}') as Record<string, Record<string, unknown>>;
-  for (const [section, value] of Object.entries(extra)) Object.assign(((config as Record<string, unknown>)[section] ??= {}) as object, value);
+  for (const more of [extra, compare ?? {}]) for (const [section, value] of Object.entries(more)) Object.assign(((config as Record<string, unknown>)[section] ??= {}) as object, value);
   writeFileSync(join(dir, 'whole.yaml'), toYaml(config));
   const logFile = join(dir, 'whole.log');
   const out = openSync(logFile, 'a');
@@ -383,7 +389,7 @@ async function startWholeGateway(dir: string, sink: SinkProcess, workers: number
   const several = workers === 'auto' ? availableParallelism() > 1 : workers > 1;
   const cassandraPid = pidOnPort(cassandra.port);
   return {
-    name: several ? `streamgate, ${workers === 'auto' ? `auto (${availableParallelism()})` : workers} workers` : 'streamgate',
+    name: `${several ? `streamgate, ${workers === 'auto' ? `auto (${availableParallelism()})` : workers} workers` : 'streamgate'}${compare ? `, ${JSON.stringify(compare)}` : ''}`,
     port: smtpPort,
     cpu: () =>
       new Map([
@@ -573,9 +579,11 @@ try {
       if (mode === 'whole') sink ??= await startSinkProcess();
       const byTarget = results.get(mode) ?? new Map<string, Measured[]>();
       results.set(mode, byTarget);
-      const targets = [...WORKERS.map((w) => ['streamgate', w] as const), ['postfix', 1] as const].filter(([which]) => TARGETS.includes(which));
-      for (const [which, workers] of targets) {
-        const t = which === 'streamgate' ? (mode === 'whole' ? await startWholeGateway(dir, sink!, workers) : await startIngressGateway(dir, workers)) : await startPostfixTarget(dir, mode === 'whole' ? sink : undefined);
+      // with BENCH_WHOLE_COMPARE each streamgate target is measured twice, as configured and so changed, in turn
+      const variants = mode === 'whole' && COMPARE ? (run % 2 ? [COMPARE, undefined] : [undefined, COMPARE]) : [undefined];
+      const targets = [...WORKERS.flatMap((w) => variants.map((v) => ['streamgate', w, v] as const)), ['postfix', 1, undefined] as const].filter(([which]) => TARGETS.includes(which));
+      for (const [which, workers, compare] of targets) {
+        const t = which === 'streamgate' ? (mode === 'whole' ? await startWholeGateway(dir, sink!, workers, compare) : await startIngressGateway(dir, workers)) : await startPostfixTarget(dir, mode === 'whole' ? sink : undefined);
         stops.push(() => t.stop());
         try {
           const m = await measure(t, WARMUP(mode), which === 'streamgate' ? 0.8 : undefined);
@@ -624,6 +632,17 @@ try {
       for (const i of RATES.keys()) {
         const p99 = (ms: Measured[]) => median(ms.map((r) => pct(r.phases[i + 1]!.latencies, 99)));
         console.log(`p99 at ${RATES[i]!.toLocaleString('en')}/s offered: ${name} ${f(p99(sg))} ms, Postfix ${f(p99(pf))} ms (${(p99(sg) / p99(pf)).toFixed(2)}x)`);
+      }
+    }
+    if (mode === 'whole' && COMPARE) {
+      const rate = (ms: Measured[]) => median(ms.map((r) => r.phases[0]!.accepted / r.phases[0]!.seconds));
+      const suffix = `, ${JSON.stringify(COMPARE)}`;
+      for (const [name, changed] of byTarget) {
+        const base = name.endsWith(suffix) ? byTarget.get(name.slice(0, -suffix.length)) : undefined;
+        if (!base) continue;
+        const pairs = base.map((b, i) => changed[i] && (b.phases[0]!.accepted / b.phases[0]!.seconds) / (changed[i].phases[0]!.accepted / changed[i].phases[0]!.seconds));
+        console.log('');
+        console.log(`what ${JSON.stringify(COMPARE)} changes (closed loop, accepted msg/s, medians of ${base.length} run(s)): ${Math.round(rate(base)).toLocaleString('en')} as configured against ${Math.round(rate(changed)).toLocaleString('en')} so changed: ${(rate(base) / rate(changed)).toFixed(2)}x (run by run: ${pairs.map((x) => (x ? x.toFixed(2) : '-')).join(', ')})`);
       }
     }
     for (const [name, runs] of byTarget) {
