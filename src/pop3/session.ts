@@ -33,6 +33,14 @@ const MAX_QUEUED = 64;
 const OUT_BUFFER = 512 * 1024;
 /** Unknown or malformed commands tolerated per connection (Dovecot: 20). */
 const MAX_BAD_COMMANDS = 20;
+/**
+ * Messages read ahead of the client's RETR, in maildrop order, and their bytes together at most
+ * (one message is read ahead whatever its size). A client downloads a maildrop one RETR after the
+ * other: with one message ahead, each waited for the store's round trip of the next one; with a few
+ * in flight the store's reads overlap, as a disk's read-ahead does for Maildir files.
+ */
+const PREFETCH_MESSAGES = 4;
+const PREFETCH_BYTES = 2 * 1024 * 1024;
 
 export interface SessionDeps {
   config: Config;
@@ -82,7 +90,8 @@ export class Pop3Session {
   private quitting = false;
   private renewTimer: NodeJS.Timeout | undefined;
   private messages: Msg[] = [];
-  private prefetched: { n: number; it: AsyncIterator<Buffer[]>; first: Promise<IteratorResult<Buffer[]>> } | undefined;
+  /** Bodies being read ahead (prefetchAfter()), consecutive undeleted messages in order. */
+  private prefetched: { n: number; size: number; it: AsyncIterator<Buffer[]>; first: Promise<IteratorResult<Buffer[]>> }[] = [];
   private closing = false;
   private resolveClosed!: () => void;
   private readonly onData = (data: Buffer) => this.receive(data);
@@ -571,21 +580,27 @@ export class Pop3Session {
     await this.send(temp ? '-ERR [SYS/TEMP] Mailbox store unavailable; try again later.' : '-ERR [SYS/PERM] Message body is damaged.');
   }
 
-  /** Starts reading message `n` (its first pages) before the client asks for it. */
-  private prefetchBody(n: number): void {
-    this.dropPrefetch();
-    const msg = this.messages[n - 1];
-    if (!msg || msg.deleted) return;
-    const it = this.deps.store.readPages(msg.ref)[Symbol.asyncIterator]();
-    const first = it.next();
-    first.catch(() => {}); // a failure shows when (if) RETR n uses it
-    this.prefetched = { n, it, first };
+  /**
+   * Starts reading the messages after `n` (their first pages) before the client asks for them:
+   * up to PREFETCH_MESSAGES, PREFETCH_BYTES together, going on from those already read ahead.
+   */
+  private prefetchAfter(n: number): void {
+    let bytes = this.prefetched.reduce((a, p) => a + p.size, 0);
+    for (let k = (this.prefetched.at(-1)?.n ?? n) + 1; k <= this.messages.length && this.prefetched.length < PREFETCH_MESSAGES; k++) {
+      const msg = this.messages[k - 1]!;
+      if (msg.deleted) continue;
+      if (this.prefetched.length && bytes + msg.ref.size > PREFETCH_BYTES) break;
+      const it = this.deps.store.readPages(msg.ref)[Symbol.asyncIterator]();
+      const first = it.next();
+      first.catch(() => {}); // a failure shows when (if) RETR k uses it
+      this.prefetched.push({ n: k, size: msg.ref.size, it, first });
+      bytes += msg.ref.size;
+    }
   }
 
+  /** Stops the reads ahead (each once its first page is in: an iterator is not closed while it runs). */
   private dropPrefetch(): void {
-    const p = this.prefetched;
-    this.prefetched = undefined;
-    if (p) void p.first.then(() => p.it.return?.(undefined), () => {}).catch(() => {});
+    for (const p of this.prefetched.splice(0)) void p.first.then(() => p.it.return?.(undefined), () => {}).catch(() => {});
   }
 
   private async retr(args: string[]): Promise<void> {
@@ -594,17 +609,15 @@ export class Pop3Session {
     if (!p) return;
     let it: AsyncIterator<Buffer[]>;
     let first: Promise<IteratorResult<Buffer[]>>;
-    if (this.prefetched?.n === p.n) {
-      ({ it, first } = this.prefetched);
-      this.prefetched = undefined;
-    } else {
+    if (this.prefetched[0]?.n === p.n) ({ it, first } = this.prefetched.shift()!);
+    else {
+      // not the next message in order (a client that goes back, skips, or deleted one read ahead)
       this.dropPrefetch();
       it = this.deps.store.readPages(p.msg.ref)[Symbol.asyncIterator]();
       first = it.next();
     }
-    // clients read a maildrop in order: the next message's first pages are read while this one
-    // is sent, as a disk's read-ahead does for Maildir files
-    this.prefetchBody(p.n + 1);
+    // the messages after it are read while this one is sent
+    this.prefetchAfter(p.n);
     await this.sendBody(p.n, `+OK ${p.msg.ref.size} octets`, p.msg.ref.chunks, it, first);
   }
 

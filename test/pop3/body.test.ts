@@ -94,28 +94,46 @@ describe('pop3 bodies', { timeout: 180_000 }, () => {
     assert.equal(three.out.toString('latin1'), `${head}${body}\r\n`);
   });
 
-  test('TOP reads only the chunks its lines are in', async () => {
-    // a 2 MB message in 64 KB chunks, read through a forwarder that counts what Cassandra sends
+  /**
+   * A POP3 server over a store in 64 KB chunks whose Cassandra connection goes through a forwarder
+   * that counts what the node sends (proxy.down); `deliver` stores a message for `to` through it.
+   */
+  async function proxied(): Promise<{ proxy: TcpProxy; pop: Pop3Server; deliver: (to: string, raw: Buffer) => Promise<void>; close: () => Promise<void> }> {
     const node = f.contactPoint.split(':');
     const proxy = new TcpProxy(await freePort(), { host: node[0]!, port: Number(node[1]) });
     await proxy.open();
     const config = testConfig({ cassandra: { ...f.config.cassandra, contactPoints: [proxy.address], chunkSize: '64KB' }, pop3: { listen: '127.0.0.1:0', auth: { delay: '0s' } } });
     const store = new MailStore(config, silentLogger);
+    const pop = new Pop3Server({ config, store, directory: f.directory, log: silentLogger, tls: undefined });
+    await store.connect();
+    const delivery = new (await import('../../src/mailbox/delivery.ts')).MailboxDelivery(store, f.directory, config, silentLogger);
+    await pop.listen();
+    return {
+      proxy,
+      pop,
+      deliver: async (to, raw) => assert.equal((await delivery.deliver(queued({ from: FROM, to: [to], raw })))[0]!.status, 'delivered'),
+      close: async () => {
+        await pop.stop();
+        await store.close();
+        await proxy.close();
+      },
+    };
+  }
+
+  test('TOP reads only the chunks its lines are in', async () => {
+    // a 2 MB message in 64 KB chunks, read through a forwarder that counts what Cassandra sends
+    const p = await proxied();
     const bob = `bob@${D}`;
     await addUser(f.store, bob, 'bob-pw');
     const line = `${'0123456789'.repeat(7)}\r\n`;
     const big = Buffer.from(`From: ${FROM}\r\nSubject: big\r\n\r\n${line.repeat(Math.ceil((2 * 1024 * 1024) / line.length))}`);
-    const pop = new Pop3Server({ config, store, directory: f.directory, log: silentLogger, tls: undefined });
     try {
-      await store.connect();
-      const delivered = await new (await import('../../src/mailbox/delivery.ts')).MailboxDelivery(store, f.directory, config, silentLogger).deliver(queued({ from: FROM, to: [bob], raw: big }));
-      assert.equal(delivered[0]!.status, 'delivered');
-      await pop.listen();
-      const c = await Pop3Client.connect(pop.address.port);
+      await p.deliver(bob, big);
+      const c = await Pop3Client.connect(p.pop.address.port);
       assert.match(await c.login(bob, 'bob-pw'), /^\+OK/);
-      const before = proxy.down;
+      const before = p.proxy.down;
       const top = await c.multi('TOP 1 5');
-      const read = proxy.down - before;
+      const read = p.proxy.down - before;
       assert.equal(top.lines.length, 4 + 1 + 5, 'the four header lines, the blank line and five body lines');
       assert.ok(read < 100 * 1024, `TOP 1 5 read ${read} octets from Cassandra: the first 64 KB chunk, not more`);
       const all2 = await c.multi('TOP 1 999999999');
@@ -123,9 +141,48 @@ describe('pop3 bodies', { timeout: 180_000 }, () => {
       assert.equal(String(all2.data.length), size, 'TOP with a huge count sends the whole message');
       await c.quit();
     } finally {
-      await pop.stop();
-      await store.close();
-      await proxy.close();
+      await p.close();
+    }
+  });
+
+  test('RETR reads the next messages ahead, 2 MB of them at most, and each body is its own in any order, deleted ones left out', async () => {
+    // six messages of about 900 KB: after RETR 1 the two after it are read ahead (a third would
+    // pass 2 MB), so Cassandra has sent about three messages, not six
+    const p = await proxied();
+    const dora = `dora@${D}`;
+    await addUser(f.store, dora, 'dora-pw');
+    const KB900 = 900 * 1024;
+    try {
+      for (let i = 1; i <= 6; i++) {
+        const line = `message ${i} ${'abcdefghij'.repeat(6)}\r\n.a dotted line of ${i}\r\n`;
+        await p.deliver(dora, Buffer.from(`From: ${FROM}\r\nSubject: ahead ${i}\r\n\r\n${line.repeat(Math.floor(KB900 / line.length))}`));
+      }
+      const refs6 = await all(f.store.listMessages(dora, 'inbox', 100));
+      const bodies = await Promise.all(refs6.map((r) => f.store.readWholeBody(r)));
+      const c = await Pop3Client.connect(p.pop.address.port);
+      assert.match(await c.login(dora, 'dora-pw'), /^\+OK/);
+      const retr = async (n: number) => {
+        const r = await c.multi(`RETR ${n}`);
+        assert.ok(r.data.equals(bodies[n - 1]!), `RETR ${n}: ${r.data.length} octets, message ${n} is ${bodies[n - 1]!.length}`);
+      };
+      const before = p.proxy.down;
+      await retr(1);
+      const t0 = Date.now();
+      let read = 0;
+      // the reads ahead finish on their own; wait until what Cassandra sent stops growing
+      for (let last = -1; read !== last && Date.now() - t0 < 10_000; await new Promise((r) => setTimeout(r, 300))) [last, read] = [read, p.proxy.down - before];
+      const size = bodies[0]!.length;
+      assert.ok(read > 2.9 * size && read < 3.3 * size, `after RETR 1 Cassandra sent ${read} octets: message 1 and the two after it (${3 * size}), not all six (${6 * size})`);
+      await retr(2);
+      await retr(5); // a skip: the reads ahead start again after 5
+      await retr(3); // back
+      assert.match(await c.command('DELE 4'), /^\+OK/);
+      assert.match(await c.command('RETR 4'), /^-ERR/);
+      await retr(6);
+      await retr(1);
+      await c.quit();
+    } finally {
+      await p.close();
     }
   });
 
