@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
+import { everyCut } from '../helpers/cuts.ts';
 
 /** What the exchange `wire` (DATA's content onwards) carries: the message, and the command lines after it. */
 function reference(wire: string): { data: string; commands: string[] } {
@@ -59,12 +60,7 @@ describe('end of DATA and escape dots under every cut', () => {
     for (const text of texts) {
       const want = reference(text);
       const buf = Buffer.from(text, 'latin1');
-      for (let i = 1; i < buf.length; i++) {
-        for (let j = i; j < buf.length; j++) {
-          const parts = [buf.subarray(0, i), buf.subarray(i, j), buf.subarray(j)].filter((p) => p.length);
-          assert.deepEqual(await feed(parts), want, `${JSON.stringify(text)} cut at ${i}, ${j}`);
-        }
-      }
+      for (const { parts, at } of everyCut(buf)) assert.deepEqual(await feed(parts), want, `${JSON.stringify(text)} cut at ${at}`);
     }
   });
 
