@@ -26,7 +26,9 @@ if (stale) {
     // runs the project is checked just below). Errors still show.
     run('npm', ['install', '--no-audit', '--no-fund', '--loglevel=error']);
   } catch {
-    say('npm could not install the packages; check the network to the npm registry and run `npm install`');
+    // npm's own output above says why: the registry out of reach, or (from postinstall) a patch in
+    // patches/ that no longer applies to the version of its package in the lock
+    say('npm install failed (its output is above): check the network to the npm registry, or a patch in patches/ that no longer applies, then run `npm install`');
     process.exit(1);
   }
 }
