@@ -9,3 +9,10 @@ export function* everyCut(buf: Buffer): Generator<{ parts: Buffer[]; at: string 
     }
   }
 }
+
+/** `buf` in pieces of `size` octets (the last one shorter), as large writes reach a reader. */
+export function piecesOf(buf: Buffer, size: number): Buffer[] {
+  const out: Buffer[] = [];
+  for (let at = 0; at < buf.length; at += size) out.push(buf.subarray(at, at + size));
+  return out;
+}

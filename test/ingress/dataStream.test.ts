@@ -6,12 +6,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { SMTPStream } from 'smtp-server/lib/smtp-stream.js';
-import { everyCut } from '../helpers/cuts.ts';
+import { everyCut, piecesOf } from '../helpers/cuts.ts';
 
 /** What the exchange `wire` (DATA's content onwards) carries: the message, and the command lines after it. */
 function reference(wire: string): { data: string; commands: string[] } {
   const end = wire.startsWith('.\r\n') ? -2 : wire.indexOf('\r\n.\r\n');
-  assert.ok(end >= -2 && (end >= 0 || wire.startsWith('.\r\n')), 'the test text has an end of data');
+  assert.notEqual(end, -1, 'the test text has an end of data');
   const data = wire.slice(0, end + 2).replace(/^\.\./, '.').replace(/\n\.\./g, '\n.');
   const commands = wire.slice(end + 5).split('\r\n').slice(0, -1);
   return { data, commands };
@@ -68,10 +68,7 @@ describe('end of DATA and escape dots under every cut', () => {
     const line = `${'x'.repeat(70)}\r\n`;
     const body = `${line.repeat(3000)}..first\r\n${line.repeat(3000)}..second\r\n${line.repeat(10)}`;
     const text = `${body}.\r\nQUIT\r\n`;
-    const buf = Buffer.from(text, 'latin1');
-    const chunks: Buffer[] = [];
-    for (let at = 0; at < buf.length; at += 65_536) chunks.push(buf.subarray(at, at + 65_536));
-    const got = await feed(chunks);
+    const got = await feed(piecesOf(Buffer.from(text, 'latin1'), 65_536));
     assert.deepEqual(got.commands, ['QUIT']);
     assert.equal(got.data, body.replace(/\n\.\./g, '\n.'));
   });

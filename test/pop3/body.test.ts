@@ -12,7 +12,7 @@ import { silentLogger } from '../../src/log.ts';
 import { MailStore, type MessageRef } from '../../src/mailbox/store.ts';
 import { Pop3Server } from '../../src/pop3/server.ts';
 import { testConfig } from '../helpers/config.ts';
-import { freePort } from '../helpers/waitFor.ts';
+import { freePort, waitFor } from '../helpers/waitFor.ts';
 import { addUser, all, mailboxFixture, queued, type MailboxFixture } from '../mailbox/fixture.ts';
 import { TcpProxy } from '../mailbox/proxy.ts';
 import { curl, Pop3Client } from './client.ts';
@@ -167,10 +167,17 @@ describe('pop3 bodies', { timeout: 180_000 }, () => {
       };
       const before = p.proxy.down;
       await retr(1);
-      const t0 = Date.now();
-      let read = 0;
-      // the reads ahead finish on their own; wait until what Cassandra sent stops growing
-      for (let last = -1; read !== last && Date.now() - t0 < 10_000; await new Promise((r) => setTimeout(r, 300))) [last, read] = [read, p.proxy.down - before];
+      // the reads ahead finish on their own: what Cassandra sent, once it stops growing
+      let read = -1;
+      await waitFor(
+        () => {
+          const now = p.proxy.down - before;
+          const still = now === read;
+          read = now;
+          return still;
+        },
+        { every: 300, what: 'the reads ahead to end' },
+      );
       const size = bodies[0]!.length;
       assert.ok(read > 2.9 * size && read < 3.3 * size, `after RETR 1 Cassandra sent ${read} octets: message 1 and the two after it (${3 * size}), not all six (${6 * size})`);
       await retr(2);

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import DataStream from 'nodemailer/lib/smtp-connection/data-stream';
-import { everyCut } from '../helpers/cuts.ts';
+import { everyCut, piecesOf } from '../helpers/cuts.ts';
 
 const CR = 0x0d;
 const LF = 0x0a;
@@ -70,8 +70,6 @@ describe('dot-stuffing of the relay\'s DATA', () => {
   it('stuffs a long message in 64 KB writes as at once', async () => {
     const line = `${'y'.repeat(60)}\r\n`;
     const buf = Buffer.from(`${line.repeat(2000)}.one\r\n${line.repeat(2000)}.two\n${line.repeat(5)}\r.three\r\n`, 'latin1');
-    const parts: Buffer[] = [];
-    for (let at = 0; at < buf.length; at += 65_536) parts.push(buf.subarray(at, at + 65_536));
-    assert.ok((await stuffed(parts)).equals(reference(buf)));
+    assert.ok((await stuffed(piecesOf(buf, 65_536))).equals(reference(buf)));
   });
 });
