@@ -598,6 +598,9 @@ try {
   }
 
   const f = (x: number) => (Number.isNaN(x) ? '-' : x.toFixed(1));
+  /** A run's closed-loop rate (accepted msg/s), and the median over runs. */
+  const closedRate = (r: Measured) => r.phases[0]!.accepted / r.phases[0]!.seconds;
+  const rate = (ms: Measured[]) => median(ms.map(closedRate));
   for (const [mode, byTarget] of results) {
     console.log('');
     console.log(
@@ -626,7 +629,6 @@ try {
     const pf = [...byTarget].find(([name]) => name.startsWith('Postfix'))?.[1];
     for (const [name, sg] of byTarget) {
       if (!pf || name.startsWith('Postfix')) continue;
-      const rate = (ms: Measured[]) => median(ms.map((r) => r.phases[0]!.accepted / r.phases[0]!.seconds));
       console.log('');
       console.log(`${name} / Postfix accepted msg/s (closed loop): ${(rate(sg) / rate(pf)).toFixed(2)}x`);
       for (const i of RATES.keys()) {
@@ -635,12 +637,11 @@ try {
       }
     }
     if (mode === 'whole' && COMPARE) {
-      const rate = (ms: Measured[]) => median(ms.map((r) => r.phases[0]!.accepted / r.phases[0]!.seconds));
       const suffix = `, ${JSON.stringify(COMPARE)}`;
       for (const [name, changed] of byTarget) {
         const base = name.endsWith(suffix) ? byTarget.get(name.slice(0, -suffix.length)) : undefined;
         if (!base) continue;
-        const pairs = base.map((b, i) => changed[i] && (b.phases[0]!.accepted / b.phases[0]!.seconds) / (changed[i].phases[0]!.accepted / changed[i].phases[0]!.seconds));
+        const pairs = base.map((b, i) => changed[i] && closedRate(b) / closedRate(changed[i]));
         console.log('');
         console.log(`what ${JSON.stringify(COMPARE)} changes (closed loop, accepted msg/s, medians of ${base.length} run(s)): ${Math.round(rate(base)).toLocaleString('en')} as configured against ${Math.round(rate(changed)).toLocaleString('en')} so changed: ${(rate(base) / rate(changed)).toFixed(2)}x (run by run: ${pairs.map((x) => (x ? x.toFixed(2) : '-')).join(', ')})`);
       }
