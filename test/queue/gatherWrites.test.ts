@@ -29,8 +29,8 @@ describe('queue writes gathered per turn of the event loop', () => {
 
   it('sends the scripts of one turn in one write, in order, and those of later turns apart', async () => {
     const sends = countSends(client.stream as Socket);
+    // ten keys, then the same ten again in the same turn: the second ten answered 0, so the order held
     const first = Array.from({ length: 20 }, (_, i) => runScript<number>(client, 'markOnce', [`once:${i % 10}`, 60_000]));
-    // the same keys again, later in the same turn: answered 0, so the order held
     await nextTurn();
     assert.deepEqual(sends, { writes: 1, chunks: 20 });
     assert.deepEqual(await Promise.all(first), [...Array(10).fill(1), ...Array(10).fill(0)]);
