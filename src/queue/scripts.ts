@@ -3,8 +3,8 @@
 // defineCommand (EVALSHA, falling back to EVAL when the node does not know the script yet).
 import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Socket } from 'node:net';
 import type { Redis } from 'ioredis';
+import { corkForTurn } from '../net/turn.ts';
 
 export const LUA_DIR = join(import.meta.dirname, '..', '..', 'lua');
 
@@ -44,27 +44,14 @@ export type ScriptArg = string | number | Buffer;
 /**
  * Runs a script registered by defineScripts: its keys then its arguments, in the order its
  * header states; `buffers` asks for the reply's strings as Buffers (message bodies). The scripts
- * run in one turn of the event loop leave for the node in one write (gatherWrites()).
+ * run in one turn of the event loop leave for the node in one write (corkForTurn()).
  */
 export function runScript<T = unknown[]>(client: Redis, name: ScriptName, args: ScriptArg[], opts: { buffers?: boolean } = {}): Promise<T> {
   const fn = (client as unknown as Record<string, ((...a: ScriptArg[]) => Promise<T>) | undefined>)[opts.buffers ? `${name}Buffer` : name];
   if (!fn) throw new Error(`script ${name} is not defined on this client`);
-  gatherWrites(client);
+  // the queue writes of one turn come from many callbacks (each SMTP session's end of data, each
+  // delivery's reply, each batch): without this each was a write of its own to each replica, about
+  // 1.3 system calls per message per replica under bench:relay, each waking the node's process
+  if (client.stream) corkForTurn(client.stream);
   return fn.apply(client, args);
-}
-
-/**
- * Holds the client's socket writes until the check phase of this turn of the event loop, so that
- * every command issued meanwhile goes out in one system call. The queue writes of one turn come
- * from many callbacks (each SMTP session's end of data, each delivery's reply, each batch), and
- * without this each was a write of its own to each replica: about 1.3 system calls per message per
- * replica under `bench:relay`, each waking the node's process, where one turn's worth fits in one.
- * Nothing waits longer than the turn: the poll phase does not block while an immediate is due, and
- * the writes keep their order (a corked socket sends its buffered chunks in one writev).
- */
-function gatherWrites(client: Redis): void {
-  const socket = client.stream as Partial<Socket> | undefined;
-  if (!socket?.cork || socket.writableCorked || !socket.writable) return;
-  socket.cork();
-  setImmediate(() => socket.uncork!());
 }

@@ -1,7 +1,8 @@
 // src/ingress/smtp/connection.ts is the one place that uses smtp-server's internals. This test
 // fails, and says what changed, when the smtp-server installed is not the one the adapter was
 // checked against: its version, the body of SMTPServer.connect that the adapter repeats, and
-// every underscored member the adapter reads or overrides, on a real connection.
+// every underscored member the adapter reads or overrides, on a real connection; and the replies to
+// pipelined commands leaving in one write.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -11,6 +12,7 @@ import { SMTPServer, type SMTPServerSession } from 'smtp-server';
 import { SMTPConnection } from 'smtp-server/lib/smtp-connection.js';
 import { GatewayServer, type ConnectionRules, type GatewayConnection } from '../../src/ingress/smtp/connection.ts';
 import { reply } from '../../src/ingress/smtp/replies.ts';
+import { countSends } from '../helpers/sends.ts';
 import { waitFor } from '../helpers/waitFor.ts';
 
 const CHECKED = '3.21.6';
@@ -80,6 +82,12 @@ describe('smtp-server adapter (connection.ts)', () => {
       socket.write('EHLO client.test\r\nVRFY someone\r\n');
       await waitFor(() => /\r\n555 /.test(received), { what: 'the screen refused VRFY' });
       assert.deepEqual(screened, ['EHLO client.test', 'VRFY someone']);
+      // replies to pipelined commands written in one turn leave in one write (send() corks the
+      // socket for the turn): smtp-server answers MAIL and RCPT in one turn here, DATA in a later one
+      const sends = countSends(conn._socket as Socket);
+      socket.write('MAIL FROM:<a@client.test>\r\nRCPT TO:<b@server.test>\r\nDATA\r\n');
+      await waitFor(() => /\r\n354 /.test(received), { what: 'the reply to DATA' });
+      assert.deepEqual(sends, { writes: 2, chunks: 3 });
     } finally {
       socket.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));

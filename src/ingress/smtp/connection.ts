@@ -13,6 +13,7 @@ import type { TLSSocket } from 'node:tls';
 import { SMTPServer, type SMTPServerOptions, type SMTPServerSession } from 'smtp-server';
 import { SMTPConnection, type SMTPConnectionOptions } from 'smtp-server/lib/smtp-connection.js';
 import { ENHANCED_PREFIX, LIBRARY_REPLIES, REPLIES, type SmtpReply, type ReplyName } from './replies.ts';
+import { corkForTurn } from '../../net/turn.ts';
 
 /**
  * smtp-server's connection, with the replies it writes made to follow the catalogue: a reply text
@@ -21,7 +22,6 @@ import { ENHANCED_PREFIX, LIBRARY_REPLIES, REPLIES, type SmtpReply, type ReplyNa
  * timeouts, over-long lines and the like are replaced by the catalogue's.
  */
 export class GatewayConnection extends SMTPConnection {
-  private corked: Socket | TLSSocket | undefined;
   /** Error replies and junk commands on this connection since its last queued message. */
   private errors = 0;
   private junk = 0;
@@ -88,15 +88,7 @@ export class GatewayConnection extends SMTPConnection {
     // segment: the socket is corked until the turn ends (RFC 2920 lets a server group them).
     // Not the 220s (the greeting, and STARTTLS, after which TLS takes the socket over) nor the
     // replies after which the connection closes.
-    const socket = this._socket;
-    if (!this.corked && code !== 220 && code !== 221 && code !== 421 && !socket.destroyed && socket.writable) {
-      this.corked = socket;
-      socket.cork();
-      setImmediate(() => {
-        this.corked = undefined;
-        if (socket.writableCorked) socket.uncork();
-      });
-    }
+    if (code !== 220 && code !== 221 && code !== 421) corkForTurn(this._socket);
     if (Array.isArray(data) && code === 250 && !this.secure && this.rules.authOnlyOverTls) {
       // the EHLO reply: AUTH is not offered before STARTTLS (Postfix smtpd_tls_auth_only), so
       // that no client sends its password in the clear to find out it must not
