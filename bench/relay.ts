@@ -5,8 +5,12 @@
 // system's Postfix setup and port 25 are never touched).
 //
 // The gateway side: SMTP ingress, replicated queue and relay in a child process of their own (as
-// Postfix runs in processes of its own); the load generator and the sinks are in this process for
-// both sides. A third row gives the relay alone, draining a queue filled beforehand.
+// Postfix runs in processes of its own). The load and the sinks are Postfix's smtp-source and
+// smtp-sink (bench/lib/postfixTools.ts: C programs that cost the two cores little, so the figures
+// measure the systems, not the harness); BENCH_HARNESS=node puts them in this process instead
+// (nodemailer clients that reconnect every 100 messages, smtp-server sinks), as the figures before
+// were taken. After each measured run the CPU seconds of every process are printed. A third row
+// gives the relay alone, draining a queue filled beforehand.
 //
 // The events path's share of the gateway's CPU at its top rate: the gateway run again with the
 // lifecycle events published (an events Redis of its own) and archived into Cassandra (the event
@@ -30,6 +34,8 @@
 //                                  the events path's shares are printed per round and as medians)
 //                                  BENCH_WORKERS=auto|N (a row more: the whole gateway as deployed, `streamgate
 //                                  start` with gateway.workers, events published and archived into Cassandra)
+//                                  BENCH_HARNESS=c|node (load and sinks: Postfix's smtp-source and smtp-sink, or
+//                                  nodemailer and smtp-server in this process)
 import { spawn } from 'node:child_process';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -41,9 +47,10 @@ import { QueueManager } from '../src/queue/manager.ts';
 import { Relay } from '../src/relay/relay.ts';
 import { testConfig } from '../test/helpers/config.ts';
 import { startRedisPool } from '../test/helpers/redis.ts';
-import { startSmtpSink, type SmtpSink } from '../test/helpers/smtpSink.ts';
+import { startSmtpSink } from '../test/helpers/smtpSink.ts';
+import { smtpSource, startCSink, type CountingSink } from './lib/postfixTools.ts';
 import { freePort, waitFor } from '../test/helpers/waitFor.ts';
-import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
+import { masterPid, postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 import { lowestCursor, newMessageId } from '../src/message/ids.ts';
 import { randomBytes } from 'node:crypto';
 import { Redis } from 'ioredis';
@@ -55,7 +62,7 @@ import { cassandraForTests } from '../test/helpers/cassandra.ts';
 import { startRedis } from '../test/helpers/redis.ts';
 import { StageProfiler, stackShare } from './lib/stages.ts';
 import { startGatewayProcess } from './lib/gatewayProcess.ts';
-import { childrenOf, procCpu, treeCpu } from './lib/cpu.ts';
+import { childrenOf, machineCpu, pidOnPort, procCpu, treeCpu } from './lib/cpu.ts';
 import { median } from './lib/stats.ts';
 import { tuneHeap } from '../src/heap.ts';
 import { availableParallelism } from 'node:os';
@@ -78,6 +85,8 @@ const WARMUP = Number(process.env.BENCH_WARMUP ?? 1000);
 const RUNS = Math.max(1, Number(process.env.BENCH_RUNS ?? 1));
 /** gateway.workers of the whole gateway's row ("auto" or a number); unset: no such row. */
 const WORKERS = process.env.BENCH_WORKERS;
+/** The load and the sinks: Postfix's smtp-source and smtp-sink (C), or nodemailer and smtp-server in this process. */
+const HARNESS: 'c' | 'node' = process.env.BENCH_HARNESS === 'node' ? 'node' : 'c';
 /** Source paths of the events path, for the profile's share, and of its parts. */
 const EVENTS_PATH = /\/src\/events\/|\/bullmq\/|\/cassandra-driver\/|\/src\/queue\/historyBudget/;
 const EVENTS_PARTS: [string, RegExp][] = [
@@ -95,8 +104,69 @@ function message(i: number): Buffer {
   return Buffer.from(head + body + 'x'.repeat(Math.max(0, size - head.length - body.length - 2)) + '\r\n');
 }
 
+/** What a load run did: messages refused at SMTP, the CPU seconds of a load generator of its own (the C harness). */
+interface Injected {
+  failed: number;
+  cpu?: number;
+}
+
+/**
+ * Sends `count` messages over SMTP with CLIENTS sessions, resolves when all are accepted: with
+ * smtp-source, 70% of the sessions send messages of 1 KB and 30% of 10 KB (each about that size
+ * with its headers), each session one connection; or with nodemailer in this process.
+ */
+async function inject(port: number, count = N): Promise<Injected> {
+  if (HARNESS === 'node') return { failed: await injectNode(port, count) };
+  const small = Math.round(count * 0.7);
+  const smallSessions = Math.max(1, Math.round(CLIENTS * 0.7));
+  return {
+    failed: 0,
+    ...(await smtpSource(
+      port,
+      [
+        { sessions: smallSessions, messages: small, payload: 900 },
+        { sessions: Math.max(1, CLIENTS - smallSessions), messages: count - small, payload: 10_100 },
+      ],
+      { from: 'load@src.test', to: `r@${DOMAIN}`, helo: 'load.src.test' },
+    )),
+  };
+}
+
+/** The sinks of this run's harness (see HARNESS). */
+async function startSink(): Promise<CountingSink> {
+  if (HARNESS === 'c') return startCSink();
+  const s = await startSmtpSink({ hideStartTls: true });
+  return { port: s.port, received: () => s.messages.length, cpu: () => undefined, close: () => s.close() };
+}
+
+/** A reading of a process's (or a process tree's) CPU seconds, undefined when it has none of its own. */
+type CpuReader = [name: string, read: () => number | undefined];
+const pidCpu = (name: string, pid: number | undefined): CpuReader => [name, () => procCpu(pid)];
+
+/**
+ * CPU seconds per process from now until the returned function is called, with the load
+ * generator's (the C harness: what its runs used; the node harness: this process, its load and
+ * sinks) and the machine's (all cores).
+ */
+function cpuSpan(readers: CpuReader[]): (load: Injected) => string {
+  const read = () => readers.map(([k, r]) => [k, r()] as const);
+  const self = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1e6;
+  };
+  const [p0, m0, s0, t0] = [read(), machineCpu(), self(), performance.now()];
+  return (load) => {
+    const secs = (performance.now() - t0) / 1000;
+    const parts = read().flatMap(([k, v], i) => (v === undefined ? [] : [`${k} ${(v - (p0[i]![1] ?? 0)).toFixed(1)}`]));
+    if (HARNESS === 'c') parts.push(`load generator ${(load.cpu ?? 0).toFixed(1)}`);
+    else parts.push(`load generator and sinks (this process) ${(self() - s0).toFixed(1)}`);
+    const cores = availableParallelism();
+    return `cpu s: ${parts.join(', ')}; machine ${(machineCpu() - m0).toFixed(1)} of ${(secs * cores).toFixed(1)} (${cores} cores × ${secs.toFixed(1)} s)`;
+  };
+}
+
 /** Sends `count` messages over SMTP with CLIENTS connections (nodemailer), resolves when all are accepted. */
-async function inject(port: number, count = N): Promise<number> {
+async function injectNode(port: number, count: number): Promise<number> {
   let next = 0;
   let failed = 0;
   const client = async () => {
@@ -140,6 +210,8 @@ interface Figure {
   parts?: Record<string, number>;
   /** Queue script calls (EVALSHA) on one replica per message: the group commit's batches. */
   scriptsPerMsg?: number;
+  /** CPU seconds per process while it was measured (cpuSpan()). */
+  cpu?: string;
 }
 
 /** EVALSHA calls a Redis node has served. */
@@ -171,18 +243,18 @@ interface ChildStatus {
 }
 
 /** The warm-up (WARMUP messages through the target, all of them at the sink), before a measured run. */
-async function warmUp(port: number, sink: SmtpSink, what: string): Promise<void> {
+async function warmUp(port: number, sink: CountingSink, what: string): Promise<void> {
   if (!WARMUP) return;
-  const before = sink.messages.length;
-  const failed = await inject(port, WARMUP);
-  await waitFor(() => sink.messages.length - before >= WARMUP - failed, { timeout: 600_000, every: 20, what: `${what}: the warm-up at the sink` });
+  const before = sink.received();
+  const { failed } = await inject(port, WARMUP);
+  await waitFor(() => sink.received() - before >= WARMUP - failed, { timeout: 600_000, every: 20, what: `${what}: the warm-up at the sink` });
 }
 
 /**
  * The gateway runs in a child process of its own (QueueManager, relay, SMTP ingress), as Postfix
  * runs in processes of its own: the load generator and the sink stay in this process for both.
  */
-async function runGateway(sink: SmtpSink, name = 'streamgate', events?: Omit<EventsSetting, 'redis'>): Promise<Figure> {
+async function runGateway(sink: CountingSink, name = 'streamgate', events?: Omit<EventsSetting, 'redis'> & { cassandraPid: number | undefined }): Promise<Figure> {
   const pool = await startRedisPool(2);
   const eventsRedis = events ? await startRedis({ maxmemory: '1gb' }) : undefined;
   const port = await freePort();
@@ -201,21 +273,29 @@ async function runGateway(sink: SmtpSink, name = 'streamgate', events?: Omit<Eve
     const eventsDone = (what: string) => waitFor(async () => { const st = await ask('status'); return st.archived >= st.emitted && st.sent >= st.emitted; }, { timeout: 600_000, every: 100, what });
     await warmUp(port, sink, name);
     if (events) await eventsDone('the warm-up\'s events archived and published');
-    const before = sink.messages.length;
+    const before = sink.received();
     const c0 = await scriptCalls(pool[0]!.url);
     const s0 = await ask('start');
+    const span = cpuSpan([
+      pidCpu('gateway', child.pid),
+      ...pool.map((r) => pidCpu(`redis :${r.port}`, r.proc.pid)),
+      ...(events ? [pidCpu('events redis', eventsRedis!.proc.pid), pidCpu('Cassandra', events.cassandraPid)] : []),
+      ['sink', () => sink.cpu()],
+    ]);
     const t0 = Date.now();
-    const failed = await inject(port);
+    const load = await inject(port);
+    const { failed } = load;
     const injected = Date.now();
-    await waitFor(() => sink.messages.length - before >= N - failed, { timeout: 600_000, every: 20, what: 'gateway: all at the sink' });
+    await waitFor(() => sink.received() - before >= N - failed, { timeout: 600_000, every: 20, what: 'gateway: all at the sink' });
     const t1 = Date.now();
     // the CPU counted runs until the events path has caught up with every event of the run
     if (events) await eventsDone('events archived and published');
+    const cpu = span(load);
     const s1 = await ask('stop');
     const c1 = await scriptCalls(pool[0]!.url);
     const how = events ? `, events published (${events.batch ? `events.batch ${events.batch}` : 'one job per event'}) and archived into Cassandra` : ', no events path';
     const note = `SMTP ingress → replicated queue (2 Redis nodes) → relay → sink, the gateway in its own process${how}${failed ? ` (${failed} refused at SMTP)` : ''}`;
-    return { name, msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note, cpuPerMsg: (s1.cpuMs - s0.cpuMs) / N, profileShare: s1.share, parts: s1.parts, scriptsPerMsg: (c1 - c0) / N };
+    return { name, msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note, cpuPerMsg: (s1.cpuMs - s0.cpuMs) / N, profileShare: s1.share, parts: s1.parts, scriptsPerMsg: (c1 - c0) / N, cpu };
   } finally {
     child.kill('SIGTERM');
     await new Promise((r) => (child.exitCode === null ? child.once('exit', r) : r(null)));
@@ -233,7 +313,8 @@ if (process.argv[2] === 'serve') {
     routes: { [DOMAIN]: `smtp://127.0.0.1:${settings.sinkPort}` },
     relay: { limits: { destinations: { [DOMAIN]: { connections: CONNECTIONS } } } },
     domains: { local: [], relay: [DOMAIN] },
-    smtp: { listen: `127.0.0.1:${settings.port}` },
+    // smtp-source sends all of a session's messages over one connection
+    smtp: { listen: `127.0.0.1:${settings.port}`, maxMessagesPerConnection: 1_000_000_000 },
     submission: { listen: '127.0.0.1:0' },
     ...(ev ? { events: { redis: ev.redis, batch: ev.batch }, cassandra: { contactPoints: [ev.contactPoint], keyspace: ev.keyspace } } : {}),
   });
@@ -291,7 +372,7 @@ if (process.argv[2] === 'serve') {
   await new Promise(() => {}); // serve until SIGTERM
 }
 
-async function runPostfix(sink: SmtpSink): Promise<Figure | string> {
+async function runPostfix(sink: CountingSink): Promise<Figure | string> {
   let pf: PostfixInstance;
   const port = await freePort();
   try {
@@ -312,13 +393,16 @@ async function runPostfix(sink: SmtpSink): Promise<Figure | string> {
   }
   try {
     await warmUp(port, sink, 'postfix');
-    const before = sink.messages.length;
+    const before = sink.received();
+    const master = masterPid(pf);
+    const span = cpuSpan([['Postfix', () => treeCpu(master)], ['sink', () => sink.cpu()]]);
     const t0 = Date.now();
-    const failed = await inject(port);
+    const load = await inject(port);
+    const { failed } = load;
     const injected = Date.now();
-    await waitFor(() => sink.messages.length - before >= N - failed, { timeout: 600_000, every: 20, what: 'postfix: all at the sink' });
+    await waitFor(() => sink.received() - before >= N - failed, { timeout: 600_000, every: 20, what: 'postfix: all at the sink' });
     const t1 = Date.now();
-    return { name: 'postfix', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note: `Postfix ${postfixVersion()}, private instance, default limits (20 connections per destination), disk queue${failed ? `, ${failed} refused` : ''}` };
+    return { name: 'postfix', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note: `Postfix ${postfixVersion()}, private instance, default limits (20 connections per destination), disk queue${failed ? `, ${failed} refused` : ''}`, cpu: span(load) };
   } catch (err) {
     return `postfix run failed: ${(err as Error).message.split('\n')[0]}`;
   } finally {
@@ -332,7 +416,7 @@ async function runPostfix(sink: SmtpSink): Promise<Figure | string> {
  * the event log in Cassandra; relaying to the sink over CONNECTIONS connections per worker. The
  * CPU is the gateway's process tree (the primary and its workers).
  */
-async function runWholeGateway(sink: SmtpSink, workers: string): Promise<Figure> {
+async function runWholeGateway(sink: CountingSink, workers: string): Promise<Figure> {
   const pool = await startRedisPool(3);
   const eventsRedis = await startRedis({ maxmemory: '1gb' });
   const cassandra = await cassandraForTests();
@@ -355,20 +439,29 @@ async function runWholeGateway(sink: SmtpSink, workers: string): Promise<Figure>
   const name = `workers ${n === 'auto' ? `auto (${availableParallelism()})` : n}`;
   try {
     await warmUp(gp.smtpPort, sink, name);
-    const before = sink.messages.length;
+    const before = sink.received();
     // the CPU of each process: the primary, each worker (its children)
     const procs = () => new Map([[`primary`, gp.gw.pid!], ...childrenOf(gp.gw.pid!).map((pid, i) => [`worker ${i + 1}`, pid] as const)]);
     const per0 = new Map([...procs()].map(([k, pid]) => [k, procCpu(pid)]));
     const cpu0 = treeCpu(gp.gw.pid);
+    const span = cpuSpan([
+      ...[...procs()].map(([k, pid]) => pidCpu(k, pid)),
+      ...pool.map((r) => pidCpu(`redis :${r.port}`, r.proc.pid)),
+      pidCpu('events redis', eventsRedis.proc.pid),
+      pidCpu('Cassandra', pidOnPort(cassandra.port)),
+      ['sink', () => sink.cpu()],
+    ]);
     const t0 = Date.now();
-    const failed = await inject(gp.smtpPort);
+    const load = await inject(gp.smtpPort);
+    const { failed } = load;
     const injected = Date.now();
-    await waitFor(() => sink.messages.length - before >= N - failed, { timeout: 600_000, every: 20, what: `${name}: all at the sink` });
+    await waitFor(() => sink.received() - before >= N - failed, { timeout: 600_000, every: 20, what: `${name}: all at the sink` });
     const t1 = Date.now();
+    const cpu = span(load);
     const cpuPerMsg = ((treeCpu(gp.gw.pid) - cpu0) * 1000) / N;
     const per = [...procs()].map(([k, pid]) => `${k} ${((1e6 * (procCpu(pid) - (per0.get(k) ?? 0))) / N).toFixed(0)} µs`).join(', ');
     const note = `the whole gateway (streamgate start, gateway.workers ${n}): SMTP ingress → replicated queue (3 Redis nodes) → relay → sink, events published and archived into Cassandra; CPU per message: ${per}${failed ? ` (${failed} refused at SMTP)` : ''}`;
-    return { name, msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note, cpuPerMsg };
+    return { name, msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note, cpuPerMsg, cpu };
   } finally {
     await gp.stop();
     await Promise.all([...pool, eventsRedis].map((r) => r.stop()));
@@ -384,7 +477,7 @@ async function dropKeyspace(contactPoint: string, keyspace: string): Promise<voi
 }
 
 /** The relay alone: N messages already queued, then the relay started; time until all are at the sink. */
-async function runRelayOnly(sink: SmtpSink): Promise<Figure> {
+async function runRelayOnly(sink: CountingSink): Promise<Figure> {
   const pool = await startRedisPool(2);
   const config = testConfig({
     gateway: { id: 'bench-drain' },
@@ -406,7 +499,7 @@ async function runRelayOnly(sink: SmtpSink): Promise<Figure> {
   const t0 = Date.now();
   const relay = new Relay(qm, config, silentLogger);
   relay.start();
-  await waitFor(() => sink.messages.length >= N && qm.depth(DOMAIN).inflight === 0, { timeout: 600_000, every: 10, what: 'drain' });
+  await waitFor(() => sink.received() >= N && qm.depth(DOMAIN).inflight === 0, { timeout: 600_000, every: 10, what: 'drain' });
   const t1 = Date.now();
   await relay.stop();
   await qm.stop();
@@ -414,18 +507,19 @@ async function runRelayOnly(sink: SmtpSink): Promise<Figure> {
   return { name: 'relay only', msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: 0, note: `queue already full → relay (take, deliver, settle on 2 replicas) → sink, ${CONNECTIONS} connections` };
 }
 
-const drainSink = await startSmtpSink({ hideStartTls: true });
+const drainSink = await startSink();
 const drain = await runRelayOnly(drainSink);
 await drainSink.close();
-const gwSink = await startSmtpSink({ hideStartTls: true });
-const pfSink = await startSmtpSink({ hideStartTls: true });
-console.log(`relay benchmark: ${N} messages per side (70% 1 KB / 30% 10 KB), ${CLIENTS} SMTP clients, sinks on loopback; each side measured after ${WARMUP} messages through it end to end (BENCH_WARMUP)`);
+const gwSink = await startSink();
+const pfSink = await startSink();
+const harness = HARNESS === 'c' ? `Postfix's smtp-source (${CLIENTS} sessions, one connection each, 70% of them sending 1 KB messages, 30% 10 KB) and smtp-sink` : `${CLIENTS} nodemailer clients (70% 1 KB / 30% 10 KB, reconnecting every 100 messages) and smtp-server sinks, in this process`;
+console.log(`relay benchmark: ${N} messages per side; load and sinks: ${harness}, on loopback; each side measured after ${WARMUP} messages through it end to end (BENCH_WARMUP)`);
 // each round: the gateway without the events path, then with it, one job per event and batched
 const rounds: { gw: Figure; withEvents: Figure[] }[] = [];
 const cassandra = EVENTS_BATCH ? await cassandraForTests() : undefined;
 const withEventsRun = async (batch: number | false): Promise<Figure> => {
   const keyspace = `sg_bench_relay_${randomBytes(3).toString('hex')}`;
-  const f = await runGateway(gwSink, batch ? `+ events, batch ${batch}` : '+ events', { contactPoint: cassandra!.contactPoint, keyspace, batch });
+  const f = await runGateway(gwSink, batch ? `+ events, batch ${batch}` : '+ events', { contactPoint: cassandra!.contactPoint, keyspace, batch, cassandraPid: pidOnPort(cassandra!.port) });
   await dropKeyspace(cassandra!.contactPoint, keyspace);
   return f;
 };
@@ -458,6 +552,8 @@ else {
   console.log(`streamgate / postfix: ${(pf.seconds / gw.seconds).toFixed(2)}×`);
   if (whole) console.log(`streamgate, ${whole.name} (the whole gateway) / postfix: ${(pf.seconds / whole.seconds).toFixed(2)}×; the gateway's processes ${(whole.cpuPerMsg! * 1000).toFixed(0)} µs of CPU per message`);
 }
+console.log('CPU seconds per process while each was measured:');
+for (const f of [gw, ...withEvents, ...(whole ? [whole] : []), ...(typeof pf === 'string' ? [] : [pf])]) if (f.cpu) console.log(`  ${f.name}: ${f.cpu}`);
 const rate = (f: Figure) => f.msgs / f.seconds;
 /** CPU ms per message outside the events path's frames (the profile's share of the run taken off). */
 const restPerMsg = (f: Figure) => f.cpuPerMsg! * (1 - (f.profileShare ?? 0));

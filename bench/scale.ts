@@ -13,7 +13,7 @@ import { startRedis, startRedisPool } from '../test/helpers/redis.ts';
 import { waitFor } from '../test/helpers/waitFor.ts';
 import { machineCpu, procCpu } from './lib/cpu.ts';
 import { startGatewayProcess } from './lib/gatewayProcess.ts';
-import { startSinkProcess } from './lib/sinkServer.ts';
+import { startCSink } from './lib/postfixTools.ts';
 import { SmtpSession } from './lib/smtpSession.ts';
 
 const QUEUES = Number(process.env.BENCH_QUEUES ?? 1000);
@@ -22,7 +22,7 @@ const TOKEN = 'bench-scale-token-0123456789abcdef';
 
 const pool = await startRedisPool(3, { maxmemory: '1gb' });
 const events = await startRedis();
-const sink = await startSinkProcess();
+const sink = await startCSink();
 const gw = await startGatewayProcess('scale', {
   poolUrls: pool.map((r) => r.url),
   eventsUrl: events.url,
@@ -82,7 +82,7 @@ try {
     }),
   );
   for (const s of sessions) s.close();
-  await waitFor(async () => (await sink.count()) >= QUEUES - refused, { timeout: 300_000, what: 'every message at the sink' });
+  await waitFor(async () => sink.received() >= QUEUES - refused, { timeout: 300_000, what: 'every message at the sink' });
   rows.push(await idleRow(`${QUEUES.toLocaleString('en')} queues, each delivered and empty`));
   console.log('');
   console.log(`One member (streamgate start, one process, no Cassandra), ${IDLE} s idle per state; ${refused} of ${QUEUES} messages refused`);
@@ -96,7 +96,7 @@ try {
 } finally {
   for (const c of clients) c.disconnect();
   await gw.stop();
-  sink.stop();
+  await sink.close();
   await Promise.all([...pool, events].map((r) => r.stop()));
 }
 process.exit(0);

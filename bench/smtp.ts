@@ -29,7 +29,7 @@
 //            stores it durably and replies but does not deliver it.
 //   whole    the whole gateway (`streamgate start`: ingress, relay delivering to an SMTP sink,
 //            events publisher on an events Redis of its own, Cassandra connected), and Postfix
-//            relaying to the same sink; the sink is a process of its own. Every accepted message
+//            relaying to the same sink; the sink is Postfix's smtp-sink. Every accepted message
 //            is checked at the sink at the end.
 //   both     ingress, then whole.
 // The client is untrusted; relay.bench.test is a relay domain of both targets.
@@ -84,8 +84,8 @@ import { stringify as toYaml } from 'yaml';
 import type { LoopSnapshot } from '../src/ops/loopStats.ts';
 import { ReplyGc, SLOW_MS, type ReplyInside } from './lib/replyGc.ts';
 import { childrenOf, machineCpu, pidOnPort, procCpu, treeCpu } from './lib/cpu.ts';
-import { startSinkProcess, type SinkProcess } from './lib/sinkServer.ts';
-import { postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
+import { startCSink, type CountingSink } from './lib/postfixTools.ts';
+import { masterPid, postfixVersion, startPostfix, type PostfixInstance } from './lib/postfix.ts';
 import { SmtpSession as Session } from './lib/smtpSession.ts';
 import { median } from './lib/stats.ts';
 
@@ -346,7 +346,7 @@ async function startIngressGateway(dir: string, workers: number | 'auto'): Promi
 }
 
 /** The whole gateway (`streamgate start`), relaying to the sink, events on a Redis of its own, Cassandra connected. */
-async function startWholeGateway(dir: string, sink: SinkProcess, workers: number | 'auto', compare?: Record<string, Record<string, unknown>>): Promise<Target> {
+async function startWholeGateway(dir: string, sink: CountingSink, workers: number | 'auto', compare?: Record<string, Record<string, unknown>>): Promise<Target> {
   const [{ startRedisPool, startRedis }, { cassandraForTests }, { freePort, waitFor }] = await Promise.all([
     import('../test/helpers/redis.ts'),
     import('../test/helpers/cassandra.ts'),
@@ -385,7 +385,7 @@ async function startWholeGateway(dir: string, sink: SinkProcess, workers: number
     },
     { timeout: 180_000, what: 'the whole gateway' },
   );
-  const before = await sink.count();
+  const before = sink.received();
   const several = workers === 'auto' ? availableParallelism() > 1 : workers > 1;
   const cassandraPid = pidOnPort(cassandra.port);
   return {
@@ -397,7 +397,7 @@ async function startWholeGateway(dir: string, sink: SinkProcess, workers: number
         ...redisCpu(pool),
         ['events redis', procCpu(events.proc.pid)],
         ['Cassandra', procCpu(cassandraPid)],
-        ['sink', procCpu(sink.pid)],
+        ['sink', sink.cpu() ?? 0],
       ]),
     loop: several ? undefined : async () => {
       const text = await metrics();
@@ -409,7 +409,7 @@ async function startWholeGateway(dir: string, sink: SinkProcess, workers: number
       };
     },
     check: (accepted) => checkSink(sink, before, accepted, 'streamgate'),
-    delivered: async () => (await sink.count()) - before,
+    delivered: async () => (sink.received()) - before,
     async stop() {
       child.kill('SIGTERM');
       await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
@@ -419,17 +419,17 @@ async function startWholeGateway(dir: string, sink: SinkProcess, workers: number
 }
 
 /** Waits (up to two minutes) for every accepted message at the sink. */
-async function checkSink(sink: SinkProcess, before: number, accepted: number, who: string): Promise<string> {
+async function checkSink(sink: CountingSink, before: number, accepted: number, who: string): Promise<string> {
   const t0 = Date.now();
-  let got = (await sink.count()) - before;
+  let got = (sink.received()) - before;
   while (got < accepted && Date.now() - t0 < 120_000) {
     await sleep(250);
-    got = (await sink.count()) - before;
+    got = (sink.received()) - before;
   }
   return `${who} 250s ${accepted}, at the sink ${got} after ${((Date.now() - t0) / 1000).toFixed(1)} s: ${got === accepted ? 'every 250 delivered' : got > accepted ? 'MORE than accepted' : 'MISSING'}`;
 }
 
-async function startPostfixTarget(dir: string, sink?: SinkProcess): Promise<Target> {
+async function startPostfixTarget(dir: string, sink?: CountingSink): Promise<Target> {
   const { freePort } = await import('../test/helpers/waitFor.ts');
   const port = await freePort();
   chmodSync(dir, 0o755); // Postfix's daemons run as the postfix user
@@ -448,14 +448,14 @@ async function startPostfixTarget(dir: string, sink?: SinkProcess): Promise<Targ
     ],
   });
   postfixes.add(instance);
-  const before = sink ? await sink.count() : 0;
-  const master = Number(readFileSync(join(instance.queueDir, 'pid', 'master.pid'), 'utf8').trim()) || undefined;
+  const before = sink ? sink.received() : 0;
+  const master = masterPid(instance);
   return {
     name: `Postfix ${postfixVersion()}`,
     port,
-    cpu: () => new Map([['Postfix', treeCpu(master)], ...(sink ? [['sink', procCpu(sink.pid)] as const] : [])]),
+    cpu: () => new Map([['Postfix', treeCpu(master)], ...(sink ? [['sink', sink.cpu() ?? 0] as const] : [])]),
     check: async (accepted) => (sink ? checkSink(sink, before, accepted, 'Postfix') : `Postfix 250s ${accepted}, hold queue ${instance.queued('hold')} files`),
-    ...(sink ? { delivered: async () => (await sink.count()) - before } : {}),
+    ...(sink ? { delivered: async () => (sink.received()) - before } : {}),
     async stop() {
       instance.stop();
       postfixes.delete(instance);
@@ -560,10 +560,10 @@ async function measure(t: Target, warmup: number, ownMaxShare?: number): Promise
 const dir = mkdtempSync(join(tmpdir(), 'sg-bench-smtp-'));
 const postfixes = new Set<PostfixInstance>();
 const stops: (() => Promise<void>)[] = [];
-let sink: SinkProcess | undefined;
+let sink: CountingSink | undefined;
 process.once('exit', () => {
   for (const p of postfixes) p.stop();
-  sink?.stop();
+  void sink?.close(); // its SIGTERM is sent at once
 });
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
 
@@ -576,7 +576,7 @@ try {
   const results = new Map<string, Map<string, Measured[]>>();
   for (let run = 0; run < RUNS; run++) {
     for (const mode of modes) {
-      if (mode === 'whole') sink ??= await startSinkProcess();
+      if (mode === 'whole') sink ??= await startCSink();
       const byTarget = results.get(mode) ?? new Map<string, Measured[]>();
       results.set(mode, byTarget);
       // with BENCH_WHOLE_COMPARE each streamgate target is measured twice, as configured and so changed, in turn
@@ -669,7 +669,7 @@ try {
 } finally {
   for (const stop of stops) await stop().catch(() => {});
   for (const p of postfixes) p.stop();
-  sink?.stop();
+  await sink?.close();
   rmSync(dir, { recursive: true, force: true });
 }
 process.exit(0);

@@ -27,6 +27,11 @@ export function ensurePostfix(): void {
   if (!existsSync(POSTFIX)) throw new Error('postfix not installed (apt-get install postfix failed)');
 }
 
+/** The pid of a running instance's master process (its tree: every Postfix process of the instance). */
+export function masterPid(instance: PostfixInstance): number | undefined {
+  return Number(readFileSync(join(instance.queueDir, 'pid', 'master.pid'), 'utf8').trim()) || undefined;
+}
+
 /** The installed Postfix's version, e.g. "3.7.11". */
 export function postfixVersion(): string {
   return execFileSync(POSTCONF, ['-d', '-h', 'mail_version'], { encoding: 'utf8' }).trim();
