@@ -409,7 +409,7 @@ async function startWholeGateway(dir: string, sink: CountingSink, workers: numbe
       };
     },
     check: (accepted) => checkSink(sink, before, accepted, 'streamgate'),
-    delivered: async () => (sink.received()) - before,
+    delivered: async () => sink.received() - before,
     async stop() {
       child.kill('SIGTERM');
       await new Promise((resolve) => (child.exitCode === null ? child.once('exit', resolve) : resolve(null)));
@@ -421,10 +421,10 @@ async function startWholeGateway(dir: string, sink: CountingSink, workers: numbe
 /** Waits (up to two minutes) for every accepted message at the sink. */
 async function checkSink(sink: CountingSink, before: number, accepted: number, who: string): Promise<string> {
   const t0 = Date.now();
-  let got = (sink.received()) - before;
+  let got = sink.received() - before;
   while (got < accepted && Date.now() - t0 < 120_000) {
     await sleep(250);
-    got = (sink.received()) - before;
+    got = sink.received() - before;
   }
   return `${who} 250s ${accepted}, at the sink ${got} after ${((Date.now() - t0) / 1000).toFixed(1)} s: ${got === accepted ? 'every 250 delivered' : got > accepted ? 'MORE than accepted' : 'MISSING'}`;
 }
@@ -455,7 +455,7 @@ async function startPostfixTarget(dir: string, sink?: CountingSink): Promise<Tar
     port,
     cpu: () => new Map([['Postfix', treeCpu(master)], ...(sink ? [['sink', sink.cpu() ?? 0] as const] : [])]),
     check: async (accepted) => (sink ? checkSink(sink, before, accepted, 'Postfix') : `Postfix 250s ${accepted}, hold queue ${instance.queued('hold')} files`),
-    ...(sink ? { delivered: async () => (sink.received()) - before } : {}),
+    ...(sink ? { delivered: async () => sink.received() - before } : {}),
     async stop() {
       instance.stop();
       postfixes.delete(instance);
