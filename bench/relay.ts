@@ -224,6 +224,27 @@ async function scriptCalls(url: string): Promise<number> {
   }
 }
 
+/** Calls per Redis command summed over the nodes at `urls` (INFO commandstats). */
+async function commandCalls(urls: string[]): Promise<Map<string, number>> {
+  const calls = new Map<string, number>();
+  for (const url of urls) {
+    const r = new Redis(url);
+    try {
+      for (const [, cmd, n] of (await r.info('commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) calls.set(cmd!, (calls.get(cmd!) ?? 0) + Number(n));
+    } finally {
+      r.disconnect();
+    }
+  }
+  return calls;
+}
+
+/** Per message, what the pool's nodes served between two readings of commandCalls(): all commands, then the most called. */
+function callsPerMessage(before: Map<string, number>, after: Map<string, number>, msgs: number): string {
+  const d = [...after].map(([k, v]) => [k, (v - (before.get(k) ?? 0)) / msgs] as const).filter(([, v]) => v > 0).sort((a, b) => b[1] - a[1]);
+  const total = d.reduce((a, [, v]) => a + v, 0);
+  return `${total.toFixed(2)} (${d.slice(0, 6).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')})`;
+}
+
 /** The events path of a gateway run: published to an events Redis, archived into Cassandra, batched or not. */
 interface EventsSetting {
   redis: string;
@@ -451,6 +472,7 @@ async function runWholeGateway(sink: CountingSink, workers: string): Promise<Fig
       pidCpu('Cassandra', pidOnPort(cassandra.port)),
       ['sink', () => sink.cpu()],
     ]);
+    const calls0 = await commandCalls(pool.map((r) => r.url));
     const t0 = Date.now();
     const load = await inject(gp.smtpPort);
     const { failed } = load;
@@ -460,7 +482,8 @@ async function runWholeGateway(sink: CountingSink, workers: string): Promise<Fig
     const cpu = span(load);
     const cpuPerMsg = ((treeCpu(gp.gw.pid) - cpu0) * 1000) / N;
     const per = [...procs()].map(([k, pid]) => `${k} ${((1e6 * (procCpu(pid) - (per0.get(k) ?? 0))) / N).toFixed(0)} µs`).join(', ');
-    const note = `the whole gateway (streamgate start, gateway.workers ${n}): SMTP ingress → replicated queue (3 Redis nodes) → relay → sink, events published and archived into Cassandra; CPU per message: ${per}${failed ? ` (${failed} refused at SMTP)` : ''}`;
+    const calls = callsPerMessage(calls0, await commandCalls(pool.map((r) => r.url)), N);
+    const note = `the whole gateway (streamgate start, gateway.workers ${n}): SMTP ingress → replicated queue (3 Redis nodes) → relay → sink, events published and archived into Cassandra; CPU per message: ${per}; Redis commands per message over the pool's three nodes: ${calls}${failed ? ` (${failed} refused at SMTP)` : ''}`;
     return { name, msgs: N, seconds: (t1 - t0) / 1000, injectSeconds: (injected - t0) / 1000, note, cpuPerMsg, cpu };
   } finally {
     await gp.stop();

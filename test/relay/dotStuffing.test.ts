@@ -1,7 +1,9 @@
 // What the relay sends as DATA, as nodemailer's DataStream writes it: a dot that starts a line
 // doubled, a bare CR or a bare LF made CRLF (a dot after a bare CR doubled too, so that no
 // receiver can read "\r.\r" as the end), and the final "." line; the same bytes whatever the cuts
-// between the writes.
+// between the writes. The project patches DataStream's scan (patches/nodemailer+*.patch:
+// Buffer.indexOf finds the line ends instead of a test of every byte), so these tests hold the
+// patched scan to the rules; the unpatched library passes them too.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import DataStream from 'nodemailer/lib/smtp-connection/data-stream';
@@ -65,6 +67,23 @@ describe('dot-stuffing of the relay\'s DATA', () => {
       const want = reference(buf).toString('latin1');
       for (const { parts, at } of everyCut(buf)) assert.equal((await stuffed(parts)).toString('latin1'), want, `${JSON.stringify(text)} cut at ${at}`);
     }
+  });
+
+  it('follows the rules for every message of up to 6 bytes of CR, LF, dot and a letter, whole and cut in two', async () => {
+    const alphabet = [CR, LF, DOT, 0x61];
+    let count = 0;
+    for (let len = 0; len <= 6; len++) {
+      for (let code = 0; code < alphabet.length ** len; code++) {
+        const buf = Buffer.from(Array.from({ length: len }, (_, k) => alphabet[Math.floor(code / alphabet.length ** k) % alphabet.length]!));
+        const want = reference(buf);
+        for (let cut = 0; cut <= len; cut++) {
+          const got = await stuffed([buf.subarray(0, cut), buf.subarray(cut)].filter((p) => p.length));
+          if (!got.equals(want)) assert.fail(`${JSON.stringify(buf.toString('latin1'))} cut at ${cut}: ${JSON.stringify(got.toString('latin1'))}, want ${JSON.stringify(want.toString('latin1'))}`);
+          count++;
+        }
+      }
+    }
+    assert.equal(count, 36_409); // sum over len 0..6 of 4^len * (len + 1)
   });
 
   it('stuffs a long message in 64 KB writes as at once', async () => {
