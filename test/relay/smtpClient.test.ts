@@ -1,7 +1,9 @@
 // src/relay/smtpClient.ts is the one place that reads nodemailer's internals. This test fails when
 // the nodemailer installed is not the one the adapter was checked against: its version, and what
 // the adapter relies on, on a real SMTP conversation: data refused after one recipient was refused
-// at RCPT gives an EMESSAGE error without that refusal, and the adapter still finds it.
+// at RCPT gives an EMESSAGE error without that refusal, and the adapter still finds it. And what
+// the project's patch of it (patches/nodemailer+*.patch) promises: a message sent from memory
+// leaves with its final "." in one write to the socket, where the library wrote them apart.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -48,6 +50,41 @@ describe('nodemailer adapter (smtpClient.ts)', () => {
       assert.match(refusals[0]!.response ?? '', /^550 5\.1\.1 no such user/);
     } finally {
       sink.dataAnswer = undefined;
+      smtp.close();
+    }
+  });
+
+  it('writes a message held in memory and its final dot to the socket at once', async () => {
+    const smtp = new SMTPConnection({ host: sink.host, port: sink.port, ignoreTLS: true, logger: false });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        smtp.once('error', reject);
+        smtp.connect(() => resolve());
+      });
+      // each write the socket's stream hands to the system: one buffer (_write) or several gathered (_writev)
+      const socket = (smtp as unknown as { _socket: import('node:net').Socket & { _write: (...a: unknown[]) => void; _writev: (...a: unknown[]) => void } })._socket;
+      const writes: string[][] = [];
+      const [write, writev] = [socket._write.bind(socket), socket._writev.bind(socket)];
+      socket._write = (chunk: unknown, ...rest: unknown[]) => {
+        writes.push([String(chunk)]);
+        write(chunk, ...rest);
+      };
+      socket._writev = (chunks: unknown, ...rest: unknown[]) => {
+        writes.push((chunks as { chunk: unknown }[]).map((c) => String(c.chunk)));
+        writev(chunks, ...rest);
+      };
+      const body = `Subject: one write\r\n\r\n${'.line\r\n'.repeat(200)}`;
+      for (let i = 0; i < 2; i++) {
+        await new Promise<void>((resolve, reject) => {
+          smtp.send({ from: 'a@adapter.test', to: ['ok@adapter.test'] }, Buffer.from(body), (e) => (e ? reject(e) : resolve()));
+        });
+      }
+      const withBody = writes.filter((w) => w.join('').includes('Subject: one write'));
+      assert.equal(withBody.length, 2, 'each message in one write');
+      for (const w of withBody) assert.ok(w.join('').endsWith('..line\r\n.\r\n'), 'the message, dot-stuffed, with its final dot in the same write');
+      assert.ok(!writes.some((w) => w.join('') === '.\r\n'), 'no write of the final dot alone');
+      assert.equal(sink.messages.filter((m) => m.raw.toString().includes('Subject: one write')).length, 2, 'both delivered');
+    } finally {
       smtp.close();
     }
   });
