@@ -1,9 +1,9 @@
 // What the relay sends as DATA, as nodemailer's DataStream writes it: a dot that starts a line
 // doubled, a bare CR or a bare LF made CRLF (a dot after a bare CR doubled too, so that no
 // receiver can read "\r.\r" as the end), and the final "." line; the same bytes whatever the cuts
-// between the writes. The project patches DataStream's scan (patches/nodemailer+*.patch:
-// Buffer.indexOf finds the line ends instead of a test of every byte), so these tests hold the
-// patched scan to the rules; the unpatched library passes them too.
+// between the writes. The project patches DataStream's scan (patches/nodemailer+*.patch: a
+// regular expression finds where the rules apply, instead of a test of every byte), so these
+// tests hold the patched scan to the rules; the unpatched library passes them too.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import DataStream from 'nodemailer/lib/smtp-connection/data-stream';
