@@ -214,16 +214,6 @@ interface Figure {
   cpu?: string;
 }
 
-/** EVALSHA calls a Redis node has served. */
-async function scriptCalls(url: string): Promise<number> {
-  const r = new Redis(url);
-  try {
-    return Number(/cmdstat_evalsha:calls=(\d+)/.exec(await r.info('commandstats'))?.[1] ?? 0);
-  } finally {
-    r.disconnect();
-  }
-}
-
 /** Calls per Redis command summed over the nodes at `urls` (INFO commandstats). */
 async function commandCalls(urls: string[]): Promise<Map<string, number>> {
   const calls = new Map<string, number>();
@@ -244,6 +234,9 @@ function callsPerMessage(before: Map<string, number>, after: Map<string, number>
   const total = d.reduce((a, [, v]) => a + v, 0);
   return `${total.toFixed(2)} (${d.slice(0, 6).map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')})`;
 }
+
+/** EVALSHA calls a Redis node has served. */
+const scriptCalls = async (url: string) => (await commandCalls([url])).get('evalsha') ?? 0;
 
 /** The events path of a gateway run: published to an events Redis, archived into Cassandra, batched or not. */
 interface EventsSetting {
