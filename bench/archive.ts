@@ -23,7 +23,7 @@ import { QueueManager } from '../src/queue/manager.ts';
 import { cassandraForTests } from '../test/helpers/cassandra.ts';
 import { testConfig } from '../test/helpers/config.ts';
 import { startRedisPool } from '../test/helpers/redis.ts';
-import { pidOnPort, procCpu } from './lib/cpu.ts';
+import { pidOnPort, procCpu, threadCpu, threadCpuSince } from './lib/cpu.ts';
 import { StageProfiler } from './lib/stages.ts';
 
 const EVENTS = Number(process.env.BENCH_EVENTS ?? 60_000);
@@ -62,16 +62,19 @@ try {
   const cassPid = pidOnPort(node.port);
   const redisCpu = () => pool.reduce<number>((a, r) => a + procCpu(r.proc.pid), 0);
   const k0 = procCpu(cassPid);
+  const th0 = threadCpu(cassPid);
   const r0 = redisCpu();
   const t0 = performance.now();
   await archive.drain();
   const ms = performance.now() - t0;
   const cpu = cpuUsage(c0);
   const cassS = procCpu(cassPid) - k0;
+  const cassThreads = threadCpuSince(th0, threadCpu(cassPid));
   const redisS = redisCpu() - r0;
   if (profiler) await profiler.stopProfile(join(process.env.BENCH_PROFILE!, 'archive-alone.cpuprofile'));
   const events = archive.status().archived;
   console.log(`archive alone: ${events.toLocaleString('en')} events into Cassandra in ${(ms / 1000).toFixed(1)} s: ${Math.round((events * 1000) / ms).toLocaleString('en')} events/s, gateway CPU ${(((cpu.user + cpu.system) / events)).toFixed(1)} µs per event, Cassandra's ${((cassS * 1e6) / events).toFixed(1)} µs per event, the Redis pair's ${((redisS * 1e6) / events).toFixed(1)} µs per event`);
+  console.log(`  Cassandra by thread group: ${cassThreads}`);
   archive.start();
 
   // 2. cost: with and without the archive beside the traffic, alternating
